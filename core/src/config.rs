@@ -1,0 +1,61 @@
+//! The limits and switches the core enforces, with PROTOCOL.md's defaults.
+//! Parsing flags, environment and files into this is `natter-host`'s job.
+
+use std::time::Duration;
+
+/// What the core needs to know about how the server was started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// `heartbeat_s` in `welcome`; silence past twice this closes a WebSocket.
+    pub heartbeat: Duration,
+    /// Refuse guest sessions.
+    pub no_guests: bool,
+    /// Token lifetime.
+    pub token_ttl: Duration,
+    /// Largest WebSocket frame or reassembled message, bytes.
+    pub max_frame: usize,
+    /// Largest `text`, bytes.
+    pub max_text: usize,
+    /// Largest line on the line port, bytes, without its line ending.
+    pub max_line: usize,
+    /// Unsent bytes allowed per connection before it is closed as a slow consumer.
+    pub max_queue: usize,
+    /// Data messages per second per connection.
+    pub rate: u32,
+    /// Burst allowance of the rate limit.
+    pub burst: u32,
+    /// Rooms per user.
+    pub max_rooms: usize,
+    /// TCP connections per server, both ports together.
+    pub max_connections: usize,
+    /// Time allowed from connect to `welcome`.
+    pub handshake_timeout: Duration,
+    /// Silence that closes a line session.
+    pub line_idle: Duration,
+    /// Serve `GET /echo` (a conformance-suite aid).
+    pub echo: bool,
+    /// Failed logins per client address per minute.
+    pub login_rate: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            heartbeat: Duration::from_secs(30),
+            no_guests: false,
+            token_ttl: Duration::from_secs(86_400),
+            max_frame: 64 * 1024,
+            max_text: 4 * 1024,
+            max_line: 4 * 1024,
+            max_queue: 4 * 1024 * 1024,
+            rate: 20,
+            burst: 40,
+            max_rooms: 100,
+            max_connections: 100_000,
+            handshake_timeout: Duration::from_secs(10),
+            line_idle: Duration::from_secs(600),
+            echo: false,
+            login_rate: 10,
+        }
+    }
+}

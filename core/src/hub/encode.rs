@@ -1,0 +1,164 @@
+//! Events, encoded once per transport. Every recipient gets a clone of the
+//! same `Bytes`: a refcount bump, never a copy or a re-encoding.
+
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+use crate::reply::one_line;
+use crate::store::StoredMessage;
+use crate::transport::ws::text_frame;
+
+/// One event in both wire forms. An empty `line` means line-protocol
+/// sessions are not told (typing, read marks, online and offline).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub(crate) ws: Bytes,
+    pub(crate) line: Bytes,
+}
+
+impl Encoded {
+    fn new(json: &Value, line: String) -> Encoded {
+        Encoded { ws: text_frame(&serde_json::to_vec(json).unwrap_or_default()), line: Bytes::from(line) }
+    }
+
+    /// The bytes for a session on the line port (`line`) or a WebSocket.
+    pub(crate) fn for_transport(&self, line: bool) -> &Bytes {
+        if line {
+            &self.line
+        } else {
+            &self.ws
+        }
+    }
+}
+
+/// A room `message` or a `private` as a JSON object.
+pub(crate) fn message_json(room: Option<&str>, m: &StoredMessage) -> Value {
+    let mut o = Map::new();
+    match room {
+        Some(room) => {
+            o.insert("type".into(), "message".into());
+            o.insert("room".into(), room.into());
+        }
+        None => {
+            o.insert("type".into(), "private".into());
+        }
+    }
+    o.insert("seq".into(), m.seq.into());
+    o.insert("from".into(), m.from.clone().into());
+    if room.is_none() {
+        o.insert("to".into(), m.to.clone().unwrap_or_default().into());
+    }
+    o.insert("text".into(), m.text.clone().into());
+    o.insert("ts".into(), m.ts.into());
+    if let Some(id) = &m.client_id {
+        o.insert("id".into(), id.clone().into());
+    }
+    Value::Object(o)
+}
+
+/// A message as the line protocol shows it.
+pub(crate) fn message_line(room: Option<&str>, m: &StoredMessage) -> Bytes {
+    let text = one_line(&m.text);
+    Bytes::from(match room {
+        Some(room) => format!("[{room}] {}: {text}\n", m.from),
+        None => format!("[pm] {}: {text}\n", m.from),
+    })
+}
+
+pub(crate) fn room_message(room: &str, m: &StoredMessage) -> Encoded {
+    Encoded { ws: text_frame(&serde_json::to_vec(&message_json(Some(room), m)).unwrap_or_default()), line: message_line(Some(room), m) }
+}
+
+/// A private message, as its recipient sees it and as the sender's other
+/// sessions see their own message (the line form names the recipient).
+pub(crate) fn private_message(m: &StoredMessage) -> (Encoded, Encoded) {
+    let ws = text_frame(&serde_json::to_vec(&message_json(None, m)).unwrap_or_default());
+    let to = m.to.as_deref().unwrap_or_default();
+    let echo_line = Bytes::from(format!("[pm to {to}] {}: {}\n", m.from, one_line(&m.text)));
+    (Encoded { ws: ws.clone(), line: message_line(None, m) }, Encoded { ws, line: echo_line })
+}
+
+/// `presence` states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Presence {
+    Join,
+    Leave,
+    Online,
+    Offline,
+}
+
+pub(crate) fn presence(room: &str, user: &str, state: Presence) -> Encoded {
+    let (word, line) = match state {
+        Presence::Join => ("join", format!("* {user} joined {room}\n")),
+        Presence::Leave => ("leave", format!("* {user} left {room}\n")),
+        Presence::Online => ("online", String::new()),
+        Presence::Offline => ("offline", String::new()),
+    };
+    Encoded::new(&json!({"type":"presence","room":room,"user":user,"state":word}), line)
+}
+
+pub(crate) fn typing_in_room(room: &str, user: &str) -> Encoded {
+    Encoded::new(&json!({"type":"typing","room":room,"user":user}), String::new())
+}
+
+pub(crate) fn typing_to_user(user: &str, to: &str) -> Encoded {
+    Encoded::new(&json!({"type":"typing","user":user,"to":to}), String::new())
+}
+
+/// A read mark set by another session of the same user.
+pub(crate) fn read_mark(room: Option<&str>, with: Option<&str>, seq: u64) -> Encoded {
+    let v = match (room, with) {
+        (Some(room), _) => json!({"type":"read","room":room,"seq":seq}),
+        (None, with) => json!({"type":"read","with":with.unwrap_or_default(),"seq":seq}),
+    };
+    Encoded::new(&v, String::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg() -> StoredMessage {
+        StoredMessage {
+            seq: 42,
+            from: "alice".into(),
+            to: None,
+            sender: "alice".into(),
+            text: "hi <b>\nthere".into(),
+            client_id: Some("c-17".into()),
+            ts: 1_763_836_800_123,
+        }
+    }
+
+    #[test]
+    fn room_message_matches_the_protocol() {
+        let e = room_message("lobby", &msg());
+        let v: Value = serde_json::from_slice(&e.ws[2..]).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"message","room":"lobby","seq":42,"from":"alice","text":"hi <b>\nthere","ts":1_763_836_800_123u64,"id":"c-17"})
+        );
+        assert_eq!(&e.line[..], b"[lobby] alice: hi <b> there\n");
+    }
+
+    #[test]
+    fn private_has_two_line_views_and_one_frame() {
+        let mut m = msg();
+        m.to = Some("bob".into());
+        let (to, echo) = private_message(&m);
+        assert_eq!(to.ws, echo.ws);
+        assert_eq!(&to.line[..], b"[pm] alice: hi <b> there\n");
+        assert_eq!(&echo.line[..], b"[pm to bob] alice: hi <b> there\n");
+        let v: Value = serde_json::from_slice(&to.ws[2..]).unwrap();
+        assert_eq!(v["type"], "private");
+        assert_eq!(v["to"], "bob");
+    }
+
+    #[test]
+    fn presence_lines_only_for_join_and_leave() {
+        assert_eq!(&presence("r", "u", Presence::Join).line[..], b"* u joined r\n");
+        assert_eq!(&presence("r", "u", Presence::Leave).line[..], b"* u left r\n");
+        assert!(presence("r", "u", Presence::Online).line.is_empty());
+        assert!(typing_in_room("r", "u").line.is_empty());
+    }
+}

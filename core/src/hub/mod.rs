@@ -1,0 +1,268 @@
+//! The hub: one per node, owning users, rooms, presence, `seq`, inboxes and
+//! history requests. It never waits: storage is asked through
+//! [`HubAction::Store`] and answers through [`HubInput::Store`].
+//!
+//! # Ordering
+//! Storage completes requests in the order they were submitted (see
+//! [`crate::store`]). The hub leans on that in two places. A `join` with
+//! `since` and the inbox read at `welcome` both hold back live messages of the
+//! same kind for that session until their read completes: every message whose
+//! completion arrives before the read's was written before the read ran, so
+//! the read returns it, and every later one is delivered live. Nothing is
+//! missed and nothing is sent twice.
+//!
+//! A room's `seq` comes from the store's transaction. Completions of appends
+//! arrive in `seq` order, so delivering each as it completes gives every
+//! member a gapless, ordered stream.
+
+pub(crate) mod encode;
+mod pending;
+mod state;
+
+mod auth;
+mod chat;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::ids::SessionId;
+use crate::link::{Tag, ToHub, ToHubInner, ToShard, ToShardInner};
+use crate::metrics::Metrics;
+use crate::reply::{ErrorCode, Failure, Reply};
+use crate::store::{StoreDone, StoreOp, StoreRequest, StoredRoom};
+use crate::time::Now;
+
+pub use encode::Encoded;
+use pending::{Pending, PendingTable};
+use state::{SessionInfo, State};
+
+/// An input to the hub.
+#[derive(Debug)]
+pub enum HubInput {
+    /// A batch member from a shard.
+    FromShard(ToHub),
+    /// A storage completion.
+    Store(StoreDone),
+    /// The deadline from [`Hub::poll_timeout`] passed (early calls are harmless).
+    Timeout,
+}
+
+/// Something the hub wants done.
+#[derive(Debug)]
+#[must_use]
+pub enum HubAction {
+    /// Hand these to shard number `.0`, in order.
+    ToShard(u16, Vec<ToShard>),
+    /// Submit these to storage, in order.
+    Store(Vec<StoreRequest>),
+}
+
+/// The routing state machine. See the module docs.
+#[derive(Debug)]
+pub struct Hub {
+    config: Config,
+    metrics: Arc<Metrics>,
+    state: State,
+    pending: PendingTable,
+    /// Makes guest principals unique across restarts: the start time.
+    incarnation: u64,
+    guests: u64,
+    login_failures: std::collections::HashMap<IpAddr, (u64, u32)>,
+    out: Vec<Vec<ToShard>>,
+    dirty: Vec<u16>,
+    store_out: Vec<StoreRequest>,
+}
+
+impl Hub {
+    /// A hub over what storage holds (`StoreOp::LoadAll`'s snapshot).
+    pub fn new(config: Config, metrics: Arc<Metrics>, users: Vec<String>, rooms: Vec<StoredRoom>, now: Now) -> Hub {
+        let mut state = State { registered: users.into_iter().collect(), ..State::default() };
+        for room in rooms {
+            let entry = state.rooms.entry(room.name.clone()).or_default();
+            entry.seq = room.seq;
+            for member in room.members {
+                state.add_member(&member, &room.name);
+            }
+        }
+        metrics.rooms.store(state.live_rooms() as i64, std::sync::atomic::Ordering::Relaxed);
+        Hub {
+            config,
+            metrics,
+            state,
+            pending: PendingTable::default(),
+            incarnation: now.unix_ms,
+            guests: 0,
+            login_failures: Default::default(),
+            out: Vec::new(),
+            dirty: Vec::new(),
+            store_out: Vec::new(),
+        }
+    }
+
+    /// Feeds one input. Drain [`Hub::poll_action`] afterwards.
+    pub fn handle_input(&mut self, now: Now, input: HubInput) {
+        match input {
+            HubInput::FromShard(ToHub(msg)) => self.handle_shard(now, msg),
+            HubInput::Store(done) => self.handle_store(now, done),
+            HubInput::Timeout => self.handle_timeout(now),
+        }
+    }
+
+    /// The next thing to do, until `None`.
+    pub fn poll_action(&mut self) -> Option<HubAction> {
+        if !self.store_out.is_empty() {
+            return Some(HubAction::Store(std::mem::take(&mut self.store_out)));
+        }
+        let shard = self.dirty.pop()?;
+        Some(HubAction::ToShard(shard, std::mem::take(&mut self.out[usize::from(shard)])))
+    }
+
+    /// When to call with [`HubInput::Timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.pending.next_deadline()
+    }
+
+    /// Storage requests waiting for completion.
+    pub fn pending_requests(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn handle_shard(&mut self, now: Now, msg: ToHubInner) {
+        match msg {
+            ToHubInner::Hello { sid, tag, auth, line, peer } => self.hello(now, sid, tag, auth, line, peer),
+            ToHubInner::Request { sid, tag, request } => {
+                let Some(user) = self.state.sessions.get(&sid).and_then(SessionInfo::user).map(str::to_owned) else {
+                    let f = Failure::new(ErrorCode::Unauthenticated, "send hello first");
+                    return self.reply(sid, tag, Err(f));
+                };
+                self.chat(now, sid, tag, user, request);
+            }
+            ToHubInner::Api { sid, call, peer } => self.api(now, sid, call, peer),
+            ToHubInner::Closed { sid } => self.closed(sid),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Now) {
+        for id in self.pending.expire(now.instant) {
+            if let Some(p) = self.pending.get_expired(id) {
+                let (sid, tag) = pending_client(p);
+                if let Some(tag) = tag {
+                    self.reply(sid, tag, Err(unavailable()));
+                } else if let Pending::ApiRegister { .. } | Pending::ApiLogin { .. } | Pending::ApiLogout { .. } = p {
+                    self.api_unavailable(sid);
+                }
+            }
+        }
+    }
+
+    fn handle_store(&mut self, now: Now, done: StoreDone) {
+        let Some((pending, expired)) = self.pending.take(done.id) else { return };
+        if expired {
+            // The client was told `unavailable`; only what keeps other
+            // clients' view whole is still applied.
+            if let (Pending::SendRoom { room, message, .. }, Ok(value)) = (pending, done.result) {
+                let _ = self.deliver_room_message(&room, message, value);
+            }
+            return;
+        }
+        self.complete(now, pending, done.result);
+    }
+
+    // ---- output helpers -------------------------------------------------
+
+    fn push(&mut self, shard: u16, msg: ToShardInner) {
+        let i = usize::from(shard);
+        if self.out.len() <= i {
+            self.out.resize_with(i + 1, Vec::new);
+        }
+        if self.out[i].is_empty() {
+            self.dirty.push(shard);
+        }
+        self.out[i].push(ToShard(msg));
+    }
+
+    fn store(&mut self, now: Now, op: StoreOp, pending: Pending) {
+        let id = self.pending.insert(now.instant, pending);
+        self.store_out.push(StoreRequest { id, op });
+    }
+
+    fn reply(&mut self, sid: SessionId, tag: Tag, result: Result<Reply, Failure>) {
+        self.push(sid.shard(), ToShardInner::Reply { sid, tag, result });
+    }
+
+    /// Sends `event` to `sessions`, one `Deliver` per shard.
+    fn deliver(&mut self, sessions: &[SessionId], event: &Encoded) {
+        let mut by_shard: Vec<(u16, Vec<SessionId>)> = Vec::new();
+        for &sid in sessions {
+            match by_shard.iter_mut().find(|(s, _)| *s == sid.shard()) {
+                Some((_, list)) => list.push(sid),
+                None => by_shard.push((sid.shard(), vec![sid])),
+            }
+        }
+        for (shard, sessions) in by_shard {
+            self.push(shard, ToShardInner::Deliver { sessions, event: event.clone() });
+        }
+    }
+
+    /// Every session of `user`.
+    fn sessions_of(&self, user: &str) -> Vec<SessionId> {
+        self.state.online.get(user).map(|o| o.sessions.clone()).unwrap_or_default()
+    }
+
+    /// Every session of every member of `room`, except those of `except`,
+    /// and for a message (`skip_replaying`) except those replaying the room.
+    fn room_sessions(&self, room: &str, except: Option<&str>, skip_replaying: bool) -> Vec<SessionId> {
+        let Some(r) = self.state.rooms.get(room) else { return Vec::new() };
+        let mut out = Vec::new();
+        for member in &r.members {
+            if Some(member.as_str()) == except {
+                continue;
+            }
+            if let Some(o) = self.state.online.get(member) {
+                for sid in &o.sessions {
+                    if skip_replaying
+                        && self.state.sessions.get(sid).is_some_and(|s| s.replaying.iter().any(|x| x == room))
+                    {
+                        continue;
+                    }
+                    out.push(*sid);
+                }
+            }
+        }
+        out
+    }
+
+    fn update_room_gauge(&self) {
+        self.metrics.rooms.store(self.state.live_rooms() as i64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn unavailable() -> Failure {
+    Failure::new(ErrorCode::Unavailable, "storage is unavailable; nothing was done")
+}
+
+/// The session and request tag a pending entry answers, if it answers one.
+fn pending_client(p: &Pending) -> (SessionId, Option<Tag>) {
+    match p {
+        Pending::Authenticate { sid, tag, .. }
+        | Pending::Welcome { sid, tag, .. }
+        | Pending::Join { sid, tag, .. }
+        | Pending::Replay { sid, tag, .. }
+        | Pending::Leave { sid, tag, .. }
+        | Pending::SendRoom { sid, tag, .. }
+        | Pending::SendPrivate { sid, tag, .. }
+        | Pending::History { sid, tag, .. }
+        | Pending::Conversations { sid, tag }
+        | Pending::Read { sid, tag, .. } => (*sid, Some(tag.clone())),
+        Pending::Ack { sid, tag } => (*sid, tag.clone()),
+        Pending::Inbox { sid }
+        | Pending::ApiRegister { sid, .. }
+        | Pending::ApiLogin { sid, .. }
+        | Pending::ApiLogout { sid, .. } => (*sid, None),
+    }
+}
+
+#[cfg(test)]
+mod tests;

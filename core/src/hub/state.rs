@@ -1,0 +1,131 @@
+//! What the hub knows: rooms with their members, users online with their
+//! sessions, and each session's progress.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+
+use crate::ids::SessionId;
+
+/// A room. Membership belongs to users, by name.
+#[derive(Debug, Default)]
+pub(crate) struct Room {
+    /// Newest `seq` delivered: every later message has a greater one.
+    pub(crate) seq: u64,
+    pub(crate) members: BTreeSet<String>,
+}
+
+/// A user with at least one session past `welcome`.
+#[derive(Debug)]
+pub(crate) struct Online {
+    /// Stored principal: the name, or `name#n` for a guest.
+    pub(crate) key: String,
+    pub(crate) guest: bool,
+    pub(crate) sessions: Vec<SessionId>,
+}
+
+/// A session the hub has heard from.
+#[derive(Debug)]
+pub(crate) struct SessionInfo {
+    pub(crate) peer: IpAddr,
+    pub(crate) line: bool,
+    pub(crate) phase: Phase,
+    /// Its private messages arrive from the inbox read; live ones are held
+    /// back until then, because the read returns them too (see `Hub` docs).
+    pub(crate) inbox_pending: bool,
+    /// Rooms whose `since` replay is being read; live messages of these
+    /// rooms are skipped for this session, as the replay will carry them.
+    pub(crate) replaying: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// No `hello` yet (or it failed).
+    New,
+    /// Authentication or the welcome's reads are in flight.
+    Welcoming,
+    Welcomed { user: String, token: Option<String> },
+}
+
+impl SessionInfo {
+    pub(crate) fn user(&self) -> Option<&str> {
+        match &self.phase {
+            Phase::Welcomed { user, .. } => Some(user),
+            _ => None,
+        }
+    }
+}
+
+/// Users, rooms and sessions, with the queries handlers share.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub(crate) rooms: HashMap<String, Room>,
+    /// User name → names of its rooms (registered users' from the store,
+    /// guests' while they are online).
+    pub(crate) memberships: HashMap<String, BTreeSet<String>>,
+    pub(crate) registered: HashSet<String>,
+    /// Names with a registration in flight: not available to guests.
+    pub(crate) reserved: HashSet<String>,
+    pub(crate) online: HashMap<String, Online>,
+    pub(crate) sessions: HashMap<SessionId, SessionInfo>,
+}
+
+impl State {
+    pub(crate) fn is_member(&self, user: &str, room: &str) -> bool {
+        self.memberships.get(user).is_some_and(|r| r.contains(room))
+    }
+
+    pub(crate) fn room_count(&self, user: &str) -> usize {
+        self.memberships.get(user).map_or(0, BTreeSet::len)
+    }
+
+    pub(crate) fn room_seq(&self, room: &str) -> u64 {
+        self.rooms.get(room).map_or(0, |r| r.seq)
+    }
+
+    pub(crate) fn members(&self, room: &str) -> usize {
+        self.rooms.get(room).map_or(0, |r| r.members.len())
+    }
+
+    /// Adds a membership; returns whether it is new.
+    pub(crate) fn add_member(&mut self, user: &str, room: &str) -> bool {
+        let new = self.memberships.entry(user.to_string()).or_default().insert(room.to_string());
+        self.rooms.entry(room.to_string()).or_default().members.insert(user.to_string());
+        new
+    }
+
+    /// Removes a membership; returns whether there was one. An empty room is
+    /// kept while its `seq` is not 0, so that `seq` keeps growing.
+    pub(crate) fn remove_member(&mut self, user: &str, room: &str) -> bool {
+        let had = self.memberships.get_mut(user).is_some_and(|r| r.remove(room));
+        if let Some(r) = self.memberships.get(user) {
+            if r.is_empty() {
+                self.memberships.remove(user);
+            }
+        }
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.members.remove(user);
+            if r.members.is_empty() && r.seq == 0 {
+                self.rooms.remove(room);
+            }
+        }
+        had
+    }
+
+    /// The stored principal of a user who is online or registered.
+    pub(crate) fn key_of(&self, user: &str) -> Option<String> {
+        match self.online.get(user) {
+            Some(o) => Some(o.key.clone()),
+            None => self.registered.contains(user).then(|| user.to_string()),
+        }
+    }
+
+    /// Rooms with at least one member.
+    pub(crate) fn live_rooms(&self) -> usize {
+        self.rooms.values().filter(|r| !r.members.is_empty()).count()
+    }
+}
+
+/// The display name in a stored principal (`bob#7` → `bob`).
+pub(crate) fn display_name(key: &str) -> &str {
+    key.split_once('#').map_or(key, |(name, _)| name)
+}

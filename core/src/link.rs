@@ -1,0 +1,117 @@
+//! Messages between sessions (on the I/O threads) and the hub. Opaque to
+//! adapters: they carry them between threads but cannot build or read them.
+
+use std::net::IpAddr;
+
+use crate::hub::encode::Encoded;
+use crate::ids::SessionId;
+use crate::reply::{Failure, Reply};
+use crate::transport::request::ClientRequest;
+
+/// From a session to the hub.
+#[derive(Debug)]
+pub struct ToHub(pub(crate) ToHubInner);
+
+/// From the hub to the sessions of one shard.
+#[derive(Debug)]
+pub struct ToShard(pub(crate) ToShardInner);
+
+impl ToShard {
+    /// How many sessions this message is for (for batching decisions).
+    pub fn fan_out(&self) -> usize {
+        match &self.0 {
+            ToShardInner::Deliver { sessions, .. } => sessions.len(),
+            _ => 1,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum ToHubInner {
+    Hello { sid: SessionId, tag: Tag, auth: Auth, line: bool, peer: IpAddr },
+    Request { sid: SessionId, tag: Tag, request: ClientRequest },
+    Api { sid: SessionId, call: ApiCall, peer: IpAddr },
+    Closed { sid: SessionId },
+}
+
+#[derive(Debug)]
+pub(crate) enum ToShardInner {
+    Deliver { sessions: Vec<SessionId>, event: Encoded },
+    Reply { sid: SessionId, tag: Tag, result: Result<Reply, Failure> },
+    /// The session is authenticated: start heartbeats, stop the handshake
+    /// timer, and close with 4001 at `expires_ms` if set.
+    Welcomed { sid: SessionId, expires_ms: Option<u64> },
+    Api { sid: SessionId, response: ApiResponse },
+    Close { sid: SessionId, reason: HubClose },
+}
+
+impl ToShardInner {
+    pub(crate) fn sid(&self) -> Option<SessionId> {
+        match self {
+            ToShardInner::Deliver { .. } => None,
+            ToShardInner::Reply { sid, .. }
+            | ToShardInner::Welcomed { sid, .. }
+            | ToShardInner::Api { sid, .. }
+            | ToShardInner::Close { sid, .. } => Some(*sid),
+        }
+    }
+}
+
+/// Why the hub ends a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HubClose {
+    /// Its token was revoked (close 4001).
+    TokenRevoked,
+}
+
+/// What the session needs to render the answer to a request: the client's
+/// `ref` and the request type on WebSocket, the command on the line port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Tag {
+    Ws { reference: Option<String>, kind: &'static str },
+    /// The `?token=` upgrade waits for the hub before answering 101 or 401.
+    Upgrade { key: String },
+    Line(LineCommand),
+}
+
+/// The line-protocol command a reply answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LineCommand {
+    Login,
+    /// Join; the room became current at once, `previous` is restored if
+    /// the join fails.
+    Join { room: String, previous: Option<String> },
+    /// Leave; if it was current, the session has no current room.
+    Leave(String),
+    Say,
+    Msg,
+    Who,
+    Rooms,
+    History,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Auth {
+    Token(String),
+    Guest(String),
+    /// Line `/login USER PASSWORD`.
+    Password { user: String, password: String },
+    /// Line `/register USER PASSWORD`.
+    Register { user: String, password: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ApiCall {
+    Register { user: String, password: String },
+    Login { user: String, password: String },
+    Logout { token: String },
+}
+
+/// An HTTP answer from the hub, rendered by the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ApiResponse {
+    pub(crate) status: u16,
+    /// JSON body; empty for 204.
+    pub(crate) body: Vec<u8>,
+    pub(crate) retry_after_s: Option<u64>,
+}

@@ -1,0 +1,151 @@
+//! Counters and gauges for `/metrics`, in Prometheus text format.
+//!
+//! Plain atomics shared by every thread of a node: the core updates them as it
+//! goes and the storage workers add their own. Reading one is never I/O, so the
+//! core stays pure.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// Every metric of a node.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Open TCP connections on the HTTP port.
+    pub connections_http: AtomicI64,
+    /// Open TCP connections on the line port.
+    pub connections_line: AtomicI64,
+    /// Sessions past `welcome`, by transport.
+    pub sessions_ws: AtomicI64,
+    /// Line-protocol sessions past `* welcome`.
+    pub sessions_line: AtomicI64,
+    /// Rooms with at least one member.
+    pub rooms: AtomicI64,
+    /// Client messages (data frames or lines) received.
+    pub messages_received: AtomicU64,
+    /// Events delivered, one per recipient session.
+    pub messages_delivered: AtomicU64,
+    /// Bytes read from clients.
+    pub bytes_in: AtomicU64,
+    /// Bytes written to clients.
+    pub bytes_out: AtomicU64,
+    /// Connections closed for a full outbound queue.
+    pub slow_consumer_closes: AtomicU64,
+    /// Messages dropped by the per-connection rate limit.
+    pub rate_limited: AtomicU64,
+    /// Connections refused at the connection cap.
+    pub connections_refused: AtomicU64,
+    /// Storage requests queued and not yet completed.
+    pub store_queue_depth: AtomicI64,
+    /// Storage requests completed.
+    pub store_completed: AtomicU64,
+    /// Storage requests that failed.
+    pub store_failed: AtomicU64,
+    /// Sum of storage latencies, microseconds (with `store_completed`, the mean).
+    pub store_latency_us_sum: AtomicU64,
+    /// Storage transactions (each holds a batch of requests).
+    pub store_batches: AtomicU64,
+}
+
+impl Metrics {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    /// Moves a gauge by `delta`.
+    pub fn gauge(gauge: &AtomicI64, delta: i64) {
+        gauge.fetch_add(delta, Relaxed);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        let g = |v: &AtomicI64| v.load(Relaxed).max(0);
+        let c = |v: &AtomicU64| v.load(Relaxed);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, i128)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        metric(
+            "natter_connections",
+            "gauge",
+            "Open TCP connections by transport.",
+            &[
+                ("{transport=\"http\"}", g(&self.connections_http).into()),
+                ("{transport=\"line\"}", g(&self.connections_line).into()),
+            ],
+        );
+        metric(
+            "natter_sessions",
+            "gauge",
+            "Sessions past welcome by transport.",
+            &[
+                ("{transport=\"ws\"}", g(&self.sessions_ws).into()),
+                ("{transport=\"line\"}", g(&self.sessions_line).into()),
+            ],
+        );
+        metric("natter_rooms", "gauge", "Rooms with at least one member.", &[("", g(&self.rooms).into())]);
+        metric(
+            "natter_messages_received_total",
+            "counter",
+            "Client data messages received.",
+            &[("", c(&self.messages_received).into())],
+        );
+        metric(
+            "natter_messages_delivered_total",
+            "counter",
+            "Events delivered, one per recipient session.",
+            &[("", c(&self.messages_delivered).into())],
+        );
+        metric("natter_bytes_in_total", "counter", "Bytes read from clients.", &[("", c(&self.bytes_in).into())]);
+        metric("natter_bytes_out_total", "counter", "Bytes written to clients.", &[("", c(&self.bytes_out).into())]);
+        metric(
+            "natter_slow_consumer_closes_total",
+            "counter",
+            "Connections closed because their outbound queue was full.",
+            &[("", c(&self.slow_consumer_closes).into())],
+        );
+        metric(
+            "natter_rate_limited_total",
+            "counter",
+            "Messages dropped by the per-connection rate limit.",
+            &[("", c(&self.rate_limited).into())],
+        );
+        metric(
+            "natter_connections_refused_total",
+            "counter",
+            "Connections refused at the connection cap.",
+            &[("", c(&self.connections_refused).into())],
+        );
+        metric(
+            "natter_store_queue_depth",
+            "gauge",
+            "Storage requests waiting or in progress.",
+            &[("", g(&self.store_queue_depth).into())],
+        );
+        metric(
+            "natter_store_requests_total",
+            "counter",
+            "Storage requests completed, by outcome.",
+            &[
+                ("{outcome=\"ok\"}", (c(&self.store_completed) - c(&self.store_failed).min(c(&self.store_completed))).into()),
+                ("{outcome=\"error\"}", c(&self.store_failed).into()),
+            ],
+        );
+        metric(
+            "natter_store_latency_seconds_sum",
+            "counter",
+            "Total time storage requests took from submission to completion.",
+            &[("", (c(&self.store_latency_us_sum) / 1_000_000).into())],
+        );
+        metric(
+            "natter_store_batches_total",
+            "counter",
+            "Storage transactions, each carrying a batch of requests.",
+            &[("", c(&self.store_batches).into())],
+        );
+        out
+    }
+}

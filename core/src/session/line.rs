@@ -1,0 +1,191 @@
+//! The line protocol: a first line that logs in, then text and `/commands`.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::Bytes;
+
+use super::{Ctx, LineLogin, Phase, Session};
+use crate::link::{Auth, LineCommand, Tag, ToHubInner};
+use crate::reply::{error_line, reply_lines, ErrorCode, Failure, Reply};
+use crate::session::CloseReason;
+use crate::transport::line::Line;
+use crate::transport::request::{ClientRequest, Target};
+
+const HELP: &str = "* commands: /join ROOM, /leave [ROOM], /msg USER text, /who, /rooms, /history [N], /quit; other lines go to the current room\n* end\n";
+const LOBBY: &str = "lobby";
+
+impl Session {
+    pub(super) fn process_line(&mut self, ctx: &mut Ctx<'_>, buf: &[u8]) -> usize {
+        let Phase::Line { reader, .. } = &mut self.phase else { return 0 };
+        let (used, line) = reader.next_line(buf, ctx.config.max_line);
+        match line {
+            None => {}
+            Some(Line::TooLong) => {
+                let max = ctx.config.max_line;
+                self.send_line_error(ctx, ErrorCode::TooLong, &format!("lines are limited to {max} bytes; dropped"));
+            }
+            Some(Line::Text(bytes)) => match std::str::from_utf8(bytes) {
+                Ok(text) => {
+                    let text = text.trim();
+                    if !text.is_empty() {
+                        let text = text.to_string();
+                        self.line_command(ctx, &text);
+                    }
+                }
+                Err(_) => self.send_line_error(ctx, ErrorCode::BadJson, "lines must be UTF-8 text"),
+            },
+        }
+        used
+    }
+
+    fn send_line_error(&mut self, ctx: &mut Ctx<'_>, code: ErrorCode, message: &str) {
+        self.send(ctx, error_line(&Failure::new(code, message)));
+    }
+
+    fn line_login(&self) -> LineLogin {
+        match self.phase {
+            Phase::Line { login, .. } => login,
+            _ => LineLogin::In,
+        }
+    }
+
+    fn set_line_login(&mut self, to: LineLogin) {
+        if let Phase::Line { login, .. } = &mut self.phase {
+            *login = to;
+        }
+    }
+
+    fn current_room(&mut self) -> &mut Option<String> {
+        match &mut self.phase {
+            Phase::Line { current, .. } => current,
+            _ => unreachable!("line commands only run in the line phase"),
+        }
+    }
+
+    fn line_command(&mut self, ctx: &mut Ctx<'_>, text: &str) {
+        if self.line_login() != LineLogin::In {
+            return self.first_line(ctx, text);
+        }
+        ctx.metrics.messages_received.fetch_add(1, Relaxed);
+        if !self.rate.allow(ctx.now.instant, ctx.config.rate, ctx.config.burst) {
+            ctx.metrics.rate_limited.fetch_add(1, Relaxed);
+            let rate = ctx.config.rate;
+            return self.send_line_error(ctx, ErrorCode::RateLimited, &format!("more than {rate} lines a second; dropped"));
+        }
+        let (command, rest) = match text.strip_prefix('/') {
+            Some(cmd) => cmd.split_once(' ').map_or((cmd, ""), |(c, r)| (c, r.trim())),
+            None => ("", text),
+        };
+        let usage = |s: &str| Failure::new(ErrorCode::BadRequest, format!("usage: {s}"));
+        let (cmd, request) = match (text.starts_with('/'), command) {
+            (false, _) => match self.current_room().clone() {
+                Some(room) => (LineCommand::Say, ClientRequest::Send { to: Target::Room(room), text: rest.to_string(), id: None }),
+                None => return self.send_line_error(ctx, ErrorCode::NotMember, "you are in no room; /join ROOM first"),
+            },
+            (true, "quit") => return self.close(ctx, CloseReason::Peer),
+            (true, "help") => return self.send(ctx, Bytes::from_static(HELP.as_bytes())),
+            (true, "join") if !rest.is_empty() && !rest.contains(' ') => {
+                let previous = self.current_room().replace(rest.to_string());
+                (LineCommand::Join { room: rest.to_string(), previous }, ClientRequest::Join { room: rest.to_string(), since: None })
+            }
+            (true, "join") => return self.send(ctx, error_line(&usage("/join ROOM"))),
+            (true, "leave") => {
+                let room = if rest.is_empty() { self.current_room().clone() } else { Some(rest.to_string()) };
+                match room {
+                    Some(room) => (LineCommand::Leave(room.clone()), ClientRequest::Leave { room }),
+                    None => return self.send(ctx, error_line(&usage("/leave ROOM"))),
+                }
+            }
+            (true, "msg") => match rest.split_once(' ') {
+                Some((user, text)) if !text.trim().is_empty() => (
+                    LineCommand::Msg,
+                    ClientRequest::Send { to: Target::User(user.to_string()), text: text.trim().to_string(), id: None },
+                ),
+                _ => return self.send(ctx, error_line(&usage("/msg USER text"))),
+            },
+            (true, "who") => match self.current_room().clone() {
+                Some(room) => (LineCommand::Who, ClientRequest::Who { room: Some(room), limit: Some(1000) }),
+                None => (LineCommand::Who, ClientRequest::Who { room: None, limit: Some(1000) }),
+            },
+            (true, "rooms") => (LineCommand::Rooms, ClientRequest::Rooms { limit: None }),
+            (true, "history") => {
+                let limit = if rest.is_empty() { Some(20) } else { rest.parse::<u64>().ok() };
+                match (limit, self.current_room().clone()) {
+                    (None, _) => return self.send(ctx, error_line(&usage("/history [N]"))),
+                    (_, None) => return self.send_line_error(ctx, ErrorCode::NotMember, "you are in no room; /join ROOM first"),
+                    (Some(n), Some(room)) => {
+                        (LineCommand::History, ClientRequest::History { of: Target::Room(room), before: None, limit: Some(n) })
+                    }
+                }
+            }
+            (true, other) => {
+                let f = Failure::new(ErrorCode::UnknownType, format!("unknown command /{other}; try /help"));
+                return self.send(ctx, error_line(&f));
+            }
+        };
+        ctx.to_hub.push(ToHubInner::Request { sid: self.id, tag: Tag::Line(cmd), request });
+    }
+
+    /// `NICK`, `/login USER PASSWORD` or `/register USER PASSWORD`.
+    fn first_line(&mut self, ctx: &mut Ctx<'_>, text: &str) {
+        if self.line_login() == LineLogin::Pending {
+            return;
+        }
+        let mut words = text.split_whitespace();
+        let auth = match (words.next(), words.next(), words.next(), words.next()) {
+            (Some("/quit"), None, _, _) => return self.close(ctx, CloseReason::Peer),
+            (Some("/login"), Some(user), Some(password), None) => {
+                Auth::Password { user: user.to_string(), password: password.to_string() }
+            }
+            (Some("/register"), Some(user), Some(password), None) => {
+                Auth::Register { user: user.to_string(), password: password.to_string() }
+            }
+            (Some(first), ..) if first.starts_with('/') => {
+                let f = Failure::new(ErrorCode::BadRequest, "start with a nickname, /login USER PASSWORD or /register USER PASSWORD");
+                return self.send(ctx, error_line(&f));
+            }
+            (Some(nick), None, ..) => Auth::Guest(nick.to_string()),
+            _ => {
+                let f = Failure::new(ErrorCode::BadName, "a nickname is one word of A-Z a-z 0-9 _ - .");
+                return self.send(ctx, error_line(&f));
+            }
+        };
+        self.set_line_login(LineLogin::Pending);
+        self.paused = true;
+        ctx.to_hub.push(ToHubInner::Hello { sid: self.id, tag: Tag::Line(LineCommand::Login), auth, line: true, peer: self.peer });
+    }
+
+    pub(super) fn line_reply(&mut self, ctx: &mut Ctx<'_>, cmd: LineCommand, result: &Result<Reply, Failure>) {
+        match (&cmd, result) {
+            (LineCommand::Login, Ok(_)) => {
+                self.set_line_login(LineLogin::In);
+                self.send(ctx, reply_lines(result));
+                // PROTOCOL.md: the server makes the user a member of `lobby`
+                // and makes it current. Lines wait until that is done.
+                let previous = self.current_room().replace(LOBBY.to_string());
+                let tag = Tag::Line(LineCommand::Join { room: LOBBY.to_string(), previous });
+                let request = ClientRequest::Join { room: LOBBY.to_string(), since: None };
+                ctx.to_hub.push(ToHubInner::Request { sid: self.id, tag, request });
+                return;
+            }
+            (LineCommand::Login, Err(_)) => self.set_line_login(LineLogin::Anonymous),
+            (LineCommand::Join { room, previous }, Err(_)) => {
+                let current = self.current_room();
+                if current.as_deref() == Some(room.as_str()) {
+                    *current = previous.clone();
+                }
+            }
+            (LineCommand::Leave(room), Ok(_)) => {
+                let current = self.current_room();
+                if current.as_deref() == Some(room.as_str()) {
+                    *current = None;
+                }
+            }
+            _ => {}
+        }
+        self.send(ctx, reply_lines(result));
+        if self.paused {
+            self.resume(ctx);
+        }
+    }
+}

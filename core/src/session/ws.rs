@@ -1,0 +1,147 @@
+//! The WebSocket phase: frames in, requests to the hub, replies out.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::LazyLock;
+
+use bytes::Bytes;
+use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+
+use super::{Ctx, Phase, Session};
+use crate::link::{Auth, Tag, ToHubInner};
+use crate::reply::{reply_json, ErrorCode, Failure, Reply};
+use crate::session::CloseReason;
+use crate::transport::request::{self, ClientRequest, HelloAuth, RequestError};
+use crate::transport::ws::{close_frame, encode_frame, text_frame, WsEvent};
+
+/// The heartbeat ping, the same bytes for every session.
+pub(super) static PING: LazyLock<Bytes> = LazyLock::new(|| encode_frame(OpCode::Control(Control::Ping), b""));
+
+impl Session {
+    pub(super) fn process_ws(&mut self, ctx: &mut Ctx<'_>, buf: &[u8]) -> usize {
+        let Phase::Ws { decoder, .. } = &mut self.phase else { return 0 };
+        match decoder.decode(buf, ctx.config.max_frame) {
+            Err(e) => {
+                self.close(ctx, CloseReason::Frame(e));
+                buf.len()
+            }
+            Ok((used, event)) => {
+                if let Some(event) = event {
+                    self.ws_event(ctx, event);
+                }
+                used
+            }
+        }
+    }
+
+    fn ws_event(&mut self, ctx: &mut Ctx<'_>, event: WsEvent) {
+        let echo = matches!(self.phase, Phase::Ws { echo: true, .. });
+        match event {
+            // RFC 6455 §5.5.2: "Upon receipt of a Ping frame, an endpoint MUST
+            // send a Pong frame in response", with the same payload.
+            WsEvent::Ping(payload) => self.send(ctx, encode_frame(OpCode::Control(Control::Pong), &payload)),
+            WsEvent::Pong => {}
+            WsEvent::Close(code) => {
+                // §5.5.1: echo the status code back, then close.
+                let reply = code.map_or(CloseCode::Normal, CloseCode::from);
+                self.outbox.push_unbounded(close_frame(reply, ""));
+                self.closing = Some(CloseReason::Peer);
+                self.rbuf = Vec::new();
+                self.linger_at = Some(ctx.now.instant + super::LINGER);
+            }
+            WsEvent::Text(data) if echo => self.send(ctx, text_frame(&data)),
+            WsEvent::Binary(data) if echo => self.send(ctx, encode_frame(OpCode::Data(Data::Binary), &data)),
+            WsEvent::Binary(_) => {
+                ctx.metrics.messages_received.fetch_add(1, Relaxed);
+                if self.rate_ok(ctx) {
+                    let f = Failure::new(ErrorCode::BadJson, "binary frames are not accepted; send JSON text");
+                    self.ws_reply(ctx, None, "binary", &Err(f));
+                } else {
+                    self.rate_limited(ctx, None, "binary");
+                }
+            }
+            WsEvent::Text(data) => self.ws_request(ctx, &data),
+        }
+    }
+
+    fn rate_ok(&mut self, ctx: &Ctx<'_>) -> bool {
+        self.rate.allow(ctx.now.instant, ctx.config.rate, ctx.config.burst)
+    }
+
+    fn rate_limited(&mut self, ctx: &mut Ctx<'_>, reference: Option<&str>, kind: &str) {
+        ctx.metrics.rate_limited.fetch_add(1, Relaxed);
+        let rate = ctx.config.rate;
+        let f = Failure::new(ErrorCode::RateLimited, format!("more than {rate} messages a second; this one was dropped"));
+        self.ws_reply(ctx, reference, kind, &Err(f));
+    }
+
+    fn ws_request(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) {
+        ctx.metrics.messages_received.fetch_add(1, Relaxed);
+        let decoded = request::decode(data);
+        let reference = decoded.reference.as_deref();
+        let kind_text = decoded.kind.as_deref().unwrap_or("");
+        if !self.rate_ok(ctx) {
+            return self.rate_limited(ctx, reference, kind_text);
+        }
+        let request = match decoded.request {
+            Ok(r) => r,
+            Err(e) => {
+                let f = match e {
+                    RequestError::BadJson => Failure::new(ErrorCode::BadJson, "a frame must hold one JSON object"),
+                    RequestError::BadField(field) => {
+                        Failure::new(ErrorCode::BadRequest, format!("missing or invalid field {field}"))
+                    }
+                    RequestError::UnknownType => {
+                        Failure::new(ErrorCode::UnknownType, format!("unknown request type {kind_text}"))
+                    }
+                };
+                return self.ws_reply(ctx, reference, kind_text, &Err(f));
+            }
+        };
+        let kind = kind_of(&request);
+        let tag = Tag::Ws { reference: decoded.reference.clone(), kind };
+        match request {
+            ClientRequest::Hello { auth } => {
+                if self.welcomed || self.hello_pending {
+                    let f = Failure::new(ErrorCode::AlreadyAuthenticated, "this session has said hello already");
+                    return self.ws_reply(ctx, reference, kind, &Err(f));
+                }
+                self.hello_pending = true;
+                let auth = match auth {
+                    HelloAuth::Token(t) => Auth::Token(t),
+                    HelloAuth::Guest(n) => Auth::Guest(n),
+                };
+                ctx.to_hub.push(ToHubInner::Hello { sid: self.id, tag, auth, line: false, peer: self.peer });
+            }
+            _ if !self.welcomed => {
+                let f = Failure::new(ErrorCode::Unauthenticated, "send hello first");
+                self.ws_reply(ctx, reference, kind, &Err(f));
+            }
+            ClientRequest::Ping => self.ws_reply(ctx, reference, kind, &Ok(Reply::Pong)),
+            request => ctx.to_hub.push(ToHubInner::Request { sid: self.id, tag, request }),
+        }
+    }
+
+    pub(super) fn ws_reply(&mut self, ctx: &mut Ctx<'_>, reference: Option<&str>, kind: &str, result: &Result<Reply, Failure>) {
+        if kind == "hello" && result.is_err() {
+            self.hello_pending = false;
+        }
+        self.send(ctx, text_frame(&reply_json(reference, kind, result)));
+    }
+}
+
+fn kind_of(r: &ClientRequest) -> &'static str {
+    match r {
+        ClientRequest::Hello { .. } => "hello",
+        ClientRequest::Join { .. } => "join",
+        ClientRequest::Leave { .. } => "leave",
+        ClientRequest::Send { .. } => "send",
+        ClientRequest::History { .. } => "history",
+        ClientRequest::Who { .. } => "who",
+        ClientRequest::Rooms { .. } => "rooms",
+        ClientRequest::Conversations { .. } => "conversations",
+        ClientRequest::Read { .. } => "read",
+        ClientRequest::Typing { .. } => "typing",
+        ClientRequest::Ack { .. } => "ack",
+        ClientRequest::Ping => "ping",
+    }
+}

@@ -1,0 +1,250 @@
+//! What the hub asks of storage, and what comes back. Types only: the workers
+//! that do the I/O live in `natter-host`.
+//!
+//! The hub never waits. It emits [`StoreRequest`]s and later receives a
+//! [`StoreDone`] with the same [`StoreReqId`]. A worker must complete the
+//! requests of one queue in the order it received them (password hashing may
+//! finish out of order, nothing else may): the hub relies on that order so
+//! that a `since` replay read after a message was written sees that message.
+
+use std::fmt;
+
+/// Identifies one request until its completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StoreReqId(pub u64);
+
+/// A request to storage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreRequest {
+    /// Echoed in the completion.
+    pub id: StoreReqId,
+    /// What to do.
+    pub op: StoreOp,
+}
+
+/// A stored principal: a registered user's name, or for a guest
+/// `name#incarnation`, so that a later guest with the same name never sees an
+/// earlier one's conversations. `#` is not allowed in names, so the two never
+/// collide.
+pub type UserKey = String;
+
+/// Where a message lives.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// A room, by name.
+    Room(String),
+    /// The conversation between two principals. Order does not matter: the
+    /// store keys a conversation by the pair sorted.
+    Conversation(UserKey, UserKey),
+}
+
+/// One operation. Each variant's doc says which [`StoreValue`] answers it.
+#[allow(missing_docs)] // fields are named for what they hold; the variant docs say how they are used
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreOp {
+    /// Everything the hub keeps in memory, once at start-up:
+    /// [`StoreValue::Snapshot`].
+    LoadAll,
+    /// Creates an account with an argon2id hash of `password`:
+    /// [`StoreValue::Registered`], or [`StoreValue::NameTaken`].
+    Register { user: String, password: String },
+    /// Checks a password and issues a token valid until `now_ms + ttl_ms`:
+    /// [`StoreValue::Token`], or [`StoreValue::Rejected`] (unknown user or
+    /// wrong password, indistinguishably).
+    Login { user: String, password: String, now_ms: u64, ttl_ms: u64 },
+    /// Checks a password without issuing a token (line-protocol `/login`):
+    /// [`StoreValue::Verified`], or [`StoreValue::Rejected`].
+    Verify { user: String, password: String },
+    /// [`StoreValue::TokenUser`] when the token exists, is not revoked and
+    /// `now_ms` is before its expiry; else [`StoreValue::Rejected`].
+    CheckToken { token: String, now_ms: u64 },
+    /// Revokes a token: [`StoreValue::Revoked`] with its user, `None` if the
+    /// token was unknown.
+    Revoke { token: String },
+    /// Stores a registered user's membership: [`StoreValue::Done`].
+    Join { user: String, room: String },
+    /// Ends it: [`StoreValue::Done`].
+    Leave { user: String, room: String },
+    /// Appends a message, assigning the target's next `seq` in the same
+    /// transaction: [`StoreValue::Appended`]. When `(sender, client_id)` was
+    /// stored before (in any target), nothing is written and the first
+    /// message's `seq` comes back with `duplicate: true`.
+    Append { target: Target, message: NewMessage },
+    /// Messages of a target, oldest first: [`StoreValue::Messages`].
+    History { target: Target, range: SeqRange },
+    /// Every private message to `user` whose `seq` is above `user`'s ack for
+    /// that conversation, oldest first per conversation, conversations in the
+    /// order of their oldest such message, at most `limit`:
+    /// [`StoreValue::Inbox`].
+    Inbox { user: UserKey, limit: u32 },
+    /// Raises `user`'s ack of the conversation with `with` to `seq` (never
+    /// lowers it): [`StoreValue::Done`].
+    Ack { user: UserKey, with: UserKey, seq: u64 },
+    /// Raises `user`'s read mark on a room or a conversation (never lowers
+    /// it): [`StoreValue::Done`]. For a conversation the `Target`'s first key
+    /// is `user`.
+    Read { user: UserKey, target: Target, seq: u64 },
+    /// `user`'s conversations, most recent first, at most `limit`:
+    /// [`StoreValue::Conversations`].
+    Conversations { user: UserKey, limit: u32 },
+    /// `user`'s read marks on its rooms: [`StoreValue::ReadMarks`].
+    ReadMarks { user: String },
+}
+
+/// A message to append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Principal of the sender (for the client-id dedup).
+    pub sender: UserKey,
+    /// Display name of the sender.
+    pub from: String,
+    /// Display name of the recipient, for a private message.
+    pub to: Option<String>,
+    /// The text.
+    pub text: String,
+    /// The client's message id, if it gave one.
+    pub client_id: Option<String>,
+    /// Server wall clock, ms since the Unix epoch.
+    pub ts: u64,
+}
+
+/// Which messages of a target to read.
+#[allow(missing_docs)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeqRange {
+    /// The `limit` newest with `seq < before` (`None`: no upper bound).
+    Before { before: Option<u64>, limit: u32 },
+    /// The `limit` newest with `seq > after`. Used by `since` replay: when more
+    /// than `limit` qualify, the oldest are left out.
+    After { after: u64, limit: u32 },
+}
+
+/// A stored message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Sequence number within its target.
+    pub seq: u64,
+    /// Display name of the sender.
+    pub from: String,
+    /// Display name of the recipient (private messages only).
+    pub to: Option<String>,
+    /// Principal of the sender.
+    pub sender: UserKey,
+    /// The text.
+    pub text: String,
+    /// The client's message id, if any.
+    pub client_id: Option<String>,
+    /// Server wall clock at send, ms since the Unix epoch.
+    pub ts: u64,
+}
+
+/// A private message waiting for its recipient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboxMessage {
+    /// Principal of the other side of the conversation (the sender, or for an
+    /// echo of the user's own message, the recipient).
+    pub with: UserKey,
+    /// The message.
+    pub message: StoredMessage,
+}
+
+/// A room as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRoom {
+    /// Name.
+    pub name: String,
+    /// Newest `seq` (0 when empty).
+    pub seq: u64,
+    /// Registered members.
+    pub members: Vec<String>,
+}
+
+/// A conversation as listed to a user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConversationSummary {
+    /// Principal of the other side.
+    pub with: UserKey,
+    /// Newest `seq` of the conversation.
+    pub seq: u64,
+    /// The user's read mark (0 if none).
+    pub read: u64,
+}
+
+/// The answer to a [`StoreOp`].
+#[allow(missing_docs)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreValue {
+    /// For `Join`, `Leave`, `Ack`, `Read`.
+    Done,
+    /// For `LoadAll`.
+    Snapshot { users: Vec<String>, rooms: Vec<StoredRoom> },
+    /// For `Register`.
+    Registered,
+    /// For `Register`: the name exists.
+    NameTaken,
+    /// For `Login`.
+    Token { token: String, expires_ms: u64 },
+    /// For `Verify`.
+    Verified,
+    /// For `Login`, `Verify` and `CheckToken`.
+    Rejected,
+    /// For `CheckToken`.
+    TokenUser { user: String, expires_ms: u64 },
+    /// For `Revoke`.
+    Revoked { user: Option<String> },
+    /// For `Append`.
+    Appended { seq: u64, ts: u64, duplicate: bool },
+    /// For `History`. `oldest` is the smallest `seq` still stored for the
+    /// target (`None` when nothing is).
+    Messages { messages: Vec<StoredMessage>, oldest: Option<u64> },
+    /// For `Inbox`.
+    Inbox { messages: Vec<InboxMessage> },
+    /// For `Conversations`.
+    Conversations { conversations: Vec<ConversationSummary> },
+    /// For `ReadMarks`: `(room, read)` pairs.
+    ReadMarks { marks: Vec<(String, u64)> },
+}
+
+/// Why a request failed. Every variant reaches clients as `unavailable`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed (disk full, read-only, corrupt, gone).
+    #[error("storage failed: {0}")]
+    Backend(StoreFailure),
+    /// The worker is gone or its queue is full.
+    #[error("storage is overloaded or shut down")]
+    Overloaded,
+    /// The request waited past its deadline.
+    #[error("storage timed out")]
+    TimedOut,
+}
+
+/// The kind of backend failure, for logs and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreFailure {
+    /// The disk or file system refused the write.
+    Io,
+    /// The database is locked or busy past the retry budget.
+    Busy,
+    /// Anything else the backend reported.
+    Other,
+}
+
+impl fmt::Display for StoreFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StoreFailure::Io => "i/o",
+            StoreFailure::Busy => "busy",
+            StoreFailure::Other => "backend error",
+        })
+    }
+}
+
+/// A completed request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreDone {
+    /// The request's id.
+    pub id: StoreReqId,
+    /// Its outcome.
+    pub result: Result<StoreValue, StoreError>,
+}

@@ -1,0 +1,281 @@
+//! HTTP/1.1 requests (the upgrade, the small JSON API, `/healthz`, `/metrics`)
+//! and the responses to them.
+
+use bytes::Bytes;
+
+/// Largest request head we read. Browsers send well under 8 KiB.
+pub(crate) const MAX_HEAD: usize = 16 * 1024;
+/// Largest request body (the API's JSON bodies are tiny).
+pub(crate) const MAX_BODY: usize = 16 * 1024;
+const MAX_HEADERS: usize = 48;
+
+/// Why a request could not be read. Each maps to one status in [`HttpError::status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum HttpError {
+    #[error("malformed request")]
+    Malformed,
+    #[error("request head too large")]
+    HeadTooLarge,
+    #[error("request body too large")]
+    BodyTooLarge,
+    #[error("chunked request bodies are not supported")]
+    Chunked,
+}
+
+impl HttpError {
+    pub(crate) fn status(self) -> u16 {
+        match self {
+            HttpError::Malformed => 400,
+            HttpError::HeadTooLarge => 431,
+            HttpError::BodyTooLarge => 413,
+            HttpError::Chunked => 411,
+        }
+    }
+}
+
+/// A request with its body, owning what the session needs of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Request {
+    pub(crate) method: String,
+    /// The path without the query.
+    pub(crate) path: String,
+    pub(crate) query: Option<String>,
+    pub(crate) headers: Vec<(String, Vec<u8>)>,
+    pub(crate) body: Vec<u8>,
+    /// HTTP/1.0, or `Connection: close`.
+    pub(crate) close: bool,
+}
+
+impl Request {
+    /// The first header named `name` (case-insensitive), as text.
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .map(str::trim)
+    }
+
+    /// Whether a comma-separated header lists `token` (case-insensitive).
+    pub(crate) fn header_has_token(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+
+    /// The value of query parameter `key`, percent-decoded.
+    pub(crate) fn query_param(&self, key: &str) -> Option<String> {
+        self.query.as_deref()?.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == key).then(|| percent_decode(v))
+        })
+    }
+}
+
+/// Reads one request from the front of `buf`: `Ok(Some((request, consumed)))`,
+/// or `Ok(None)` when more bytes are needed (nothing is consumed).
+pub(crate) fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(HttpError::HeadTooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
+        Err(_) => return Err(HttpError::Malformed),
+    };
+    if head_len > MAX_HEAD {
+        return Err(HttpError::HeadTooLarge);
+    }
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return Err(HttpError::Malformed);
+    };
+    let headers: Vec<(String, Vec<u8>)> =
+        req.headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect();
+    let mut request = Request {
+        method: method.to_string(),
+        path: String::new(),
+        query: None,
+        headers,
+        body: Vec::new(),
+        close: version == 0,
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_string())),
+        None => (target, None),
+    };
+    request.path = path.to_string();
+    request.query = query;
+    if request.header_has_token("connection", "close") {
+        request.close = true;
+    } else if version == 0 && request.header_has_token("connection", "keep-alive") {
+        request.close = false;
+    }
+    if request.header("transfer-encoding").is_some() {
+        return Err(HttpError::Chunked);
+    }
+    let body_len = match request.header("content-length") {
+        None => 0,
+        Some(v) => v.parse::<usize>().map_err(|_| HttpError::Malformed)?,
+    };
+    if body_len > MAX_BODY {
+        return Err(HttpError::BodyTooLarge);
+    }
+    if buf.len() < head_len + body_len {
+        return Ok(None);
+    }
+    request.body = buf[head_len..head_len + body_len].to_vec();
+    Ok(Some((request, head_len + body_len)))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push(h * 16 + l);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// A response, serialised at once.
+pub(crate) struct Response<'a> {
+    pub(crate) status: u16,
+    pub(crate) content_type: &'a str,
+    pub(crate) body: &'a [u8],
+    pub(crate) extra_headers: &'a [(&'a str, String)],
+    pub(crate) close: bool,
+}
+
+impl Response<'_> {
+    pub(crate) fn encode(&self) -> Bytes {
+        let mut out = Vec::with_capacity(160 + self.body.len());
+        out.extend_from_slice(
+            format!(
+                "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
+                self.status,
+                reason(self.status),
+                self.content_type,
+                self.body.len()
+            )
+            .as_bytes(),
+        );
+        for (name, value) in self.extra_headers {
+            out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
+        if self.close {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(self.body);
+        Bytes::from(out)
+    }
+}
+
+/// A JSON error body as PROTOCOL.md writes it: `{"error":CODE,"message":...}`.
+pub(crate) fn error_body(code: &str, message: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "error": code, "message": message }))
+        .unwrap_or_default()
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_request_split_at_every_byte() {
+        let raw = b"POST /api/login?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+        for cut in 0..raw.len() {
+            assert_eq!(parse_request(&raw[..cut]).unwrap(), None, "cut at {cut}");
+        }
+        let (req, used) = parse_request(raw).unwrap().unwrap();
+        assert_eq!(used, raw.len());
+        assert_eq!(req.method, "POST");
+        assert_eq!(req.path, "/api/login");
+        assert_eq!(req.query.as_deref(), Some("x=1"));
+        assert_eq!(req.body, b"hello");
+        assert!(!req.close);
+    }
+
+    #[test]
+    fn leaves_a_pipelined_request_in_the_buffer() {
+        let raw = b"GET /healthz HTTP/1.1\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n";
+        let (req, used) = parse_request(raw).unwrap().unwrap();
+        assert_eq!(req.path, "/healthz");
+        let (req, _) = parse_request(&raw[used..]).unwrap().unwrap();
+        assert_eq!(req.path, "/metrics");
+    }
+
+    #[test]
+    fn rejects_garbage_and_oversize() {
+        assert_eq!(parse_request(b"\x00\x01\x02 nonsense\r\n\r\n"), Err(HttpError::Malformed));
+        let long = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD + 1));
+        assert_eq!(parse_request(long.as_bytes()), Err(HttpError::HeadTooLarge));
+        let big = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
+        assert_eq!(parse_request(big.as_bytes()), Err(HttpError::BodyTooLarge));
+        assert_eq!(
+            parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(HttpError::Chunked)
+        );
+        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n"), Err(HttpError::Malformed));
+    }
+
+    #[test]
+    fn reads_query_parameters_and_headers() {
+        let raw = b"GET /ws?a=1&token=ab%2Bc+d HTTP/1.0\r\nConnection: Upgrade, keep-alive\r\n\r\n";
+        let (req, _) = parse_request(raw).unwrap().unwrap();
+        assert_eq!(req.query_param("token").as_deref(), Some("ab+c d"));
+        assert_eq!(req.query_param("a").as_deref(), Some("1"));
+        assert_eq!(req.query_param("b"), None);
+        assert!(req.header_has_token("connection", "upgrade"));
+        assert!(!req.close, "HTTP/1.0 with keep-alive stays open");
+    }
+
+    #[test]
+    fn percent_decoding_tolerates_bad_escapes() {
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%41%"), "A%");
+    }
+}

@@ -1,0 +1,338 @@
+//! WebSocket framing (RFC 6455) on tungstenite's protocol types: the server
+//! side of the handshake, frame decoding with reassembly of fragmented
+//! messages, and encoding of server frames.
+
+use std::io::Cursor;
+
+use bytes::Bytes;
+use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+/// Why the peer's frames end the connection. Each maps to one close code in
+/// [`FrameError::close_code`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum FrameError {
+    #[error("frame or message larger than {limit} bytes")]
+    TooBig { limit: usize },
+    #[error("invalid UTF-8 in a text message or close reason")]
+    BadUtf8,
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+}
+
+impl FrameError {
+    pub(crate) fn close_code(self) -> CloseCode {
+        match self {
+            FrameError::TooBig { .. } => CloseCode::Size,
+            FrameError::BadUtf8 => CloseCode::Invalid,
+            FrameError::Protocol(_) => CloseCode::Protocol,
+        }
+    }
+}
+
+/// A complete message or control frame from the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WsEvent {
+    /// A text message, UTF-8 checked.
+    Text(Vec<u8>),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong,
+    /// The peer started the closing handshake. `None`: no status code.
+    Close(Option<u16>),
+}
+
+/// Reassembly state of one connection's incoming frames.
+#[derive(Debug, Default)]
+pub(crate) struct Decoder {
+    /// A fragmented message in progress: whether it is text, and its bytes.
+    partial: Option<(bool, Vec<u8>)>,
+}
+
+impl Decoder {
+    /// Bytes held for a message in progress.
+    pub(crate) fn buffered(&self) -> usize {
+        self.partial.as_ref().map_or(0, |(_, b)| b.len())
+    }
+
+    /// Decodes at most one frame from the front of `buf`. Returns how many
+    /// bytes it consumed and the event the frame completed, if any;
+    /// `Ok((0, None))` means more bytes are needed.
+    pub(crate) fn decode(
+        &mut self,
+        buf: &[u8],
+        max_message: usize,
+    ) -> Result<(usize, Option<WsEvent>), FrameError> {
+        let mut cursor = Cursor::new(buf);
+        let (header, len) = match FrameHeader::parse(&mut cursor) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok((0, None)),
+            Err(_) => return Err(FrameError::Protocol("reserved opcode")),
+        };
+        let head = cursor.position() as usize;
+        // RFC 6455 §5.5: "All control frames MUST have a payload length of 125
+        // bytes or less and MUST NOT be fragmented."
+        let control = matches!(header.opcode, OpCode::Control(_));
+        if control && (len > 125 || !header.is_final) {
+            return Err(FrameError::Protocol("fragmented or oversized control frame"));
+        }
+        if len > max_message as u64 {
+            return Err(FrameError::TooBig { limit: max_message });
+        }
+        // §5.2: "If a nonzero value is received and none of the negotiated
+        // extensions defines the meaning of such a nonzero value, the receiving
+        // endpoint MUST _Fail the WebSocket Connection_."
+        if header.rsv1 || header.rsv2 || header.rsv3 {
+            return Err(FrameError::Protocol("reserved bits set"));
+        }
+        // §5.1: "The server MUST close the connection upon receiving a frame
+        // that is not masked."
+        let Some(mask) = header.mask else {
+            return Err(FrameError::Protocol("unmasked client frame"));
+        };
+        let len = len as usize;
+        if buf.len() < head + len {
+            // Fail a message that will be too big before its last fragment arrives.
+            if self.buffered() + len > max_message {
+                return Err(FrameError::TooBig { limit: max_message });
+            }
+            return Ok((0, None));
+        }
+        let mut payload = buf[head..head + len].to_vec();
+        unmask(&mut payload, mask);
+        let consumed = head + len;
+        let event = match header.opcode {
+            OpCode::Control(Control::Ping) => Some(WsEvent::Ping(payload)),
+            OpCode::Control(Control::Pong) => Some(WsEvent::Pong),
+            OpCode::Control(Control::Close) => Some(WsEvent::Close(parse_close(&payload)?)),
+            OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
+                return Err(FrameError::Protocol("reserved opcode"))
+            }
+            OpCode::Data(Data::Continue) => {
+                let Some((text, mut data)) = self.partial.take() else {
+                    return Err(FrameError::Protocol("continuation without a message"));
+                };
+                if data.len() + payload.len() > max_message {
+                    return Err(FrameError::TooBig { limit: max_message });
+                }
+                data.extend_from_slice(&payload);
+                if header.is_final {
+                    Some(finish(text, data)?)
+                } else {
+                    check_utf8_prefix(text, &data)?;
+                    self.partial = Some((text, data));
+                    None
+                }
+            }
+            OpCode::Data(kind) => {
+                if self.partial.is_some() {
+                    return Err(FrameError::Protocol("new message inside a fragmented one"));
+                }
+                let text = kind == Data::Text;
+                if header.is_final {
+                    Some(finish(text, payload)?)
+                } else {
+                    check_utf8_prefix(text, &payload)?;
+                    self.partial = Some((text, payload));
+                    None
+                }
+            }
+        };
+        Ok((consumed, event))
+    }
+}
+
+fn finish(text: bool, data: Vec<u8>) -> Result<WsEvent, FrameError> {
+    if text {
+        std::str::from_utf8(&data).map_err(|_| FrameError::BadUtf8)?;
+        Ok(WsEvent::Text(data))
+    } else {
+        Ok(WsEvent::Binary(data))
+    }
+}
+
+/// Fails a fragmented text message as soon as its bytes so far cannot be the
+/// start of valid UTF-8, rather than at its last fragment (Autobahn 6.4).
+fn check_utf8_prefix(text: bool, data: &[u8]) -> Result<(), FrameError> {
+    if !text {
+        return Ok(());
+    }
+    match std::str::from_utf8(data) {
+        Ok(_) => Ok(()),
+        Err(e) if e.error_len().is_none() => Ok(()),
+        Err(_) => Err(FrameError::BadUtf8),
+    }
+}
+
+fn parse_close(payload: &[u8]) -> Result<Option<u16>, FrameError> {
+    match payload.len() {
+        0 => Ok(None),
+        1 => Err(FrameError::Protocol("close payload of one byte")),
+        _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            if !CloseCode::from(code).is_allowed() {
+                return Err(FrameError::Protocol("invalid close code"));
+            }
+            std::str::from_utf8(&payload[2..]).map_err(|_| FrameError::BadUtf8)?;
+            Ok(Some(code))
+        }
+    }
+}
+
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= mask[i & 3];
+    }
+}
+
+/// One unmasked, unfragmented server frame (RFC 6455 §5.1: a server MUST NOT
+/// mask), so the same bytes suit every recipient.
+pub(crate) fn encode_frame(opcode: OpCode, payload: &[u8]) -> Bytes {
+    let header = FrameHeader { opcode, ..FrameHeader::default() };
+    let mut out = Vec::with_capacity(header.len(payload.len() as u64) + payload.len());
+    // Writing into a Vec cannot fail.
+    let _ = header.format(payload.len() as u64, &mut out);
+    out.extend_from_slice(payload);
+    Bytes::from(out)
+}
+
+pub(crate) fn text_frame(payload: &[u8]) -> Bytes {
+    encode_frame(OpCode::Data(Data::Text), payload)
+}
+
+pub(crate) fn close_frame(code: CloseCode, reason: &str) -> Bytes {
+    let mut payload = u16::from(code).to_be_bytes().to_vec();
+    payload.extend_from_slice(&reason.as_bytes()[..reason.len().min(123)]);
+    encode_frame(OpCode::Control(Control::Close), &payload)
+}
+
+/// The `101 Switching Protocols` response for a client's `Sec-WebSocket-Key`.
+pub(crate) fn accept_response(key: &str) -> Bytes {
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    Bytes::from(format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    ))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A masked client frame, as a browser sends it.
+    pub(crate) fn client_frame(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        let header = FrameHeader { opcode, is_final: fin, mask: Some(mask), ..FrameHeader::default() };
+        let mut out = Vec::new();
+        header.format(payload.len() as u64, &mut out).unwrap();
+        let mut body = payload.to_vec();
+        unmask(&mut body, mask);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    const TEXT: OpCode = OpCode::Data(Data::Text);
+    const CONT: OpCode = OpCode::Data(Data::Continue);
+
+    fn decode_all(d: &mut Decoder, mut buf: &[u8]) -> Result<Vec<WsEvent>, FrameError> {
+        let mut out = Vec::new();
+        loop {
+            let (n, ev) = d.decode(buf, 1024)?;
+            if n == 0 {
+                return Ok(out);
+            }
+            out.extend(ev);
+            buf = &buf[n..];
+        }
+    }
+
+    #[test]
+    fn decodes_a_text_frame_split_at_every_byte() {
+        let frame = client_frame(TEXT, true, b"{\"type\":\"ping\"}");
+        for cut in 0..frame.len() {
+            let mut d = Decoder::default();
+            assert_eq!(d.decode(&frame[..cut], 1024).unwrap(), (0, None));
+        }
+        let mut d = Decoder::default();
+        assert_eq!(d.decode(&frame, 1024).unwrap(), (frame.len(), Some(WsEvent::Text(b"{\"type\":\"ping\"}".to_vec()))));
+    }
+
+    #[test]
+    fn reassembles_fragments_with_control_frames_between() {
+        let mut buf = client_frame(TEXT, false, b"hel");
+        buf.extend(client_frame(OpCode::Control(Control::Ping), true, b"p"));
+        buf.extend(client_frame(CONT, true, b"lo"));
+        let mut d = Decoder::default();
+        assert_eq!(
+            decode_all(&mut d, &buf).unwrap(),
+            vec![WsEvent::Ping(b"p".to_vec()), WsEvent::Text(b"hello".to_vec())]
+        );
+    }
+
+    #[test]
+    fn enforces_rfc_6455_rules() {
+        let mut d = Decoder::default();
+        let unmasked = encode_frame(TEXT, b"x");
+        assert_eq!(d.decode(&unmasked, 1024), Err(FrameError::Protocol("unmasked client frame")));
+        let mut d = Decoder::default();
+        assert!(matches!(d.decode(&client_frame(CONT, true, b"x"), 1024), Err(FrameError::Protocol(_))));
+        let mut d = Decoder::default();
+        let ping = client_frame(OpCode::Control(Control::Ping), false, b"x");
+        assert!(matches!(d.decode(&ping, 1024), Err(FrameError::Protocol(_))));
+        let mut d = Decoder::default();
+        let mut rsv = client_frame(TEXT, true, b"x");
+        rsv[0] |= 0x40;
+        assert!(matches!(d.decode(&rsv, 1024), Err(FrameError::Protocol(_))));
+        let mut d = Decoder::default();
+        let mut reserved = client_frame(TEXT, true, b"x");
+        reserved[0] = (reserved[0] & 0xf0) | 0x3;
+        assert!(matches!(d.decode(&reserved, 1024), Err(FrameError::Protocol(_))));
+        let mut d = Decoder::default();
+        let mut two = client_frame(TEXT, false, b"a");
+        two.extend(client_frame(TEXT, true, b"b"));
+        assert!(matches!(decode_all(&mut d, &two), Err(FrameError::Protocol(_))));
+    }
+
+    #[test]
+    fn size_limit_applies_to_frames_and_messages() {
+        let mut d = Decoder::default();
+        assert!(d.decode(&client_frame(TEXT, true, &[b'a'; 1024]), 1024).unwrap().1.is_some());
+        assert_eq!(d.decode(&client_frame(TEXT, true, &[b'a'; 1025]), 1024), Err(FrameError::TooBig { limit: 1024 }));
+        // Only the header of an oversized frame has arrived: fail at once.
+        let head = &client_frame(TEXT, true, &[b'a'; 5000])[..8];
+        assert_eq!(Decoder::default().decode(head, 1024), Err(FrameError::TooBig { limit: 1024 }));
+        let mut buf = client_frame(TEXT, false, &[b'a'; 600]);
+        buf.extend(client_frame(CONT, true, &[b'a'; 600]));
+        assert_eq!(decode_all(&mut Decoder::default(), &buf), Err(FrameError::TooBig { limit: 1024 }));
+    }
+
+    #[test]
+    fn checks_utf8_early_and_at_the_end() {
+        let bad = client_frame(TEXT, true, &[0xff, 0xfe]);
+        assert_eq!(Decoder::default().decode(&bad, 1024), Err(FrameError::BadUtf8));
+        // "€" split across fragments is fine.
+        let mut buf = client_frame(TEXT, false, &[0xe2, 0x82]);
+        buf.extend(client_frame(CONT, true, &[0xac]));
+        assert_eq!(decode_all(&mut Decoder::default(), &buf).unwrap(), vec![WsEvent::Text("€".as_bytes().to_vec())]);
+        let early = client_frame(TEXT, false, &[b'a', 0xc0]);
+        assert_eq!(Decoder::default().decode(&early, 1024), Err(FrameError::BadUtf8));
+    }
+
+    #[test]
+    fn close_payloads_are_validated() {
+        let close = |p: &[u8]| Decoder::default().decode(&client_frame(OpCode::Control(Control::Close), true, p), 1024);
+        assert_eq!(close(b"").unwrap().1, Some(WsEvent::Close(None)));
+        assert_eq!(close(&[0x03, 0xe8]).unwrap().1, Some(WsEvent::Close(Some(1000))));
+        assert!(matches!(close(&[0x03]), Err(FrameError::Protocol(_))));
+        assert!(matches!(close(&[0x03, 0xed]), Err(FrameError::Protocol(_))), "1005 may not be sent");
+        assert_eq!(close(&[0x03, 0xe8, 0xff]), Err(FrameError::BadUtf8));
+    }
+
+    #[test]
+    fn server_frames_are_unmasked_and_sized() {
+        let f = text_frame(&[b'x'; 200]);
+        assert_eq!(&f[..4], &[0x81, 126, 0, 200]);
+        let c = close_frame(CloseCode::Restart, "restart");
+        assert_eq!(&c[..4], &[0x88, 9, 0x03, 0xf4]);
+        assert!(String::from_utf8_lossy(&accept_response("dGhlIHNhbXBsZSBub25jZQ==")).contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+    }
+}
