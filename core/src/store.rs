@@ -81,8 +81,8 @@ pub enum StoreOp {
     /// lowers it): [`StoreValue::Done`].
     Ack { user: UserKey, with: UserKey, seq: u64 },
     /// Raises `user`'s read mark on a room or a conversation (never lowers
-    /// it): [`StoreValue::Done`]. For a conversation the `Target`'s first key
-    /// is `user`.
+    /// it): [`StoreValue::Done`]. For a conversation, the key of the pair that
+    /// is not `user` is the other side.
     Read { user: UserKey, target: Target, seq: u64 },
     /// `user`'s conversations, most recent first, at most `limit`:
     /// [`StoreValue::Conversations`].
@@ -141,8 +141,8 @@ pub struct StoredMessage {
 /// A private message waiting for its recipient.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InboxMessage {
-    /// Principal of the other side of the conversation (the sender, or for an
-    /// echo of the user's own message, the recipient).
+    /// Principal of the other side of the conversation: the sender. (The
+    /// user's own messages are never in its inbox.)
     pub with: UserKey,
     /// The message.
     pub message: StoredMessage,

@@ -69,7 +69,9 @@ impl Session {
             }
             _ => self.respond_error(ctx, 404, "not_found", "no such path", close),
         }
-        if close {
+        if close && self.paused {
+            self.close_after_reply = true;
+        } else if close {
             self.close(ctx, CloseReason::Done);
         }
     }

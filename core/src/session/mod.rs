@@ -76,6 +76,8 @@ pub(crate) struct Session {
     hello_pending: bool,
     /// Decoding waits for the hub's answer, so replies keep request order.
     paused: bool,
+    /// The HTTP request being answered by the hub asked to close after.
+    close_after_reply: bool,
     closing: Option<CloseReason>,
     handshake_at: Option<Instant>,
     idle_at: Option<Instant>,
@@ -101,6 +103,7 @@ impl Session {
             welcomed: false,
             hello_pending: false,
             paused: false,
+            close_after_reply: false,
             closing: None,
             handshake_at: Some(ctx.now.instant + ctx.config.handshake_timeout),
             idle_at: None,
@@ -270,8 +273,13 @@ impl Session {
             ToShardInner::Api { response, .. } => {
                 let retry = response.retry_after_s.map(|s| ("Retry-After", s.to_string()));
                 let headers: Vec<(&str, String)> = retry.into_iter().collect();
-                self.respond(ctx, response.status, "application/json", &response.body, &headers, false);
-                self.resume(ctx);
+                let close = std::mem::take(&mut self.close_after_reply);
+                self.respond(ctx, response.status, "application/json", &response.body, &headers, close);
+                if close {
+                    self.close(ctx, CloseReason::Done);
+                } else {
+                    self.resume(ctx);
+                }
             }
             ToShardInner::Close { reason: HubClose::TokenRevoked, .. } => self.close(ctx, CloseReason::TokenEnded),
         }

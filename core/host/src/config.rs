@@ -1,0 +1,287 @@
+//! Flags, `NATTER_*` environment variables and a TOML file, resolved into
+//! [`Settings`]: a flag beats the environment, which beats the file, which
+//! beats the default (PROTOCOL.md, "Running a server").
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, Command};
+
+/// Everything a runtime binary needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// HTTP and WebSocket listener.
+    pub http: SocketAddr,
+    /// Line-protocol listener.
+    pub line: SocketAddr,
+    /// Directory of the embedded database.
+    pub data: PathBuf,
+    /// `postgres://` URL, when given.
+    pub database: Option<String>,
+    /// `redis://` URL, when given.
+    pub redis: Option<String>,
+    /// I/O threads.
+    pub threads: usize,
+    /// Log filter (`--log`), else `RUST_LOG`, else `info`.
+    pub log: Option<String>,
+    /// What the core enforces.
+    pub core: natter_core::Config,
+}
+
+/// Why parsing stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConfigExit {
+    /// `--help` or `--version`: print this on standard output, exit 0.
+    Info(String),
+    /// A bad flag, value or file: print this one line on standard error, exit 2.
+    Bad(String),
+}
+
+/// `(flag, value name, help)`; every flag but `--config` can also come from
+/// the environment and the file. Switches have no value name.
+const FLAGS: &[(&str, Option<&str>, &str)] = &[
+    ("http", Some("ADDR"), "HTTP + WebSocket listener [default: 0.0.0.0:8080]"),
+    ("line", Some("ADDR"), "line-protocol listener [default: 0.0.0.0:8480]"),
+    ("data", Some("DIR"), "directory of the embedded SQLite database [default: ./natter-data]"),
+    ("database", Some("URL"), "postgres://... : use PostgreSQL instead of SQLite"),
+    ("redis", Some("URL"), "redis://... : join the cluster that shares this Redis (needs --database)"),
+    ("threads", Some("N"), "I/O threads [default: number of cores]"),
+    ("heartbeat", Some("SECS"), "heartbeat_s in welcome; silence past twice this closes a WebSocket [default: 30]"),
+    ("no-guests", None, "refuse guest hello and nickname logins"),
+    ("token-ttl", Some("SECS"), "token lifetime [default: 86400]"),
+    ("max-frame", Some("BYTES"), "largest WebSocket frame or message; past it close 1009 [default: 65536]"),
+    ("max-text", Some("BYTES"), "largest message text [default: 4096]"),
+    ("max-line", Some("BYTES"), "largest line-protocol line [default: 4096]"),
+    ("max-queue", Some("BYTES"), "unsent bytes per connection before it is closed as a slow consumer [default: 4194304]"),
+    ("rate", Some("N"), "messages per second per connection [default: 20]"),
+    ("burst", Some("N"), "burst of the rate limit [default: 40]"),
+    ("max-rooms", Some("N"), "rooms per user [default: 100]"),
+    ("max-connections", Some("N"), "TCP connections per server, both ports [default: 100000]"),
+    ("handshake-timeout", Some("SECS"), "time from connect to welcome [default: 10]"),
+    ("line-idle", Some("SECS"), "silence that closes a line session [default: 600]"),
+    ("echo", None, "also serve GET /echo, a WebSocket echo for conformance suites (a test aid)"),
+    ("login-rate", Some("N"), "failed logins per client address per minute [default: 10]"),
+    ("log", Some("FILTER"), "log level or tracing filter, e.g. info or natter=debug [default: RUST_LOG, else info]"),
+];
+
+fn command(binary: &'static str) -> Command {
+    let mut cmd = Command::new(binary)
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Natter chat server: WebSocket and line-protocol chat with stored history")
+        .after_help("Every flag can also be set as NATTER_<FLAG> (upper case, - becomes _) or as a key of the --config file.\nA flag beats the environment, which beats the file.")
+        .arg(Arg::new("config").long("config").value_name("FILE").help("TOML file whose keys are the flag names"));
+    for &(name, value, help) in FLAGS {
+        let arg = Arg::new(name).long(name).help(help);
+        cmd = cmd.arg(match value {
+            Some(v) => arg.value_name(v).action(ArgAction::Set),
+            None => arg.action(ArgAction::SetTrue),
+        });
+    }
+    cmd
+}
+
+/// Resolves the settings from `args` (the first is the program name), the
+/// environment as `env` returns it, and the `--config` file.
+pub fn parse<I, F>(binary: &'static str, args: I, env: F) -> Result<Settings, ConfigExit>
+where
+    I: IntoIterator<Item = OsString>,
+    F: Fn(&str) -> Option<String>,
+{
+    let matches = command(binary).try_get_matches_from(args).map_err(|e| match e.kind() {
+        clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ConfigExit::Info(e.to_string()),
+        _ => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
+            ConfigExit::Bad(format!("{first} (see --help)"))
+        }
+    })?;
+    let file = match matches.get_one::<String>("config").cloned().or_else(|| env("NATTER_CONFIG")) {
+        Some(path) => read_file(&path)?,
+        None => BTreeMap::new(),
+    };
+    let value = |name: &str| -> Result<Option<String>, ConfigExit> {
+        let is_switch = FLAGS.iter().any(|(n, v, _)| *n == name && v.is_none());
+        if matches.value_source(name) == Some(ValueSource::CommandLine) {
+            return Ok(if is_switch { Some("true".into()) } else { matches.get_one::<String>(name).cloned() });
+        }
+        let env_name = format!("NATTER_{}", name.to_uppercase().replace('-', "_"));
+        if let Some(v) = env(&env_name) {
+            return Ok(Some(v));
+        }
+        Ok(file.get(name).cloned())
+    };
+    let d = natter_core::Config::default();
+    let core = natter_core::Config {
+        heartbeat: secs(&value("heartbeat")?, "heartbeat", d.heartbeat)?,
+        no_guests: switch(&value("no-guests")?, "no-guests")?,
+        token_ttl: secs(&value("token-ttl")?, "token-ttl", d.token_ttl)?,
+        max_frame: number(&value("max-frame")?, "max-frame", d.max_frame)?,
+        max_text: number(&value("max-text")?, "max-text", d.max_text)?,
+        max_line: number(&value("max-line")?, "max-line", d.max_line)?,
+        max_queue: number(&value("max-queue")?, "max-queue", d.max_queue)?,
+        rate: number(&value("rate")?, "rate", d.rate)?,
+        burst: number(&value("burst")?, "burst", d.burst)?,
+        max_rooms: number(&value("max-rooms")?, "max-rooms", d.max_rooms)?,
+        max_connections: number(&value("max-connections")?, "max-connections", d.max_connections)?,
+        handshake_timeout: secs(&value("handshake-timeout")?, "handshake-timeout", d.handshake_timeout)?,
+        line_idle: secs(&value("line-idle")?, "line-idle", d.line_idle)?,
+        echo: switch(&value("echo")?, "echo")?,
+        login_rate: number(&value("login-rate")?, "login-rate", d.login_rate)?,
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let settings = Settings {
+        http: address(&value("http")?, "http", "0.0.0.0:8080")?,
+        line: address(&value("line")?, "line", "0.0.0.0:8480")?,
+        data: PathBuf::from(value("data")?.unwrap_or_else(|| "./natter-data".into())),
+        database: url(value("database")?, "database", &["postgres://", "postgresql://"])?,
+        redis: url(value("redis")?, "redis", &["redis://", "rediss://"])?,
+        threads: number(&value("threads")?, "threads", cores)?,
+        log: value("log")?,
+        core,
+    };
+    if settings.threads == 0 || settings.threads > 1024 {
+        return Err(ConfigExit::Bad("invalid value for --threads: from 1 to 1024".into()));
+    }
+    if settings.redis.is_some() && settings.database.is_none() {
+        return Err(ConfigExit::Bad("--redis needs --database: cluster nodes share one PostgreSQL".into()));
+    }
+    for (name, v) in [("rate", settings.core.rate as usize), ("burst", settings.core.burst as usize), ("max-frame", settings.core.max_frame), ("max-queue", settings.core.max_queue), ("max-line", settings.core.max_line), ("heartbeat", settings.core.heartbeat.as_secs() as usize)] {
+        if v == 0 {
+            return Err(ConfigExit::Bad(format!("invalid value for --{name}: must be at least 1")));
+        }
+    }
+    Ok(settings)
+}
+
+fn read_file(path: &str) -> Result<BTreeMap<String, String>, ConfigExit> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigExit::Bad(format!("cannot read --config {path}: {e}")))?;
+    let table: toml::Table =
+        text.parse().map_err(|e: toml::de::Error| ConfigExit::Bad(format!("bad --config {path}: {}", e.message())))?;
+    let mut out = BTreeMap::new();
+    for (key, value) in table {
+        if !FLAGS.iter().any(|(n, _, _)| *n == key) {
+            return Err(ConfigExit::Bad(format!("bad --config {path}: unknown key {key}")));
+        }
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            other => return Err(ConfigExit::Bad(format!("bad --config {path}: {key} = {other} is not a plain value"))),
+        };
+        out.insert(key, text);
+    }
+    Ok(out)
+}
+
+fn bad(name: &str, v: &str, why: &str) -> ConfigExit {
+    ConfigExit::Bad(format!("invalid value '{v}' for --{name}: {why}"))
+}
+
+fn number<T: std::str::FromStr>(v: &Option<String>, name: &str, default: T) -> Result<T, ConfigExit> {
+    match v {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|_| bad(name, v, "expected a whole number")),
+    }
+}
+
+fn secs(v: &Option<String>, name: &str, default: Duration) -> Result<Duration, ConfigExit> {
+    number(v, name, default.as_secs()).map(Duration::from_secs)
+}
+
+fn switch(v: &Option<String>, name: &str) -> Result<bool, ConfigExit> {
+    match v.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(false),
+        Some("1" | "true" | "yes") => Ok(true),
+        Some("0" | "false" | "no") => Ok(false),
+        Some(_) => Err(bad(name, v.as_deref().unwrap_or_default(), "expected 1, true, yes, 0, false or no")),
+    }
+}
+
+fn address(v: &Option<String>, name: &str, default: &str) -> Result<SocketAddr, ConfigExit> {
+    let text = v.as_deref().unwrap_or(default);
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| bad(name, text, "expected IP:PORT or HOST:PORT"))
+}
+
+fn url(v: Option<String>, name: &str, schemes: &[&str]) -> Result<Option<String>, ConfigExit> {
+    match v {
+        Some(u) if !schemes.iter().any(|s| u.starts_with(s)) => {
+            Err(bad(name, &u, &format!("expected a URL starting with {}", schemes[0])))
+        }
+        v => Ok(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Settings, ConfigExit> {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let args = std::iter::once("natter-test").chain(args.iter().copied()).map(OsString::from);
+        parse("natter-test", args, |k| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn defaults_match_the_protocol() {
+        let s = run(&[], &[]).unwrap();
+        assert_eq!(s.http, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(s.line, "0.0.0.0:8480".parse().unwrap());
+        assert_eq!(s.data, PathBuf::from("./natter-data"));
+        assert_eq!(s.core, natter_core::Config::default());
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("n.toml");
+        std::fs::write(&file, "max-frame = 100\nrate = 7\nburst = 9\nno-guests = true\n").unwrap();
+        let f = file.to_str().unwrap();
+        let s = run(&["--config", f, "--max-frame", "300"], &[("NATTER_MAX_FRAME", "200"), ("NATTER_RATE", "8")]).unwrap();
+        assert_eq!(s.core.max_frame, 300);
+        assert_eq!(s.core.rate, 8);
+        assert_eq!(s.core.burst, 9);
+        assert!(s.core.no_guests);
+        let s = run(&["--config", f], &[("NATTER_NO_GUESTS", "No")]).unwrap();
+        assert!(!s.core.no_guests, "the environment beats the file for switches too");
+    }
+
+    #[test]
+    fn switches_from_the_environment() {
+        for yes in ["1", "true", "YES", "True"] {
+            assert!(run(&[], &[("NATTER_NO_GUESTS", yes)]).unwrap().core.no_guests);
+        }
+        for no in ["0", "false", "NO"] {
+            assert!(!run(&[], &[("NATTER_NO_GUESTS", no)]).unwrap().core.no_guests);
+        }
+        assert!(matches!(run(&[], &[("NATTER_NO_GUESTS", "maybe")]), Err(ConfigExit::Bad(_))));
+        assert!(run(&["--echo"], &[]).unwrap().core.echo);
+    }
+
+    #[test]
+    fn bad_input_is_one_line() {
+        for args in [&["--max-frame", "big"][..], &["--nope"], &["--http", "nowhere"], &["--threads", "0"], &["--database", "mysql://x"], &["--redis", "redis://x"]] {
+            match run(args, &[]) {
+                Err(ConfigExit::Bad(msg)) => assert!(!msg.contains('\n'), "{msg}"),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+        assert!(matches!(run(&["--config", "/nonexistent/x.toml"], &[]), Err(ConfigExit::Bad(_))));
+        assert!(matches!(run(&["--help"], &[]), Err(ConfigExit::Info(_))));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("n.toml");
+        std::fs::write(&file, "max-frames = 100\n").unwrap();
+        assert!(matches!(run(&["--config", file.to_str().unwrap()], &[]), Err(ConfigExit::Bad(m)) if m.contains("max-frames")));
+    }
+}

@@ -1,0 +1,278 @@
+//! Starting and stopping a node, the same for every runtime: settings,
+//! logging, storage, the hub (in the only shard, or on its own thread),
+//! the listeners, the listening line, signals, and the orderly end.
+
+use std::net::TcpListener;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use natter_core::store::{StoreDone, StoreOp, StoreRequest, StoreValue};
+use natter_core::{Hub, HubAction, HubInput, Metrics, Now, Shard, ToHub, ToShard};
+
+use crate::config::{self, ConfigExit, Settings};
+use crate::mailbox::Mailbox;
+use crate::store::{spawn_store, Backend, SqliteBackend, StoreHandle};
+
+/// How long shutdown waits for clients to take their close frames.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Batches a shard may have queued for the hub before it waits.
+const HUB_INBOX_BOUND: usize = 1024;
+/// Storage requests that may wait; more are refused as `unavailable`.
+const STORE_QUEUE: usize = 65_536;
+
+/// The clock, read once per loop turn.
+pub fn now() -> Now {
+    let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    Now { instant: Instant::now(), unix_ms }
+}
+
+/// What reaches a shard from other threads.
+pub enum ShardMail {
+    /// From the hub thread.
+    Hub(Vec<ToShard>),
+    /// Storage completions, when the hub is in this shard.
+    Store(Vec<StoreDone>),
+}
+
+enum HubMail {
+    Shards(Vec<ToHub>),
+    Store(Vec<StoreDone>),
+    Stop,
+}
+
+/// Everything one I/O thread gets: its shard and its links.
+pub struct Seat {
+    /// The sessions (and with one thread, the hub).
+    pub shard: Shard,
+    /// What other threads send this shard. Set its waker first.
+    pub inbox: Arc<Mailbox<ShardMail>>,
+    link: Link,
+}
+
+enum Link {
+    /// The hub is in the shard: storage is submitted from here.
+    Local(Arc<StoreHandle>),
+    Remote(Arc<Mailbox<HubMail>>),
+}
+
+impl Seat {
+    /// Feeds what arrived from other threads into the shard. Drain the
+    /// shard's actions afterwards.
+    pub fn take_mail(&mut self, now: Now) {
+        for mail in self.inbox.take() {
+            match mail {
+                ShardMail::Hub(messages) => self.shard.handle_hub(now, messages),
+                ShardMail::Store(done) => {
+                    for d in done {
+                        self.shard.handle_store(now, d);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Submits storage requests the shard's hub asked for.
+    pub fn submit(&self, requests: Vec<StoreRequest>) {
+        if let Link::Local(store) = &self.link {
+            store.submit(requests);
+        }
+    }
+
+    /// Hands this turn's messages for a remote hub over as one batch.
+    pub fn flush_to_hub(&mut self) {
+        if let Link::Remote(hub) = &self.link {
+            let batch = self.shard.take_to_hub();
+            if !batch.is_empty() {
+                hub.push_bounded(HubMail::Shards(batch), HUB_INBOX_BOUND);
+            }
+        }
+    }
+}
+
+/// A running node's shared parts.
+pub struct Node {
+    /// The resolved settings.
+    pub settings: Settings,
+    /// Shared counters.
+    pub metrics: Arc<Metrics>,
+    /// The HTTP listener (non-blocking); runtimes clone it per thread.
+    pub http: TcpListener,
+    /// The line listener (non-blocking).
+    pub line: TcpListener,
+    /// Set by SIGTERM or SIGINT.
+    pub shutdown: Arc<Shutdown>,
+    store: Arc<StoreHandle>,
+    hub: Option<(Arc<Mailbox<HubMail>>, JoinHandle<()>)>,
+}
+
+/// The shutdown flag and the wakers of every loop that must notice it.
+#[derive(Default)]
+pub struct Shutdown {
+    flag: AtomicBool,
+    wakers: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
+}
+
+impl Shutdown {
+    /// Whether shutdown has begun.
+    pub fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// Registers a waker to call when shutdown begins.
+    pub fn on_signal(&self, wake: impl Fn() + Send + Sync + 'static) {
+        self.wakers.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(wake));
+        if self.is_set() {
+            self.trigger();
+        }
+    }
+
+    /// Begins shutdown and wakes every loop.
+    pub fn trigger(&self) {
+        self.flag.store(true, Ordering::Release);
+        for wake in self.wakers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            wake();
+        }
+    }
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("natter: error: {message}");
+    ExitCode::from(2)
+}
+
+impl Node {
+    /// Parses the command line and environment, opens storage, binds both
+    /// listeners and prints the listening line. On a bad flag, address,
+    /// directory or URL: one line on standard error and exit status 2,
+    /// before anything is bound.
+    pub fn start(binary: &'static str) -> Result<(Node, Vec<Seat>), ExitCode> {
+        let settings = match config::parse(binary, std::env::args_os(), |k| std::env::var(k).ok()) {
+            Ok(s) => s,
+            Err(ConfigExit::Info(text)) => {
+                print!("{text}");
+                return Err(ExitCode::SUCCESS);
+            }
+            Err(ConfigExit::Bad(line)) => return Err(fail(line)),
+        };
+        crate::logging::init(settings.log.as_deref());
+        if settings.database.is_some() || settings.redis.is_some() {
+            return Err(fail("PostgreSQL and Redis clustering are not available in this build yet; run without --database and --redis to use the embedded SQLite store"));
+        }
+        let mut backend = SqliteBackend::open(&settings.data)
+            .map_err(|e| fail(format_args!("cannot use --data {}: {e}", settings.data.display())))?;
+        let snapshot = backend.execute(&[&StoreOp::LoadAll]).pop();
+        let Some(Ok(StoreValue::Snapshot { users, rooms })) = snapshot else {
+            return Err(fail(format_args!("cannot read the database in {}", settings.data.display())));
+        };
+        let bind = |addr, what| {
+            TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|e| fail(format_args!("cannot listen on --{what} {addr}: {e}")))
+        };
+        let http = bind(settings.http, "http")?;
+        let line = bind(settings.line, "line")?;
+        let metrics = Arc::new(Metrics::default());
+        let config = Arc::new(settings.core.clone());
+        let hub = Hub::new(settings.core.clone(), Arc::clone(&metrics), users, rooms, now());
+        let threads = settings.threads;
+        let inboxes: Vec<Arc<Mailbox<ShardMail>>> = (0..threads).map(|_| Arc::default()).collect();
+        let (store, seats, hub_thread);
+        if threads == 1 {
+            let inbox = Arc::clone(&inboxes[0]);
+            let sink = Arc::new(move |done: Vec<StoreDone>| inbox.push(ShardMail::Store(done)));
+            store = Arc::new(spawn_store(backend, sink, Arc::clone(&metrics), STORE_QUEUE).map_err(fail)?);
+            let shard = Shard::with_hub(Arc::clone(&config), Arc::clone(&metrics), hub);
+            seats = vec![Seat { shard, inbox: Arc::clone(&inboxes[0]), link: Link::Local(Arc::clone(&store)) }];
+            hub_thread = None;
+        } else {
+            let hub_inbox: Arc<Mailbox<HubMail>> = Arc::default();
+            let sink_inbox = Arc::clone(&hub_inbox);
+            let sink = Arc::new(move |done: Vec<StoreDone>| sink_inbox.push(HubMail::Store(done)));
+            store = Arc::new(spawn_store(backend, sink, Arc::clone(&metrics), STORE_QUEUE).map_err(fail)?);
+            let thread = spawn_hub(hub, Arc::clone(&hub_inbox), inboxes.clone(), Arc::clone(&store)).map_err(fail)?;
+            seats = inboxes
+                .iter()
+                .enumerate()
+                .map(|(i, inbox)| Seat {
+                    shard: Shard::new(i as u16, Arc::clone(&config), Arc::clone(&metrics)),
+                    inbox: Arc::clone(inbox),
+                    link: Link::Remote(Arc::clone(&hub_inbox)),
+                })
+                .collect();
+            hub_thread = Some((hub_inbox, thread));
+        }
+        let shutdown = Arc::new(Shutdown::default());
+        crate::signals::install(Arc::clone(&shutdown)).map_err(fail)?;
+        let (http_addr, line_addr) = (http.local_addr().map_err(fail)?, line.local_addr().map_err(fail)?);
+        tracing::info!(%http_addr, %line_addr, threads, data = %settings.data.display(), runtime = binary, "listening");
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "natter listening http={http_addr} line={line_addr}");
+            let _ = out.flush();
+        }
+        let node = Node { settings, metrics, http, line, shutdown, store, hub: hub_thread };
+        Ok((node, seats))
+    }
+
+    /// After every shard has stopped: stops the hub, lets storage finish
+    /// what it was given, and returns the exit status.
+    pub fn finish(self) -> ExitCode {
+        if let Some((inbox, thread)) = self.hub {
+            inbox.push(HubMail::Stop);
+            let _ = thread.join();
+        }
+        match Arc::try_unwrap(self.store) {
+            Ok(store) => store.shutdown(),
+            Err(_) => tracing::warn!("storage still referenced at exit; queued writes may be lost"),
+        }
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    }
+}
+
+fn spawn_hub(
+    mut hub: Hub,
+    inbox: Arc<Mailbox<HubMail>>,
+    shards: Vec<Arc<Mailbox<ShardMail>>>,
+    store: Arc<StoreHandle>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("natter-hub".into()).spawn(move || {
+        let mut stop = false;
+        while !stop {
+            let mail = inbox.wait_take(hub.poll_timeout());
+            let now = now();
+            for m in mail {
+                match m {
+                    HubMail::Shards(batch) => {
+                        for msg in batch {
+                            hub.handle_input(now, HubInput::FromShard(msg));
+                        }
+                    }
+                    HubMail::Store(done) => {
+                        for d in done {
+                            hub.handle_input(now, HubInput::Store(d));
+                        }
+                    }
+                    HubMail::Stop => stop = true,
+                }
+            }
+            if hub.poll_timeout().is_some_and(|t| t <= now.instant) {
+                hub.handle_input(now, HubInput::Timeout);
+            }
+            while let Some(action) = hub.poll_action() {
+                match action {
+                    HubAction::Store(requests) => store.submit(requests),
+                    HubAction::ToShard(i, messages) => {
+                        if let Some(shard) = shards.get(usize::from(i)) {
+                            shard.push(ShardMail::Hub(messages));
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
