@@ -85,9 +85,13 @@ CREATE TABLE IF NOT EXISTS conversations (
     hi      TEXT NOT NULL,
     seq     INTEGER NOT NULL,
     last_ts INTEGER NOT NULL,
+    -- Grows by one with every private message in any conversation: orders
+    -- conversations by recency even within one millisecond.
+    last_order INTEGER NOT NULL,
     PRIMARY KEY (lo, hi)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS conversations_by_hi ON conversations(hi, lo);
+CREATE INDEX IF NOT EXISTS conversations_by_order ON conversations(last_order);
 
 CREATE TABLE IF NOT EXISTS private_messages (
     lo        TEXT NOT NULL,
@@ -539,10 +543,10 @@ fn run_op(conn: &Connection, op: &StoreOp) -> rusqlite::Result<StoreValue> {
         StoreOp::Conversations { user, limit } => {
             let mut st = conn.prepare_cached(
                 "SELECT p.peer, p.seq, coalesce(k.read, 0)
-                 FROM (SELECT CASE WHEN lo = ?1 THEN hi ELSE lo END AS peer, seq, last_ts
+                 FROM (SELECT CASE WHEN lo = ?1 THEN hi ELSE lo END AS peer, seq, last_order
                        FROM conversations WHERE lo = ?1 OR hi = ?1) AS p
                  LEFT JOIN conv_marks AS k ON k.user = ?1 AND k.peer = p.peer
-                 ORDER BY p.last_ts DESC, p.seq DESC, p.peer
+                 ORDER BY p.last_order DESC
                  LIMIT ?2",
             )?;
             let conversations = st
@@ -646,8 +650,10 @@ fn append(conn: &Connection, target: &Target, m: &NewMessage) -> rusqlite::Resul
             let (lo, hi) = pair(a, b);
             let seq = conn
                 .prepare_cached(
-                    "INSERT INTO conversations (lo, hi, seq, last_ts) VALUES (?1, ?2, 1, ?3)
-                     ON CONFLICT (lo, hi) DO UPDATE SET seq = seq + 1, last_ts = max(last_ts, excluded.last_ts)
+                    "INSERT INTO conversations (lo, hi, seq, last_ts, last_order)
+                     VALUES (?1, ?2, 1, ?3, (SELECT coalesce(max(last_order), 0) + 1 FROM conversations))
+                     ON CONFLICT (lo, hi) DO UPDATE SET seq = seq + 1, last_ts = max(last_ts, excluded.last_ts),
+                         last_order = excluded.last_order
                      RETURNING seq",
                 )?
                 .query_row(params![lo, hi, ts], |r| r.get(0))?;
