@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod conns;
 mod logging;
 pub mod mailbox;
 pub mod node;
@@ -12,4 +13,5 @@ mod signals;
 /// Storage: the SQLite backend, the batching worker and the password pool.
 pub mod store;
 
-pub use node::{now, Node, Seat, ShardMail, Shutdown, SHUTDOWN_GRACE};
+pub use conns::{Conns, Read, Socket, Turn, ACCEPT_PAUSE, READS_PER_TURN};
+pub use node::{now, IoThread, Node, Seat, ShardMail, Shutdown, SHUTDOWN_GRACE};

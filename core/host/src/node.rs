@@ -23,6 +23,10 @@ const HUB_INBOX_BOUND: usize = 1024;
 /// Storage requests that may wait; more are refused as `unavailable`.
 const STORE_QUEUE: usize = 65_536;
 
+/// The event loop of one I/O thread: its seat, its clones of the HTTP and
+/// line listeners (non-blocking), and the shutdown flag.
+pub type IoThread = fn(Seat, TcpListener, TcpListener, &Shutdown) -> std::io::Result<()>;
+
 /// The clock, read once per loop turn.
 pub fn now() -> Now {
     let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
@@ -89,6 +93,24 @@ impl Seat {
                 hub.push_bounded(HubMail::Shards(batch), HUB_INBOX_BOUND);
             }
         }
+    }
+}
+
+#[cfg(test)]
+impl Seat {
+    /// The only seat of a node with the hub in it and storage in `dir`, for
+    /// tests that drive a seat without sockets.
+    pub(crate) fn for_test(dir: &std::path::Path) -> Seat {
+        let config = natter_core::Config::default();
+        let metrics = Arc::new(Metrics::default());
+        let inbox: Arc<Mailbox<ShardMail>> = Arc::default();
+        let sink_inbox = Arc::clone(&inbox);
+        let sink = Arc::new(move |done: Vec<StoreDone>| sink_inbox.push(ShardMail::Store(done)));
+        let backend = SqliteBackend::open(dir).expect("a database in a temporary directory");
+        let store = spawn_store(backend, sink, Arc::clone(&metrics), STORE_QUEUE).expect("a store thread");
+        let hub = Hub::new(config.clone(), Arc::clone(&metrics), Vec::new(), Vec::new(), now());
+        let shard = Shard::with_hub(Arc::new(config), metrics, hub);
+        Seat { shard, inbox, link: Link::Local(Arc::new(store)) }
     }
 }
 
@@ -216,6 +238,39 @@ impl Node {
         }
         let node = Node { settings, metrics, http, line, shutdown, store, hub: hub_thread };
         Ok((node, seats))
+    }
+
+    /// The whole life of a node whose runtime runs one event loop per I/O
+    /// thread: [`Node::start`], then `io_thread` on one OS thread per seat
+    /// (`natter-io-N`), each with its own clones of both listeners, then
+    /// [`Node::finish`] once every thread has returned. A thread whose loop
+    /// fails logs why and shuts the node down.
+    pub fn run_threads(binary: &'static str, io_thread: IoThread) -> ExitCode {
+        let (node, seats) = match Node::start(binary) {
+            Ok(started) => started,
+            Err(code) => return code,
+        };
+        let mut threads = Vec::new();
+        for (i, seat) in seats.into_iter().enumerate() {
+            let (Ok(http), Ok(line)) = (node.http.try_clone(), node.line.try_clone()) else {
+                return fail(format_args!("cannot share the listeners with I/O thread {i}"));
+            };
+            let shutdown = Arc::clone(&node.shutdown);
+            let spawned = std::thread::Builder::new().name(format!("natter-io-{i}")).spawn(move || {
+                if let Err(e) = io_thread(seat, http, line, &shutdown) {
+                    tracing::error!(error = %e, "I/O thread failed");
+                    shutdown.trigger();
+                }
+            });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => return fail(format_args!("cannot start I/O thread {i}: {e}")),
+            }
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        node.finish()
     }
 
     /// After every shard has stopped: stops the hub, lets storage finish

@@ -1,0 +1,402 @@
+//! A seat's connections as every runtime keeps them: its sockets by
+//! `ConnKey`, the shard's actions carried out on them, reads fed to the
+//! shard, queued bytes written with vectored writes, and the rest of a loop
+//! turn up to the orderly end. A runtime brings the sockets and the waiting
+//! (readiness, timers, wake-ups); everything here is the same for all.
+
+use std::io::{self, IoSlice};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use natter_core::{ConnKey, ShardAction, Transport};
+
+use crate::node::{now, Seat, Shutdown, SHUTDOWN_GRACE};
+
+/// Reads per connection per turn: a client that sends without pause cannot
+/// keep its loop from serving the others.
+pub const READS_PER_TURN: usize = 16;
+/// How long accepting pauses after an error other than `WouldBlock` (out of
+/// file descriptors, mostly), for runtimes that would otherwise retry at once.
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+/// Slices per vectored write.
+const IOV: usize = 64;
+/// The one read buffer of a seat.
+const READ_BUF: usize = 64 * 1024;
+
+/// A non-blocking TCP connection as a runtime holds it; dropping it closes
+/// it (and ends whatever the runtime has waiting on it).
+pub trait Socket {
+    /// One read; `WouldBlock` when nothing is there.
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// One vectored write; `WouldBlock` when the kernel takes nothing.
+    fn try_write(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// The shard closed the connection: shut the write half down before the
+    /// socket is dropped.
+    fn shutdown_write(&self);
+}
+
+/// How [`Conns::read`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Read until the socket had no more.
+    Drained,
+    /// The budget ran out first: read again after the others had their turn.
+    More,
+    /// The connection is gone: the peer closed it, it failed, or the shard
+    /// closed it.
+    Gone,
+}
+
+/// Where a seat's loop is after [`Conns::turn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// Serving as usual.
+    Serving,
+    /// Shutdown began: accept no more connections.
+    Stopping,
+    /// Every connection is gone or the grace period is over: end the loop.
+    Done,
+}
+
+/// A seat and its sockets. See the module docs.
+pub struct Conns<S> {
+    /// The shard and its links.
+    pub seat: Seat,
+    /// Indexed by `ConnKey`.
+    sockets: Vec<Option<S>>,
+    /// Connections with bytes queued, written at the end of the turn.
+    to_write: Vec<ConnKey>,
+    buf: Box<[u8]>,
+    /// When the grace period ends, once shutdown began.
+    stopping: Option<Instant>,
+}
+
+impl<S: Socket> Conns<S> {
+    /// A seat with no connections yet.
+    pub fn new(seat: Seat) -> Conns<S> {
+        Conns {
+            seat,
+            sockets: Vec::new(),
+            to_write: Vec::new(),
+            buf: vec![0; READ_BUF].into(),
+            stopping: None,
+        }
+    }
+
+    /// A connection was accepted: opens its session and keeps the socket
+    /// `make` returns for its key (`None`: it could not be set up, and the
+    /// session ends again). Once shutdown began, the connection is dropped.
+    pub fn open(
+        &mut self,
+        transport: Transport,
+        peer: IpAddr,
+        make: impl FnOnce(ConnKey) -> Option<S>,
+    ) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let key = self.seat.shard.open(now(), transport, peer);
+        match make(key) {
+            Some(socket) => {
+                if self.sockets.len() <= key {
+                    self.sockets.resize_with(key + 1, || None);
+                }
+                self.sockets[key] = Some(socket);
+            }
+            None => self.seat.shard.closed(now(), key),
+        }
+        self.drain();
+    }
+
+    /// The socket of a connection that is still open.
+    pub fn get(&self, key: ConnKey) -> Option<&S> {
+        self.sockets.get(key).and_then(Option::as_ref)
+    }
+
+    /// The same, mutable.
+    pub fn get_mut(&mut self, key: ConnKey) -> Option<&mut S> {
+        self.sockets.get_mut(key).and_then(Option::as_mut)
+    }
+
+    /// Reads a readable connection until it has no more or
+    /// [`READS_PER_TURN`] reads are done, feeding the shard.
+    pub fn read(&mut self, key: ConnKey) -> Read {
+        for _ in 0..READS_PER_TURN {
+            let Some(socket) = self.sockets.get(key).and_then(Option::as_ref) else {
+                return Read::Gone;
+            };
+            match socket.try_read(&mut self.buf) {
+                Ok(0) => return self.closed(key),
+                Ok(n) => {
+                    self.seat.shard.received(now(), key, &self.buf[..n]);
+                    self.drain();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Read::Drained,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.closed(key),
+            }
+        }
+        if self.get(key).is_some() {
+            Read::More
+        } else {
+            Read::Gone
+        }
+    }
+
+    /// The peer went away or the socket failed: tells the shard and drops
+    /// the socket.
+    pub fn closed(&mut self, key: ConnKey) -> Read {
+        self.sockets.get_mut(key).and_then(Option::take);
+        self.seat.shard.closed(now(), key);
+        self.drain();
+        Read::Gone
+    }
+
+    /// The connection can take bytes again: write it at the next flush.
+    pub fn writable(&mut self, key: ConnKey) {
+        self.to_write.push(key);
+    }
+
+    /// Carries out the shard's actions until it has none.
+    pub fn drain(&mut self) {
+        while let Some(action) = self.seat.shard.poll_action() {
+            match action {
+                ShardAction::Write(key) => self.to_write.push(key),
+                ShardAction::Close(key) => {
+                    if let Some(socket) = self.sockets.get_mut(key).and_then(Option::take) {
+                        socket.shutdown_write();
+                    }
+                }
+                ShardAction::Store(requests) => self.seat.submit(requests),
+            }
+        }
+    }
+
+    /// Writes every connection with bytes queued: vectored writes carrying
+    /// every queued frame (up to `IOV`), repeated while the kernel takes it
+    /// all. `blocked` gets the sockets that would block, for the runtime to
+    /// call [`Conns::writable`] when they can take more.
+    pub fn flush(&mut self, mut blocked: impl FnMut(ConnKey, &mut S)) {
+        // Writing can queue more (a failed socket's session ends, and with a
+        // local hub its rooms hear of it at once): go on until nothing is left.
+        while !self.to_write.is_empty() {
+            let mut keys = std::mem::take(&mut self.to_write);
+            keys.sort_unstable();
+            keys.dedup();
+            for key in keys {
+                self.write(key, &mut blocked);
+            }
+        }
+    }
+
+    fn write(&mut self, key: ConnKey, blocked: &mut impl FnMut(ConnKey, &mut S)) {
+        while self.seat.shard.wants_write(key) {
+            let Some(socket) = self.sockets.get_mut(key).and_then(Option::as_mut) else {
+                return;
+            };
+            let mut slices = [IoSlice::new(&[]); IOV];
+            let n = self.seat.shard.outbox(key, &mut slices);
+            match socket.try_write(&slices[..n]) {
+                Ok(0) => return,
+                Ok(written) => {
+                    self.seat.shard.written(now(), key, written);
+                    self.drain();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return blocked(key, socket),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.closed(key);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The rest of a loop turn, after the reads: mail from other threads,
+    /// due timers, the start of shutdown once it is signalled (WebSocket
+    /// clients get 1012), the writes, and this turn's batch for the hub.
+    pub fn turn(&mut self, shutdown: &Shutdown, blocked: impl FnMut(ConnKey, &mut S)) -> Turn {
+        let now = now();
+        self.seat.take_mail(now);
+        self.drain();
+        self.seat.shard.handle_timeout(now);
+        self.drain();
+        if shutdown.is_set() && self.stopping.is_none() {
+            self.stopping = Some(now.instant + SHUTDOWN_GRACE);
+            self.seat.shard.shutdown(now);
+            self.drain();
+        }
+        self.flush(blocked);
+        self.seat.flush_to_hub();
+        match self.stopping {
+            None => Turn::Serving,
+            Some(end) if self.seat.shard.is_empty() || now.instant >= end => {
+                self.sockets.clear();
+                Turn::Done
+            }
+            Some(_) => Turn::Stopping,
+        }
+    }
+
+    /// When the loop must take its next turn even if nothing happens: the
+    /// shard's next deadline, or the end of the grace period.
+    pub fn deadline(&self) -> Option<Instant> {
+        let shard = self.seat.shard.poll_timeout();
+        match self.stopping {
+            Some(end) => Some(shard.map_or(end, |t| t.min(end))),
+            None => shard,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+
+    use super::*;
+
+    /// An in-memory socket: bytes the peer sent, bytes the seat wrote, and
+    /// how many bytes the "kernel" takes before it would block.
+    #[derive(Clone, Default)]
+    struct Fake {
+        input: Rc<RefCell<Vec<u8>>>,
+        peer_closed: Rc<Cell<bool>>,
+        output: Rc<RefCell<Vec<u8>>>,
+        room: Rc<Cell<usize>>,
+        shut: Rc<Cell<bool>>,
+    }
+
+    impl Socket for Fake {
+        fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+            let mut input = self.input.borrow_mut();
+            if input.is_empty() {
+                return if self.peer_closed.get() {
+                    Ok(0)
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                };
+            }
+            let n = input.len().min(buf.len());
+            buf[..n].copy_from_slice(&input[..n]);
+            input.drain(..n);
+            Ok(n)
+        }
+
+        fn try_write(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.room.get() == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.room.get());
+                self.output.borrow_mut().extend_from_slice(&b[..take]);
+                self.room.set(self.room.get() - take);
+                n += take;
+            }
+            Ok(n)
+        }
+
+        fn shutdown_write(&self) {
+            self.shut.set(true);
+        }
+    }
+
+    fn text(fake: &Fake) -> String {
+        String::from_utf8_lossy(&fake.output.borrow()).into_owned()
+    }
+
+    /// A seat with one line client that sent its nickname, read but not
+    /// yet answered; its socket takes `room` bytes before it would block.
+    struct Alice {
+        _dir: tempfile::TempDir,
+        conns: Conns<Fake>,
+        shutdown: Shutdown,
+        key: ConnKey,
+        fake: Fake,
+    }
+
+    fn alice(room: usize) -> Alice {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conns = Conns::new(Seat::for_test(dir.path()));
+        let fake = Fake::default();
+        fake.room.set(room);
+        let mut opened = None;
+        conns.open(Transport::Line, IpAddr::from([127, 0, 0, 1]), |key| {
+            opened = Some(key);
+            Some(fake.clone())
+        });
+        let key = opened.expect("open calls make");
+        fake.input.borrow_mut().extend_from_slice(b"alice\n");
+        assert_eq!(conns.read(key), Read::Drained);
+        Alice {
+            _dir: dir,
+            conns,
+            shutdown: Shutdown::default(),
+            key,
+            fake,
+        }
+    }
+
+    #[test]
+    fn reads_feed_the_shard_and_the_turn_writes_the_answer() {
+        let mut a = alice(usize::MAX);
+        let turn = a.conns.turn(&a.shutdown, |_, _| panic!("nothing blocks"));
+        assert_eq!(turn, Turn::Serving);
+        assert!(
+            text(&a.fake).starts_with("* welcome alice\n"),
+            "{}",
+            text(&a.fake)
+        );
+
+        a.fake.peer_closed.set(true);
+        assert_eq!(a.conns.read(a.key), Read::Gone);
+        assert!(a.conns.get(a.key).is_none());
+        assert!(a.conns.seat.shard.is_empty());
+    }
+
+    #[test]
+    fn a_socket_that_would_block_is_written_again_once_writable() {
+        let mut a = alice(4);
+        let mut blocked = Vec::new();
+        a.conns.turn(&a.shutdown, |k, _| blocked.push(k));
+        assert_eq!((blocked, text(&a.fake)), (vec![a.key], "* we".to_string()));
+
+        a.fake.room.set(usize::MAX);
+        a.conns.writable(a.key);
+        a.conns.turn(&a.shutdown, |_, _| {
+            panic!("the socket takes everything now")
+        });
+        assert!(
+            text(&a.fake).starts_with("* welcome alice\n"),
+            "{}",
+            text(&a.fake)
+        );
+    }
+
+    #[test]
+    fn shutdown_says_bye_closes_and_ends_the_loop() {
+        let mut a = alice(usize::MAX);
+        assert_eq!(a.conns.turn(&a.shutdown, |_, _| {}), Turn::Serving);
+
+        a.shutdown.trigger();
+        assert_eq!(a.conns.turn(&a.shutdown, |_, _| {}), Turn::Done);
+        assert!(text(&a.fake).ends_with("bye\n"), "{}", text(&a.fake));
+        assert!(
+            a.fake.shut.get(),
+            "the write half is shut before the socket goes"
+        );
+        assert!(a.conns.get(a.key).is_none());
+        assert!(
+            a.conns.deadline().is_some(),
+            "the grace period bounds the wait"
+        );
+        let mut refused = true;
+        a.conns
+            .open(Transport::Line, IpAddr::from([127, 0, 0, 1]), |_| {
+                refused = false;
+                None
+            });
+        assert!(refused, "no connection is opened once shutdown began");
+    }
+}
