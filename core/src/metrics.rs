@@ -62,7 +62,7 @@ impl Metrics {
         let mut out = String::with_capacity(2048);
         let g = |v: &AtomicI64| v.load(Relaxed).max(0);
         let c = |v: &AtomicU64| v.load(Relaxed);
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, i128)]| {
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (labels, value) in samples {
                 let _ = writeln!(out, "{name}{labels} {value}");
@@ -73,8 +73,8 @@ impl Metrics {
             "gauge",
             "Open TCP connections by transport.",
             &[
-                ("{transport=\"http\"}", g(&self.connections_http).into()),
-                ("{transport=\"line\"}", g(&self.connections_line).into()),
+                ("{transport=\"http\"}", g(&self.connections_http) as f64),
+                ("{transport=\"line\"}", g(&self.connections_line) as f64),
             ],
         );
         metric(
@@ -82,70 +82,97 @@ impl Metrics {
             "gauge",
             "Sessions past welcome by transport.",
             &[
-                ("{transport=\"ws\"}", g(&self.sessions_ws).into()),
-                ("{transport=\"line\"}", g(&self.sessions_line).into()),
+                ("{transport=\"ws\"}", g(&self.sessions_ws) as f64),
+                ("{transport=\"line\"}", g(&self.sessions_line) as f64),
             ],
         );
-        metric("natter_rooms", "gauge", "Rooms with at least one member.", &[("", g(&self.rooms).into())]);
+        metric("natter_rooms", "gauge", "Rooms with at least one member.", &[("", g(&self.rooms) as f64)]);
         metric(
             "natter_messages_received_total",
             "counter",
             "Client data messages received.",
-            &[("", c(&self.messages_received).into())],
+            &[("", c(&self.messages_received) as f64)],
         );
         metric(
             "natter_messages_delivered_total",
             "counter",
             "Events delivered, one per recipient session.",
-            &[("", c(&self.messages_delivered).into())],
+            &[("", c(&self.messages_delivered) as f64)],
         );
-        metric("natter_bytes_in_total", "counter", "Bytes read from clients.", &[("", c(&self.bytes_in).into())]);
-        metric("natter_bytes_out_total", "counter", "Bytes written to clients.", &[("", c(&self.bytes_out).into())]);
+        metric("natter_bytes_in_total", "counter", "Bytes read from clients.", &[("", c(&self.bytes_in) as f64)]);
+        metric("natter_bytes_out_total", "counter", "Bytes written to clients.", &[("", c(&self.bytes_out) as f64)]);
         metric(
             "natter_slow_consumer_closes_total",
             "counter",
             "Connections closed because their outbound queue was full.",
-            &[("", c(&self.slow_consumer_closes).into())],
+            &[("", c(&self.slow_consumer_closes) as f64)],
         );
         metric(
             "natter_rate_limited_total",
             "counter",
             "Messages dropped by the per-connection rate limit.",
-            &[("", c(&self.rate_limited).into())],
+            &[("", c(&self.rate_limited) as f64)],
         );
         metric(
             "natter_connections_refused_total",
             "counter",
             "Connections refused at the connection cap.",
-            &[("", c(&self.connections_refused).into())],
+            &[("", c(&self.connections_refused) as f64)],
         );
         metric(
             "natter_store_queue_depth",
             "gauge",
             "Storage requests waiting or in progress.",
-            &[("", g(&self.store_queue_depth).into())],
+            &[("", g(&self.store_queue_depth) as f64)],
         );
         metric(
             "natter_store_requests_total",
             "counter",
             "Storage requests completed, by outcome.",
             &[
-                ("{outcome=\"ok\"}", (c(&self.store_completed) - c(&self.store_failed).min(c(&self.store_completed))).into()),
-                ("{outcome=\"error\"}", c(&self.store_failed).into()),
+                ("{outcome=\"ok\"}", (c(&self.store_completed) - c(&self.store_failed).min(c(&self.store_completed))) as f64),
+                ("{outcome=\"error\"}", c(&self.store_failed) as f64),
             ],
         );
         metric(
             "natter_store_latency_seconds_sum",
             "counter",
             "Total time storage requests took from submission to completion.",
-            &[("", (c(&self.store_latency_us_sum) / 1_000_000).into())],
+            &[("", c(&self.store_latency_us_sum) as f64 / 1e6)],
+        );
+        metric(
+            "natter_store_latency_seconds_count",
+            "counter",
+            "Storage requests whose latency is in the sum.",
+            &[("", c(&self.store_completed) as f64)],
         );
         metric(
             "natter_store_batches_total",
             "counter",
             "Storage transactions, each carrying a batch of requests.",
-            &[("", c(&self.store_batches).into())],
+            &[("", c(&self.store_batches) as f64)],
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        Metrics::add(&m.messages_delivered, 3);
+        Metrics::gauge(&m.connections_line, 2);
+        Metrics::add(&m.store_latency_us_sum, 1_500);
+        let text = m.render();
+        assert!(text.contains("# TYPE natter_messages_delivered_total counter\nnatter_messages_delivered_total 3\n"));
+        assert!(text.contains("natter_connections{transport=\"line\"} 2\n"));
+        assert!(text.contains("natter_store_latency_seconds_sum 0.0015\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
     }
 }

@@ -276,7 +276,11 @@ fn fanout(a: &FanoutArgs) -> Report {
             }
             let m = &mut members[i];
             let _ = c.read(&mut scratch, |f| {
-                let Frame::Text(t) = f else { return };
+                let t = match f {
+                    Frame::Text(t) => t,
+                    Frame::Close(code) => return eprintln!("client {i} was closed by the server with {code}"),
+                    Frame::Other => return,
+                };
                 let Some(text) = json_str(t, "text") else { return };
                 if wsclient::find(t, b"\"type\":\"message\"").is_none() {
                     return;
