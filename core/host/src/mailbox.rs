@@ -37,23 +37,16 @@ impl<T> Mailbox<T> {
 
     /// Adds an item, never blocking.
     pub fn push(&self, item: T) {
-        let was_empty = {
-            let mut items = self.lock();
-            let was_empty = items.is_empty();
-            items.push(item);
-            was_empty
-        };
-        if was_empty {
-            self.arrived.notify_one();
-            if let Some(wake) = self.waker.get() {
-                wake();
-            }
-        }
+        self.push_within(item, usize::MAX);
     }
 
     /// Adds an item, first waiting while `bound` items are queued: the
     /// producer slows down to the consumer's pace.
     pub fn push_bounded(&self, item: T, bound: usize) {
+        self.push_within(item, bound);
+    }
+
+    fn push_within(&self, item: T, bound: usize) {
         let was_empty = {
             let mut items = self.lock();
             while items.len() >= bound {
