@@ -28,6 +28,7 @@ impl Hub {
             line,
             phase: Phase::New,
             inbox_pending: false,
+            held_echoes: Vec::new(),
             replaying: Vec::new(),
         });
         if info.phase != Phase::New {
@@ -245,15 +246,30 @@ impl Hub {
     pub(super) fn complete_inbox(&mut self, now: Now, sid: SessionId, result: Result<StoreValue, StoreError>) {
         let Some(info) = self.state.sessions.get_mut(&sid) else { return };
         info.inbox_pending = false;
+        let held = std::mem::take(&mut info.held_echoes);
         let line = info.line;
         let user = info.user().map(str::to_owned);
-        let Ok(StoreValue::Inbox { messages }) = result else {
-            // Nothing was acknowledged, so the next session gets them.
-            return;
+        // On failure nothing was acknowledged, so the next session gets
+        // them; the held echoes are live messages and go out regardless.
+        let mut messages = match result {
+            Ok(StoreValue::Inbox { messages }) => messages,
+            _ => Vec::new(),
         };
+        for echo in held {
+            let at = messages
+                .iter()
+                .position(|m| m.with == echo.with && m.message.seq > echo.message.seq)
+                .unwrap_or(messages.len());
+            messages.insert(at, echo);
+        }
+        let my_key = user.as_deref().and_then(|u| self.state.online.get(u)).map(|o| o.key.clone());
         let mut acks: Vec<(String, u64)> = Vec::new();
         for InboxMessage { with, message } in messages {
-            let (to_recipient, _) = private_message(&message);
+            let (to_recipient, echo) = private_message(&message);
+            if my_key.as_deref() == Some(message.sender.as_str()) {
+                self.deliver(&[sid], &echo);
+                continue;
+            }
             self.deliver(&[sid], &to_recipient);
             match acks.iter_mut().find(|(w, _)| *w == with) {
                 Some((_, seq)) => *seq = (*seq).max(message.seq),

@@ -8,7 +8,7 @@ use super::{unavailable, Hub};
 use crate::ids::{is_valid_name, SessionId};
 use crate::link::Tag;
 use crate::reply::{ErrorCode, Failure, Recovery, Reply};
-use crate::store::{NewMessage, SeqRange, StoreError, StoreOp, StoreValue, StoredMessage, Target};
+use crate::store::{InboxMessage, NewMessage, SeqRange, StoreError, StoreOp, StoreValue, StoredMessage, Target};
 use crate::time::Now;
 use crate::transport::request::{ClientRequest, Target as To};
 
@@ -212,9 +212,15 @@ impl Hub {
         if let Some(i) = info.replaying.iter().position(|r| *r == room) {
             info.replaying.swap_remove(i);
         }
+        let user = info.user().map(str::to_owned);
         let Ok(StoreValue::Messages { mut messages, oldest }) = result else {
             return self.reply(sid, tag, Err(unavailable()));
         };
+        // The user left (from another session) while the replay was read:
+        // the room's messages are no longer this session's to see.
+        if !user.is_some_and(|u| self.state.is_member(&u, &room)) {
+            return self.reply(sid, tag, Err(not_member(&room)));
+        }
         let seq = self.state.room_seq(&room);
         messages.retain(|m| m.seq <= seq);
         // Keep the replay within half the outbound bound, newest first, so a
@@ -298,14 +304,23 @@ impl Hub {
             let line_reached = recipients.iter().any(|s| self.state.sessions.get(s).is_some_and(|i| i.line));
             if line_reached && !to_key.contains('#') {
                 // A line session acknowledges what it was sent.
-                let op = StoreOp::Ack { user: to_key, with: from_key, seq };
+                let op = StoreOp::Ack { user: to_key.clone(), with: from_key, seq };
                 self.store(now, op, Pending::Ack { sid, tag: None });
             }
         }
-        if from != to {
-            let echoes: Vec<SessionId> = self.sessions_of(&from).into_iter().filter(|s| *s != sid).collect();
-            self.deliver(&echoes, &echo_view);
+        // The sender's other sessions still reading their inbox get the echo
+        // with it, in order (see `SessionInfo::held_echoes`).
+        let mut echoes = Vec::new();
+        for s in self.sessions_of(&from).into_iter().filter(|s| *s != sid) {
+            match self.state.sessions.get_mut(&s) {
+                Some(info) if info.inbox_pending => {
+                    info.held_echoes.push(InboxMessage { with: to_key.clone(), message: stored.clone() })
+                }
+                _ if from != to => echoes.push(s),
+                _ => {}
+            }
         }
+        self.deliver(&echoes, &echo_view);
         Ok(seq)
     }
 

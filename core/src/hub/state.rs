@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use crate::ids::SessionId;
+use crate::store::InboxMessage;
 
 /// A room. Membership belongs to users, by name.
 #[derive(Debug, Default)]
@@ -32,6 +33,11 @@ pub(crate) struct SessionInfo {
     /// Its private messages arrive from the inbox read; live ones are held
     /// back until then, because the read returns them too (see `Hub` docs).
     pub(crate) inbox_pending: bool,
+    /// The user's own private messages that completed while the inbox read
+    /// was in flight. The inbox holds only others' messages, so these are
+    /// merged into it by `seq` and sent with it: each conversation arrives
+    /// in order.
+    pub(crate) held_echoes: Vec<InboxMessage>,
     /// Rooms whose `since` replay is being read; live messages of these
     /// rooms are skipped for this session, as the replay will carry them.
     pub(crate) replaying: Vec<String>,

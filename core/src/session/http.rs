@@ -110,7 +110,9 @@ impl Session {
 
     fn become_ws(&mut self, ctx: &mut Ctx<'_>, key: &str, echo: bool) {
         self.send(ctx, accept_response(key));
-        self.phase = Phase::Ws { decoder: Decoder::default(), echo };
+        // PROTOCOL.md: invalid UTF-8 on `/ws` is a `bad_json` error, not a close.
+        let decoder = if echo { Decoder::default() } else { Decoder::lenient_utf8() };
+        self.phase = Phase::Ws { decoder, echo };
         self.ping_at = Some(ctx.now.instant + ctx.config.heartbeat);
         self.touch(ctx);
     }

@@ -123,6 +123,11 @@ impl Session {
                 return self.send(ctx, error_line(&f));
             }
         };
+        // `/join` and `/leave` may wait for storage: hold later lines until
+        // they are answered, so that text goes to the room the user expects.
+        if matches!(cmd, LineCommand::Join { .. } | LineCommand::Leave(_)) {
+            self.paused = true;
+        }
         ctx.to_hub.push(ToHubInner::Request { sid: self.id, tag: Tag::Line(cmd), request });
     }
 
@@ -184,7 +189,10 @@ impl Session {
             _ => {}
         }
         self.send(ctx, reply_lines(result));
-        if self.paused {
+        // Only the answer that paused decoding resumes it: replies to
+        // earlier lines may still arrive in between.
+        let pausing = matches!(cmd, LineCommand::Login | LineCommand::Join { .. } | LineCommand::Leave(_));
+        if self.paused && pausing {
             self.resume(ctx);
         }
     }

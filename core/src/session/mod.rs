@@ -259,7 +259,7 @@ impl Session {
         match msg {
             ToShardInner::Deliver { event, .. } => self.deliver(ctx, &event),
             ToShardInner::Reply { tag, result, .. } => match tag {
-                Tag::Ws { reference, kind } => self.ws_reply(ctx, reference.as_deref(), kind, &result),
+                Tag::Ws { reference, kind } => self.ws_hub_reply(ctx, reference.as_deref(), kind, &result),
                 Tag::Upgrade { key } => self.upgrade_verdict(ctx, &key, result),
                 Tag::Line(cmd) => self.line_reply(ctx, cmd, &result),
             },

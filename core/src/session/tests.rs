@@ -1,0 +1,1302 @@
+//! Sessions as a client sees them on the wire: HTTP, the WebSocket upgrade
+//! and framing, the line protocol, and every limit at its bound. Driven
+//! through the simulation harness (`crate::sim`).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+
+use crate::config::Config;
+use crate::sim::{Ended, Event, Sim, WriteMode};
+
+const TEXT: OpCode = OpCode::Data(Data::Text);
+const CONT: OpCode = OpCode::Data(Data::Continue);
+const MS: Duration = Duration::from_millis(1);
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn users() -> [(&'static str, &'static str); 2] {
+    [("alice", "alice-password"), ("bob", "bob-password")]
+}
+
+/// The error a request got: `(code, ref or request)`.
+fn error_code(v: &Value) -> &str {
+    assert_eq!(v["type"], "error", "{v}");
+    v["code"].as_str().unwrap()
+}
+
+fn http_json(sim: &mut Sim, method: &str, path: &str, body: Value) -> (u16, Value) {
+    let res = sim.http(method, path, &body.to_string(), &[]);
+    (res.status, res.json())
+}
+
+// ---- HTTP ---------------------------------------------------------------
+
+#[test]
+fn healthz_metrics_page_and_unknown_paths() {
+    let mut sim = Sim::new(Config::default());
+    let res = sim.http("GET", "/healthz", "", &[]);
+    assert_eq!((res.status, res.json()), (200, json!({"status":"ok"})));
+    let res = sim.http("GET", "/metrics", "", &[]);
+    assert_eq!(res.status, 200);
+    assert!(res
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain"));
+    assert!(
+        res.text()
+            .contains("natter_connections{transport=\"http\"} 1\n"),
+        "{}",
+        res.text()
+    );
+    let res = sim.http("GET", "/", "", &[]);
+    assert_eq!(res.status, 200);
+    assert!(res.header("content-type").unwrap().starts_with("text/html"));
+    let res = sim.http("GET", "/nope", "", &[]);
+    assert_eq!(res.status, 404);
+    assert_eq!(res.json()["error"], "not_found");
+    assert_eq!(sim.http("DELETE", "/healthz", "", &[]).status, 405);
+    assert_eq!(
+        sim.http("GET", "/echo", "", &[]).status,
+        404,
+        "no /echo without --echo"
+    );
+}
+
+#[test]
+fn keep_alive_answers_pipelined_requests_in_order() {
+    let mut sim = Sim::new(Config::default());
+    let c = sim.connect_http();
+    sim.send_raw(c, b"GET /healthz HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n");
+    let statuses: Vec<u16> = sim
+        .take(c)
+        .into_iter()
+        .map(|e| match e {
+            Event::Http(r) => r.status,
+            e => panic!("{e:?}"),
+        })
+        .collect();
+    assert_eq!(statuses, [200, 404, 200]);
+    assert_eq!(
+        sim.ended(c),
+        Some(Ended::ByServer),
+        "Connection: close is honoured"
+    );
+}
+
+#[test]
+fn malformed_http_is_answered_and_closed() {
+    let mut sim = Sim::new(Config::default());
+    let c = sim.connect_http();
+    sim.send_raw(c, b"\x00\x01 garbage\r\n\r\n");
+    let Some(Event::Http(res)) = sim.take(c).into_iter().next() else {
+        panic!()
+    };
+    assert_eq!(res.status, 400);
+    assert_eq!(sim.ended(c), Some(Ended::ByServer));
+}
+
+#[test]
+fn upgrade_needs_the_websocket_headers() {
+    let mut sim = Sim::new(Config::default());
+    assert_eq!(sim.http("GET", "/ws", "", &[]).status, 426);
+    let old = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "x"),
+        ("Sec-WebSocket-Version", "8"),
+    ];
+    let res = sim.http("GET", "/ws", "", &old);
+    assert_eq!(
+        (res.status, res.header("sec-websocket-version")),
+        (426, Some("13"))
+    );
+    let keyless = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    assert_eq!(sim.http("GET", "/ws", "", &keyless).status, 400);
+}
+
+// ---- accounts -------------------------------------------------------------
+
+#[test]
+fn register_answers_201_409_and_400() {
+    let mut sim = Sim::new(Config::default());
+    let (status, body) = http_json(
+        &mut sim,
+        "POST",
+        "/api/register",
+        json!({"user":"carol","password":"correct-horse"}),
+    );
+    assert_eq!((status, body), (201, json!({"user":"carol"})));
+    assert!(sim.store().has_user("carol"));
+    let (status, body) = http_json(
+        &mut sim,
+        "POST",
+        "/api/register",
+        json!({"user":"carol","password":"other-horse"}),
+    );
+    assert_eq!((status, &body["error"]), (409, &json!("name_taken")));
+    let (status, _) = http_json(
+        &mut sim,
+        "POST",
+        "/api/register",
+        json!({"user":"ca rol","password":"correct-horse"}),
+    );
+    assert_eq!(status, 400, "bad name");
+    let (status, _) = http_json(
+        &mut sim,
+        "POST",
+        "/api/register",
+        json!({"user":"dave","password":"1234567"}),
+    );
+    assert_eq!(status, 400, "7 characters is too short");
+    let (status, _) = http_json(
+        &mut sim,
+        "POST",
+        "/api/register",
+        json!({"user":"dave","password":"12345678"}),
+    );
+    assert_eq!(status, 201, "8 characters is enough");
+    let (status, _) = http_json(
+        &mut sim,
+        "POST",
+        "/api/register",
+        json!({"user":"erin","password":"p".repeat(1025)}),
+    );
+    assert_eq!(status, 400, "1025 characters is too long");
+    let (status, _) = http_json(
+        &mut sim,
+        "POST",
+        "/api/register",
+        json!({"user":"erin","password":"p".repeat(1024)}),
+    );
+    assert_eq!(status, 201, "1024 characters is allowed");
+    let res = sim.http("POST", "/api/register", "not json", &[]);
+    assert_eq!(
+        (res.status, res.json()["error"].clone()),
+        (400, json!("bad_json"))
+    );
+    let (status, body) = http_json(&mut sim, "POST", "/api/register", json!({"user":"erin"}));
+    assert_eq!((status, &body["error"]), (400, &json!("bad_request")));
+}
+
+#[test]
+fn login_gives_a_token_that_opens_a_session() {
+    let mut sim = Sim::new(Config::default());
+    http_json(
+        &mut sim,
+        "POST",
+        "/api/register",
+        json!({"user":"carol","password":"correct-horse"}),
+    );
+    let (status, body) = http_json(
+        &mut sim,
+        "POST",
+        "/api/login",
+        json!({"user":"carol","password":"correct-horse"}),
+    );
+    assert_eq!((status, &body["user"]), (200, &json!("carol")));
+    let token = body["token"].as_str().unwrap().to_string();
+    let c = sim.ws_client();
+    let welcome = sim.req(c, json!({"type":"hello","token":token}));
+    assert_eq!(
+        (&welcome["type"], &welcome["user"], &welcome["guest"]),
+        (&json!("welcome"), &json!("carol"), &json!(false))
+    );
+    // Wrong password and unknown user look the same.
+    let (s1, b1) = http_json(
+        &mut sim,
+        "POST",
+        "/api/login",
+        json!({"user":"carol","password":"wrong-horse"}),
+    );
+    let (s2, b2) = http_json(
+        &mut sim,
+        "POST",
+        "/api/login",
+        json!({"user":"nobody","password":"wrong-horse"}),
+    );
+    assert_eq!((s1, s2), (401, 401));
+    assert_eq!(b1, b2);
+}
+
+#[test]
+fn failed_logins_past_the_limit_get_429_with_retry_after() {
+    let config = Config {
+        login_rate: 3,
+        ..Config::default()
+    };
+    let mut sim = Sim::with_users(config, &users());
+    let bad = json!({"user":"alice","password":"guess-guess"}).to_string();
+    let good = json!({"user":"alice","password":"alice-password"}).to_string();
+    for _ in 0..3 {
+        assert_eq!(sim.http("POST", "/api/login", &bad, &[]).status, 401);
+    }
+    let res = sim.http("POST", "/api/login", &good, &[]);
+    assert_eq!(res.status, 429, "even the right password waits");
+    assert_eq!(res.header("retry-after"), Some("60"));
+    assert_eq!(res.json()["error"], "rate_limited");
+    // Another address is not limited.
+    let other = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
+    assert_eq!(
+        sim.http_from(other, "POST", "/api/login", &good, &[])
+            .status,
+        200
+    );
+    sim.advance(secs(30));
+    let res = sim.http("POST", "/api/login", &good, &[]);
+    assert_eq!((res.status, res.header("retry-after")), (429, Some("30")));
+    sim.advance(secs(30));
+    assert_eq!(
+        sim.http("POST", "/api/login", &good, &[]).status,
+        200,
+        "a minute later"
+    );
+}
+
+#[test]
+fn logout_revokes_the_token_and_closes_its_sessions_with_4001() {
+    let mut sim = Sim::with_users(Config::default(), &users());
+    let t1 = sim.token("alice");
+    let t2 = sim.token("alice");
+    let s1 = sim.ws_client();
+    sim.req(s1, json!({"type":"hello","token":t1}));
+    let s1b = sim.ws_client();
+    sim.req(s1b, json!({"type":"hello","token":t1}));
+    let s2 = sim.ws_client();
+    sim.req(s2, json!({"type":"hello","token":t2}));
+    let res = sim.http(
+        "POST",
+        "/api/logout",
+        "",
+        &[("Authorization", &format!("Bearer {t1}"))],
+    );
+    assert_eq!(res.status, 204);
+    assert!(res.body.is_empty());
+    for c in [s1, s1b] {
+        assert_eq!(sim.close_code(c), Some(4001));
+        assert_eq!(sim.ended(c), Some(Ended::ByServer));
+    }
+    assert!(sim.is_open(s2), "a session with another token stays");
+    assert_eq!(sim.close_code(s2), None);
+    let again = sim.ws_client();
+    let err = sim.req(again, json!({"type":"hello","token":t1}));
+    assert_eq!(error_code(&err), "invalid_token");
+    let res = sim.http(
+        "POST",
+        "/api/logout",
+        "",
+        &[("Authorization", "Bearer nonsense")],
+    );
+    assert_eq!(res.status, 401);
+    assert_eq!(sim.http("POST", "/api/logout", "", &[]).status, 401);
+}
+
+#[test]
+fn token_in_the_upgrade_url() {
+    let mut sim = Sim::with_users(Config::default(), &users());
+    let token = sim.token("alice");
+    let c = sim.ws_upgrade(&format!("/ws?token={token}"));
+    let events = sim.take(c);
+    assert!(
+        matches!(&events[0], Event::Http(r) if r.status == 101),
+        "{events:?}"
+    );
+    let welcome = events[1].json().unwrap();
+    assert_eq!(
+        (&welcome["type"], &welcome["user"]),
+        (&json!("welcome"), &json!("alice"))
+    );
+    assert!(welcome.get("ref").is_none());
+    let ok = sim.req(c, json!({"type":"join","room":"lobby"}));
+    assert_eq!(ok["type"], "ok");
+    let err = sim.req(c, json!({"type":"hello","token":token}));
+    assert_eq!(error_code(&err), "already_authenticated");
+    for path in ["/ws?token=bogus", "/ws?token="] {
+        let c = sim.ws_upgrade(path);
+        let events = sim.take(c);
+        assert!(
+            matches!(&events[..], [Event::Http(r)] if r.status == 401),
+            "{path}: {events:?}"
+        );
+        assert_eq!(sim.ended(c), Some(Ended::ByServer));
+    }
+}
+
+#[test]
+fn token_expiry_closes_the_session_with_4001() {
+    let config = Config {
+        token_ttl: secs(60),
+        ..Config::default()
+    };
+    let mut sim = Sim::with_users(config, &users());
+    let alice = sim.login("alice");
+    sim.advance(secs(60) - MS);
+    assert!(sim.is_open(alice));
+    sim.advance(MS);
+    assert_eq!(sim.close_code(alice), Some(4001));
+    assert_eq!(sim.ended(alice), Some(Ended::ByServer));
+    // An expired token no longer opens a session.
+    let token = sim
+        .store_mut()
+        .issue_token("alice", crate::sim::START_UNIX_MS + 1000);
+    let c = sim.ws_client();
+    assert_eq!(
+        error_code(&sim.req(c, json!({"type":"hello","token":token}))),
+        "invalid_token"
+    );
+}
+
+// ---- WebSocket framing and requests ------------------------------------------
+
+#[test]
+fn requests_before_hello_are_unauthenticated() {
+    let mut sim = Sim::new(Config::default());
+    let c = sim.ws_client();
+    for req in [
+        json!({"type":"join","room":"lobby"}),
+        json!({"type":"ping"}),
+        json!({"type":"who"}),
+    ] {
+        let err = sim.req(c, req);
+        assert_eq!(error_code(&err), "unauthenticated");
+    }
+    sim.send_json(c, json!({"type":"rooms"}));
+    let v = sim.take_json(c);
+    assert_eq!(
+        v,
+        [
+            json!({"type":"error","request":"rooms","code":"unauthenticated","message":"send hello first"})
+        ]
+    );
+    // Nothing is delivered before welcome: a room's traffic does not leak.
+    let bob = sim.guest("bob");
+    sim.req(bob, json!({"type":"join","room":"lobby"}));
+    sim.req(bob, json!({"type":"send","room":"lobby","text":"hi"}));
+    assert!(sim.take(c).is_empty());
+}
+
+#[test]
+fn malformed_requests_get_errors_and_the_connection_stays() {
+    let mut sim = Sim::new(Config::default());
+    let c = sim.guest("alice");
+    let cases: [(&[u8], Value); 6] = [
+        (
+            b"not json",
+            json!({"type":"error","request":"","code":"bad_json"}),
+        ),
+        (
+            b"[1,2]",
+            json!({"type":"error","request":"","code":"bad_json"}),
+        ),
+        (
+            br#"{"ref":"a"}"#,
+            json!({"type":"error","ref":"a","code":"bad_request"}),
+        ),
+        (
+            br#"{"type":"dance","ref":"b"}"#,
+            json!({"type":"error","ref":"b","code":"unknown_type"}),
+        ),
+        (
+            br#"{"type":"join","ref":"c"}"#,
+            json!({"type":"error","ref":"c","code":"bad_request"}),
+        ),
+        (
+            br#"{"type":"send","room":"r","text":7}"#,
+            json!({"type":"error","request":"send","code":"bad_request"}),
+        ),
+    ];
+    for (frame, want) in cases {
+        sim.send_frame(c, TEXT, true, frame);
+        let got = sim.take_json(c);
+        assert_eq!(got.len(), 1, "{got:?}");
+        let mut got = got[0].clone();
+        assert!(got["message"].is_string());
+        got.as_object_mut().unwrap().remove("message");
+        assert_eq!(got, want, "for {}", String::from_utf8_lossy(frame));
+    }
+    sim.send_frame(c, OpCode::Data(Data::Binary), true, b"\x01\x02");
+    assert_eq!(sim.take_json(c)[0]["code"], "bad_json");
+    let long_ref = "r".repeat(65);
+    sim.send_json(c, json!({"type":"ping","ref":long_ref}));
+    assert_eq!(
+        sim.take_json(c)[0]["code"],
+        "bad_request",
+        "a ref has at most 64 characters"
+    );
+    let pong = sim.req(c, json!({"type":"ping","ref":"r".repeat(64)}));
+    assert_eq!(pong["type"], "pong");
+    assert!(sim.is_open(c));
+}
+
+#[test]
+fn invalid_utf8_in_a_text_frame_is_bad_json_and_the_connection_stays() {
+    let mut sim = Sim::new(Config::default());
+    let c = sim.guest("alice");
+    sim.send_frame(c, TEXT, true, b"{\"type\":\"ping\xff\"}");
+    let got = sim.take_json(c);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (&got[0]["type"], &got[0]["code"]),
+        (&json!("error"), &json!("bad_json"))
+    );
+    assert!(sim.is_open(c));
+    assert_eq!(sim.req(c, json!({"type":"ping"}))["type"], "pong");
+}
+
+#[test]
+fn echo_keeps_rfc_6455_strictness_for_conformance_suites() {
+    let config = Config {
+        echo: true,
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config);
+    let c = sim.ws_upgrade("/echo");
+    assert!(matches!(&sim.take(c)[..], [Event::Http(r)] if r.status == 101));
+    sim.send_text(c, "anything, not JSON");
+    sim.send_frame(c, OpCode::Data(Data::Binary), true, b"\x00\x01");
+    assert_eq!(
+        sim.take(c),
+        [
+            Event::Text("anything, not JSON".into()),
+            Event::Binary(vec![0, 1])
+        ]
+    );
+    sim.send_frame(c, TEXT, true, b"\xff");
+    assert_eq!(sim.close_code(c), Some(1007));
+}
+
+#[test]
+fn ping_without_ref_and_websocket_pings() {
+    let mut sim = Sim::new(Config::default());
+    let c = sim.guest("alice");
+    sim.send_json(c, json!({"type":"ping"}));
+    assert_eq!(sim.take_json(c), [json!({"type":"pong"})]);
+    sim.send_frame(c, OpCode::Control(Control::Ping), true, b"abc");
+    assert_eq!(sim.take(c), [Event::Pong(b"abc".to_vec())]);
+}
+
+#[test]
+fn fragmented_messages_are_one_request() {
+    let mut sim = Sim::new(Config::default());
+    let c = sim.guest("alice");
+    sim.send_frame(c, TEXT, false, br#"{"type":"pi"#);
+    sim.send_frame(c, OpCode::Control(Control::Ping), true, b"");
+    sim.send_frame(c, CONT, false, br#"ng","re"#);
+    sim.send_frame(c, CONT, true, br#"f":"x"}"#);
+    assert_eq!(
+        sim.take(c),
+        [
+            Event::Pong(vec![]),
+            Event::Json(json!({"type":"pong","ref":"x"}))
+        ]
+    );
+}
+
+#[test]
+fn the_client_closing_handshake_is_echoed() {
+    let mut sim = Sim::new(Config::default());
+    let c = sim.guest("alice");
+    sim.send_close(c, 1000);
+    assert_eq!(
+        sim.take(c),
+        [Event::Close {
+            code: Some(1000),
+            reason: String::new()
+        }]
+    );
+    assert_eq!(sim.ended(c), Some(Ended::ByServer));
+}
+
+#[test]
+fn protocol_violations_close_with_1002() {
+    let mut sim = Sim::new(Config::default());
+    let c = sim.guest("alice");
+    sim.send_raw(c, &[0x81, 0x02, b'h', b'i']); // unmasked
+    assert_eq!(sim.close_code(c), Some(1002));
+    assert_eq!(sim.ended(c), Some(Ended::ByServer));
+}
+
+#[test]
+fn everything_arrives_through_one_byte_writes() {
+    let mut sim = Sim::new(Config::default());
+    sim.set_default_write_mode(WriteMode::Chunks(1));
+    let a = sim.guest("alice");
+    let b = sim.guest("bob");
+    sim.req(a, json!({"type":"join","room":"r"}));
+    sim.req(b, json!({"type":"join","room":"r"}));
+    for i in 0..5 {
+        sim.req(a, json!({"type":"send","room":"r","text":format!("m{i}")}));
+    }
+    let seqs: Vec<u64> = sim
+        .take_kind(b, "message")
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    let l = sim.line_client();
+    sim.send_raw(l, b"ca");
+    sim.send_raw(l, b"rol\r");
+    sim.send_raw(l, b"\n");
+    sim.run_until_idle();
+    assert_eq!(sim.lines(l)[0], "* welcome carol");
+}
+
+// ---- limits ---------------------------------------------------------------
+
+/// `{"type":"ping","ref":"p"}` padded with spaces to `len` bytes.
+fn padded_ping(len: usize) -> Vec<u8> {
+    let mut v = br#"{"type":"ping","ref":"p"}"#.to_vec();
+    v.resize(len, b' ');
+    v
+}
+
+#[test]
+fn max_frame_is_fine_at_the_limit_and_closes_1009_past_it() {
+    let config = Config {
+        max_frame: 300,
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config);
+    let c = sim.guest("alice");
+    sim.send_frame(c, TEXT, true, &padded_ping(300));
+    assert_eq!(sim.take_json(c), [json!({"type":"pong","ref":"p"})]);
+    // Fragments count together.
+    let whole = padded_ping(300);
+    sim.send_frame(c, TEXT, false, &whole[..200]);
+    sim.send_frame(c, CONT, true, &whole[200..]);
+    assert_eq!(sim.take_json(c), [json!({"type":"pong","ref":"p"})]);
+    sim.send_frame(c, TEXT, true, &padded_ping(301));
+    assert_eq!(
+        sim.take(c),
+        [Event::Close {
+            code: Some(1009),
+            reason: "message too big".into()
+        }]
+    );
+    assert_eq!(sim.ended(c), Some(Ended::ByServer));
+
+    let d = sim.guest("bob");
+    let whole = padded_ping(301);
+    sim.send_frame(d, TEXT, false, &whole[..200]);
+    assert!(sim.is_open(d));
+    sim.send_frame(d, CONT, true, &whole[200..]);
+    assert_eq!(
+        sim.close_code(d),
+        Some(1009),
+        "a fragmented message past the limit"
+    );
+}
+
+#[test]
+fn max_text_is_fine_at_the_limit_and_too_long_past_it() {
+    let config = Config {
+        max_text: 10,
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config);
+    let a = sim.guest("alice");
+    let b = sim.guest("bob");
+    sim.req(a, json!({"type":"join","room":"r"}));
+    sim.req(b, json!({"type":"join","room":"r"}));
+    sim.take(b);
+    let ok = sim.req(a, json!({"type":"send","room":"r","text":"0123456789"}));
+    assert_eq!(ok["seq"], 1);
+    let err = sim.req(a, json!({"type":"send","room":"r","text":"0123456789a"}));
+    assert_eq!(error_code(&err), "too_long");
+    let err = sim.req(a, json!({"type":"send","to":"bob","text":"é".repeat(6)}));
+    assert_eq!(error_code(&err), "too_long", "the limit is in bytes");
+    let got = sim.take_kind(b, "message");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["text"], "0123456789");
+}
+
+#[test]
+fn rate_limit_allows_the_burst_then_the_rate() {
+    let config = Config {
+        rate: 2,
+        burst: 3,
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config);
+    let c = sim.ws_client();
+    assert_eq!(
+        sim.req(c, json!({"type":"hello","name":"alice"}))["type"],
+        "welcome"
+    );
+    assert_eq!(sim.req(c, json!({"type":"ping"}))["type"], "pong");
+    assert_eq!(sim.req(c, json!({"type":"ping"}))["type"], "pong");
+    let err = sim.req(c, json!({"type":"ping"}));
+    assert_eq!(error_code(&err), "rate_limited");
+    // Control frames do not count.
+    for _ in 0..10 {
+        sim.send_frame(c, OpCode::Control(Control::Ping), true, b"");
+    }
+    assert_eq!(sim.take(c).len(), 10);
+    sim.advance(Duration::from_millis(499));
+    assert_eq!(
+        error_code(&sim.req(c, json!({"type":"ping"}))),
+        "rate_limited"
+    );
+    sim.advance(MS);
+    assert_eq!(sim.req(c, json!({"type":"ping"}))["type"], "pong");
+    assert_eq!(
+        error_code(&sim.req(c, json!({"type":"ping"}))),
+        "rate_limited"
+    );
+    // A rate-limited send is dropped: nothing is stored or delivered.
+    sim.advance(secs(10));
+    sim.req(c, json!({"type":"join","room":"r"}));
+    for i in 0..4 {
+        sim.send_json(c, json!({"type":"send","room":"r","text":format!("m{i}")}));
+    }
+    sim.run_until_idle();
+    let got = sim.take_json(c);
+    assert_eq!(
+        got.iter().filter(|v| v["type"] == "message").count(),
+        2,
+        "{got:?}"
+    );
+    assert_eq!(
+        got.iter().filter(|v| v["code"] == "rate_limited").count(),
+        2,
+        "{got:?}"
+    );
+    assert_eq!(sim.store().room_seq("r"), 2);
+}
+
+#[test]
+fn a_fragmented_message_counts_once_against_the_rate() {
+    let config = Config {
+        rate: 1,
+        burst: 2,
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config);
+    let c = sim.guest("alice"); // one token
+    sim.send_frame(c, TEXT, false, br#"{"type":"#);
+    sim.send_frame(c, CONT, false, br#""ping","#);
+    sim.send_frame(c, CONT, true, br#""ref":"f"}"#);
+    assert_eq!(sim.take_json(c), [json!({"type":"pong","ref":"f"})]);
+    assert_eq!(
+        error_code(&sim.req(c, json!({"type":"ping"}))),
+        "rate_limited"
+    );
+}
+
+#[test]
+fn max_rooms_is_fine_at_the_limit_and_too_many_rooms_past_it() {
+    let config = Config {
+        max_rooms: 2,
+        ..Config::default()
+    };
+    let mut sim = Sim::with_users(config, &users());
+    for c in [sim.guest("gus"), sim.login("alice")] {
+        assert_eq!(sim.req(c, json!({"type":"join","room":"a"}))["type"], "ok");
+        assert_eq!(sim.req(c, json!({"type":"join","room":"b"}))["type"], "ok");
+        assert_eq!(
+            error_code(&sim.req(c, json!({"type":"join","room":"c"}))),
+            "too_many_rooms"
+        );
+        assert_eq!(
+            sim.req(c, json!({"type":"join","room":"b"}))["type"],
+            "ok",
+            "a room it is in already"
+        );
+        sim.req(c, json!({"type":"leave","room":"a"}));
+        assert_eq!(sim.req(c, json!({"type":"join","room":"c"}))["type"], "ok");
+    }
+    assert_eq!(sim.store().members("c"), ["alice"]);
+}
+
+#[test]
+fn heartbeat_pings_and_closes_a_silent_client_with_1001() {
+    let config = Config {
+        heartbeat: secs(10),
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config);
+    let c = sim.ws_client();
+    let welcome = sim.req(c, json!({"type":"hello","name":"alice"}));
+    assert_eq!(welcome["heartbeat_s"], 10);
+    sim.set_auto_pong(c, false);
+    sim.advance(secs(10) - MS);
+    assert!(sim.take(c).is_empty());
+    sim.advance(MS);
+    assert_eq!(sim.take(c), [Event::Ping(vec![])]);
+    sim.advance(secs(10) - MS);
+    assert!(sim.is_open(c), "silence up to 2 x heartbeat is fine");
+    sim.advance(MS);
+    assert_eq!(
+        sim.take(c),
+        [Event::Close {
+            code: Some(1001),
+            reason: "idle".into()
+        }]
+    );
+    assert_eq!(sim.ended(c), Some(Ended::ByServer));
+
+    // A browser answers pings by itself and stays.
+    let b = sim.guest("bob");
+    sim.advance(secs(100));
+    assert!(sim.is_open(b));
+    assert_eq!(
+        sim.take(b)
+            .iter()
+            .filter(|e| matches!(e, Event::Ping(_)))
+            .count(),
+        10
+    );
+    // Any frame resets the silence timer.
+    sim.set_auto_pong(b, false);
+    sim.advance(secs(15));
+    sim.send_frame(b, OpCode::Control(Control::Pong), true, b"");
+    sim.advance(secs(19));
+    assert!(sim.is_open(b));
+    sim.advance(secs(1));
+    assert_eq!(sim.close_code(b), Some(1001));
+}
+
+#[test]
+fn handshake_timeout_closes_1008_after_the_upgrade_and_plainly_before() {
+    let config = Config {
+        handshake_timeout: secs(10),
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config);
+    let ws = sim.ws_client();
+    let http = sim.connect_http();
+    let line = sim.line_client();
+    sim.advance(secs(10) - MS);
+    assert!(sim.is_open(ws) && sim.is_open(http) && sim.is_open(line));
+    sim.advance(MS);
+    assert_eq!(
+        sim.take(ws),
+        [Event::Close {
+            code: Some(1008),
+            reason: "no hello in time".into()
+        }]
+    );
+    assert_eq!(sim.ended(ws), Some(Ended::ByServer));
+    assert!(
+        sim.take(http).is_empty(),
+        "nothing is written to a socket that never sent a request"
+    );
+    assert_eq!(sim.ended(http), Some(Ended::ByServer));
+    assert_eq!(sim.ended(line), Some(Ended::ByServer));
+    // A welcomed session is not subject to it.
+    let ok = sim.guest("alice");
+    sim.advance(secs(11));
+    assert!(sim.is_open(ok));
+}
+
+#[test]
+fn a_hello_that_fails_leaves_the_handshake_timer_running() {
+    let config = Config {
+        handshake_timeout: secs(10),
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config);
+    let c = sim.ws_client();
+    assert_eq!(
+        error_code(&sim.req(c, json!({"type":"hello","name":"bad name"}))),
+        "bad_name"
+    );
+    sim.advance(secs(10));
+    assert_eq!(sim.close_code(c), Some(1008));
+}
+
+/// The bytes one room message takes in an outbox.
+fn message_frame_len(text: &str) -> usize {
+    let mut sim = Sim::new(Config::default());
+    let a = sim.guest("alice");
+    let b = sim.guest("bob");
+    sim.req(a, json!({"type":"join","room":"r"}));
+    sim.req(b, json!({"type":"join","room":"r"}));
+    sim.set_write_mode(b, WriteMode::Stalled);
+    sim.req(a, json!({"type":"send","room":"r","text":text}));
+    sim.queued(b)
+}
+
+#[test]
+fn max_queue_closes_a_slow_consumer_with_1008_and_others_get_everything() {
+    let len = message_frame_len("xxxx");
+    let config = Config {
+        max_queue: 3 * len,
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config);
+    let a = sim.guest("alice");
+    let slow = sim.guest("slow");
+    let fast = sim.guest("fast");
+    for c in [a, slow, fast] {
+        sim.req(c, json!({"type":"join","room":"r"}));
+    }
+    sim.take(slow);
+    sim.take(fast);
+    sim.set_write_mode(slow, WriteMode::Stalled);
+    for _ in 0..3 {
+        sim.req(a, json!({"type":"send","room":"r","text":"xxxx"}));
+    }
+    assert_eq!(sim.queued(slow), 3 * len, "exactly at the bound is fine");
+    assert!(sim.is_open(slow));
+    sim.req(a, json!({"type":"send","room":"r","text":"xxxx"}));
+    assert!(
+        sim.queued(slow) < len,
+        "the queue was dropped for the close frame"
+    );
+    for _ in 0..5 {
+        sim.req(a, json!({"type":"send","room":"r","text":"xxxx"}));
+    }
+    sim.set_write_mode(slow, WriteMode::Full);
+    assert_eq!(
+        sim.take(slow),
+        [Event::Close {
+            code: Some(1008),
+            reason: "slow consumer".into()
+        }]
+    );
+    assert_eq!(sim.ended(slow), Some(Ended::ByServer));
+    let seqs: Vec<u64> = sim
+        .take_kind(fast, "message")
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=9).collect::<Vec<_>>());
+    assert!(sim.max_queued() <= 3 * len);
+    assert_eq!(
+        sim.metrics()
+            .slow_consumer_closes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn a_client_that_never_reads_is_dropped_after_the_linger() {
+    let len = message_frame_len("xxxx");
+    let config = Config {
+        max_queue: 2 * len,
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config);
+    let a = sim.guest("alice");
+    let slow = sim.guest("slow");
+    sim.req(a, json!({"type":"join","room":"r"}));
+    sim.req(slow, json!({"type":"join","room":"r"}));
+    sim.set_write_mode(slow, WriteMode::Stalled);
+    for _ in 0..3 {
+        sim.req(a, json!({"type":"send","room":"r","text":"xxxx"}));
+    }
+    assert!(sim.is_open(slow));
+    sim.advance(secs(2));
+    assert_eq!(sim.ended(slow), Some(Ended::ByServer));
+    assert_eq!(sim.shard().len(), 1);
+}
+
+#[test]
+fn max_connections_refuses_with_503_and_a_line() {
+    let config = Config {
+        max_connections: 2,
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config);
+    let a = sim.guest("alice");
+    let b = sim.line_guest("bob");
+    let res = sim.http("GET", "/healthz", "", &[]);
+    assert_eq!(res.status, 503);
+    assert_eq!(res.json()["error"], "unavailable");
+    let l = sim.line_client();
+    assert_eq!(sim.lines(l), ["! unavailable server full"]);
+    assert_eq!(sim.ended(l), Some(Ended::ByServer));
+    let w = sim.connect_http();
+    assert!(matches!(&sim.take(w)[..], [Event::Http(r)] if r.status == 503));
+    assert_eq!(sim.ended(w), Some(Ended::ByServer));
+    assert!(sim.is_open(a) && sim.is_open(b), "the others are unharmed");
+    sim.disconnect(b);
+    assert_eq!(sim.http("GET", "/healthz", "", &[]).status, 200);
+}
+
+#[test]
+fn shutdown_closes_websockets_with_1012() {
+    let mut sim = Sim::new(Config::default());
+    let a = sim.guest("alice");
+    let l = sim.line_guest("bob");
+    let pre = sim.ws_client();
+    sim.shutdown();
+    assert_eq!(
+        sim.take(a),
+        [Event::Close {
+            code: Some(1012),
+            reason: "service restart".into()
+        }]
+    );
+    assert_eq!(sim.close_code(pre), Some(1012));
+    assert_eq!(
+        sim.lines(l).last().map(String::as_str),
+        Some("* server restarting, bye")
+    );
+    for c in [a, l, pre] {
+        assert_eq!(sim.ended(c), Some(Ended::ByServer));
+    }
+}
+
+// ---- the line protocol ---------------------------------------------------------
+
+fn line_sim() -> Sim {
+    Sim::with_users(Config::default(), &users())
+}
+
+#[test]
+fn line_nickname_welcomes_into_the_lobby() {
+    let mut sim = line_sim();
+    let c = sim.line_client();
+    sim.send_line(c, "carol");
+    assert_eq!(
+        sim.lines(c),
+        [
+            "* welcome carol",
+            "* carol joined lobby",
+            "* you are in lobby (1 members)"
+        ]
+    );
+    let d = sim.line_client();
+    sim.send_raw(d, b"dave\r\n");
+    assert_eq!(
+        sim.lines(d),
+        [
+            "* welcome dave",
+            "* dave joined lobby",
+            "* you are in lobby (2 members)"
+        ]
+    );
+    assert_eq!(sim.lines(c), ["* dave joined lobby"]);
+    sim.send_line(c, "hello everyone");
+    assert_eq!(sim.lines(c), ["[lobby] carol: hello everyone"]);
+    assert_eq!(sim.lines(d), ["[lobby] carol: hello everyone"]);
+}
+
+#[test]
+fn line_first_line_forms_and_their_errors() {
+    let mut sim = line_sim();
+    let c = sim.line_client();
+    sim.send_line(c, "two words");
+    assert!(sim.lines(c)[0].starts_with("! bad_name "));
+    sim.send_line(c, "/dance");
+    assert!(sim.lines(c)[0].starts_with("! bad_request "));
+    sim.send_line(c, "alice");
+    assert!(
+        sim.lines(c)[0].starts_with("! name_taken "),
+        "a registered name"
+    );
+    sim.send_line(c, "/login alice wrong-password");
+    assert!(sim.lines(c)[0].starts_with("! invalid_credentials "));
+    sim.send_line(c, "/login alice alice-password");
+    assert_eq!(
+        sim.lines(c),
+        [
+            "* welcome alice",
+            "* alice joined lobby",
+            "* you are in lobby (1 members)"
+        ]
+    );
+    assert_eq!(
+        sim.store().members("lobby"),
+        ["alice"],
+        "a registered user's lobby membership is stored"
+    );
+
+    let r = sim.line_client();
+    sim.send_line(r, "/register carol correct-horse");
+    assert_eq!(sim.lines(r)[0], "* welcome carol");
+    assert!(sim.store().has_user("carol"));
+    let r2 = sim.line_client();
+    sim.send_line(r2, "/register carol correct-horse");
+    assert!(sim.lines(r2)[0].starts_with("! name_taken "));
+    sim.send_line(r2, "/register erin short");
+    assert!(sim.lines(r2)[0].starts_with("! bad_request "));
+
+    let q = sim.line_client();
+    sim.send_line(q, "/quit");
+    assert_eq!(sim.lines(q), ["* bye"]);
+    assert_eq!(sim.ended(q), Some(Ended::ByServer));
+}
+
+#[test]
+fn line_input_right_after_login_waits_for_the_lobby() {
+    let mut sim = line_sim();
+    sim.store_mut()
+        .set_latency(Duration::from_millis(20), Duration::ZERO);
+    sim.store_mut()
+        .set_password_latency(Duration::from_millis(50), Duration::ZERO);
+    let c = sim.line_client();
+    sim.send_raw(c, b"/login alice alice-password\nfirst words\n");
+    sim.run_until_idle();
+    assert_eq!(
+        sim.lines(c),
+        [
+            "* welcome alice",
+            "* alice joined lobby",
+            "* you are in lobby (1 members)",
+            "[lobby] alice: first words"
+        ]
+    );
+}
+
+#[test]
+fn line_text_right_after_join_goes_to_the_new_room() {
+    let mut sim = line_sim();
+    let c = sim.line_client();
+    sim.send_line(c, "/login alice alice-password");
+    sim.run_until_idle();
+    sim.take(c);
+    sim.store_mut()
+        .set_latency(Duration::from_millis(20), Duration::ZERO);
+    sim.send_raw(c, b"/join den\nin the den\n");
+    sim.run_until_idle();
+    assert_eq!(
+        sim.lines(c),
+        [
+            "* alice joined den",
+            "* you are in den (1 members)",
+            "[den] alice: in the den"
+        ]
+    );
+    sim.send_raw(c, b"/leave den\nafter leaving\n");
+    sim.run_until_idle();
+    let lines = sim.lines(c);
+    assert_eq!(lines[0], "* alice left den");
+    assert!(lines[1].starts_with("! not_member "), "{lines:?}");
+    assert_eq!(sim.store().room_seq("den"), 1);
+}
+
+#[test]
+fn line_guests_disabled() {
+    let config = Config {
+        no_guests: true,
+        ..Config::default()
+    };
+    let mut sim = Sim::with_users(config, &users());
+    let c = sim.line_client();
+    sim.send_line(c, "carol");
+    assert!(sim.lines(c)[0].starts_with("! guests_disabled "));
+    sim.send_line(c, "/login bob bob-password");
+    assert_eq!(sim.lines(c)[0], "* welcome bob");
+}
+
+#[test]
+fn line_commands() {
+    let mut sim = line_sim();
+    let c = sim.line_guest("carol");
+    let d = sim.line_guest("dave");
+    let ws = sim.guest("erin");
+    sim.req(ws, json!({"type":"join","room":"lobby"}));
+    sim.take(c);
+    sim.take(d);
+    sim.take(ws);
+
+    sim.send_line(c, "/join den");
+    assert_eq!(
+        sim.lines(c),
+        ["* carol joined den", "* you are in den (1 members)"]
+    );
+    sim.send_line(c, "in the den");
+    assert_eq!(sim.lines(c), ["[den] carol: in the den"]);
+    assert!(sim.lines(d).is_empty(), "dave is not in den");
+    sim.send_line(c, "/who");
+    assert_eq!(sim.lines(c), ["* carol (online)", "* end"]);
+    sim.send_line(c, "/rooms");
+    assert_eq!(sim.lines(c), ["* lobby 3", "* den 1", "* end"]);
+    sim.send_line(c, "/history");
+    assert_eq!(sim.lines(c), ["[den] carol: in the den", "* end"]);
+    sim.send_line(c, "/msg dave psst");
+    assert_eq!(sim.lines(d), ["[pm] carol: psst"]);
+    sim.send_line(c, "/msg erin hello browser");
+    let pm = sim.take_kind(ws, "private");
+    assert_eq!(
+        (&pm[0]["from"], &pm[0]["to"], &pm[0]["text"]),
+        (&json!("carol"), &json!("erin"), &json!("hello browser"))
+    );
+    sim.send_line(c, "/msg nobody hi");
+    assert!(sim.lines(c)[0].starts_with("! no_such_user "));
+    sim.send_line(c, "/msg dave");
+    assert!(sim.lines(c)[0].starts_with("! bad_request usage"));
+    sim.send_line(c, "/leave den");
+    assert_eq!(sim.lines(c), ["* carol left den"]);
+    sim.send_line(c, "where am i");
+    assert!(
+        sim.lines(c)[0].starts_with("! not_member "),
+        "no current room after leaving it"
+    );
+    sim.send_line(c, "/leave den");
+    assert!(sim.lines(c)[0].starts_with("! not_member "));
+    sim.send_line(c, "/join lobby");
+    sim.take(c);
+    sim.send_line(c, "back");
+    assert_eq!(sim.lines(c), ["[lobby] carol: back"]);
+    assert_eq!(sim.lines(d), ["[lobby] carol: back"]);
+    assert_eq!(sim.take_kind(ws, "message")[0]["text"], "back");
+    sim.req(
+        ws,
+        json!({"type":"send","room":"lobby","text":"from the browser"}),
+    );
+    assert_eq!(sim.lines(c), ["[lobby] erin: from the browser"]);
+    sim.send_line(c, "/history 1");
+    assert_eq!(sim.lines(c), ["[lobby] erin: from the browser", "* end"]);
+    sim.send_line(c, "/join bad!room");
+    assert!(sim.lines(c)[0].starts_with("! bad_name "));
+    sim.send_line(c, "still lobby");
+    assert_eq!(
+        sim.lines(c),
+        ["[lobby] carol: still lobby"],
+        "a failed join keeps the current room"
+    );
+    sim.send_line(c, "/help");
+    let help = sim.lines(c);
+    assert!(
+        help[0].starts_with("* ") && help.last().unwrap() == "* end",
+        "{help:?}"
+    );
+    sim.send_line(c, "/dance");
+    assert!(sim.lines(c)[0].starts_with("! unknown_type "));
+    sim.take(d);
+    sim.send_line(c, "/quit");
+    assert_eq!(sim.lines(c), ["* bye"]);
+    assert_eq!(sim.ended(c), Some(Ended::ByServer));
+    assert_eq!(
+        sim.lines(d),
+        ["* carol left lobby"],
+        "a guest's membership ends with its session"
+    );
+}
+
+#[test]
+fn line_who_marks_who_is_online() {
+    let mut sim = line_sim();
+    let a = sim.login("alice");
+    sim.req(a, json!({"type":"join","room":"lobby"}));
+    sim.disconnect(a);
+    let c = sim.line_guest("carol");
+    sim.send_line(c, "/who");
+    assert_eq!(sim.lines(c), ["* alice", "* carol (online)", "* end"]);
+}
+
+#[test]
+fn line_too_long_is_dropped_at_max_line_plus_one() {
+    let config = Config {
+        max_line: 20,
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config);
+    let c = sim.line_guest("carol");
+    let at_limit = "a".repeat(20);
+    sim.send_line(c, &at_limit);
+    assert_eq!(sim.lines(c), [format!("[lobby] carol: {at_limit}")]);
+    sim.send_raw(c, format!("{at_limit}\r\n").as_bytes());
+    assert_eq!(sim.lines(c).len(), 1, "\\r\\n does not count");
+    sim.send_line(c, &"b".repeat(21));
+    let lines = sim.lines(c);
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].starts_with("! too_long "), "{lines:?}");
+    // Even arriving in pieces, a long line is reported once and skipped.
+    sim.send_raw(c, "c".repeat(30).as_bytes());
+    sim.send_raw(c, "c".repeat(30).as_bytes());
+    sim.send_raw(c, b"c\nafter\n");
+    let lines = sim.lines(c);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].starts_with("! too_long "));
+    assert_eq!(lines[1], "[lobby] carol: after");
+    assert_eq!(sim.store().room_seq("lobby"), 3);
+}
+
+#[test]
+fn line_rate_limit() {
+    let config = Config {
+        rate: 1,
+        burst: 2,
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config);
+    let c = sim.line_guest("carol");
+    sim.send_raw(c, b"one\ntwo\nthree\n");
+    sim.run_until_idle();
+    let mut lines = sim.lines(c);
+    // The error is immediate; the messages wait for storage.
+    assert!(lines[0].starts_with("! rate_limited "), "{lines:?}");
+    lines.remove(0);
+    assert_eq!(lines, ["[lobby] carol: one", "[lobby] carol: two"]);
+    sim.advance(secs(1));
+    sim.send_line(c, "four");
+    assert_eq!(sim.lines(c), ["[lobby] carol: four"]);
+}
+
+#[test]
+fn line_idle_says_bye() {
+    let config = Config {
+        line_idle: secs(60),
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config);
+    let c = sim.line_guest("carol");
+    sim.advance(secs(30));
+    sim.send_line(c, "still here");
+    sim.advance(secs(60) - MS);
+    assert!(sim.is_open(c));
+    sim.take(c);
+    sim.advance(MS);
+    assert_eq!(sim.lines(c), ["* idle, bye"]);
+    assert_eq!(sim.ended(c), Some(Ended::ByServer));
+}
+
+#[test]
+fn line_sessions_get_undelivered_private_messages_and_ack_them() {
+    let mut sim = line_sim();
+    let a = sim.login("alice");
+    assert_eq!(
+        sim.req(a, json!({"type":"send","to":"bob","text":"one"}))["seq"],
+        1
+    );
+    assert_eq!(
+        sim.req(a, json!({"type":"send","to":"bob","text":"two"}))["seq"],
+        2
+    );
+    let b = sim.line_client();
+    sim.send_line(b, "/login bob bob-password");
+    sim.run_until_idle();
+    let lines = sim.lines(b);
+    assert_eq!(lines[0], "* welcome bob");
+    let pms: Vec<&String> = lines.iter().filter(|l| l.starts_with("[pm]")).collect();
+    assert_eq!(pms, ["[pm] alice: one", "[pm] alice: two"]);
+    assert_eq!(
+        sim.store().ack("bob", "alice"),
+        2,
+        "a line session acknowledges what it was sent"
+    );
+    sim.req(a, json!({"type":"send","to":"bob","text":"three"}));
+    assert_eq!(sim.lines(b), ["[pm] alice: three"]);
+    assert_eq!(sim.store().ack("bob", "alice"), 3);
+    sim.disconnect(b);
+    let b2 = sim.login("bob");
+    assert!(
+        sim.take_kind(b2, "private").is_empty(),
+        "nothing is delivered twice"
+    );
+}
+
+#[test]
+fn peer_close_of_a_line_session_ends_it() {
+    let mut sim = line_sim();
+    let c = sim.line_guest("carol");
+    let d = sim.line_guest("dave");
+    sim.take(d);
+    sim.disconnect(c);
+    assert_eq!(sim.lines(d), ["* carol left lobby"]);
+    assert_eq!(sim.shard().len(), 1);
+}

@@ -117,7 +117,15 @@ impl Session {
                 self.ws_reply(ctx, reference, kind, &Err(f));
             }
             ClientRequest::Ping => self.ws_reply(ctx, reference, kind, &Ok(Reply::Pong)),
-            request => ctx.to_hub.push(ToHubInner::Request { sid: self.id, tag, request }),
+            request => {
+                // Membership may wait for storage: later requests of this
+                // connection wait for it too, so that a `send` right after a
+                // `join` finds the user in the room.
+                if matches!(request, ClientRequest::Join { .. } | ClientRequest::Leave { .. }) {
+                    self.paused = true;
+                }
+                ctx.to_hub.push(ToHubInner::Request { sid: self.id, tag, request });
+            }
         }
     }
 
@@ -126,6 +134,15 @@ impl Session {
             self.hello_pending = false;
         }
         self.send(ctx, text_frame(&reply_json(reference, kind, result)));
+    }
+
+    /// A reply from the hub to a WebSocket request; the answer to a `join`
+    /// or `leave` lets the requests behind it through.
+    pub(super) fn ws_hub_reply(&mut self, ctx: &mut Ctx<'_>, reference: Option<&str>, kind: &str, result: &Result<Reply, Failure>) {
+        self.ws_reply(ctx, reference, kind, result);
+        if self.paused && matches!(kind, "join" | "leave") {
+            self.resume(ctx);
+        }
     }
 }
 

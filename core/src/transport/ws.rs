@@ -33,7 +33,7 @@ impl FrameError {
 /// A complete message or control frame from the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum WsEvent {
-    /// A text message, UTF-8 checked.
+    /// A text message, UTF-8 checked unless the decoder is lenient.
     Text(Vec<u8>),
     Binary(Vec<u8>),
     Ping(Vec<u8>),
@@ -47,9 +47,19 @@ pub(crate) enum WsEvent {
 pub(crate) struct Decoder {
     /// A fragmented message in progress: whether it is text, and its bytes.
     partial: Option<(bool, Vec<u8>)>,
+    /// Hand up text messages with invalid UTF-8 instead of failing the
+    /// connection: PROTOCOL.md answers them with a `bad_json` error on `/ws`
+    /// and keeps the connection, while `/echo` (strict, the default) keeps
+    /// RFC 6455 §8.1's close 1007 for conformance suites.
+    lenient_utf8: bool,
 }
 
 impl Decoder {
+    /// A decoder that hands up text with invalid UTF-8 (see `lenient_utf8`).
+    pub(crate) fn lenient_utf8() -> Decoder {
+        Decoder { partial: None, lenient_utf8: true }
+    }
+
     /// Bytes held for a message in progress.
     pub(crate) fn buffered(&self) -> usize {
         self.partial.as_ref().map_or(0, |(_, b)| b.len())
@@ -116,10 +126,11 @@ impl Decoder {
                     return Err(FrameError::TooBig { limit: max_message });
                 }
                 data.extend_from_slice(&payload);
+                let strict = text && !self.lenient_utf8;
                 if header.is_final {
-                    Some(finish(text, data)?)
+                    Some(finish(text, strict, data)?)
                 } else {
-                    check_utf8_prefix(text, &data)?;
+                    check_utf8_prefix(strict, &data)?;
                     self.partial = Some((text, data));
                     None
                 }
@@ -129,10 +140,11 @@ impl Decoder {
                     return Err(FrameError::Protocol("new message inside a fragmented one"));
                 }
                 let text = kind == Data::Text;
+                let strict = text && !self.lenient_utf8;
                 if header.is_final {
-                    Some(finish(text, payload)?)
+                    Some(finish(text, strict, payload)?)
                 } else {
-                    check_utf8_prefix(text, &payload)?;
+                    check_utf8_prefix(strict, &payload)?;
                     self.partial = Some((text, payload));
                     None
                 }
@@ -142,9 +154,12 @@ impl Decoder {
     }
 }
 
-fn finish(text: bool, data: Vec<u8>) -> Result<WsEvent, FrameError> {
+/// `strict`: fail a text message with invalid UTF-8 rather than hand it up.
+fn finish(text: bool, strict: bool, data: Vec<u8>) -> Result<WsEvent, FrameError> {
     if text {
-        std::str::from_utf8(&data).map_err(|_| FrameError::BadUtf8)?;
+        if strict {
+            std::str::from_utf8(&data).map_err(|_| FrameError::BadUtf8)?;
+        }
         Ok(WsEvent::Text(data))
     } else {
         Ok(WsEvent::Binary(data))
@@ -315,6 +330,18 @@ pub(crate) mod tests {
         assert_eq!(decode_all(&mut Decoder::default(), &buf).unwrap(), vec![WsEvent::Text("€".as_bytes().to_vec())]);
         let early = client_frame(TEXT, false, &[b'a', 0xc0]);
         assert_eq!(Decoder::default().decode(&early, 1024), Err(FrameError::BadUtf8));
+    }
+
+    #[test]
+    fn a_lenient_decoder_hands_up_invalid_utf8_whole() {
+        let bad = client_frame(TEXT, true, &[0xff, 0xfe]);
+        assert_eq!(Decoder::lenient_utf8().decode(&bad, 1024).unwrap().1, Some(WsEvent::Text(vec![0xff, 0xfe])));
+        let mut buf = client_frame(TEXT, false, &[b'a', 0xc0]);
+        buf.extend(client_frame(CONT, true, b"b"));
+        assert_eq!(decode_all(&mut Decoder::lenient_utf8(), &buf).unwrap(), vec![WsEvent::Text(vec![b'a', 0xc0, b'b'])]);
+        // A close reason is still checked: the connection ends either way.
+        let close = client_frame(OpCode::Control(Control::Close), true, &[0x03, 0xe8, 0xff]);
+        assert_eq!(Decoder::lenient_utf8().decode(&close, 1024), Err(FrameError::BadUtf8));
     }
 
     #[test]
