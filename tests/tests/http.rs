@@ -1,0 +1,179 @@
+//! The HTTP side: health, metrics, the web page, the echo endpoint, and
+//! garbage on both ports (PROTOCOL.md "Ports and transports").
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use natter_tests::raw_ws::{RawWs, OP_TEXT};
+use natter_tests::{is_message_in, json, ty, uniq, Incoming, Server, WsClient};
+use tungstenite::Message;
+
+/// Deterministic pseudo-random bytes (xorshift).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Opens a connection to `addr`, writes `bytes` (ignoring write errors) and
+/// returns the stream, still open.
+fn spray(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let _ = s.write_all(bytes);
+    s
+}
+
+/// The sample names in a Prometheus text exposition, checking each sample
+/// line has a well-formed name and a numeric value.
+fn metric_names(body: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for line in body.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let name_end = line
+            .find(['{', ' '])
+            .unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        let name = &line[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                && !name.starts_with(|c: char| c.is_ascii_digit()),
+            "bad metric name in {line:?}"
+        );
+        let rest = if line[name_end..].starts_with('{') {
+            let close = line
+                .rfind('}')
+                .unwrap_or_else(|| panic!("unclosed labels in {line:?}"));
+            &line[close + 1..]
+        } else {
+            &line[name_end..]
+        };
+        let value = rest
+            .split_whitespace()
+            .next()
+            .unwrap_or_else(|| panic!("no value in {line:?}"));
+        assert!(
+            value.parse::<f64>().is_ok(),
+            "value {value:?} is not a number in {line:?}"
+        );
+        names.push(name.to_string());
+    }
+    names
+}
+
+natter_tests::cases! {
+    fn healthz_answers_200(bin) {
+        let s = Server::start(bin, &[]);
+        let r = s.http("GET", "/healthz", &[], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    fn metrics_answer_prometheus_text_with_natter_names(bin) {
+        let s = Server::start(bin, &[]);
+        // Some activity first.
+        let room = uniq("room");
+        let mut a = s.guest("alice");
+        a.join(&room);
+        a.say(&room, "counted");
+        let r = s.http("GET", "/metrics", &[], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let ct = r.header("content-type").unwrap_or("");
+        assert!(ct.starts_with("text/plain"), "Content-Type {ct:?}");
+        let names = metric_names(&r.text());
+        assert!(
+            names.iter().any(|n| n.starts_with("natter_")),
+            "no natter_ metric in {:?}",
+            r.text()
+        );
+    }
+
+    fn the_root_serves_the_web_client(bin) {
+        let s = Server::start(bin, &[]);
+        let r = s.http("GET", "/", &[], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let ct = r.header("content-type").unwrap_or("");
+        assert!(ct.starts_with("text/html"), "Content-Type {ct:?}");
+        let page = r.text().to_ascii_lowercase();
+        assert!(page.contains("<!doctype html") || page.contains("<html"), "not an HTML page: {page:?}");
+    }
+
+    fn an_unknown_path_is_404(bin) {
+        let s = Server::start(bin, &[]);
+        let r = s.http("GET", "/no/such/page", &[], b"");
+        assert_eq!(r.status, 404, "{}", r.text());
+    }
+
+    fn echo_serves_a_websocket_echo_with_the_flag(bin) {
+        let s = Server::start(bin, &["--echo"]);
+        let mut ws = WsClient::connect_path(s.http, "/echo");
+        let deadline = || Instant::now() + Duration::from_secs(5);
+        ws.send(Message::Text("héllo, echo".into())).unwrap();
+        match ws.next_incoming(deadline()) {
+            Incoming::Message(Message::Text(t)) => assert_eq!(t, "héllo, echo"),
+            other => panic!("echo of a text message: {other:?}"),
+        }
+        ws.send(Message::Binary(vec![0, 1, 2, 255])).unwrap();
+        match ws.next_incoming(deadline()) {
+            Incoming::Message(Message::Binary(b)) => assert_eq!(b, vec![0, 1, 2, 255]),
+            other => panic!("echo of a binary message: {other:?}"),
+        }
+        // Without the flag there is no echo endpoint.
+        let plain = Server::start(bin, &[]);
+        assert!(
+            WsClient::try_connect_path(plain.http, "/echo").is_err(),
+            "/echo upgraded without --echo"
+        );
+    }
+
+    fn garbage_on_both_ports_does_not_hurt_a_chatting_pair(bin) {
+        let s = Server::start(bin, &[]);
+        let room = uniq("room");
+        let mut a = s.guest("alice");
+        let mut b = s.guest("bob");
+        a.join(&room);
+        b.join(&room);
+        a.say(&room, "before");
+        b.wait_for(|v| is_message_in(v, &room));
+
+        let mut kept_open = Vec::new();
+        for (i, addr) in [s.http, s.line].into_iter().enumerate() {
+            let seed = i as u64 * 1000;
+            kept_open.push(spray(addr, &noise(seed + 1, 4096)));
+            kept_open.push(spray(addr, b"GET / HTTP/1.1\r\nHost: x\r\nX-Unfinished: "));
+            kept_open.push(spray(addr, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"));
+            kept_open.push(spray(addr, b"\xff\xfe\x00\n\n\n/join \xff\n/msg\n/\n\x00\x00\r\n"));
+            drop(spray(addr, &noise(seed + 2, 100_000)));
+            drop(spray(addr, b"POST /api/login HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n{"));
+        }
+        // A WebSocket that sends a frame with a reserved opcode and noise.
+        let mut raw = RawWs::connect(s.http, "/ws");
+        let _ = raw.send_frame(true, 0x3, &noise(7, 50));
+        let _ = raw.stream().write_all(&noise(8, 2000));
+        // A WebSocket whose text is not JSON, then a huge length header.
+        let mut raw2 = RawWs::connect(s.http, "/ws");
+        let _ = raw2.send_frame(true, OP_TEXT, &noise(9, 100));
+        let _ = raw2.stream().write_all(&[0x81, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+
+        a.say(&room, "after");
+        let m = b.wait_for(|v| is_message_in(v, &room));
+        assert_eq!(m["text"], "after", "{m}");
+        b.say(&room, "and back");
+        let m = a.wait_for(|v| is_message_in(v, &room) && v["text"] == "and back");
+        assert_eq!(m["from"], b.user.as_str());
+        assert_eq!(s.http("GET", "/healthz", &[], b"").status, 200);
+        let mut late = s.guest("late");
+        assert_eq!(ty(&late.request("ping", json!({}))), "pong");
+        drop(kept_open);
+    }
+}
