@@ -36,6 +36,9 @@ pub struct Config {
     pub echo: bool,
     /// Failed logins per client address per minute.
     pub login_rate: u32,
+    /// Storage requests the hub lets wait for completion; past it, requests
+    /// are answered `unavailable` at once. Not a flag: a safety bound.
+    pub store_backlog: usize,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for Config {
             line_idle: Duration::from_secs(600),
             echo: false,
             login_rate: 10,
+            store_backlog: 100_000,
         }
     }
 }

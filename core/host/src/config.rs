@@ -131,6 +131,7 @@ where
         line_idle: secs(&value("line-idle")?, "line-idle", d.line_idle)?,
         echo: switch(&value("echo")?, "echo")?,
         login_rate: number(&value("login-rate")?, "login-rate", d.login_rate)?,
+        store_backlog: d.store_backlog,
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let settings = Settings {

@@ -184,6 +184,11 @@ impl Hub {
     }
 
     fn store(&mut self, now: Now, op: StoreOp, pending: Pending) {
+        if self.pending.len() >= self.config.store_backlog {
+            // Storage is far behind: answer at once, through the same path
+            // as a failed request, so every side effect is undone the same way.
+            return self.complete(now, pending, Err(crate::store::StoreError::Overloaded));
+        }
         let id = self.pending.insert(now.instant, pending);
         self.store_out.push(StoreRequest { id, op });
     }

@@ -1301,3 +1301,27 @@ fn nothing_reaches_a_session_before_welcome() {
     let kinds: Vec<&str> = store_events.iter().filter_map(Event::kind).collect();
     assert_eq!(kinds[0], "welcome", "{kinds:?}");
 }
+
+#[test]
+fn past_the_storage_backlog_requests_are_unavailable_at_once() {
+    let mut sim = Sim::new(Config { store_backlog: 2, rate: 1000, burst: 1000, ..Config::default() });
+    let a = sim.guest("alice");
+    join(&mut sim, a, "r");
+    sim.take(a);
+    // Storage answers after 50 ms: two sends wait, the third finds the
+    // backlog full and is refused without being stored.
+    sim.store_mut().set_latency(Duration::from_millis(50), Duration::ZERO);
+    for i in 0..3 {
+        sim.send_json(a, json!({"type":"send","room":"r","text":format!("m{i}"),"ref":format!("s{i}")}));
+    }
+    sim.run_until_idle();
+    let replies = sim.take_json(a);
+    let by_ref = |r: &str| replies.iter().find(|v| v["ref"] == r).cloned().unwrap_or_else(|| panic!("no reply to {r}"));
+    assert_eq!(by_ref("s0")["type"], "ok");
+    assert_eq!(by_ref("s1")["type"], "ok");
+    assert_eq!(code(&by_ref("s2")), "unavailable");
+    let delivered: Vec<Value> = replies.iter().filter(|v| v["type"] == "message").map(|v| v["text"].clone()).collect();
+    assert_eq!(delivered, [json!("m0"), json!("m1")], "the refused message is neither stored nor delivered");
+    sim.store_mut().set_latency(Duration::ZERO, Duration::ZERO);
+    assert_eq!(say(&mut sim, a, "r", "again"), 3, "the refusal used no seq");
+}
