@@ -7,6 +7,7 @@
 //! message text, so latency is measured on this process's monotonic clock.
 //! The server must run with `--rate`/`--burst` above the senders' rate.
 
+mod compare;
 mod proc;
 mod wsclient;
 
@@ -30,39 +31,43 @@ struct Cli {
 enum Scenario {
     /// Rooms of guests, a few senders per room at a fixed rate.
     Fanout(FanoutArgs),
+    /// Starts each runtime binary in turn, runs the fan-out against it and
+    /// prints one table with ratios against the first.
+    Compare(compare::CompareArgs),
 }
 
 #[derive(clap::Args, Clone)]
-struct FanoutArgs {
+pub(crate) struct FanoutArgs {
     /// The server's HTTP address.
     #[arg(long)]
-    http: SocketAddr,
+    pub(crate) http: SocketAddr,
     /// The server's PID, for its CPU and memory figures.
     #[arg(long)]
-    pid: Option<u32>,
+    pub(crate) pid: Option<u32>,
     #[arg(long, default_value_t = 1000)]
-    clients: usize,
+    pub(crate) clients: usize,
     #[arg(long, default_value_t = 100)]
-    room_size: usize,
+    pub(crate) room_size: usize,
     /// Senders per room.
     #[arg(long, default_value_t = 1)]
-    senders: usize,
+    pub(crate) senders: usize,
     /// Messages per second per sender.
     #[arg(long, default_value_t = 20.0)]
-    rate: f64,
+    pub(crate) rate: f64,
     #[arg(long, default_value_t = 2.0)]
-    warmup: f64,
+    pub(crate) warmup: f64,
     #[arg(long, default_value_t = 10.0)]
-    measure: f64,
+    pub(crate) measure: f64,
     #[arg(long, default_value_t = 3.0)]
-    drain: f64,
+    pub(crate) drain: f64,
     /// Print one JSON object instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 fn main() {
     match Cli::parse().scenario {
+        Scenario::Compare(args) => std::process::exit(compare::run(&args)),
         Scenario::Fanout(args) => {
             let report = fanout(&args);
             if args.json {
@@ -79,28 +84,28 @@ fn main() {
 
 /// What one fan-out run measured.
 #[derive(Debug, Default)]
-struct Report {
-    clients: usize,
-    sent: u64,
-    expected: u64,
-    delivered: u64,
-    lost: u64,
-    duplicated: u64,
-    reordered: u64,
-    deliveries_per_s: f64,
-    p50_us: u64,
-    p99_us: u64,
-    p999_us: u64,
-    max_us: u64,
-    server_cpu_s: Option<f64>,
-    server_rss_kib: Option<u64>,
-    server_peak_rss_kib: Option<u64>,
-    self_cpu_s: f64,
-    measure_s: f64,
+pub(crate) struct Report {
+    pub(crate) clients: usize,
+    pub(crate) sent: u64,
+    pub(crate) expected: u64,
+    pub(crate) delivered: u64,
+    pub(crate) lost: u64,
+    pub(crate) duplicated: u64,
+    pub(crate) reordered: u64,
+    pub(crate) deliveries_per_s: f64,
+    pub(crate) p50_us: u64,
+    pub(crate) p99_us: u64,
+    pub(crate) p999_us: u64,
+    pub(crate) max_us: u64,
+    pub(crate) server_cpu_s: Option<f64>,
+    pub(crate) server_rss_kib: Option<u64>,
+    pub(crate) server_peak_rss_kib: Option<u64>,
+    pub(crate) self_cpu_s: f64,
+    pub(crate) measure_s: f64,
 }
 
 impl Report {
-    fn cpu_per_million(&self) -> Option<f64> {
+    pub(crate) fn cpu_per_million(&self) -> Option<f64> {
         let window_deliveries = self.deliveries_per_s * self.measure_s;
         self.server_cpu_s.filter(|_| window_deliveries > 0.0).map(|c| c / window_deliveries * 1e6)
     }
@@ -146,7 +151,7 @@ struct Member {
     received: u64,
 }
 
-fn fanout(a: &FanoutArgs) -> Report {
+pub(crate) fn fanout(a: &FanoutArgs) -> Report {
     let mut poll = Poll::new().expect("poll");
     let mut events = Events::with_capacity(4096);
     let rooms = a.clients.div_ceil(a.room_size);
