@@ -53,6 +53,9 @@ pub use time::Now;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+
 #[cfg(test)]
 mod guards {
     #[test]

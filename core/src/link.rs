@@ -2,8 +2,9 @@
 //! adapters: they carry them between threads but cannot build or read them.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use crate::hub::encode::Encoded;
+use crate::hub::encode::{Encoded, LineAck};
 use crate::ids::SessionId;
 use crate::reply::{Failure, Reply};
 use crate::transport::request::ClientRequest;
@@ -31,6 +32,8 @@ pub(crate) enum ToHubInner {
     Hello { sid: SessionId, tag: Tag, auth: Auth, line: bool, peer: IpAddr },
     Request { sid: SessionId, tag: Tag, request: ClientRequest },
     Api { sid: SessionId, call: ApiCall, peer: IpAddr },
+    /// A line session wrote a private message to its client.
+    LineAck { sid: SessionId, ack: Arc<LineAck> },
     Closed { sid: SessionId },
 }
 

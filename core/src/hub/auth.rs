@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::json;
 
-use super::encode::{presence, private_message, Presence};
+use super::encode::{presence, private_message, LineAck, Presence};
 use super::pending::{AuthKind, Pending};
 use super::state::{Online, Phase, SessionInfo};
 use super::{unavailable, Hub};
@@ -243,11 +243,10 @@ impl Hub {
         self.store(now, StoreOp::Inbox { user, limit: INBOX_LIMIT }, Pending::Inbox { sid });
     }
 
-    pub(super) fn complete_inbox(&mut self, now: Now, sid: SessionId, result: Result<StoreValue, StoreError>) {
+    pub(super) fn complete_inbox(&mut self, sid: SessionId, result: Result<StoreValue, StoreError>) {
         let Some(info) = self.state.sessions.get_mut(&sid) else { return };
         info.inbox_pending = false;
         let held = std::mem::take(&mut info.held_echoes);
-        let line = info.line;
         let user = info.user().map(str::to_owned);
         // On failure nothing was acknowledged, so the next session gets
         // them; the held echoes are live messages and go out regardless.
@@ -263,25 +262,22 @@ impl Hub {
             messages.insert(at, echo);
         }
         let my_key = user.as_deref().and_then(|u| self.state.online.get(u)).map(|o| o.key.clone());
-        let mut acks: Vec<(String, u64)> = Vec::new();
-        for InboxMessage { with, message } in messages {
-            let (to_recipient, echo) = private_message(&message);
+        for InboxMessage { message, .. } in messages {
+            // Only registered users have an inbox, so the principal is the name.
+            let (to_recipient, echo) = private_message(&message, my_key.as_deref());
             if my_key.as_deref() == Some(message.sender.as_str()) {
                 self.deliver(&[sid], &echo);
-                continue;
-            }
-            self.deliver(&[sid], &to_recipient);
-            match acks.iter_mut().find(|(w, _)| *w == with) {
-                Some((_, seq)) => *seq = (*seq).max(message.seq),
-                None => acks.push((with, message.seq)),
+            } else {
+                self.deliver(&[sid], &to_recipient);
             }
         }
-        // PROTOCOL.md: "a line session acknowledges what it was sent".
-        if let (true, Some(user)) = (line, user) {
-            for (with, seq) in acks {
-                self.store(now, StoreOp::Ack { user: user.clone(), with, seq }, Pending::Ack { sid, tag: None });
-            }
-        }
+    }
+
+    /// A line session wrote a private message: the store learns it was
+    /// received, so it is not delivered again.
+    pub(super) fn line_ack(&mut self, now: Now, sid: SessionId, ack: &LineAck) {
+        let op = StoreOp::Ack { user: ack.user.clone(), with: ack.with.clone(), seq: ack.seq };
+        self.store(now, op, Pending::Ack { sid, tag: None });
     }
 
     /// A session ended: presence for its user's last session, and a guest's

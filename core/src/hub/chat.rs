@@ -281,16 +281,17 @@ impl Hub {
         Ok(seq)
     }
 
-    fn deliver_private(&mut self, now: Now, sid: SessionId, to_key: String, message: NewMessage, value: StoreValue) -> Result<u64, Failure> {
+    fn deliver_private(&mut self, sid: SessionId, to_key: String, message: NewMessage, value: StoreValue) -> Result<u64, Failure> {
         let StoreValue::Appended { seq, ts, duplicate } = value else { return Err(unavailable()) };
         if duplicate {
             return Ok(seq);
         }
         let from = message.from.clone();
-        let from_key = message.sender.clone();
         let to = message.to.clone().unwrap_or_default();
         let stored = stored(message, seq, ts);
-        let (to_view, echo_view) = private_message(&stored);
+        // A guest's principal has a `#`: guests have no inbox to acknowledge.
+        let registered = (!to_key.contains('#')).then_some(to_key.as_str());
+        let (to_view, echo_view) = private_message(&stored, registered);
         // Only the principal it was sent to: a later guest with the same
         // name is someone else.
         let same_principal = self.state.online.get(&to).is_some_and(|o| o.key == to_key);
@@ -301,12 +302,6 @@ impl Hub {
                 .filter(|s| self.state.sessions.get(s).is_some_and(|i| !i.inbox_pending))
                 .collect();
             self.deliver(&recipients, &to_view);
-            let line_reached = recipients.iter().any(|s| self.state.sessions.get(s).is_some_and(|i| i.line));
-            if line_reached && !to_key.contains('#') {
-                // A line session acknowledges what it was sent.
-                let op = StoreOp::Ack { user: to_key.clone(), with: from_key, seq };
-                self.store(now, op, Pending::Ack { sid, tag: None });
-            }
         }
         // The sender's other sessions still reading their inbox get the echo
         // with it, in order (see `SessionInfo::held_echoes`).
@@ -331,7 +326,7 @@ impl Hub {
             Pending::Welcome { sid, tag, user, token, expires_ms } => {
                 self.complete_welcome(now, sid, tag, user, token, expires_ms, result)
             }
-            Pending::Inbox { sid } => self.complete_inbox(now, sid, result),
+            Pending::Inbox { sid } => self.complete_inbox(sid, result),
             p @ (Pending::ApiRegister { .. } | Pending::ApiLogin { .. } | Pending::ApiLogout { .. }) => {
                 self.complete_api(now, p, result)
             }
@@ -349,7 +344,7 @@ impl Hub {
                 self.reply(sid, tag, sent.map(|seq| Reply::Sent { seq }));
             }
             Pending::SendPrivate { sid, tag, to_key, message } => {
-                let sent = result.map_err(|_| unavailable()).and_then(|v| self.deliver_private(now, sid, to_key, message, v));
+                let sent = result.map_err(|_| unavailable()).and_then(|v| self.deliver_private(sid, to_key, message, v));
                 self.reply(sid, tag, sent.map(|seq| Reply::Sent { seq }));
             }
             Pending::History { sid, tag, room } => {

@@ -1,6 +1,8 @@
 //! Events, encoded once per transport. Every recipient gets a clone of the
 //! same `Bytes`: a refcount bump, never a copy or a re-encoding.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
@@ -14,11 +16,25 @@ use crate::transport::ws::text_frame;
 pub struct Encoded {
     pub(crate) ws: Bytes,
     pub(crate) line: Bytes,
+    /// For a private message to a registered user: what a line session
+    /// acknowledges once it has written the line (PROTOCOL.md: "a line
+    /// session acknowledges what it was sent").
+    pub(crate) ack: Option<Arc<LineAck>>,
+}
+
+/// An acknowledgement a line session owes the store for a private message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LineAck {
+    /// The recipient's principal.
+    pub(crate) user: String,
+    /// The sender's principal.
+    pub(crate) with: String,
+    pub(crate) seq: u64,
 }
 
 impl Encoded {
     fn new(json: &Value, line: String) -> Encoded {
-        Encoded { ws: text_frame(&serde_json::to_vec(json).unwrap_or_default()), line: Bytes::from(line) }
+        Encoded { ws: text_frame(&serde_json::to_vec(json).unwrap_or_default()), line: Bytes::from(line), ack: None }
     }
 
     /// The bytes for a session on the line port (`line`) or a WebSocket.
@@ -66,16 +82,20 @@ pub(crate) fn message_line(room: Option<&str>, m: &StoredMessage) -> Bytes {
 }
 
 pub(crate) fn room_message(room: &str, m: &StoredMessage) -> Encoded {
-    Encoded { ws: text_frame(&serde_json::to_vec(&message_json(Some(room), m)).unwrap_or_default()), line: message_line(Some(room), m) }
+    let ws = text_frame(&serde_json::to_vec(&message_json(Some(room), m)).unwrap_or_default());
+    Encoded { ws, line: message_line(Some(room), m), ack: None }
 }
 
 /// A private message, as its recipient sees it and as the sender's other
 /// sessions see their own message (the line form names the recipient).
-pub(crate) fn private_message(m: &StoredMessage) -> (Encoded, Encoded) {
+/// `recipient` is the recipient's principal when it is a registered user,
+/// whose line sessions acknowledge the message once written.
+pub(crate) fn private_message(m: &StoredMessage, recipient: Option<&str>) -> (Encoded, Encoded) {
     let ws = text_frame(&serde_json::to_vec(&message_json(None, m)).unwrap_or_default());
     let to = m.to.as_deref().unwrap_or_default();
     let echo_line = Bytes::from(format!("[pm to {to}] {}: {}\n", m.from, one_line(&m.text)));
-    (Encoded { ws: ws.clone(), line: message_line(None, m) }, Encoded { ws, line: echo_line })
+    let ack = recipient.map(|user| Arc::new(LineAck { user: user.to_string(), with: m.sender.clone(), seq: m.seq }));
+    (Encoded { ws: ws.clone(), line: message_line(None, m), ack }, Encoded { ws, line: echo_line, ack: None })
 }
 
 /// `presence` states.
@@ -145,7 +165,9 @@ mod tests {
     fn private_has_two_line_views_and_one_frame() {
         let mut m = msg();
         m.to = Some("bob".into());
-        let (to, echo) = private_message(&m);
+        let (to, echo) = private_message(&m, Some("bob"));
+        assert_eq!(to.ack.as_deref().map(|a| (a.user.as_str(), a.with.as_str(), a.seq)), Some(("bob", "alice", 42)));
+        assert_eq!(echo.ack, None);
         assert_eq!(to.ws, echo.ws);
         assert_eq!(&to.line[..], b"[pm] alice: hi <b> there\n");
         assert_eq!(&echo.line[..], b"[pm to bob] alice: hi <b> there\n");

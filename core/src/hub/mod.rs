@@ -140,6 +140,7 @@ impl Hub {
                 self.chat(now, sid, tag, user, request);
             }
             ToHubInner::Api { sid, call, peer } => self.api(now, sid, call, peer),
+            ToHubInner::LineAck { sid, ack } => self.line_ack(now, sid, &ack),
             ToHubInner::Closed { sid } => self.closed(sid),
         }
     }

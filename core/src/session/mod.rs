@@ -12,11 +12,13 @@ mod ws;
 
 use std::io::IoSlice;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 
 use crate::config::Config;
+use crate::hub::encode::LineAck;
 use crate::hub::Encoded;
 use crate::ids::SessionId;
 use crate::link::{HubClose, Tag, ToHubInner, ToShardInner};
@@ -70,6 +72,9 @@ pub(crate) struct Session {
     /// messages.
     rbuf: Vec<u8>,
     outbox: Outbox,
+    /// Private messages queued on a line session, with the stream position
+    /// their line ends at: acknowledged to the hub once written that far.
+    line_acks: Vec<(u64, Arc<LineAck>)>,
     rate: RateLimit,
     welcomed: bool,
     /// A WebSocket `hello` is with the hub.
@@ -99,6 +104,7 @@ impl Session {
             phase,
             rbuf: Vec::new(),
             outbox: Outbox::default(),
+            line_acks: Vec::new(),
             rate: RateLimit::new(ctx.now.instant, ctx.config.burst),
             welcomed: false,
             hello_pending: false,
@@ -218,8 +224,10 @@ impl Session {
         if self.outbox.push(bytes, ctx.config.max_queue).is_err() {
             ctx.metrics.slow_consumer_closes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // What is queued will never be read in time; the close frame
-            // goes first so the client learns why.
+            // goes first so the client learns why. Nothing of it was
+            // received, so nothing of it is acknowledged.
             self.outbox.clear();
+            self.line_acks = Vec::new();
             self.close(ctx, CloseReason::SlowConsumer);
         }
     }
@@ -248,10 +256,14 @@ impl Session {
         if !self.welcomed {
             return;
         }
-        let bytes = event.for_transport(self.is_line());
+        let line = self.is_line();
+        let bytes = event.for_transport(line);
         if !bytes.is_empty() {
             ctx.metrics.messages_delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.send(ctx, bytes.clone());
+            if let (true, Some(ack), None) = (line, &event.ack, self.closing) {
+                self.line_acks.push((self.outbox.end(), Arc::clone(ack)));
+            }
         }
     }
 
@@ -341,6 +353,11 @@ impl Session {
     pub(crate) fn written(&mut self, ctx: &mut Ctx<'_>, n: usize) {
         ctx.metrics.bytes_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         self.outbox.advance(n);
+        let written = self.outbox.written();
+        let done = self.line_acks.iter().take_while(|(end, _)| *end <= written).count();
+        for (_, ack) in self.line_acks.drain(..done) {
+            ctx.to_hub.push(ToHubInner::LineAck { sid: self.id, ack });
+        }
     }
 }
 

@@ -11,6 +11,9 @@ use bytes::{Buf, Bytes};
 pub(crate) struct Outbox {
     queue: VecDeque<Bytes>,
     len: usize,
+    /// Bytes ever written (or discarded): with `len`, where any pushed
+    /// byte stands in the stream, for acknowledging once written.
+    written: u64,
 }
 
 /// The push would take the queue past its bound; nothing was queued.
@@ -43,12 +46,24 @@ impl Outbox {
         self.len
     }
 
+    /// The stream position just past the last byte queued.
+    pub(crate) fn end(&self) -> u64 {
+        self.written + self.len as u64
+    }
+
+    /// The stream position up to which everything was written.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    /// Drops everything queued.
+    /// Drops everything queued (it counts as gone, not as written: callers
+    /// forget what they were waiting for).
     pub(crate) fn clear(&mut self) {
+        self.written += self.len as u64;
         self.queue = VecDeque::new();
         self.len = 0;
     }
@@ -67,6 +82,7 @@ impl Outbox {
     pub(crate) fn advance(&mut self, mut n: usize) {
         n = n.min(self.len);
         self.len -= n;
+        self.written += n as u64;
         while n > 0 {
             let Some(front) = self.queue.front_mut() else { break };
             if front.len() <= n {

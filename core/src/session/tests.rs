@@ -1291,6 +1291,27 @@ fn line_sessions_get_undelivered_private_messages_and_ack_them() {
 }
 
 #[test]
+fn a_line_session_that_stops_reading_acknowledges_nothing_it_did_not_write() {
+    let mut sim = line_sim();
+    let a = sim.login("alice");
+    let b = sim.line_client();
+    sim.send_line(b, "/login bob bob-password");
+    sim.run_until_idle();
+    sim.lines(b);
+    // Bob's client stops reading: the message is queued, never written.
+    sim.set_write_mode(b, WriteMode::Stalled);
+    assert_eq!(sim.req(a, json!({"type":"send","to":"bob","text":"unread"}))["seq"], 1);
+    sim.run_until_idle();
+    assert_eq!(sim.store().ack("bob", "alice"), 0, "queued is not received");
+    sim.disconnect(b);
+    // So the next session gets it.
+    let b2 = sim.login("bob");
+    let again = sim.take_kind(b2, "private");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0]["text"], "unread");
+}
+
+#[test]
 fn peer_close_of_a_line_session_ends_it() {
     let mut sim = line_sim();
     let c = sim.line_guest("carol");
