@@ -66,9 +66,10 @@ pub enum StoreOp {
     /// Ends it: [`StoreValue::Done`].
     Leave { user: String, room: String },
     /// Appends a message, assigning the target's next `seq` in the same
-    /// transaction: [`StoreValue::Appended`]. When `(sender, client_id)` was
-    /// stored before (in any target), nothing is written and the first
-    /// message's `seq` comes back with `duplicate: true`.
+    /// transaction: [`StoreValue::Appended`]. When `(dedup_key, client_id)`
+    /// was stored before (in any target) and [`NewMessage::repeats`] says it
+    /// still counts, nothing is written and the first message's `seq` comes
+    /// back with `duplicate: true`; otherwise the id now names this message.
     Append { target: Target, message: NewMessage },
     /// Messages of a target, oldest first: [`StoreValue::Messages`].
     History { target: Target, range: SeqRange },
@@ -106,6 +107,29 @@ pub struct NewMessage {
     pub client_id: Option<String>,
     /// Server wall clock, ms since the Unix epoch.
     pub ts: u64,
+    /// How long a repeated `client_id` counts as a repeat; `None`: always.
+    /// Guests get a window because their dedup key is their name, which a
+    /// later guest may take (see [`NewMessage::dedup_key`]).
+    pub dedup_window_ms: Option<u64>,
+}
+
+impl NewMessage {
+    /// Under what a repeated `client_id` is recognised: the principal of a
+    /// registered user; for a guest (`name#incarnation`), `name#`, so that a
+    /// guest who reconnects and resends is recognised although every guest
+    /// session is a new principal.
+    pub fn dedup_key(&self) -> &str {
+        match self.sender.find('#') {
+            Some(at) => &self.sender[..=at],
+            None => &self.sender,
+        }
+    }
+
+    /// Whether an earlier use of the same key and id, stored at `first_ts`,
+    /// makes this message a repeat.
+    pub fn repeats(&self, first_ts: u64) -> bool {
+        self.dedup_window_ms.is_none_or(|w| first_ts.saturating_add(w) >= self.ts)
+    }
 }
 
 /// Which messages of a target to read.

@@ -16,6 +16,11 @@ use crate::transport::request::{ClientRequest, Target as To};
 /// `recovered` is `false`, so the client fills the rest with `history`.
 const REPLAY_LIMIT: u32 = 1000;
 
+/// How long a guest's message id is remembered: long enough for a client to
+/// reconnect and resend, short enough that a later guest with the same name
+/// and a simple id scheme is not taken for it.
+const GUEST_DEDUP_WINDOW_MS: u64 = 10 * 60 * 1000;
+
 fn limit(given: Option<u64>, default: u64, max: u64) -> u32 {
     given.unwrap_or(default).min(max) as u32
 }
@@ -71,7 +76,15 @@ impl Hub {
                     let max = self.config.max_text;
                     Err(Failure::new(ErrorCode::TooLong, format!("text is limited to {max} bytes")))
                 } else {
-                    let message = NewMessage { sender: my_key.clone(), from: user.clone(), to: None, text, client_id: id, ts: now.unix_ms };
+                    let message = NewMessage {
+                        sender: my_key.clone(),
+                        from: user.clone(),
+                        to: None,
+                        text,
+                        client_id: id,
+                        ts: now.unix_ms,
+                        dedup_window_ms: guest.then_some(GUEST_DEDUP_WINDOW_MS),
+                    };
                     match to {
                         To::Room(room) if !self.state.is_member(&user, &room) => Err(not_member(&room)),
                         To::Room(room) => {

@@ -38,6 +38,7 @@ fn seed_room(store: &mut FakeStore, room: &str, from: &str, n: u64) {
             text: format!("old{i}"),
             client_id: None,
             ts: START_UNIX_MS - 1000 + i,
+            dedup_window_ms: None,
         };
         store.execute(&StoreOp::Append {
             target: Target::Room(room.into()),
@@ -1324,4 +1325,35 @@ fn past_the_storage_backlog_requests_are_unavailable_at_once() {
     assert_eq!(delivered, [json!("m0"), json!("m1")], "the refused message is neither stored nor delivered");
     sim.store_mut().set_latency(Duration::ZERO, Duration::ZERO);
     assert_eq!(say(&mut sim, a, "r", "again"), 3, "the refusal used no seq");
+}
+
+#[test]
+fn a_guest_who_reconnects_and_resends_is_recognised_for_ten_minutes() {
+    let mut sim = sim();
+    let b = sim.login("bob");
+    join(&mut sim, b, "r");
+    let a = sim.guest("ann");
+    join(&mut sim, a, "r");
+    let first = sim.req(a, json!({"type":"send","room":"r","text":"hi","id":"c-1"}));
+    // The connection drops before the client saw its ok; it reconnects as
+    // the same guest and resends with the same id.
+    sim.disconnect(a);
+    let a2 = sim.guest("ann");
+    join(&mut sim, a2, "r");
+    let again = sim.req(a2, json!({"type":"send","room":"r","text":"hi","id":"c-1"}));
+    assert_eq!(again["seq"], first["seq"], "acknowledged again with the first seq");
+    let texts: Vec<Value> = sim.take_kind(b, "message").iter().map(|m| m["text"].clone()).collect();
+    assert_eq!(texts, [json!("hi")], "delivered once");
+    // Much later another guest takes the name and numbers its ids the same
+    // way: that is a new message, not a repeat.
+    sim.disconnect(a2);
+    sim.advance(Duration::from_secs(11 * 60));
+    sim.take(b);
+    let a3 = sim.guest("ann");
+    join(&mut sim, a3, "r");
+    let later = sim.req(a3, json!({"type":"send","room":"r","text":"new","id":"c-1"}));
+    assert_eq!(later["type"], "ok");
+    assert_ne!(later["seq"], first["seq"]);
+    let texts: Vec<Value> = sim.take_kind(b, "message").iter().map(|m| m["text"].clone()).collect();
+    assert_eq!(texts, [json!("new")]);
 }

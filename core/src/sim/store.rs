@@ -613,7 +613,8 @@ impl Data {
 
     fn append(&mut self, target: &Target, m: &NewMessage) -> StoreValue {
         if let Some(id) = &m.client_id {
-            if let Some(&(seq, ts)) = self.client_ids.get(&(m.sender.clone(), id.clone())) {
+            let first = self.client_ids.get(&(m.dedup_key().to_string(), id.clone()));
+            if let Some(&(seq, ts)) = first.filter(|&&(_, ts)| m.repeats(ts)) {
                 return StoreValue::Appended {
                     seq,
                     ts,
@@ -645,7 +646,7 @@ impl Data {
         });
         if let Some(id) = &m.client_id {
             self.client_ids
-                .insert((m.sender.clone(), id.clone()), (seq, m.ts));
+                .insert((m.dedup_key().to_string(), id.clone()), (seq, m.ts));
         }
         StoreValue::Appended {
             seq,
@@ -685,6 +686,7 @@ mod tests {
             text: text.into(),
             client_id: id.map(Into::into),
             ts,
+            dedup_window_ms: None,
         }
     }
 

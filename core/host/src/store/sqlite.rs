@@ -610,11 +610,11 @@ fn append(conn: &Connection, target: &Target, m: &NewMessage) -> rusqlite::Resul
     if let Some(client_id) = &m.client_id {
         let first = conn
             .prepare_cached("SELECT seq, ts FROM client_ids WHERE sender = ?1 AND client_id = ?2")?
-            .query_row([&m.sender, client_id], |r| {
+            .query_row([m.dedup_key(), client_id.as_str()], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
             })
             .optional()?;
-        if let Some((seq, ts)) = first {
+        if let Some((seq, ts)) = first.filter(|&(_, ts)| m.repeats(uint(ts))) {
             return Ok(StoreValue::Appended {
                 seq: uint(seq),
                 ts: uint(ts),
@@ -667,9 +667,10 @@ fn append(conn: &Connection, target: &Target, m: &NewMessage) -> rusqlite::Resul
     };
     if let Some(client_id) = &m.client_id {
         conn.prepare_cached(
-            "INSERT INTO client_ids (sender, client_id, seq, ts) VALUES (?1, ?2, ?3, ?4)",
+            // An id whose window passed now names this message.
+            "INSERT OR REPLACE INTO client_ids (sender, client_id, seq, ts) VALUES (?1, ?2, ?3, ?4)",
         )?
-        .execute(params![m.sender, client_id, seq, ts])?;
+        .execute(params![m.dedup_key(), client_id, seq, ts])?;
     }
     Ok(StoreValue::Appended {
         seq: uint(seq),

@@ -25,6 +25,7 @@ fn msg(sender: &str, text: &str, client_id: Option<&str>, ts: u64) -> NewMessage
         text: text.into(),
         client_id: client_id.map(Into::into),
         ts,
+        dedup_window_ms: None,
     }
 }
 
@@ -488,6 +489,7 @@ fn history_limits_and_order() {
                 text: "yo".into(),
                 client_id: Some("k".into()),
                 ts: 5,
+                dedup_window_ms: None,
             },
         },
     );
@@ -1292,4 +1294,23 @@ fn failure_kinds() {
         failure_kind(&rusqlite::Error::QueryReturnedNoRows),
         StoreFailure::Other
     );
+}
+
+#[test]
+fn guest_ids_repeat_across_incarnations_within_their_window_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = open(tmp.path());
+    let append = |b: &mut SqliteBackend, sender: &str, ts: u64| {
+        let message = NewMessage { dedup_window_ms: Some(600_000), ..msg(sender, "hi", Some("c-1"), ts) };
+        one(b, Op::Append { target: Target::Room("r".into()), message })
+    };
+    assert_eq!(append(&mut b, "ann#1.1", 1_000), V::Appended { seq: 1, ts: 1_000, duplicate: false });
+    // The same guest name in a later session, within ten minutes: a repeat.
+    assert_eq!(append(&mut b, "ann#1.2", 2_000), V::Appended { seq: 1, ts: 1_000, duplicate: true });
+    // After the window: a new message, and the id now names it.
+    assert_eq!(append(&mut b, "ann#1.3", 700_000), V::Appended { seq: 2, ts: 700_000, duplicate: false });
+    assert_eq!(append(&mut b, "ann#1.3", 700_500), V::Appended { seq: 2, ts: 700_000, duplicate: true });
+    // A registered user with the same id is someone else.
+    let reg = one(&mut b, Op::Append { target: Target::Room("r".into()), message: msg("ann", "hi", Some("c-1"), 700_600) });
+    assert_eq!(reg, V::Appended { seq: 3, ts: 700_600, duplicate: false });
 }
