@@ -113,6 +113,10 @@ impl Session {
         // PROTOCOL.md: invalid UTF-8 on `/ws` is a `bad_json` error, not a close.
         let decoder = if echo { Decoder::default() } else { Decoder::lenient_utf8() };
         self.phase = Phase::Ws { decoder, echo };
+        if echo {
+            // An echo has no `hello`: its handshake ends with the upgrade.
+            self.handshake_at = None;
+        }
         self.ping_at = Some(ctx.now.instant + ctx.config.heartbeat);
         self.touch(ctx);
     }

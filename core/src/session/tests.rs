@@ -474,6 +474,23 @@ fn echo_keeps_rfc_6455_strictness_for_conformance_suites() {
 }
 
 #[test]
+fn echo_sessions_have_no_hello_deadline() {
+    let config = Config {
+        echo: true,
+        handshake_timeout: secs(10),
+        heartbeat: secs(600),
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config);
+    let c = sim.ws_upgrade("/echo");
+    assert!(matches!(&sim.take(c)[..], [Event::Http(r)] if r.status == 101));
+    sim.advance(secs(11));
+    assert!(sim.is_open(c), "an echo never says hello");
+    sim.send_text(c, "still here");
+    assert_eq!(sim.take(c), [Event::Text("still here".into())]);
+}
+
+#[test]
 fn ping_without_ref_and_websocket_pings() {
     let mut sim = Sim::new(Config::default());
     let c = sim.guest("alice");

@@ -52,12 +52,15 @@ pub(crate) struct Decoder {
     /// and keeps the connection, while `/echo` (strict, the default) keeps
     /// RFC 6455 §8.1's close 1007 for conformance suites.
     lenient_utf8: bool,
+    /// A strict text frame whose payload is still arriving: how many of its
+    /// payload bytes were checked, and the unfinished character at their end.
+    scan: Option<(usize, Vec<u8>)>,
 }
 
 impl Decoder {
     /// A decoder that hands up text with invalid UTF-8 (see `lenient_utf8`).
     pub(crate) fn lenient_utf8() -> Decoder {
-        Decoder { partial: None, lenient_utf8: true }
+        Decoder { lenient_utf8: true, ..Decoder::default() }
     }
 
     /// Bytes held for a message in progress.
@@ -106,8 +109,10 @@ impl Decoder {
             if self.buffered() + len > max_message {
                 return Err(FrameError::TooBig { limit: max_message });
             }
+            self.scan_utf8(header.opcode, &buf[head..], mask)?;
             return Ok((0, None));
         }
+        self.scan = None;
         let mut payload = buf[head..head + len].to_vec();
         unmask(&mut payload, mask);
         let consumed = head + len;
@@ -125,12 +130,15 @@ impl Decoder {
                 if data.len() + payload.len() > max_message {
                     return Err(FrameError::TooBig { limit: max_message });
                 }
+                // The bytes before are checked already: check from their
+                // unfinished character on, not the whole message again.
+                let unchecked = data.len() - unfinished_char(&data).len();
                 data.extend_from_slice(&payload);
                 let strict = text && !self.lenient_utf8;
                 if header.is_final {
                     Some(finish(text, strict, data)?)
                 } else {
-                    check_utf8_prefix(strict, &data)?;
+                    check_utf8_prefix(strict, &data[unchecked..])?;
                     self.partial = Some((text, data));
                     None
                 }
@@ -151,6 +159,49 @@ impl Decoder {
             }
         };
         Ok((consumed, event))
+    }
+
+    /// Checks the newly arrived part of a strict text frame's payload, so
+    /// that invalid UTF-8 fails the connection as soon as it arrives rather
+    /// than when the frame is complete (Autobahn 6.4.3 and 6.4.4).
+    fn scan_utf8(&mut self, opcode: OpCode, arrived: &[u8], mask: [u8; 4]) -> Result<(), FrameError> {
+        let text = match opcode {
+            // Not inside a fragmented message: that fails as a protocol
+            // error once the frame is whole, whatever its bytes (fuzzing).
+            OpCode::Data(Data::Text) => self.partial.is_none(),
+            OpCode::Data(Data::Continue) => self.partial.as_ref().is_some_and(|(text, _)| *text),
+            _ => false,
+        };
+        if !text || self.lenient_utf8 {
+            return Ok(());
+        }
+        let (checked, mut bytes) = match self.scan.take() {
+            Some(scan) => scan,
+            // A continuation goes on from its message's unfinished character.
+            None => (0, self.partial.as_ref().map_or(Vec::new(), |(_, data)| unfinished_char(data).to_vec())),
+        };
+        let new = arrived.get(checked..).unwrap_or_default();
+        let start = bytes.len();
+        bytes.extend_from_slice(new);
+        unmask_from(&mut bytes[start..], mask, checked);
+        let valid = match std::str::from_utf8(&bytes) {
+            Ok(_) => bytes.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => return Err(FrameError::BadUtf8),
+        };
+        bytes.drain(..valid);
+        self.scan = Some((checked + new.len(), bytes));
+        Ok(())
+    }
+}
+
+/// The unfinished character at the end of `data`, which is valid UTF-8 up
+/// to it.
+fn unfinished_char(data: &[u8]) -> &[u8] {
+    let from = data.len().saturating_sub(3);
+    match (from..data.len()).rev().find(|&i| data[i] & 0xc0 != 0x80) {
+        Some(i) if std::str::from_utf8(&data[i..]).is_err() => &data[i..],
+        _ => &[],
     }
 }
 
@@ -195,8 +246,13 @@ fn parse_close(payload: &[u8]) -> Result<Option<u16>, FrameError> {
 }
 
 fn unmask(payload: &mut [u8], mask: [u8; 4]) {
-    for (i, b) in payload.iter_mut().enumerate() {
-        *b ^= mask[i & 3];
+    unmask_from(payload, mask, 0);
+}
+
+/// Unmasks a part of a payload that starts `offset` bytes into it.
+fn unmask_from(part: &mut [u8], mask: [u8; 4], offset: usize) {
+    for (i, b) in part.iter_mut().enumerate() {
+        *b ^= mask[(offset + i) & 3];
     }
 }
 
@@ -330,6 +386,79 @@ pub(crate) mod tests {
         assert_eq!(decode_all(&mut Decoder::default(), &buf).unwrap(), vec![WsEvent::Text("€".as_bytes().to_vec())]);
         let early = client_frame(TEXT, false, &[b'a', 0xc0]);
         assert_eq!(Decoder::default().decode(&early, 1024), Err(FrameError::BadUtf8));
+    }
+
+    #[test]
+    fn invalid_utf8_fails_before_the_rest_of_its_frame_arrives() {
+        // Autobahn 6.4.3: "κόσμε", then a code point past U+10FFFF, then the
+        // rest of the frame, each part a while after the one before.
+        let mut payload = "κόσμε".as_bytes().to_vec();
+        payload.extend([0xf4, 0x90, 0x80, 0x80]);
+        payload.extend(b"edited");
+        let frame = client_frame(TEXT, true, &payload);
+        let bad_at = frame.len() - 6 - 4;
+        let mut d = Decoder::default();
+        for end in 0..=bad_at + 1 {
+            assert_eq!(d.decode(&frame[..end], 1024), Ok((0, None)), "{end} bytes");
+        }
+        // 6.4.4: the second byte of the sequence already makes it invalid.
+        assert_eq!(d.decode(&frame[..bad_at + 2], 1024), Err(FrameError::BadUtf8));
+        // In a continuation, from a character its message left unfinished.
+        let mut d = Decoder::default();
+        let first = client_frame(TEXT, false, &[b'a', 0xe2]);
+        assert_eq!(d.decode(&first, 1024), Ok((first.len(), None)));
+        let cont = client_frame(CONT, true, &[0x82, 0xac, b'b', 0xff, b'c']);
+        assert_eq!(d.decode(&cont[..cont.len() - 3], 1024), Ok((0, None)));
+        assert_eq!(d.decode(&cont[..cont.len() - 1], 1024), Err(FrameError::BadUtf8));
+        // Valid text arriving a byte at a time is not failed, and a lenient
+        // decoder waits for the whole frame as before.
+        let frame = client_frame(TEXT, true, "a€b𝄞c".as_bytes());
+        let mut d = Decoder::default();
+        for end in 0..frame.len() {
+            assert_eq!(d.decode(&frame[..end], 1024), Ok((0, None)));
+        }
+        assert_eq!(d.decode(&frame, 1024).unwrap().1, Some(WsEvent::Text("a€b𝄞c".as_bytes().to_vec())));
+        let bad = client_frame(TEXT, true, &[0xff, b'a', b'b']);
+        assert_eq!(Decoder::lenient_utf8().decode(&bad[..bad.len() - 1], 1024), Ok((0, None)));
+    }
+
+    #[test]
+    fn a_new_message_inside_a_fragmented_one_fails_the_same_whole_or_in_parts() {
+        // Found by fuzz/fuzz_targets/ws_frames.rs: a text frame with invalid
+        // UTF-8 inside a fragmented message was failed with 1007 while it
+        // arrived, but with 1002 when it arrived whole.
+        let mut buf = client_frame(TEXT, false, b"hel");
+        let first = buf.len();
+        buf.extend(client_frame(TEXT, true, &[b'p', 0xb4, 0xd4, b'j']));
+        let mut d = Decoder::default();
+        assert_eq!(d.decode(&buf, 1024), Ok((first, None)));
+        for end in first..buf.len() {
+            assert_eq!(d.decode(&buf[first..end], 1024), Ok((0, None)), "{end} bytes");
+        }
+        assert_eq!(d.decode(&buf[first..], 1024), Err(FrameError::Protocol("new message inside a fragmented one")));
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // the clock times this test, not the decoder
+    fn many_small_fragments_are_checked_in_linear_time() {
+        // Autobahn 9.3.1 sends 4 MiB of text in 64-byte fragments; checking
+        // the whole message again at each fragment took seconds there, and
+        // takes half a minute for these 2 MB.
+        let message = "aé€𝄞".repeat(200_000); // 2 MB; 64-byte fragments cut characters
+        let mut buf = Vec::new();
+        let mut chunks = message.as_bytes().chunks(64).enumerate().peekable();
+        while let Some((i, chunk)) = chunks.next() {
+            buf.extend(client_frame(if i == 0 { TEXT } else { CONT }, chunks.peek().is_none(), chunk));
+        }
+        let start = std::time::Instant::now();
+        let (mut at, mut d, mut got) = (0, Decoder::default(), None);
+        while got.is_none() {
+            let (n, ev) = d.decode(&buf[at..], message.len()).unwrap();
+            at += n;
+            got = ev;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(5), "{:?}", start.elapsed());
+        assert_eq!(got, Some(WsEvent::Text(message.into_bytes())));
     }
 
     #[test]
