@@ -84,7 +84,7 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
 
 /// Turns every case into one `#[test]` per runtime binary.
 ///
-/// ```ignore
+/// ```text
 /// natter_tests::cases! {
 ///     fn guest_hello_gets_welcome(bin) { let server = Server::start(bin, &[]); /* ... */ }
 /// }
