@@ -45,8 +45,7 @@ impl fmt::Display for SessionId {
 /// PROTOCOL.md: names of users and rooms are 1 to 32 characters of
 /// `A-Z a-z 0-9 _ - .`, case-sensitive.
 pub fn is_valid_name(name: &str) -> bool {
-    (1..=32).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    (1..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 #[cfg(test)]

@@ -29,23 +29,58 @@ impl ToShard {
 
 #[derive(Debug)]
 pub(crate) enum ToHubInner {
-    Hello { sid: SessionId, tag: Tag, auth: Auth, line: bool, peer: IpAddr },
-    Request { sid: SessionId, tag: Tag, request: ClientRequest },
-    Api { sid: SessionId, call: ApiCall, peer: IpAddr },
+    Hello {
+        sid: SessionId,
+        tag: Tag,
+        auth: Auth,
+        line: bool,
+        peer: IpAddr,
+    },
+    Request {
+        sid: SessionId,
+        tag: Tag,
+        request: ClientRequest,
+    },
+    Api {
+        sid: SessionId,
+        call: ApiCall,
+        peer: IpAddr,
+    },
     /// A line session wrote a private message to its client.
-    LineAck { sid: SessionId, ack: Arc<LineAck> },
-    Closed { sid: SessionId },
+    LineAck {
+        sid: SessionId,
+        ack: Arc<LineAck>,
+    },
+    Closed {
+        sid: SessionId,
+    },
 }
 
 #[derive(Debug)]
 pub(crate) enum ToShardInner {
-    Deliver { sessions: Vec<SessionId>, event: Encoded },
-    Reply { sid: SessionId, tag: Tag, result: Result<Reply, Failure> },
+    Deliver {
+        sessions: Vec<SessionId>,
+        event: Encoded,
+    },
+    Reply {
+        sid: SessionId,
+        tag: Tag,
+        result: Result<Reply, Failure>,
+    },
     /// The session is authenticated: start heartbeats, stop the handshake
     /// timer, and close with 4001 at `expires_ms` if set.
-    Welcomed { sid: SessionId, expires_ms: Option<u64> },
-    Api { sid: SessionId, response: ApiResponse },
-    Close { sid: SessionId, reason: HubClose },
+    Welcomed {
+        sid: SessionId,
+        expires_ms: Option<u64>,
+    },
+    Api {
+        sid: SessionId,
+        response: ApiResponse,
+    },
+    Close {
+        sid: SessionId,
+        reason: HubClose,
+    },
 }
 
 impl ToShardInner {
@@ -71,9 +106,14 @@ pub(crate) enum HubClose {
 /// `ref` and the request type on WebSocket, the command on the line port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Tag {
-    Ws { reference: Option<String>, kind: &'static str },
+    Ws {
+        reference: Option<String>,
+        kind: &'static str,
+    },
     /// The `?token=` upgrade waits for the hub before answering 101 or 401.
-    Upgrade { key: String },
+    Upgrade {
+        key: String,
+    },
     Line(LineCommand),
 }
 
@@ -83,7 +123,10 @@ pub(crate) enum LineCommand {
     Login,
     /// Join; the room became current at once, `previous` is restored if
     /// the join fails.
-    Join { room: String, previous: Option<String> },
+    Join {
+        room: String,
+        previous: Option<String>,
+    },
     /// Leave; if it was current, the session has no current room.
     Leave(String),
     Say,
@@ -98,9 +141,15 @@ pub(crate) enum Auth {
     Token(String),
     Guest(String),
     /// Line `/login USER PASSWORD`.
-    Password { user: String, password: String },
+    Password {
+        user: String,
+        password: String,
+    },
     /// Line `/register USER PASSWORD`.
-    Register { user: String, password: String },
+    Register {
+        user: String,
+        password: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -130,7 +130,10 @@ impl Metrics {
             "counter",
             "Storage requests completed, by outcome.",
             &[
-                ("{outcome=\"ok\"}", (c(&self.store_completed) - c(&self.store_failed).min(c(&self.store_completed))) as f64),
+                (
+                    "{outcome=\"ok\"}",
+                    (c(&self.store_completed) - c(&self.store_failed).min(c(&self.store_completed))) as f64,
+                ),
                 ("{outcome=\"error\"}", c(&self.store_failed) as f64),
             ],
         );

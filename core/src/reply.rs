@@ -83,11 +83,27 @@ pub(crate) struct RoomMark {
 /// A successful answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Reply {
-    Welcome { user: String, guest: bool, session: String, heartbeat_s: u64, rooms: Vec<RoomMark> },
-    Joined { room: String, seq: u64, members: usize, recovery: Option<Recovery> },
-    Sent { seq: u64 },
+    Welcome {
+        user: String,
+        guest: bool,
+        session: String,
+        heartbeat_s: u64,
+        rooms: Vec<RoomMark>,
+    },
+    Joined {
+        room: String,
+        seq: u64,
+        members: usize,
+        recovery: Option<Recovery>,
+    },
+    Sent {
+        seq: u64,
+    },
     /// Messages of a room (`room` set) or a conversation, oldest first.
-    History { room: Option<String>, messages: Vec<StoredMessage> },
+    History {
+        room: Option<String>,
+        messages: Vec<StoredMessage>,
+    },
     Users(Vec<(String, bool)>),
     Rooms(Vec<(String, usize)>),
     Conversations(Vec<(String, u64, u64)>),
@@ -159,8 +175,7 @@ pub(crate) fn reply_json(reference: Option<&str>, kind: &str, result: &Result<Re
             o.insert("rooms".into(), list.into());
         }
         Reply::Conversations(list) => {
-            let list: Vec<Value> =
-                list.iter().map(|(w, s, r)| json!({"with": w, "seq": s, "read": r})).collect();
+            let list: Vec<Value> = list.iter().map(|(w, s, r)| json!({"with": w, "seq": s, "read": r})).collect();
             o.insert("conversations".into(), list.into());
         }
         Reply::Pong | Reply::Done => {}
@@ -182,9 +197,7 @@ pub(crate) fn reply_lines(result: &Result<Reply, Failure>) -> Bytes {
     let mut out = String::new();
     match reply {
         Reply::Welcome { user, .. } => out.push_str(&format!("* welcome {user}\n")),
-        Reply::Joined { room, members, .. } => {
-            out.push_str(&format!("* you are in {room} ({members} members)\n"))
-        }
+        Reply::Joined { room, members, .. } => out.push_str(&format!("* you are in {room} ({members} members)\n")),
         Reply::History { room, messages } => {
             for m in messages {
                 out.push_str(&String::from_utf8_lossy(&message_line(room.as_deref(), m)));

@@ -50,20 +50,12 @@ fn run(seat: Seat, http: TcpListener, line: TcpListener, shutdown: &Shutdown) ->
     shutdown.on_signal(move || {
         let _ = w.try_send(());
     });
-    let listeners = [
-        (Async::new(http)?, Transport::Http),
-        (Async::new(line)?, Transport::Line),
-    ];
+    let listeners = [(Async::new(http)?, Transport::Http), (Async::new(line)?, Transport::Line)];
     let cell = Rc::new(RefCell::new(Conns::new(seat)));
     // Declared after `cell`, so dropped first: that drops the tasks left,
     // and then the seat goes.
     let ex = Executor::new();
-    let driver = Driver {
-        ex: &ex,
-        cell: &cell,
-        wake,
-        shutdown,
-    };
+    let driver = Driver { ex: &ex, cell: &cell, wake, shutdown };
     async_io::block_on(ex.run(driver.run(woken, listeners)));
     Ok(())
 }
@@ -138,12 +130,7 @@ impl Driver<'_> {
             }
             let blocked = |key, conn: &mut Conn| {
                 if conn.writer.is_none() {
-                    let waiter = await_writable(
-                        Rc::clone(self.cell),
-                        self.wake.clone(),
-                        key,
-                        Rc::clone(&conn.stream),
-                    );
+                    let waiter = await_writable(Rc::clone(self.cell), self.wake.clone(), key, Rc::clone(&conn.stream));
                     conn.writer = Some(self.ex.spawn(waiter));
                 }
             };
@@ -179,17 +166,8 @@ impl Driver<'_> {
         };
         let stream = Rc::new(stream);
         self.cell.borrow_mut().open(transport, peer, |key| {
-            let reader = read(
-                Rc::clone(self.cell),
-                self.wake.clone(),
-                key,
-                Rc::clone(&stream),
-            );
-            Some(Conn {
-                _reader: self.ex.spawn(reader),
-                stream,
-                writer: None,
-            })
+            let reader = read(Rc::clone(self.cell), self.wake.clone(), key, Rc::clone(&stream));
+            Some(Conn { _reader: self.ex.spawn(reader), stream, writer: None })
         });
     }
 }

@@ -72,10 +72,7 @@ async fn serve(seats: Vec<Seat>, http: TcpListener, line: TcpListener, shutdown:
         stop.notify_one();
         wakes.iter().for_each(|w| w.notify_one());
     });
-    let drivers: Vec<_> = cells
-        .iter()
-        .map(|c| tokio::spawn(drive(Arc::clone(c), Arc::clone(&shutdown))))
-        .collect();
+    let drivers: Vec<_> = cells.iter().map(|c| tokio::spawn(drive(Arc::clone(c), Arc::clone(&shutdown)))).collect();
     let acceptor = tokio::spawn(accept(cells, http, line, stop_accepting));
     for driver in drivers {
         let _ = driver.await;
@@ -95,10 +92,7 @@ impl Cell {
         let wake = Arc::new(Notify::new());
         let w = Arc::clone(&wake);
         seat.inbox.set_waker(move || w.notify_one());
-        Arc::new(Cell {
-            conns: Mutex::new(Conns::new(seat)),
-            wake,
-        })
+        Arc::new(Cell { conns: Mutex::new(Conns::new(seat)), wake })
     }
 
     fn lock(&self) -> MutexGuard<'_, Conns<Conn>> {
@@ -163,11 +157,7 @@ fn open(cell: &Arc<Cell>, stream: TcpStream, peer: IpAddr, transport: Transport)
     cell.lock().open(transport, peer, |key| {
         // Spawned under the lock: the reader finds its entry in place.
         let reader = tokio::spawn(read(Arc::clone(cell), key, Arc::clone(&stream))).abort_handle();
-        Some(Conn {
-            stream,
-            reader,
-            writer: None,
-        })
+        Some(Conn { stream, reader, writer: None })
     });
     cell.wake.notify_one();
 }
@@ -175,9 +165,7 @@ fn open(cell: &Arc<Cell>, stream: TcpStream, peer: IpAddr, transport: Transport)
 /// Whether `key` is still the connection of `stream`: a task may wait for
 /// the lock while its connection is closed and its key given to another.
 fn owns(conns: &Conns<Conn>, key: ConnKey, stream: &Arc<TcpStream>) -> bool {
-    conns
-        .get(key)
-        .is_some_and(|c| Arc::ptr_eq(&c.stream, stream))
+    conns.get(key).is_some_and(|c| Arc::ptr_eq(&c.stream, stream))
 }
 
 async fn read(cell: Arc<Cell>, key: ConnKey, stream: Arc<TcpStream>) {

@@ -63,9 +63,7 @@ pub fn is_private_from(v: &Value, from: &str) -> bool {
 
 /// The `seq` field as a number (panics with the message if it is missing).
 pub fn seq(v: &Value) -> u64 {
-    v["seq"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no numeric seq in {v}"))
+    v["seq"].as_u64().unwrap_or_else(|| panic!("no numeric seq in {v}"))
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, for at most `timeout`.

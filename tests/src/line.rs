@@ -34,17 +34,10 @@ impl LineClient {
     }
 
     pub fn connect_addr(addr: SocketAddr) -> LineClient {
-        let stream =
-            TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(TIMEOUT));
-        LineClient {
-            stream,
-            buf: Vec::new(),
-            eof: false,
-            timeout: TIMEOUT,
-            name: "(line, before welcome)".to_string(),
-        }
+        LineClient { stream, buf: Vec::new(), eof: false, timeout: TIMEOUT, name: "(line, before welcome)".to_string() }
     }
 
     /// A guest named after `prefix`, past `* welcome NAME` and its own
@@ -89,9 +82,7 @@ impl LineClient {
 
     /// Writes raw bytes; panics if the write fails.
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream
-            .write_all(bytes)
-            .unwrap_or_else(|e| panic!("{}: write failed: {e}", self.name));
+        self.stream.write_all(bytes).unwrap_or_else(|e| panic!("{}: write failed: {e}", self.name));
     }
 
     /// Writes raw bytes, returning the error if the write fails.
@@ -121,9 +112,7 @@ impl LineClient {
             if now >= deadline {
                 return LineEvent::Timeout;
             }
-            let _ = self
-                .stream
-                .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))));
+            let _ = self.stream.set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))));
             let mut chunk = [0u8; 16 * 1024];
             match self.stream.read(&mut chunk) {
                 Ok(0) => self.eof = true,
@@ -140,10 +129,7 @@ impl LineClient {
         let deadline = Instant::now() + self.timeout;
         match self.next_line(deadline) {
             LineEvent::Line(l) => l,
-            other => panic!(
-                "{}: waited {:?} for a line: {other:?}",
-                self.name, self.timeout
-            ),
+            other => panic!("{}: waited {:?} for a line: {other:?}", self.name, self.timeout),
         }
     }
 
@@ -160,10 +146,9 @@ impl LineClient {
                         return seen;
                     }
                 }
-                other => panic!(
-                    "{}: waited {:?} for a matching line ({other:?}); got {seen:?}",
-                    self.name, self.timeout
-                ),
+                other => {
+                    panic!("{}: waited {:?} for a matching line ({other:?}); got {seen:?}", self.name, self.timeout)
+                }
             }
         }
     }
@@ -226,19 +211,12 @@ impl LineClient {
         let deadline = Instant::now() + d;
         match self.next_line(deadline) {
             LineEvent::Timeout => {}
-            other => panic!(
-                "{}: expected no line within {d:?}, got {other:?}",
-                self.name
-            ),
+            other => panic!("{}: expected no line within {d:?}, got {other:?}", self.name),
         }
     }
 
     /// Asserts no line matching `pred` arrives within `d`; returns the others.
-    pub fn expect_no_line_matching(
-        &mut self,
-        d: Duration,
-        mut pred: impl FnMut(&str) -> bool,
-    ) -> Vec<String> {
+    pub fn expect_no_line_matching(&mut self, d: Duration, mut pred: impl FnMut(&str) -> bool) -> Vec<String> {
         let deadline = Instant::now() + d;
         let mut others = Vec::new();
         loop {
@@ -262,10 +240,9 @@ impl LineClient {
             match self.next_line(deadline) {
                 LineEvent::Line(l) => lines.push(l),
                 LineEvent::Closed => return lines,
-                LineEvent::Timeout => panic!(
-                    "{}: the server did not close the connection within {timeout:?}; got {lines:?}",
-                    self.name
-                ),
+                LineEvent::Timeout => {
+                    panic!("{}: the server did not close the connection within {timeout:?}; got {lines:?}", self.name)
+                }
             }
         }
     }

@@ -83,44 +83,30 @@ impl RawWs {
     /// Connects and upgrades `GET path`, checking the 101 answer and its
     /// `Sec-WebSocket-Accept` (RFC 6455 §1.3 sample key).
     pub fn connect(addr: SocketAddr, path: &str) -> RawWs {
-        let mut stream =
-            TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+        let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
         let _ = stream.set_nodelay(true);
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
-        stream
-            .write_all(req.as_bytes())
-            .expect("send the upgrade request");
-        let mut ws = RawWs {
-            stream,
-            buf: Vec::new(),
-            eof: false,
-        };
+        stream.write_all(req.as_bytes()).expect("send the upgrade request");
+        let mut ws = RawWs { stream, buf: Vec::new(), eof: false };
         let deadline = Instant::now() + TIMEOUT;
         let end = loop {
             if let Some(i) = find(&ws.buf, b"\r\n\r\n") {
                 break i + 4;
             }
             if ws.eof || !ws.fill(deadline) {
-                panic!(
-                    "no upgrade answer from {addr}{path}: got {:?}",
-                    String::from_utf8_lossy(&ws.buf)
-                );
+                panic!("no upgrade answer from {addr}{path}: got {:?}", String::from_utf8_lossy(&ws.buf));
             }
         };
         let head = String::from_utf8_lossy(&ws.buf[..end]).into_owned();
         ws.buf.drain(..end);
-        assert!(
-            head.starts_with("HTTP/1.1 101"),
-            "upgrade of {path} refused: {head:?}"
-        );
+        assert!(head.starts_with("HTTP/1.1 101"), "upgrade of {path} refused: {head:?}");
         assert!(
             head.lines().any(|l| {
                 l.split_once(':').is_some_and(|(k, v)| {
-                    k.trim().eq_ignore_ascii_case("sec-websocket-accept")
-                        && v.trim() == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+                    k.trim().eq_ignore_ascii_case("sec-websocket-accept") && v.trim() == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
                 })
             }),
             "wrong or missing Sec-WebSocket-Accept: {head:?}"
@@ -151,8 +137,7 @@ impl RawWs {
 
     /// Sends one text frame; panics if the write fails.
     pub fn send_text(&mut self, text: &str) {
-        self.send_frame(true, OP_TEXT, text.as_bytes())
-            .unwrap_or_else(|e| panic!("raw send failed: {e}"));
+        self.send_frame(true, OP_TEXT, text.as_bytes()).unwrap_or_else(|e| panic!("raw send failed: {e}"));
     }
 
     /// Sends `v` as one text frame.
@@ -166,9 +151,7 @@ impl RawWs {
         if now >= deadline {
             return false;
         }
-        let _ = self
-            .stream
-            .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))));
+        let _ = self.stream.set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))));
         let mut chunk = [0u8; 64 * 1024];
         match self.stream.read(&mut chunk) {
             Ok(0) => {
@@ -199,10 +182,7 @@ impl RawWs {
         let masked = b[1] & 0x80 != 0;
         let (len, mut at) = match b[1] & 0x7f {
             126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
-            127 if b.len() >= 10 => (
-                u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
-                10,
-            ),
+            127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
             126 | 127 => return None,
             n => (n as usize, 2),
         };
@@ -226,11 +206,7 @@ impl RawWs {
             }
         }
         self.buf.drain(..at + len);
-        Some(RawFrame {
-            fin,
-            opcode,
-            payload,
-        })
+        Some(RawFrame { fin, opcode, payload })
     }
 
     /// The next frame before `deadline`.
@@ -254,15 +230,11 @@ impl RawWs {
         loop {
             match self.read_frame(deadline) {
                 RawEvent::Frame(f) if f.opcode == OP_TEXT => {
-                    return serde_json::from_slice(&f.payload).unwrap_or_else(|e| {
-                        panic!("text frame that is not JSON ({e}): {:?}", f.payload)
-                    })
+                    return serde_json::from_slice(&f.payload)
+                        .unwrap_or_else(|e| panic!("text frame that is not JSON ({e}): {:?}", f.payload))
                 }
                 RawEvent::Frame(f) if f.opcode == OP_CLOSE => {
-                    panic!(
-                        "closed by the server (code {:?}) while waiting for a message",
-                        f.close_code()
-                    )
+                    panic!("closed by the server (code {:?}) while waiting for a message", f.close_code())
                 }
                 RawEvent::Frame(_) => {}
                 RawEvent::Timeout => panic!("no message within {TIMEOUT:?}"),
@@ -292,9 +264,9 @@ impl RawWs {
         let mut ending = Ending::default();
         loop {
             match self.read_frame(deadline) {
-                RawEvent::Frame(f) if f.opcode == OP_TEXT => ending
-                    .texts
-                    .push(String::from_utf8_lossy(&f.payload).into_owned()),
+                RawEvent::Frame(f) if f.opcode == OP_TEXT => {
+                    ending.texts.push(String::from_utf8_lossy(&f.payload).into_owned())
+                }
                 RawEvent::Frame(f) if f.opcode == OP_CLOSE => {
                     ending.close = Some(f);
                     // Wait briefly for the end of the stream after the close frame.

@@ -25,10 +25,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The workspace root: the parent of this crate's directory.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// The path of a runtime binary in the cargo target dir: `$CARGO_TARGET_DIR`
@@ -54,10 +51,7 @@ pub fn binary_path(bin: &str) -> PathBuf {
     // The test executable lives in <target>/<profile>/deps/: a target dir set
     // in .cargo/config.toml is found this way too.
     if std::env::var_os("NATTER_PROFILE").is_none() {
-        if let Some(dir) = std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
-        {
+        if let Some(dir) = std::env::current_exe().ok().and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf)) {
             if dir.join(bin).is_file() {
                 return dir.join(bin);
             }
@@ -128,17 +122,11 @@ impl Server {
         env: &[(&str, &str)],
         prepare: impl FnOnce(&std::path::Path),
     ) -> Server {
-        let dir = tempfile::Builder::new()
-            .prefix("natter-e2e-")
-            .tempdir()
-            .expect("create a temp dir");
+        let dir = tempfile::Builder::new().prefix("natter-e2e-").tempdir().expect("create a temp dir");
         let mut server = Server {
             bin: bin.to_string(),
             args: extra_args.iter().map(|s| s.to_string()).collect(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             dir,
             child: None,
             stdout_thread: None,
@@ -168,11 +156,7 @@ impl Server {
     }
 
     fn spawn(&mut self) {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("open the server log");
+        let log = OpenOptions::new().create(true).append(true).open(self.log_path()).expect("open the server log");
         let mut cmd = command(&self.bin);
         cmd.arg("--http")
             .arg("127.0.0.1:0")
@@ -186,9 +170,7 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin));
         let stdout = child.stdout.take().expect("piped stdout");
         let rest = Arc::new(Mutex::new(String::new()));
         self.stdout_rest = rest.clone();
@@ -210,25 +192,14 @@ impl Server {
         let line = match rx.recv_timeout(START_TIMEOUT) {
             Ok(line) => line,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                panic!(
-                    "{} printed no listening line within {START_TIMEOUT:?}\n{}",
-                    self.bin,
-                    self.log_tail(40)
-                )
+                panic!("{} printed no listening line within {START_TIMEOUT:?}\n{}", self.bin, self.log_tail(40))
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let status = self.wait_for_exit(Duration::from_secs(2));
-                panic!(
-                    "{} exited ({status:?}) without printing its listening line\n{}",
-                    self.bin,
-                    self.log_tail(40)
-                )
+                panic!("{} exited ({status:?}) without printing its listening line\n{}", self.bin, self.log_tail(40))
             }
         };
-        let line = line
-            .trim_end_matches('\n')
-            .trim_end_matches('\r')
-            .to_string();
+        let line = line.trim_end_matches('\n').trim_end_matches('\r').to_string();
         let (http, line_addr) = parse_listening_line(&line).unwrap_or_else(|| {
             panic!("bad listening line {line:?}: want `natter listening http=IP:PORT line=IP:PORT`")
         });
@@ -283,21 +254,14 @@ impl Server {
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         match self.wait_for_exit(timeout) {
             Some(status) => status,
-            None => panic!(
-                "{} did not exit within {timeout:?}\n{}",
-                self.bin,
-                self.log_tail(40)
-            ),
+            None => panic!("{} did not exit within {timeout:?}\n{}", self.bin, self.log_tail(40)),
         }
     }
 
     /// Sends `signal` (`TERM`, `INT`, ...) to the server.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
+        let status =
+            Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().expect("run kill");
         assert!(status.success(), "kill -{signal} failed");
     }
 
@@ -311,11 +275,7 @@ impl Server {
                     let _ = child.kill();
                     let _ = child.wait();
                 }
-                panic!(
-                    "{} did not exit within {STOP_TIMEOUT:?} of SIG{signal}\n{}",
-                    self.bin,
-                    self.log_tail(40)
-                )
+                panic!("{} did not exit within {STOP_TIMEOUT:?} of SIG{signal}\n{}", self.bin, self.log_tail(40))
             }
         }
     }
@@ -332,12 +292,7 @@ impl Server {
     pub fn restart(&mut self) {
         if self.child.is_some() {
             let status = self.sigterm_and_wait();
-            assert!(
-                status.success(),
-                "{} exited with {status} on SIGTERM\n{}",
-                self.bin,
-                self.log_tail(40)
-            );
+            assert!(status.success(), "{} exited with {status} on SIGTERM\n{}", self.bin, self.log_tail(40));
         }
         self.spawn();
     }
@@ -345,32 +300,18 @@ impl Server {
     // ---- HTTP API ----
 
     /// Any HTTP request to this server.
-    pub fn http(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> HttpResponse {
+    pub fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
         http(self.http, method, path, headers, body)
     }
 
     /// `POST path` with a JSON body.
     pub fn post_json(&self, path: &str, body: &serde_json::Value) -> HttpResponse {
-        self.http(
-            "POST",
-            path,
-            &[("Content-Type", "application/json")],
-            body.to_string().as_bytes(),
-        )
+        self.http("POST", path, &[("Content-Type", "application/json")], body.to_string().as_bytes())
     }
 
     /// `POST /api/register`.
     pub fn register(&self, user: &str, password: &str) -> HttpResponse {
-        self.post_json(
-            "/api/register",
-            &json!({"user": user, "password": password}),
-        )
+        self.post_json("/api/register", &json!({"user": user, "password": password}))
     }
 
     /// `POST /api/login`.
@@ -403,11 +344,7 @@ impl Server {
         let resp = self.register(&name, PASSWORD);
         assert_eq!(resp.status, 201, "register {name}: {}", resp.text());
         let token = self.login(&name, PASSWORD);
-        Account {
-            name,
-            password: PASSWORD.to_string(),
-            token,
-        }
+        Account { name, password: PASSWORD.to_string(), token }
     }
 
     // ---- clients ----
@@ -469,10 +406,7 @@ pub struct Exited {
 /// Runs `bin` with exactly `args` and `env` (inherited `NATTER_*` removed) in
 /// a temporary working directory and waits at most `timeout` for it to exit.
 pub fn run_to_exit(bin: &str, args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Exited {
-    let dir = tempfile::Builder::new()
-        .prefix("natter-e2e-run-")
-        .tempdir()
-        .expect("create a temp dir");
+    let dir = tempfile::Builder::new().prefix("natter-e2e-run-").tempdir().expect("create a temp dir");
     let out_path = dir.path().join("stdout");
     let err_path = dir.path().join("stderr");
     let mut child = command(bin)

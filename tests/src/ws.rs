@@ -62,18 +62,13 @@ impl WsClient {
 
     /// Opens `path` on `addr`, panicking if the upgrade is refused.
     pub fn connect_path(addr: SocketAddr, path: &str) -> WsClient {
-        Self::try_connect_path(addr, path).unwrap_or_else(|r| {
-            panic!(
-                "WebSocket upgrade of {path} refused: HTTP {} {:?}",
-                r.status, r.body
-            )
-        })
+        Self::try_connect_path(addr, path)
+            .unwrap_or_else(|r| panic!("WebSocket upgrade of {path} refused: HTTP {} {:?}", r.status, r.body))
     }
 
     /// Opens `path` on `addr`; `Err` carries the HTTP answer that refused the upgrade.
     pub fn try_connect_path(addr: SocketAddr, path: &str) -> Result<WsClient, Refused> {
-        let stream =
-            TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
         let _ = stream.set_nodelay(true);
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(TIMEOUT)).unwrap();
@@ -90,15 +85,9 @@ impl WsClient {
                     attempt = mid.handshake();
                 }
                 Err(HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
-                    let body = resp
-                        .body()
-                        .as_ref()
-                        .map(|b| String::from_utf8_lossy(b).into_owned())
-                        .unwrap_or_default();
-                    return Err(Refused {
-                        status: resp.status().as_u16(),
-                        body,
-                    });
+                    let body =
+                        resp.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+                    return Err(Refused { status: resp.status().as_u16(), body });
                 }
                 Err(HandshakeError::Failure(e)) => {
                     panic!("WebSocket handshake with {url} failed: {e}")
@@ -174,8 +163,7 @@ impl WsClient {
     /// Sends one text frame.
     pub fn send_text(&mut self, text: &str) {
         let user = self.user.clone();
-        self.send(Message::Text(text.to_string()))
-            .unwrap_or_else(|e| panic!("{user}: send failed: {e}"));
+        self.send(Message::Text(text.to_string())).unwrap_or_else(|e| panic!("{user}: send failed: {e}"));
     }
 
     /// Sends any message (binary, ping, raw frame...).
@@ -184,17 +172,8 @@ impl WsClient {
     }
 
     /// Sends one raw data frame (`opcode` Text, Binary or Continue) with the FIN bit as given.
-    pub fn send_frame(
-        &mut self,
-        opcode: Data,
-        payload: Vec<u8>,
-        fin: bool,
-    ) -> tungstenite::Result<()> {
-        self.ws.send(Message::Frame(Frame::message(
-            payload,
-            OpCode::Data(opcode),
-            fin,
-        )))
+    pub fn send_frame(&mut self, opcode: Data, payload: Vec<u8>, fin: bool) -> tungstenite::Result<()> {
+        self.ws.send(Message::Frame(Frame::message(payload, OpCode::Data(opcode), fin)))
     }
 
     /// The tungstenite socket, for anything else.
@@ -233,12 +212,7 @@ impl WsClient {
     pub fn ok(&mut self, ty: &str, fields: Value) -> Value {
         let shown = fields.to_string();
         let reply = self.request(ty, fields);
-        assert_eq!(
-            crate::ty(&reply),
-            "ok",
-            "{}: {ty} {shown} answered {reply}",
-            self.user
-        );
+        assert_eq!(crate::ty(&reply), "ok", "{}: {ty} {shown} answered {reply}", self.user);
         reply
     }
 
@@ -261,10 +235,7 @@ impl WsClient {
             match self.wire_json(deadline) {
                 Ok(Some(v)) if v["ref"] == r => return v,
                 Ok(Some(v)) => self.pending.push_back(v),
-                Ok(None) => panic!(
-                    "{}: no answer to ref {r:?} within {:?}",
-                    self.user, self.timeout
-                ),
+                Ok(None) => panic!("{}: no answer to ref {r:?} within {:?}", self.user, self.timeout),
                 Err(why) => panic!("{}: no answer to ref {r:?}: {why}", self.user),
             }
         }
@@ -295,10 +266,7 @@ impl WsClient {
                 }
                 Ok(m) => return Incoming::Message(m),
                 Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                    ) =>
+                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) =>
                 {
                     continue
                 }
@@ -307,9 +275,7 @@ impl WsClient {
                     return Incoming::Closed(code);
                 }
                 Err(tungstenite::Error::Io(_))
-                | Err(tungstenite::Error::Protocol(
-                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-                )) => {
+                | Err(tungstenite::Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)) => {
                     let code = *self.closed.get_or_insert(None);
                     return Incoming::Closed(code);
                 }
@@ -324,18 +290,14 @@ impl WsClient {
         loop {
             match self.next_incoming(deadline) {
                 Incoming::Message(Message::Text(t)) => {
-                    return serde_json::from_str(&t).map(Some).map_err(|e| {
-                        format!("server sent a text frame that is not JSON ({e}): {t:?}")
-                    })
+                    return serde_json::from_str(&t)
+                        .map(Some)
+                        .map_err(|e| format!("server sent a text frame that is not JSON ({e}): {t:?}"))
                 }
-                Incoming::Message(Message::Binary(b)) => {
-                    return Err(format!("server sent a binary frame: {b:?}"))
-                }
+                Incoming::Message(Message::Binary(b)) => return Err(format!("server sent a binary frame: {b:?}")),
                 Incoming::Message(_) => continue,
                 Incoming::Timeout => return Ok(None),
-                Incoming::Closed(code) => {
-                    return Err(format!("the connection is closed (close code {code:?})"))
-                }
+                Incoming::Closed(code) => return Err(format!("the connection is closed (close code {code:?})")),
             }
         }
     }
@@ -356,10 +318,7 @@ impl WsClient {
         let deadline = Instant::now() + self.timeout;
         match self.next_json(deadline) {
             Ok(v) => v,
-            Err(why) => panic!(
-                "{}: waited {:?} for a message: {why}",
-                self.user, self.timeout
-            ),
+            Err(why) => panic!("{}: waited {:?} for a message: {why}", self.user, self.timeout),
         }
     }
 
@@ -369,8 +328,7 @@ impl WsClient {
             return Some(v);
         }
         let deadline = Instant::now() + timeout;
-        self.wire_json(deadline)
-            .unwrap_or_else(|why| panic!("{}: {why}", self.user))
+        self.wire_json(deadline).unwrap_or_else(|why| panic!("{}: {why}", self.user))
     }
 
     /// Every message up to and including the first one matching `pred`.
@@ -409,12 +367,9 @@ impl WsClient {
             match self.next_json(deadline) {
                 Ok(v) if pred(&v) => got.push(v),
                 Ok(_) => {}
-                Err(why) => panic!(
-                    "{}: got {} of {n} matching messages: {why}; so far {}",
-                    self.user,
-                    got.len(),
-                    show(&got)
-                ),
+                Err(why) => {
+                    panic!("{}: got {} of {n} matching messages: {why}; so far {}", self.user, got.len(), show(&got))
+                }
             }
         }
         got
@@ -486,10 +441,9 @@ impl WsClient {
         loop {
             match self.next_incoming(deadline) {
                 Incoming::Message(_) => {}
-                Incoming::Timeout => panic!(
-                    "{}: the server did not close the connection within {timeout:?}",
-                    self.user
-                ),
+                Incoming::Timeout => {
+                    panic!("{}: the server did not close the connection within {timeout:?}", self.user)
+                }
                 Incoming::Closed(code) => return code,
             }
         }
@@ -542,18 +496,11 @@ impl WsClient {
         let mut seqs = Vec::with_capacity(texts.len());
         let mut seen = 0;
         for batch in texts.chunks(window.max(1)) {
-            let refs: Vec<String> = batch
-                .iter()
-                .map(|t| self.send_request("send", json!({ "room": room, "text": t })))
-                .collect();
+            let refs: Vec<String> =
+                batch.iter().map(|t| self.send_request("send", json!({ "room": room, "text": t }))).collect();
             for r in refs {
                 let reply = self.reply_to(&r);
-                assert_eq!(
-                    crate::ty(&reply),
-                    "ok",
-                    "{}: send answered {reply}",
-                    self.user
-                );
+                assert_eq!(crate::ty(&reply), "ok", "{}: send answered {reply}", self.user);
                 seqs.push(crate::seq(&reply));
             }
             self.pending.retain(|v| {
@@ -588,10 +535,7 @@ impl WsClient {
 pub fn assert_error_shape(v: &Value, what: &str) {
     assert_eq!(ty(v), "error", "{what}: expected an error, got {v}");
     assert!(v["code"].is_string(), "{what}: error without code: {v}");
-    assert!(
-        v["message"].is_string(),
-        "{what}: error without message: {v}"
-    );
+    assert!(v["message"].is_string(), "{what}: error without message: {v}");
 }
 
 fn show(vs: &[Value]) -> String {

@@ -11,14 +11,7 @@ fn expect_bad_flag(bin: &str, extra: &[&str], env: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
-    let mut args = vec![
-        "--http",
-        "127.0.0.1:0",
-        "--line",
-        "127.0.0.1:0",
-        "--data",
-        data,
-    ];
+    let mut args = vec!["--http", "127.0.0.1:0", "--line", "127.0.0.1:0", "--data", data];
     args.extend_from_slice(extra);
     expect_exit_2(bin, &args, env);
 }
@@ -26,24 +19,10 @@ fn expect_bad_flag(bin: &str, extra: &[&str], env: &[(&str, &str)]) {
 fn expect_exit_2(bin: &str, args: &[&str], env: &[(&str, &str)]) {
     let out = run_to_exit(bin, args, env, Duration::from_secs(10));
     let what = format!("{bin} {args:?} env {env:?}");
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{what}: exit status; stderr {:?}",
-        out.stderr
-    );
+    assert_eq!(out.status.code(), Some(2), "{what}: exit status; stderr {:?}", out.stderr);
     assert_eq!(out.stdout, "", "{what}: nothing on stdout");
-    let lines: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{what}: one line on stderr, got {:?}",
-        out.stderr
-    );
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{what}: one line on stderr, got {:?}", out.stderr);
 }
 
 /// The `heartbeat_s` a guest's welcome reports.
@@ -197,7 +176,5 @@ natter_tests::cases! {
 /// Like [`heartbeat_of`] for a server without guests.
 fn heartbeat_of_registered(s: &Server) -> u64 {
     let (_, ws) = s.user("hb");
-    ws.welcome["heartbeat_s"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{}", ws.welcome))
+    ws.welcome["heartbeat_s"].as_u64().unwrap_or_else(|| panic!("{}", ws.welcome))
 }

@@ -4,10 +4,7 @@
 use natter_tests::{is_message_in, json, seq, ty, uniq, Server, Value, WsClient};
 
 fn messages(ok: &Value) -> Vec<Value> {
-    ok["messages"]
-        .as_array()
-        .unwrap_or_else(|| panic!("history without messages: {ok}"))
-        .clone()
+    ok["messages"].as_array().unwrap_or_else(|| panic!("history without messages: {ok}")).clone()
 }
 
 fn seqs(msgs: &[Value]) -> Vec<u64> {
@@ -30,15 +27,8 @@ fn join_since(ws: &mut WsClient, room: &str, since: u64, last: u64) -> (Value, V
         .unwrap_or_else(|| panic!("the replay came before the join ok: {seen:?}"));
     let ok = seen[ok_at].clone();
     assert_eq!(ty(&ok), "ok", "{ok}");
-    assert!(
-        !seen[..ok_at].iter().any(|v| is_message_in(v, room)),
-        "replayed messages came before the ok: {seen:?}"
-    );
-    let msgs = seen[ok_at + 1..]
-        .iter()
-        .filter(|v| is_message_in(v, room))
-        .cloned()
-        .collect();
+    assert!(!seen[..ok_at].iter().any(|v| is_message_in(v, room)), "replayed messages came before the ok: {seen:?}");
+    let msgs = seen[ok_at + 1..].iter().filter(|v| is_message_in(v, room)).cloned().collect();
     (ok, msgs)
 }
 

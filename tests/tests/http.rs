@@ -39,34 +39,22 @@ fn metric_names(body: &str) -> Vec<String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let name_end = line
-            .find(['{', ' '])
-            .unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        let name_end = line.find(['{', ' ']).unwrap_or_else(|| panic!("bad sample line {line:?}"));
         let name = &line[..name_end];
         assert!(
             !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
                 && !name.starts_with(|c: char| c.is_ascii_digit()),
             "bad metric name in {line:?}"
         );
         let rest = if line[name_end..].starts_with('{') {
-            let close = line
-                .rfind('}')
-                .unwrap_or_else(|| panic!("unclosed labels in {line:?}"));
+            let close = line.rfind('}').unwrap_or_else(|| panic!("unclosed labels in {line:?}"));
             &line[close + 1..]
         } else {
             &line[name_end..]
         };
-        let value = rest
-            .split_whitespace()
-            .next()
-            .unwrap_or_else(|| panic!("no value in {line:?}"));
-        assert!(
-            value.parse::<f64>().is_ok(),
-            "value {value:?} is not a number in {line:?}"
-        );
+        let value = rest.split_whitespace().next().unwrap_or_else(|| panic!("no value in {line:?}"));
+        assert!(value.parse::<f64>().is_ok(), "value {value:?} is not a number in {line:?}");
         names.push(name.to_string());
     }
     names

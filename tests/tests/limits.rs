@@ -6,9 +6,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use natter_tests::raw_ws::{RawWs, OP_PING};
-use natter_tests::{
-    eventually, is_message_in, json, seq, ty, uniq, LineClient, Server, Value, WsClient,
-};
+use natter_tests::{eventually, is_message_in, json, seq, ty, uniq, LineClient, Server, Value, WsClient};
 use tungstenite::protocol::frame::coding::Data;
 use tungstenite::Message;
 
@@ -18,9 +16,7 @@ const QUIET: Duration = Duration::from_millis(400);
 fn send_of_len(room: &str, r: &str, len: usize) -> String {
     let empty = json!({"type": "send", "room": room, "ref": r, "text": ""}).to_string();
     assert!(empty.len() <= len, "{len} bytes is too short for a send");
-    let text =
-        json!({"type": "send", "room": room, "ref": r, "text": "x".repeat(len - empty.len())})
-            .to_string();
+    let text = json!({"type": "send", "room": room, "ref": r, "text": "x".repeat(len - empty.len())}).to_string();
     assert_eq!(text.len(), len);
     text
 }
@@ -46,10 +42,7 @@ fn wait_tcp_closed(stream: &mut TcpStream, timeout: Duration) -> Duration {
 }
 
 fn texts_in(msgs: &[Value], room: &str) -> Vec<String> {
-    msgs.iter()
-        .filter(|v| is_message_in(v, room))
-        .map(|v| v["text"].as_str().unwrap_or("").to_string())
-        .collect()
+    msgs.iter().filter(|v| is_message_in(v, room)).map(|v| v["text"].as_str().unwrap_or("").to_string()).collect()
 }
 
 /// Rate limit on WebSocket with `--rate 5 --burst 5`: the session opens with
@@ -69,9 +62,8 @@ fn websocket_burst(bin: &str, ping_frames_first: usize) {
     }
     // The join is data message 1; the sends go out once it is done.
     a.join(&room);
-    let refs: Vec<String> = (1..=9)
-        .map(|i| a.send_request("send", json!({"room": room, "text": format!("r{i}")})))
-        .collect();
+    let refs: Vec<String> =
+        (1..=9).map(|i| a.send_request("send", json!({"room": room, "text": format!("r{i}")}))).collect();
     let quick = t0.elapsed() < Duration::from_millis(150);
     let replies: Vec<Value> = refs.iter().map(|r| a.reply_to(r)).collect();
     let mut delivered = Vec::new();
@@ -82,20 +74,13 @@ fn websocket_burst(bin: &str, ping_frames_first: usize) {
             _ => panic!("unexpected answer {reply}"),
         }
     }
-    assert!(
-        replies[..4].iter().all(|r| ty(r) == "ok"),
-        "the first five data messages pass: {replies:?}"
-    );
+    assert!(replies[..4].iter().all(|r| ty(r) == "ok"), "the first five data messages pass: {replies:?}");
     assert!(
         replies.iter().any(|r| r["code"] == "rate_limited"),
         "ten quick messages with --burst 5 must hit the limit: {replies:?}"
     );
     if quick {
-        assert_eq!(
-            delivered.len(),
-            4,
-            "exactly the 6th quick data message and later are limited: {replies:?}"
-        );
+        assert_eq!(delivered.len(), 4, "exactly the 6th quick data message and later are limited: {replies:?}");
     }
     // Dropped messages reach nobody.
     let got = watcher.collect(delivered.len(), |v| is_message_in(v, &room));

@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use natter_tests::{
-    is_message_in, is_presence, json, ty, uniq, LineClient, Server, WsClient, PASSWORD,
-};
+use natter_tests::{is_message_in, is_presence, json, ty, uniq, LineClient, Server, WsClient, PASSWORD};
 
 const QUIET: Duration = Duration::from_millis(500);
 const LOBBY: &str = "lobby";

@@ -8,9 +8,7 @@ use natter_tests::{eventually, is_private_from, json, seq, ty, Server, Value, Ws
 const QUIET: Duration = Duration::from_millis(500);
 
 fn texts(msgs: &[Value]) -> Vec<String> {
-    msgs.iter()
-        .map(|m| m["text"].as_str().unwrap_or("").to_string())
-        .collect()
+    msgs.iter().map(|m| m["text"].as_str().unwrap_or("").to_string()).collect()
 }
 
 fn seqs(msgs: &[Value]) -> Vec<u64> {

@@ -4,17 +4,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use natter_tests::{
-    eventually, is_message_in, json, seq, ty, uniq, Server, Value, WsClient, PASSWORD,
-};
+use natter_tests::{eventually, is_message_in, json, seq, ty, uniq, Server, Value, WsClient, PASSWORD};
 
 const QUIET: Duration = Duration::from_millis(400);
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 /// `who` `room` as a map user -> online.
@@ -25,9 +20,7 @@ fn who_room(ws: &mut WsClient, room: &str) -> BTreeMap<String, bool> {
 
 /// Asserts `rooms` (from `welcome`) is exactly one entry for `room` with `seq` and `read`.
 fn assert_rooms(rooms: &Value, room: &str, seq: u64, read: u64) {
-    let list = rooms
-        .as_array()
-        .unwrap_or_else(|| panic!("rooms is not a list: {rooms}"));
+    let list = rooms.as_array().unwrap_or_else(|| panic!("rooms is not a list: {rooms}"));
     assert_eq!(list.len(), 1, "rooms {rooms}");
     assert_eq!(list[0]["room"], room, "rooms {rooms}");
     assert_eq!(list[0]["seq"], seq, "rooms {rooms}");
@@ -41,13 +34,8 @@ fn users_of(ok: &Value) -> BTreeMap<String, bool> {
         .iter()
         .map(|u| {
             (
-                u["user"]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("bad user entry {u}"))
-                    .to_string(),
-                u["online"]
-                    .as_bool()
-                    .unwrap_or_else(|| panic!("bad online flag {u}")),
+                u["user"].as_str().unwrap_or_else(|| panic!("bad user entry {u}")).to_string(),
+                u["online"].as_bool().unwrap_or_else(|| panic!("bad online flag {u}")),
             )
         })
         .collect()

@@ -3,9 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use natter_tests::{
-    is_message_in, is_private_from, json, seq, ty, uniq, Server, WsClient, PASSWORD,
-};
+use natter_tests::{is_message_in, is_private_from, json, seq, ty, uniq, Server, WsClient, PASSWORD};
 
 natter_tests::cases! {
     fn sigterm_closes_websockets_with_1012_and_exits_0_within_10_s(bin) {

@@ -56,7 +56,11 @@ const FLAGS: &[(&str, Option<&str>, &str)] = &[
     ("max-frame", Some("BYTES"), "largest WebSocket frame or message; past it close 1009 [default: 65536]"),
     ("max-text", Some("BYTES"), "largest message text [default: 4096]"),
     ("max-line", Some("BYTES"), "largest line-protocol line [default: 4096]"),
-    ("max-queue", Some("BYTES"), "unsent bytes per connection before it is closed as a slow consumer [default: 4194304]"),
+    (
+        "max-queue",
+        Some("BYTES"),
+        "unsent bytes per connection before it is closed as a slow consumer [default: 4194304]",
+    ),
     ("rate", Some("N"), "messages per second per connection [default: 20]"),
     ("burst", Some("N"), "burst of the rate limit [default: 40]"),
     ("max-rooms", Some("N"), "rooms per user [default: 100]"),
@@ -150,7 +154,14 @@ where
     if settings.redis.is_some() && settings.database.is_none() {
         return Err(ConfigExit::Bad("--redis needs --database: cluster nodes share one PostgreSQL".into()));
     }
-    for (name, v) in [("rate", settings.core.rate as usize), ("burst", settings.core.burst as usize), ("max-frame", settings.core.max_frame), ("max-queue", settings.core.max_queue), ("max-line", settings.core.max_line), ("heartbeat", settings.core.heartbeat.as_secs() as usize)] {
+    for (name, v) in [
+        ("rate", settings.core.rate as usize),
+        ("burst", settings.core.burst as usize),
+        ("max-frame", settings.core.max_frame),
+        ("max-queue", settings.core.max_queue),
+        ("max-line", settings.core.max_line),
+        ("heartbeat", settings.core.heartbeat.as_secs() as usize),
+    ] {
         if v == 0 {
             return Err(ConfigExit::Bad(format!("invalid value for --{name}: must be at least 1")));
         }
@@ -159,7 +170,8 @@ where
 }
 
 fn read_file(path: &str) -> Result<BTreeMap<String, String>, ConfigExit> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigExit::Bad(format!("cannot read --config {path}: {e}")))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigExit::Bad(format!("cannot read --config {path}: {e}")))?;
     let table: toml::Table =
         text.parse().map_err(|e: toml::de::Error| ConfigExit::Bad(format!("bad --config {path}: {}", e.message())))?;
     let mut out = BTreeMap::new();
@@ -245,7 +257,8 @@ mod tests {
         let file = dir.path().join("n.toml");
         std::fs::write(&file, "max-frame = 100\nrate = 7\nburst = 9\nno-guests = true\n").unwrap();
         let f = file.to_str().unwrap();
-        let s = run(&["--config", f, "--max-frame", "300"], &[("NATTER_MAX_FRAME", "200"), ("NATTER_RATE", "8")]).unwrap();
+        let s =
+            run(&["--config", f, "--max-frame", "300"], &[("NATTER_MAX_FRAME", "200"), ("NATTER_RATE", "8")]).unwrap();
         assert_eq!(s.core.max_frame, 300);
         assert_eq!(s.core.rate, 8);
         assert_eq!(s.core.burst, 9);
@@ -268,7 +281,14 @@ mod tests {
 
     #[test]
     fn bad_input_is_one_line() {
-        for args in [&["--max-frame", "big"][..], &["--nope"], &["--http", "nowhere"], &["--threads", "0"], &["--database", "mysql://x"], &["--redis", "redis://x"]] {
+        for args in [
+            &["--max-frame", "big"][..],
+            &["--nope"],
+            &["--http", "nowhere"],
+            &["--threads", "0"],
+            &["--database", "mysql://x"],
+            &["--redis", "redis://x"],
+        ] {
             match run(args, &[]) {
                 Err(ConfigExit::Bad(msg)) => assert!(!msg.contains('\n'), "{msg}"),
                 other => panic!("{args:?}: {other:?}"),
@@ -283,6 +303,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("n.toml");
         std::fs::write(&file, "max-frames = 100\n").unwrap();
-        assert!(matches!(run(&["--config", file.to_str().unwrap()], &[]), Err(ConfigExit::Bad(m)) if m.contains("max-frames")));
+        assert!(
+            matches!(run(&["--config", file.to_str().unwrap()], &[]), Err(ConfigExit::Bad(m)) if m.contains("max-frames"))
+        );
     }
 }

@@ -74,24 +74,13 @@ pub struct Conns<S> {
 impl<S: Socket> Conns<S> {
     /// A seat with no connections yet.
     pub fn new(seat: Seat) -> Conns<S> {
-        Conns {
-            seat,
-            sockets: Vec::new(),
-            to_write: Vec::new(),
-            buf: vec![0; READ_BUF].into(),
-            stopping: None,
-        }
+        Conns { seat, sockets: Vec::new(), to_write: Vec::new(), buf: vec![0; READ_BUF].into(), stopping: None }
     }
 
     /// A connection was accepted: opens its session and keeps the socket
     /// `make` returns for its key (`None`: it could not be set up, and the
     /// session ends again). Once shutdown began, the connection is dropped.
-    pub fn open(
-        &mut self,
-        transport: Transport,
-        peer: IpAddr,
-        make: impl FnOnce(ConnKey) -> Option<S>,
-    ) {
+    pub fn open(&mut self, transport: Transport, peer: IpAddr, make: impl FnOnce(ConnKey) -> Option<S>) {
         if self.stopping.is_some() {
             return;
         }
@@ -271,11 +260,7 @@ mod tests {
         fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
             let mut input = self.input.borrow_mut();
             if input.is_empty() {
-                return if self.peer_closed.get() {
-                    Ok(0)
-                } else {
-                    Err(io::ErrorKind::WouldBlock.into())
-                };
+                return if self.peer_closed.get() { Ok(0) } else { Err(io::ErrorKind::WouldBlock.into()) };
             }
             let n = input.len().min(buf.len());
             buf[..n].copy_from_slice(&input[..n]);
@@ -329,13 +314,7 @@ mod tests {
         let key = opened.expect("open calls make");
         fake.input.borrow_mut().extend_from_slice(b"alice\n");
         assert_eq!(conns.read(key), Read::Drained);
-        Alice {
-            _dir: dir,
-            conns,
-            shutdown: Shutdown::default(),
-            key,
-            fake,
-        }
+        Alice { _dir: dir, conns, shutdown: Shutdown::default(), key, fake }
     }
 
     #[test]
@@ -343,11 +322,7 @@ mod tests {
         let mut a = alice(usize::MAX);
         let turn = a.conns.turn(&a.shutdown, |_, _| panic!("nothing blocks"));
         assert_eq!(turn, Turn::Serving);
-        assert!(
-            text(&a.fake).starts_with("* welcome alice\n"),
-            "{}",
-            text(&a.fake)
-        );
+        assert!(text(&a.fake).starts_with("* welcome alice\n"), "{}", text(&a.fake));
 
         a.fake.peer_closed.set(true);
         assert_eq!(a.conns.read(a.key), Read::Gone);
@@ -364,14 +339,8 @@ mod tests {
 
         a.fake.room.set(usize::MAX);
         a.conns.writable(a.key);
-        a.conns.turn(&a.shutdown, |_, _| {
-            panic!("the socket takes everything now")
-        });
-        assert!(
-            text(&a.fake).starts_with("* welcome alice\n"),
-            "{}",
-            text(&a.fake)
-        );
+        a.conns.turn(&a.shutdown, |_, _| panic!("the socket takes everything now"));
+        assert!(text(&a.fake).starts_with("* welcome alice\n"), "{}", text(&a.fake));
     }
 
     #[test]
@@ -382,21 +351,14 @@ mod tests {
         a.shutdown.trigger();
         assert_eq!(a.conns.turn(&a.shutdown, |_, _| {}), Turn::Done);
         assert!(text(&a.fake).ends_with("bye\n"), "{}", text(&a.fake));
-        assert!(
-            a.fake.shut.get(),
-            "the write half is shut before the socket goes"
-        );
+        assert!(a.fake.shut.get(), "the write half is shut before the socket goes");
         assert!(a.conns.get(a.key).is_none());
-        assert!(
-            a.conns.deadline().is_some(),
-            "the grace period bounds the wait"
-        );
+        assert!(a.conns.deadline().is_some(), "the grace period bounds the wait");
         let mut refused = true;
-        a.conns
-            .open(Transport::Line, IpAddr::from([127, 0, 0, 1]), |_| {
-                refused = false;
-                None
-            });
+        a.conns.open(Transport::Line, IpAddr::from([127, 0, 0, 1]), |_| {
+            refused = false;
+            None
+        });
         assert!(refused, "no connection is opened once shutdown began");
     }
 }

@@ -20,7 +20,12 @@ pub struct Mailbox<T> {
 
 impl<T> Default for Mailbox<T> {
     fn default() -> Self {
-        Mailbox { items: Mutex::new(Vec::new()), arrived: Condvar::new(), drained: Condvar::new(), waker: OnceLock::new() }
+        Mailbox {
+            items: Mutex::new(Vec::new()),
+            arrived: Condvar::new(),
+            drained: Condvar::new(),
+            waker: OnceLock::new(),
+        }
     }
 }
 

@@ -86,7 +86,9 @@ impl Hub {
     }
 
     fn name_in_use(&self, name: &str) -> bool {
-        self.state.registered.contains(name) || self.state.reserved.contains(name) || self.state.online.contains_key(name)
+        self.state.registered.contains(name)
+            || self.state.reserved.contains(name)
+            || self.state.online.contains_key(name)
     }
 
     fn registration_problem(&self, user: &str, password: &str) -> Option<Failure> {
@@ -158,13 +160,17 @@ impl Hub {
             }
             (AuthKind::Password(user), Ok(StoreValue::Verified))
             | (AuthKind::Register(user), Ok(StoreValue::Registered)) => Ok((user, None, None)),
-            (AuthKind::Token(_), Ok(_)) => Err(Failure::new(ErrorCode::InvalidToken, "the token is unknown, expired or revoked")),
+            (AuthKind::Token(_), Ok(_)) => {
+                Err(Failure::new(ErrorCode::InvalidToken, "the token is unknown, expired or revoked"))
+            }
             (AuthKind::Password(_), Ok(_)) => {
                 let peer = self.state.sessions[&sid].peer;
                 self.login_failed(now, peer);
                 Err(Failure::new(ErrorCode::InvalidCredentials, "wrong user name or password"))
             }
-            (AuthKind::Register(user), Ok(_)) => Err(Failure::new(ErrorCode::NameTaken, format!("the name {user} is taken"))),
+            (AuthKind::Register(user), Ok(_)) => {
+                Err(Failure::new(ErrorCode::NameTaken, format!("the name {user} is taken")))
+            }
             (_, Err(_)) => Err(unavailable()),
         };
         match outcome {
@@ -216,7 +222,8 @@ impl Hub {
         });
         let first = online.sessions.is_empty();
         online.sessions.push(sid);
-        let rooms: Vec<String> = self.state.memberships.get(&user).map(|r| r.iter().cloned().collect()).unwrap_or_default();
+        let rooms: Vec<String> =
+            self.state.memberships.get(&user).map(|r| r.iter().cloned().collect()).unwrap_or_default();
         if first {
             for room in &rooms {
                 let targets = self.room_sessions(room, Some(&user), false);
@@ -293,7 +300,8 @@ impl Hub {
         }
         let guest = online.guest;
         self.state.online.remove(&user);
-        let rooms: Vec<String> = self.state.memberships.get(&user).map(|r| r.iter().cloned().collect()).unwrap_or_default();
+        let rooms: Vec<String> =
+            self.state.memberships.get(&user).map(|r| r.iter().cloned().collect()).unwrap_or_default();
         for room in rooms {
             if guest {
                 let targets = self.room_sessions(&room, Some(&user), false);
@@ -373,7 +381,13 @@ impl Hub {
                             self.push(s.shard(), ToShardInner::Close { sid: s, reason: HubClose::TokenRevoked });
                         }
                     }
-                    self.push(sid.shard(), ToShardInner::Api { sid, response: ApiResponse { status: 204, body: Vec::new(), retry_after_s: None } });
+                    self.push(
+                        sid.shard(),
+                        ToShardInner::Api {
+                            sid,
+                            response: ApiResponse { status: 204, body: Vec::new(), retry_after_s: None },
+                        },
+                    );
                 }
                 Ok(_) => self.api_error(sid, 401, "invalid_token", "the token is unknown", None),
                 Err(_) => self.api_unavailable(sid),

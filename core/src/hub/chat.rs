@@ -160,7 +160,11 @@ impl Hub {
                     None => Err(no_such_user(&with)),
                     Some(key) => {
                         let op = StoreOp::Read { user: my_key.clone(), target: Target::Conversation(my_key, key), seq };
-                        return self.store(now, op, Pending::Read { sid, tag, user, room: None, with: Some(with), seq });
+                        return self.store(
+                            now,
+                            op,
+                            Pending::Read { sid, tag, user, room: None, with: Some(with), seq },
+                        );
                     }
                 },
             },
@@ -197,7 +201,12 @@ impl Hub {
         match since {
             Some(since) => self.start_replay(now, sid, tag, room, since),
             None => {
-                let reply = Reply::Joined { seq: self.state.room_seq(&room), members: self.state.members(&room), room, recovery: None };
+                let reply = Reply::Joined {
+                    seq: self.state.room_seq(&room),
+                    members: self.state.members(&room),
+                    room,
+                    recovery: None,
+                };
                 self.reply(sid, tag, Ok(reply));
             }
         }
@@ -216,11 +225,21 @@ impl Hub {
         if let Some(info) = self.state.sessions.get_mut(&sid) {
             info.replaying.push(room.clone());
         }
-        let op = StoreOp::History { target: Target::Room(room.clone()), range: SeqRange::After { after: since, limit: REPLAY_LIMIT } };
+        let op = StoreOp::History {
+            target: Target::Room(room.clone()),
+            range: SeqRange::After { after: since, limit: REPLAY_LIMIT },
+        };
         self.store(now, op, Pending::Replay { sid, tag, room, since });
     }
 
-    fn complete_replay(&mut self, sid: SessionId, tag: Tag, room: String, since: u64, result: Result<StoreValue, StoreError>) {
+    fn complete_replay(
+        &mut self,
+        sid: SessionId,
+        tag: Tag,
+        room: String,
+        since: u64,
+        result: Result<StoreValue, StoreError>,
+    ) {
         let Some(info) = self.state.sessions.get_mut(&sid) else { return };
         if let Some(i) = info.replaying.iter().position(|r| *r == room) {
             info.replaying.swap_remove(i);
@@ -281,7 +300,12 @@ impl Hub {
     }
 
     /// Delivers a stored room message; returns its `seq`, or the failure.
-    pub(super) fn deliver_room_message(&mut self, room: &str, message: NewMessage, value: StoreValue) -> Result<u64, Failure> {
+    pub(super) fn deliver_room_message(
+        &mut self,
+        room: &str,
+        message: NewMessage,
+        value: StoreValue,
+    ) -> Result<u64, Failure> {
         let StoreValue::Appended { seq, ts, duplicate } = value else { return Err(unavailable()) };
         if duplicate {
             return Ok(seq);
@@ -294,7 +318,13 @@ impl Hub {
         Ok(seq)
     }
 
-    fn deliver_private(&mut self, sid: SessionId, to_key: String, message: NewMessage, value: StoreValue) -> Result<u64, Failure> {
+    fn deliver_private(
+        &mut self,
+        sid: SessionId,
+        to_key: String,
+        message: NewMessage,
+        value: StoreValue,
+    ) -> Result<u64, Failure> {
         let StoreValue::Appended { seq, ts, duplicate } = value else { return Err(unavailable()) };
         if duplicate {
             return Ok(seq);
@@ -357,7 +387,8 @@ impl Hub {
                 self.reply(sid, tag, sent.map(|seq| Reply::Sent { seq }));
             }
             Pending::SendPrivate { sid, tag, to_key, message } => {
-                let sent = result.map_err(|_| unavailable()).and_then(|v| self.deliver_private(sid, to_key, message, v));
+                let sent =
+                    result.map_err(|_| unavailable()).and_then(|v| self.deliver_private(sid, to_key, message, v));
                 self.reply(sid, tag, sent.map(|seq| Reply::Sent { seq }));
             }
             Pending::History { sid, tag, room } => {
@@ -394,5 +425,13 @@ impl Hub {
 }
 
 fn stored(message: NewMessage, seq: u64, ts: u64) -> StoredMessage {
-    StoredMessage { seq, from: message.from, to: message.to, sender: message.sender, text: message.text, client_id: message.client_id, ts }
+    StoredMessage {
+        seq,
+        from: message.from,
+        to: message.to,
+        sender: message.sender,
+        text: message.text,
+        client_id: message.client_id,
+        ts,
+    }
 }

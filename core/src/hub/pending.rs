@@ -26,23 +26,88 @@ pub(crate) enum AuthKind {
 #[derive(Debug)]
 pub(crate) enum Pending {
     /// `CheckToken`, `Verify` or `Register` for a `hello` or a line login.
-    Authenticate { sid: SessionId, tag: Tag, how: AuthKind },
+    Authenticate {
+        sid: SessionId,
+        tag: Tag,
+        how: AuthKind,
+    },
     /// `ReadMarks`, the last read before `welcome`.
-    Welcome { sid: SessionId, tag: Tag, user: String, token: Option<String>, expires_ms: Option<u64> },
-    Inbox { sid: SessionId },
-    ApiRegister { sid: SessionId, user: String },
-    ApiLogin { sid: SessionId, peer: IpAddr, user: String },
-    ApiLogout { sid: SessionId, token: String },
-    Join { sid: SessionId, tag: Tag, user: String, room: String, since: Option<u64> },
-    Replay { sid: SessionId, tag: Tag, room: String, since: u64 },
-    Leave { sid: SessionId, tag: Tag, user: String, room: String },
-    SendRoom { sid: SessionId, tag: Tag, room: String, message: NewMessage },
-    SendPrivate { sid: SessionId, tag: Tag, to_key: String, message: NewMessage },
-    History { sid: SessionId, tag: Tag, room: Option<String> },
-    Conversations { sid: SessionId, tag: Tag },
-    Read { sid: SessionId, tag: Tag, user: String, room: Option<String>, with: Option<String>, seq: u64 },
+    Welcome {
+        sid: SessionId,
+        tag: Tag,
+        user: String,
+        token: Option<String>,
+        expires_ms: Option<u64>,
+    },
+    Inbox {
+        sid: SessionId,
+    },
+    ApiRegister {
+        sid: SessionId,
+        user: String,
+    },
+    ApiLogin {
+        sid: SessionId,
+        peer: IpAddr,
+        user: String,
+    },
+    ApiLogout {
+        sid: SessionId,
+        token: String,
+    },
+    Join {
+        sid: SessionId,
+        tag: Tag,
+        user: String,
+        room: String,
+        since: Option<u64>,
+    },
+    Replay {
+        sid: SessionId,
+        tag: Tag,
+        room: String,
+        since: u64,
+    },
+    Leave {
+        sid: SessionId,
+        tag: Tag,
+        user: String,
+        room: String,
+    },
+    SendRoom {
+        sid: SessionId,
+        tag: Tag,
+        room: String,
+        message: NewMessage,
+    },
+    SendPrivate {
+        sid: SessionId,
+        tag: Tag,
+        to_key: String,
+        message: NewMessage,
+    },
+    History {
+        sid: SessionId,
+        tag: Tag,
+        room: Option<String>,
+    },
+    Conversations {
+        sid: SessionId,
+        tag: Tag,
+    },
+    Read {
+        sid: SessionId,
+        tag: Tag,
+        user: String,
+        room: Option<String>,
+        with: Option<String>,
+        seq: u64,
+    },
     /// `tag` is `None` for the acks the hub sends for line sessions.
-    Ack { sid: SessionId, tag: Option<Tag> },
+    Ack {
+        sid: SessionId,
+        tag: Option<Tag>,
+    },
 }
 
 /// The pending table. Deadlines are all `STORE_DEADLINE` after submission,

@@ -49,7 +49,10 @@ pub(crate) enum Phase {
     New,
     /// Authentication or the welcome's reads are in flight.
     Welcoming,
-    Welcomed { user: String, token: Option<String> },
+    Welcomed {
+        user: String,
+        token: Option<String>,
+    },
 }
 
 impl SessionInfo {

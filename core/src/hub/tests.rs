@@ -10,11 +10,7 @@ use crate::config::Config;
 use crate::sim::{Client, Event, FakeStore, Sim, START_UNIX_MS};
 use crate::store::{NewMessage, StoreOp, Target};
 
-const USERS: [(&str, &str); 3] = [
-    ("alice", "alice-password"),
-    ("bob", "bob-password"),
-    ("carol", "carol-password"),
-];
+const USERS: [(&str, &str); 3] = [("alice", "alice-password"), ("bob", "bob-password"), ("carol", "carol-password")];
 
 fn sim() -> Sim {
     Sim::with_users(Config::default(), &USERS)
@@ -40,10 +36,7 @@ fn seed_room(store: &mut FakeStore, room: &str, from: &str, n: u64) {
             ts: START_UNIX_MS - 1000 + i,
             dedup_window_ms: None,
         };
-        store.execute(&StoreOp::Append {
-            target: Target::Room(room.into()),
-            message,
-        });
+        store.execute(&StoreOp::Append { target: Target::Room(room.into()), message });
     }
 }
 
@@ -75,10 +68,7 @@ fn guest_hello_is_welcomed_with_every_field() {
     let mut sim = sim();
     let c = sim.ws_client();
     let w = sim.req(c, json!({"type":"hello","name":"gus","ref":"h1"}));
-    let session = w["session"]
-        .as_str()
-        .expect("session id is a string")
-        .to_string();
+    let session = w["session"].as_str().expect("session id is a string").to_string();
     assert!(!session.is_empty());
     assert_eq!(
         w,
@@ -90,11 +80,7 @@ fn guest_hello_is_welcomed_with_every_field() {
     let w = sim.take_json(d);
     assert_eq!(w.len(), 1);
     assert!(w[0].get("ref").is_none());
-    assert_ne!(
-        w[0]["session"],
-        json!(session),
-        "sessions have distinct ids"
-    );
+    assert_ne!(w[0]["session"], json!(session), "sessions have distinct ids");
 }
 
 #[test]
@@ -103,25 +89,15 @@ fn token_hello_lists_stored_rooms_with_seq_and_read() {
     store.add_member("alice", "lobby");
     store.add_member("alice", "den");
     seed_room(&mut store, "lobby", "bob", 42);
-    store.execute(&StoreOp::Read {
-        user: "alice".into(),
-        target: Target::Room("lobby".into()),
-        seq: 40,
-    });
+    store.execute(&StoreOp::Read { user: "alice".into(), target: Target::Room("lobby".into()), seq: 40 });
     let mut sim = Sim::with_store(Config::default(), store);
     let token = sim.token("alice");
     let c = sim.ws_client();
     let w = sim.req(c, json!({"type":"hello","token":token}));
     assert_eq!((&w["user"], &w["guest"]), (&json!("alice"), &json!(false)));
-    assert_eq!(
-        w["rooms"],
-        json!([{"room":"den","seq":0,"read":0},{"room":"lobby","seq":42,"read":40}])
-    );
+    assert_eq!(w["rooms"], json!([{"room":"den","seq":0,"read":0},{"room":"lobby","seq":42,"read":40}]));
     // `history` with `before: seq + 1` fills what came before.
-    let h = sim.req(
-        c,
-        json!({"type":"history","room":"lobby","before":43,"limit":3}),
-    );
+    let h = sim.req(c, json!({"type":"history","room":"lobby","before":43,"limit":3}));
     assert_eq!(seqs(h["messages"].as_array().unwrap()), [40, 41, 42]);
 }
 
@@ -130,43 +106,18 @@ fn hello_errors() {
     let mut sim = sim();
     let c = sim.ws_client();
     let err = sim.req(c, json!({"type":"hello","name":"alice","ref":"x"}));
-    assert_eq!(
-        (code(&err), &err["ref"]),
-        ("name_taken", &json!("x")),
-        "a registered name"
-    );
+    assert_eq!((code(&err), &err["ref"]), ("name_taken", &json!("x")), "a registered name");
     for bad in ["", "two words", "bob#1", &"x".repeat(33)] {
-        assert_eq!(
-            code(&sim.req(c, json!({"type":"hello","name":bad}))),
-            "bad_name",
-            "{bad:?}"
-        );
+        assert_eq!(code(&sim.req(c, json!({"type":"hello","name":bad}))), "bad_name", "{bad:?}");
     }
-    assert_eq!(
-        code(&sim.req(c, json!({"type":"hello","token":"nonsense"}))),
-        "invalid_token"
-    );
+    assert_eq!(code(&sim.req(c, json!({"type":"hello","token":"nonsense"}))), "invalid_token");
     assert_eq!(code(&sim.req(c, json!({"type":"hello"}))), "bad_request");
     let _gus = sim.guest("gus");
-    assert_eq!(
-        code(&sim.req(c, json!({"type":"hello","name":"gus"}))),
-        "name_taken",
-        "a guest online now"
-    );
+    assert_eq!(code(&sim.req(c, json!({"type":"hello","name":"gus"}))), "name_taken", "a guest online now");
     // After the errors the session can still say hello.
-    assert_eq!(
-        sim.req(c, json!({"type":"hello","name":"x"}))["type"],
-        "welcome"
-    );
-    assert_eq!(
-        code(&sim.req(c, json!({"type":"hello","name":"y"}))),
-        "already_authenticated"
-    );
-    assert_eq!(
-        sim.req(c, json!({"type":"ping"}))["type"],
-        "pong",
-        "still the same session"
-    );
+    assert_eq!(sim.req(c, json!({"type":"hello","name":"x"}))["type"], "welcome");
+    assert_eq!(code(&sim.req(c, json!({"type":"hello","name":"y"}))), "already_authenticated");
+    assert_eq!(sim.req(c, json!({"type":"ping"}))["type"], "pong", "still the same session");
 }
 
 #[test]
@@ -175,49 +126,31 @@ fn a_guest_name_is_free_again_when_its_session_ends() {
     let gus = sim.guest("gus");
     sim.disconnect(gus);
     let again = sim.guest("gus");
-    assert_eq!(
-        sim.req(again, json!({"type":"who"}))["users"],
-        json!([{"user":"gus","online":true}])
-    );
+    assert_eq!(sim.req(again, json!({"type":"who"}))["users"], json!([{"user":"gus","online":true}]));
 }
 
 #[test]
 fn a_name_a_guest_uses_cannot_be_registered() {
     let mut sim = sim();
     let _dave = sim.guest("dave");
-    let res = sim.http(
-        "POST",
-        "/api/register",
-        &json!({"user":"dave","password":"long-enough"}).to_string(),
-        &[],
-    );
+    let res = sim.http("POST", "/api/register", &json!({"user":"dave","password":"long-enough"}).to_string(), &[]);
     assert_eq!(res.status, 409);
 }
 
 #[test]
 fn guests_disabled() {
-    let config = Config {
-        no_guests: true,
-        ..Config::default()
-    };
+    let config = Config { no_guests: true, ..Config::default() };
     let mut sim = Sim::with_users(config, &USERS);
     let c = sim.ws_client();
-    assert_eq!(
-        code(&sim.req(c, json!({"type":"hello","name":"gus"}))),
-        "guests_disabled"
-    );
+    assert_eq!(code(&sim.req(c, json!({"type":"hello","name":"gus"}))), "guests_disabled");
     let token = sim.token("alice");
-    assert_eq!(
-        sim.req(c, json!({"type":"hello","token":token}))["type"],
-        "welcome"
-    );
+    assert_eq!(sim.req(c, json!({"type":"hello","token":token}))["type"], "welcome");
 }
 
 #[test]
 fn a_second_hello_while_the_first_is_in_flight_is_already_authenticated() {
     let mut sim = sim();
-    sim.store_mut()
-        .set_latency(Duration::from_millis(50), Duration::ZERO);
+    sim.store_mut().set_latency(Duration::from_millis(50), Duration::ZERO);
     let token = sim.token("alice");
     let c = sim.ws_client();
     sim.send_json(c, json!({"type":"hello","token":token,"ref":"1"}));
@@ -225,14 +158,8 @@ fn a_second_hello_while_the_first_is_in_flight_is_already_authenticated() {
     sim.run_until_idle();
     let got = sim.take_json(c);
     assert_eq!(got.len(), 2, "{got:?}");
-    assert_eq!(
-        (&got[0]["ref"], &got[0]["code"]),
-        (&json!("2"), &json!("already_authenticated"))
-    );
-    assert_eq!(
-        (&got[1]["ref"], &got[1]["type"]),
-        (&json!("1"), &json!("welcome"))
-    );
+    assert_eq!((&got[0]["ref"], &got[0]["code"]), (&json!("2"), &json!("already_authenticated")));
+    assert_eq!((&got[1]["ref"], &got[1]["type"]), (&json!("1"), &json!("welcome")));
 }
 
 // ---- join and leave, presence ---------------------------------------------------
@@ -243,35 +170,20 @@ fn join_answers_seq_and_members_and_tells_the_room() {
     let a = sim.guest("gus");
     let b = sim.guest("gil");
     let ok = sim.req(a, json!({"type":"join","room":"r","ref":"j"}));
-    assert_eq!(
-        ok,
-        json!({"type":"ok","ref":"j","room":"r","seq":0,"members":1})
-    );
-    assert_eq!(
-        sim.take_json(a),
-        [json!({"type":"presence","room":"r","user":"gus","state":"join"})]
-    );
+    assert_eq!(ok, json!({"type":"ok","ref":"j","room":"r","seq":0,"members":1}));
+    assert_eq!(sim.take_json(a), [json!({"type":"presence","room":"r","user":"gus","state":"join"})]);
     say(&mut sim, a, "r", "one");
     let ok = join(&mut sim, b, "r");
     assert_eq!((&ok["seq"], &ok["members"]), (&json!(1), &json!(2)));
     let presence = json!({"type":"presence","room":"r","user":"gil","state":"join"});
-    assert_eq!(
-        sim.take_kind(a, "presence"),
-        std::slice::from_ref(&presence)
-    );
+    assert_eq!(sim.take_kind(a, "presence"), std::slice::from_ref(&presence));
     assert_eq!(sim.take_kind(b, "presence"), [presence]);
     // Joining again is not an error, and tells nobody.
     let ok = join(&mut sim, b, "r");
     assert_eq!(ok["members"], 2);
     assert!(sim.take(a).is_empty());
-    assert_eq!(
-        code(&sim.req(a, json!({"type":"join","room":"no good"}))),
-        "bad_name"
-    );
-    assert_eq!(
-        code(&sim.req(a, json!({"type":"join","room":"x".repeat(33)}))),
-        "bad_name"
-    );
+    assert_eq!(code(&sim.req(a, json!({"type":"join","room":"no good"}))), "bad_name");
+    assert_eq!(code(&sim.req(a, json!({"type":"join","room":"x".repeat(33)}))), "bad_name");
 }
 
 #[test]
@@ -282,14 +194,8 @@ fn membership_belongs_to_the_user_not_the_session() {
     let b = sim.guest("gus");
     join(&mut sim, b, "r");
     join(&mut sim, a1, "r");
-    assert_eq!(
-        sim.take_kind(a2, "presence"),
-        [json!({"type":"presence","room":"r","user":"alice","state":"join"})]
-    );
-    assert!(
-        sim.take_kind(a2, "ok").is_empty(),
-        "the ok goes to the requesting session only"
-    );
+    assert_eq!(sim.take_kind(a2, "presence"), [json!({"type":"presence","room":"r","user":"alice","state":"join"})]);
+    assert!(sim.take_kind(a2, "ok").is_empty(), "the ok goes to the requesting session only");
     say(&mut sim, b, "r", "hi");
     assert_eq!(sim.take_kind(a1, "message").len(), 1);
     assert_eq!(sim.take_kind(a2, "message").len(), 1);
@@ -303,18 +209,9 @@ fn membership_belongs_to_the_user_not_the_session() {
     say(&mut sim, b, "r", "gone?");
     assert!(sim.take_kind(a1, "message").is_empty());
     assert!(sim.take_kind(a2, "message").is_empty());
-    assert_eq!(
-        code(&sim.req(a1, json!({"type":"leave","room":"r"}))),
-        "not_member"
-    );
-    assert_eq!(
-        code(&sim.req(a1, json!({"type":"leave","room":"never"}))),
-        "not_member"
-    );
-    assert!(
-        sim.store().members("r").is_empty(),
-        "alice's leave is stored; gus is a guest"
-    );
+    assert_eq!(code(&sim.req(a1, json!({"type":"leave","room":"r"}))), "not_member");
+    assert_eq!(code(&sim.req(a1, json!({"type":"leave","room":"never"}))), "not_member");
+    assert!(sim.store().members("r").is_empty(), "alice's leave is stored; gus is a guest");
 }
 
 #[test]
@@ -336,11 +233,7 @@ fn registered_memberships_last_across_sessions() {
     let w = sim.req(a, json!({"type":"hello","token":token}));
     assert_eq!(w["rooms"], json!([{"room":"r","seq":2,"read":0}]));
     say(&mut sim, g, "r", "three");
-    assert_eq!(
-        seqs(&sim.take_kind(a, "message")),
-        [3],
-        "live messages follow welcome's seq"
-    );
+    assert_eq!(seqs(&sim.take_kind(a, "message")), [3], "live messages follow welcome's seq");
 }
 
 #[test]
@@ -353,33 +246,18 @@ fn online_and_offline_for_registered_members_leave_for_guests() {
     let a1 = sim.login("alice");
     let online = json!({"type":"presence","room":"r","user":"alice","state":"online"});
     assert_eq!(sim.take_kind(b, "presence"), [online]);
-    assert!(
-        sim.take_kind(a1, "presence").is_empty(),
-        "no online about oneself"
-    );
+    assert!(sim.take_kind(a1, "presence").is_empty(), "no online about oneself");
     let a2 = sim.login("alice");
-    assert!(
-        sim.take_kind(b, "presence").is_empty(),
-        "only the first session"
-    );
+    assert!(sim.take_kind(b, "presence").is_empty(), "only the first session");
     sim.disconnect(a1);
-    assert!(
-        sim.take_kind(b, "presence").is_empty(),
-        "not the last session"
-    );
+    assert!(sim.take_kind(b, "presence").is_empty(), "not the last session");
     sim.disconnect(a2);
-    assert_eq!(
-        sim.take_kind(b, "presence"),
-        [json!({"type":"presence","room":"r","user":"alice","state":"offline"})]
-    );
+    assert_eq!(sim.take_kind(b, "presence"), [json!({"type":"presence","room":"r","user":"alice","state":"offline"})]);
     let g = sim.guest("gus");
     join(&mut sim, g, "r");
     sim.take(b);
     sim.disconnect(g);
-    assert_eq!(
-        sim.take_kind(b, "presence"),
-        [json!({"type":"presence","room":"r","user":"gus","state":"leave"})]
-    );
+    assert_eq!(sim.take_kind(b, "presence"), [json!({"type":"presence","room":"r","user":"gus","state":"leave"})]);
 }
 
 // ---- send ---------------------------------------------------------------------
@@ -396,12 +274,10 @@ fn room_messages_go_to_every_session_of_every_member_and_nobody_else() {
     for c in [a1, a2, b, outsider] {
         sim.take(c);
     }
-    let ok = sim.req(
-        a1,
-        json!({"type":"send","room":"lobby","text":"hi","id":"c-17","ref":"s"}),
-    );
+    let ok = sim.req(a1, json!({"type":"send","room":"lobby","text":"hi","id":"c-17","ref":"s"}));
     assert_eq!(ok, json!({"type":"ok","ref":"s","seq":1}));
-    let want = json!({"type":"message","room":"lobby","seq":1,"from":"alice","text":"hi","ts":START_UNIX_MS,"id":"c-17"});
+    let want =
+        json!({"type":"message","room":"lobby","seq":1,"from":"alice","text":"hi","ts":START_UNIX_MS,"id":"c-17"});
     for c in [a1, a2, b] {
         assert_eq!(sim.take_json(c), std::slice::from_ref(&want));
     }
@@ -410,21 +286,9 @@ fn room_messages_go_to_every_session_of_every_member_and_nobody_else() {
     let ok = sim.req(b, json!({"type":"send","room":"lobby","text":"yo"}));
     assert_eq!(ok["seq"], 2);
     let msg = &sim.take_kind(a2, "message")[0];
-    assert_eq!(
-        msg,
-        &json!({"type":"message","room":"lobby","seq":2,"from":"gus","text":"yo","ts":START_UNIX_MS + 5})
-    );
-    assert_eq!(
-        code(&sim.req(
-            outsider,
-            json!({"type":"send","room":"lobby","text":"let me in"})
-        )),
-        "not_member"
-    );
-    assert_eq!(
-        code(&sim.req(outsider, json!({"type":"send","room":"nowhere","text":"x"}))),
-        "not_member"
-    );
+    assert_eq!(msg, &json!({"type":"message","room":"lobby","seq":2,"from":"gus","text":"yo","ts":START_UNIX_MS + 5}));
+    assert_eq!(code(&sim.req(outsider, json!({"type":"send","room":"lobby","text":"let me in"}))), "not_member");
+    assert_eq!(code(&sim.req(outsider, json!({"type":"send","room":"nowhere","text":"x"}))), "not_member");
     assert_eq!(sim.store().room_seq("lobby"), 2);
 }
 
@@ -441,31 +305,14 @@ fn a_repeated_id_is_acknowledged_again_and_never_delivered_twice() {
     say(&mut sim, b, "r", "between");
     let again = sim.req(a1, json!({"type":"send","room":"r","text":"hi","id":"m1"}));
     let other = sim.req(a2, json!({"type":"send","room":"r","text":"hi","id":"m1"}));
-    assert_eq!(
-        (
-            first["seq"].as_u64(),
-            again["seq"].as_u64(),
-            other["seq"].as_u64()
-        ),
-        (Some(1), Some(1), Some(1))
-    );
+    assert_eq!((first["seq"].as_u64(), again["seq"].as_u64(), other["seq"].as_u64()), (Some(1), Some(1), Some(1)));
     // Another user may use the same id.
-    assert_eq!(
-        sim.req(b, json!({"type":"send","room":"r","text":"hi","id":"m1"}))["seq"],
-        3
-    );
+    assert_eq!(sim.req(b, json!({"type":"send","room":"r","text":"hi","id":"m1"}))["seq"], 3);
     assert_eq!(seqs(&sim.take_kind(b, "message")), [1, 2, 3]);
     // Also with the first send still in flight.
-    sim.store_mut()
-        .set_latency(Duration::from_millis(10), Duration::ZERO);
-    sim.send_json(
-        a1,
-        json!({"type":"send","room":"r","text":"x","id":"m2","ref":"p"}),
-    );
-    sim.send_json(
-        a1,
-        json!({"type":"send","room":"r","text":"x","id":"m2","ref":"q"}),
-    );
+    sim.store_mut().set_latency(Duration::from_millis(10), Duration::ZERO);
+    sim.send_json(a1, json!({"type":"send","room":"r","text":"x","id":"m2","ref":"p"}));
+    sim.send_json(a1, json!({"type":"send","room":"r","text":"x","id":"m2","ref":"q"}));
     sim.run_until_idle();
     let p = sim.take_reply(a1, "p").unwrap();
     let q = sim.take_reply(a1, "q").unwrap();
@@ -481,56 +328,29 @@ fn private_messages_go_to_every_session_of_to_and_echo_to_the_senders_others() {
     let b1 = sim.login("bob");
     let b2 = sim.login("bob");
     let c = sim.login("carol");
-    let ok = sim.req(
-        a1,
-        json!({"type":"send","to":"bob","text":"psst","id":"p1","ref":"s"}),
-    );
+    let ok = sim.req(a1, json!({"type":"send","to":"bob","text":"psst","id":"p1","ref":"s"}));
     assert_eq!(ok, json!({"type":"ok","ref":"s","seq":1}));
     let want = json!({"type":"private","seq":1,"from":"alice","to":"bob","text":"psst","ts":START_UNIX_MS,"id":"p1"});
     for s in [b1, b2, a2] {
         assert_eq!(sim.take_kind(s, "private"), std::slice::from_ref(&want));
     }
-    assert!(
-        sim.take_kind(a1, "private").is_empty(),
-        "the sending session has its ok"
-    );
+    assert!(sim.take_kind(a1, "private").is_empty(), "the sending session has its ok");
     assert!(sim.take(c).is_empty());
     // One counter per pair, in both directions.
-    assert_eq!(
-        sim.req(b2, json!({"type":"send","to":"alice","text":"hi"}))["seq"],
-        2
-    );
-    assert_eq!(
-        sim.req(a1, json!({"type":"send","to":"carol","text":"hi"}))["seq"],
-        1
-    );
-    assert_eq!(
-        code(&sim.req(a1, json!({"type":"send","to":"nobody","text":"hi"}))),
-        "no_such_user"
-    );
+    assert_eq!(sim.req(b2, json!({"type":"send","to":"alice","text":"hi"}))["seq"], 2);
+    assert_eq!(sim.req(a1, json!({"type":"send","to":"carol","text":"hi"}))["seq"], 1);
+    assert_eq!(code(&sim.req(a1, json!({"type":"send","to":"nobody","text":"hi"}))), "no_such_user");
     // A registered user offline still gets them (stored); a guest only online.
     sim.disconnect(c);
-    assert_eq!(
-        sim.req(a1, json!({"type":"send","to":"carol","text":"later"}))["seq"],
-        2
-    );
+    assert_eq!(sim.req(a1, json!({"type":"send","to":"carol","text":"later"}))["seq"], 2);
     let g = sim.guest("gus");
-    assert_eq!(
-        sim.req(a1, json!({"type":"send","to":"gus","text":"hey"}))["seq"],
-        1
-    );
+    assert_eq!(sim.req(a1, json!({"type":"send","to":"gus","text":"hey"}))["seq"], 1);
     assert_eq!(sim.take_kind(g, "private")[0]["text"], "hey");
     sim.disconnect(g);
-    assert_eq!(
-        code(&sim.req(a1, json!({"type":"send","to":"gus","text":"hey"}))),
-        "no_such_user"
-    );
+    assert_eq!(code(&sim.req(a1, json!({"type":"send","to":"gus","text":"hey"}))), "no_such_user");
     // A later guest with the same name is someone else.
     let g2 = sim.guest("gus");
-    assert_eq!(
-        sim.req(a1, json!({"type":"send","to":"gus","text":"new"}))["seq"],
-        1
-    );
+    assert_eq!(sim.req(a1, json!({"type":"send","to":"gus","text":"new"}))["seq"], 1);
     let h = sim.req(g2, json!({"type":"history","with":"alice"}));
     assert_eq!(h["messages"].as_array().unwrap().len(), 1);
 }
@@ -540,10 +360,7 @@ fn messages_to_oneself() {
     let mut sim = sim();
     let a1 = sim.login("alice");
     let a2 = sim.login("alice");
-    assert_eq!(
-        sim.req(a1, json!({"type":"send","to":"alice","text":"note"}))["seq"],
-        1
-    );
+    assert_eq!(sim.req(a1, json!({"type":"send","to":"alice","text":"note"}))["seq"], 1);
     // Every session of `to`, the sending one included, and once each.
     assert_eq!(sim.take_kind(a2, "private").len(), 1);
     assert_eq!(sim.take_kind(a1, "private").len(), 1);
@@ -558,10 +375,7 @@ fn history_of_rooms_and_conversations() {
     store.add_member("bob", "r");
     let mut sim = Sim::with_store(Config::default(), store);
     let a = sim.login("alice");
-    assert_eq!(
-        code(&sim.req(a, json!({"type":"history","room":"r"}))),
-        "not_member"
-    );
+    assert_eq!(code(&sim.req(a, json!({"type":"history","room":"r"}))), "not_member");
     join(&mut sim, a, "r");
     let h = sim.req(a, json!({"type":"history","room":"r","limit":2,"ref":"h"}));
     assert_eq!(h["ref"], "h");
@@ -581,10 +395,7 @@ fn history_of_rooms_and_conversations() {
         .log()
         .iter()
         .filter_map(|op| match op {
-            StoreOp::History {
-                range: crate::store::SeqRange::Before { limit, .. },
-                ..
-            } => Some(*limit),
+            StoreOp::History { range: crate::store::SeqRange::Before { limit, .. }, .. } => Some(*limit),
             _ => None,
         })
         .collect();
@@ -600,14 +411,8 @@ fn history_of_rooms_and_conversations() {
         (&msgs[0]["type"], &msgs[0]["from"], &msgs[0]["to"]),
         (&json!("private"), &json!("alice"), &json!("bob"))
     );
-    assert_eq!(
-        (&msgs[1]["seq"], &msgs[1]["text"]),
-        (&json!(2), &json!("two"))
-    );
-    assert_eq!(
-        code(&sim.req(a, json!({"type":"history","with":"nobody"}))),
-        "no_such_user"
-    );
+    assert_eq!((&msgs[1]["seq"], &msgs[1]["text"]), (&json!(2), &json!("two")));
+    assert_eq!(code(&sim.req(a, json!({"type":"history","with":"nobody"}))), "no_such_user");
     assert_eq!(code(&sim.req(a, json!({"type":"history"}))), "bad_request");
 }
 
@@ -621,15 +426,9 @@ fn who_lists_members_or_users_online() {
     join(&mut sim, b, "r");
     sim.disconnect(b);
     let who = sim.req(g, json!({"type":"who","room":"r"}));
-    assert_eq!(
-        who["users"],
-        json!([{"user":"alice","online":true},{"user":"bob","online":false}])
-    );
+    assert_eq!(who["users"], json!([{"user":"alice","online":true},{"user":"bob","online":false}]));
     let who = sim.req(g, json!({"type":"who"}));
-    assert_eq!(
-        who["users"],
-        json!([{"user":"alice","online":true},{"user":"gus","online":true}])
-    );
+    assert_eq!(who["users"], json!([{"user":"alice","online":true},{"user":"gus","online":true}]));
     let who = sim.req(g, json!({"type":"who","limit":1}));
     assert_eq!(who["users"].as_array().unwrap().len(), 1);
     let who = sim.req(g, json!({"type":"who","room":"nothing"}));
@@ -642,14 +441,7 @@ fn rooms_most_members_first() {
     let a = sim.guest("a");
     let b = sim.guest("b");
     let c = sim.guest("c");
-    for (who, room) in [
-        (a, "small"),
-        (a, "big"),
-        (b, "big"),
-        (c, "big"),
-        (a, "mid"),
-        (b, "mid"),
-    ] {
+    for (who, room) in [(a, "small"), (a, "big"), (b, "big"), (c, "big"), (a, "mid"), (b, "mid")] {
         join(&mut sim, who, room);
     }
     let rooms = sim.req(a, json!({"type":"rooms"}));
@@ -661,10 +453,7 @@ fn rooms_most_members_first() {
     assert_eq!(rooms["rooms"].as_array().unwrap().len(), 2);
     sim.disconnect(a);
     let rooms = sim.req(b, json!({"type":"rooms"}));
-    assert_eq!(
-        rooms["rooms"],
-        json!([{"room":"big","members":2},{"room":"mid","members":1}])
-    );
+    assert_eq!(rooms["rooms"], json!([{"room":"big","members":2},{"room":"mid","members":1}]));
 }
 
 #[test]
@@ -681,10 +470,7 @@ fn conversations_most_recent_first_with_read_marks() {
     let ok = sim.req(a, json!({"type":"read","with":"bob","seq":2,"ref":"r"}));
     assert_eq!(ok, json!({"type":"ok","ref":"r"}));
     let list = sim.req(a, json!({"type":"conversations"}));
-    assert_eq!(
-        list["conversations"],
-        json!([{"with":"bob","seq":2,"read":2},{"with":"gus","seq":1,"read":0}])
-    );
+    assert_eq!(list["conversations"], json!([{"with":"bob","seq":2,"read":2},{"with":"gus","seq":1,"read":0}]));
     let list = sim.req(a, json!({"type":"conversations","limit":1}));
     assert_eq!(list["conversations"].as_array().unwrap().len(), 1);
 }
@@ -703,44 +489,23 @@ fn read_marks_go_to_the_users_other_sessions() {
     for c in [a1, a2, b] {
         sim.take(c);
     }
-    assert_eq!(
-        sim.req(a1, json!({"type":"read","room":"r","seq":1,"ref":"m"})),
-        json!({"type":"ok","ref":"m"})
-    );
-    assert_eq!(
-        sim.take_json(a2),
-        [json!({"type":"read","room":"r","seq":1})]
-    );
+    assert_eq!(sim.req(a1, json!({"type":"read","room":"r","seq":1,"ref":"m"})), json!({"type":"ok","ref":"m"}));
+    assert_eq!(sim.take_json(a2), [json!({"type":"read","room":"r","seq":1})]);
     assert!(sim.take(a1).is_empty() && sim.take(b).is_empty());
     assert_eq!(sim.store().room_read("alice", "r"), 1);
     sim.req(b, json!({"type":"send","to":"alice","text":"pm"}));
     sim.take(a1);
     sim.take(a2);
     sim.req(a2, json!({"type":"read","with":"bob","seq":1}));
-    assert_eq!(
-        sim.take_json(a1),
-        [json!({"type":"read","with":"bob","seq":1})]
-    );
+    assert_eq!(sim.take_json(a1), [json!({"type":"read","with":"bob","seq":1})]);
     assert_eq!(sim.store().conversation_read("alice", "bob"), 1);
     // The mark shows up in the next welcome.
     let token = sim.token("alice");
     let a3 = sim.ws_client();
-    assert_eq!(
-        sim.req(a3, json!({"type":"hello","token":token}))["rooms"],
-        json!([{"room":"r","seq":1,"read":1}])
-    );
-    assert_eq!(
-        code(&sim.req(a1, json!({"type":"read","room":"other","seq":1}))),
-        "not_member"
-    );
-    assert_eq!(
-        code(&sim.req(a1, json!({"type":"read","with":"nobody","seq":1}))),
-        "no_such_user"
-    );
-    assert_eq!(
-        code(&sim.req(a1, json!({"type":"read","room":"r"}))),
-        "bad_request"
-    );
+    assert_eq!(sim.req(a3, json!({"type":"hello","token":token}))["rooms"], json!([{"room":"r","seq":1,"read":1}]));
+    assert_eq!(code(&sim.req(a1, json!({"type":"read","room":"other","seq":1}))), "not_member");
+    assert_eq!(code(&sim.req(a1, json!({"type":"read","with":"nobody","seq":1}))), "no_such_user");
+    assert_eq!(code(&sim.req(a1, json!({"type":"read","room":"r"}))), "bad_request");
 }
 
 #[test]
@@ -753,45 +518,23 @@ fn typing_goes_to_the_room_or_the_user_and_is_not_stored() {
     join(&mut sim, b, "r");
     sim.take(a);
     sim.take(b);
-    assert_eq!(
-        sim.req(a, json!({"type":"typing","room":"r","ref":"t"})),
-        json!({"type":"ok","ref":"t"})
-    );
-    assert_eq!(
-        sim.take_json(b),
-        [json!({"type":"typing","room":"r","user":"gus"})]
-    );
+    assert_eq!(sim.req(a, json!({"type":"typing","room":"r","ref":"t"})), json!({"type":"ok","ref":"t"}));
+    assert_eq!(sim.take_json(b), [json!({"type":"typing","room":"r","user":"gus"})]);
     assert!(sim.take(c).is_empty());
     sim.take(a);
     sim.req(a, json!({"type":"typing","to":"out"}));
-    assert_eq!(
-        sim.take_json(c),
-        [json!({"type":"typing","user":"gus","to":"out"})]
-    );
+    assert_eq!(sim.take_json(c), [json!({"type":"typing","user":"gus","to":"out"})]);
     assert!(sim.take(b).is_empty());
-    assert_eq!(
-        code(&sim.req(c, json!({"type":"typing","room":"r"}))),
-        "not_member"
-    );
-    assert_eq!(
-        code(&sim.req(c, json!({"type":"typing","to":"nobody"}))),
-        "no_such_user"
-    );
-    assert!(sim
-        .store()
-        .log()
-        .iter()
-        .all(|op| !matches!(op, StoreOp::Append { .. })));
+    assert_eq!(code(&sim.req(c, json!({"type":"typing","room":"r"}))), "not_member");
+    assert_eq!(code(&sim.req(c, json!({"type":"typing","to":"nobody"}))), "no_such_user");
+    assert!(sim.store().log().iter().all(|op| !matches!(op, StoreOp::Append { .. })));
 }
 
 #[test]
 fn ping_is_answered_by_pong() {
     let mut sim = sim();
     let a = sim.guest("gus");
-    assert_eq!(
-        sim.req(a, json!({"type":"ping","ref":"p"})),
-        json!({"type":"pong","ref":"p"})
-    );
+    assert_eq!(sim.req(a, json!({"type":"ping","ref":"p"})), json!({"type":"pong","ref":"p"}));
 }
 
 // ---- offline delivery -------------------------------------------------------------
@@ -801,34 +544,19 @@ fn inbox_at_welcome_until_acked() {
     let mut sim = sim();
     let a = sim.login("alice");
     for (i, text) in ["one", "two"].iter().enumerate() {
-        assert_eq!(
-            sim.req(a, json!({"type":"send","to":"bob","text":text}))["seq"],
-            i as u64 + 1
-        );
+        assert_eq!(sim.req(a, json!({"type":"send","to":"bob","text":text}))["seq"], i as u64 + 1);
     }
     sim.req(a, json!({"type":"send","to":"carol","text":"for carol"}));
     let b = sim.login("bob");
-    let got: Vec<Value> = sim
-        .log(b)
-        .iter()
-        .filter_map(|e| e.json().cloned())
-        .collect();
+    let got: Vec<Value> = sim.log(b).iter().filter_map(|e| e.json().cloned()).collect();
     assert_eq!(got[0]["type"], "welcome", "welcome comes first");
     let pms: Vec<&Value> = got.iter().filter(|v| v["type"] == "private").collect();
-    assert_eq!(
-        pms.iter()
-            .map(|v| v["text"].as_str().unwrap())
-            .collect::<Vec<_>>(),
-        ["one", "two"]
-    );
+    assert_eq!(pms.iter().map(|v| v["text"].as_str().unwrap()).collect::<Vec<_>>(), ["one", "two"]);
     // Delivered but never acked: delivered again.
     sim.disconnect(b);
     let b = sim.login("bob");
     assert_eq!(seqs(&sim.take_kind(b, "private")), [1, 2]);
-    assert_eq!(
-        sim.req(b, json!({"type":"ack","with":"alice","seq":1,"ref":"k"})),
-        json!({"type":"ok","ref":"k"})
-    );
+    assert_eq!(sim.req(b, json!({"type":"ack","with":"alice","seq":1,"ref":"k"})), json!({"type":"ok","ref":"k"}));
     sim.disconnect(b);
     let b = sim.login("bob");
     assert_eq!(seqs(&sim.take_kind(b, "private")), [2]);
@@ -840,10 +568,7 @@ fn inbox_at_welcome_until_acked() {
     assert!(sim.take_kind(b, "private").is_empty());
     sim.req(a, json!({"type":"send","to":"bob","text":"live"}));
     assert_eq!(seqs(&sim.take_kind(b, "private")), [3]);
-    assert_eq!(
-        code(&sim.req(b, json!({"type":"ack","with":"nobody","seq":1}))),
-        "no_such_user"
-    );
+    assert_eq!(code(&sim.req(b, json!({"type":"ack","with":"nobody","seq":1}))), "no_such_user");
 }
 
 #[test]
@@ -851,8 +576,7 @@ fn inbox_and_live_messages_meet_without_a_gap_or_a_duplicate() {
     let mut sim = sim();
     let a = sim.login("alice");
     sim.req(a, json!({"type":"send","to":"bob","text":"before"}));
-    sim.store_mut()
-        .set_latency(Duration::from_millis(10), Duration::ZERO);
+    sim.store_mut().set_latency(Duration::from_millis(10), Duration::ZERO);
     let token = sim.token("bob");
     let b = sim.ws_client();
     sim.send_json(b, json!({"type":"hello","token":token}));
@@ -865,12 +589,7 @@ fn inbox_and_live_messages_meet_without_a_gap_or_a_duplicate() {
     let got: Vec<Value> = sim.take_json(b);
     assert_eq!(got[0]["type"], "welcome");
     assert_eq!(
-        seqs(
-            &got.iter()
-                .filter(|v| v["type"] == "private")
-                .cloned()
-                .collect::<Vec<_>>()
-        ),
+        seqs(&got.iter().filter(|v| v["type"] == "private").cloned().collect::<Vec<_>>()),
         (1..=13).collect::<Vec<_>>()
     );
 }
@@ -878,8 +597,7 @@ fn inbox_and_live_messages_meet_without_a_gap_or_a_duplicate() {
 #[test]
 fn echoes_and_the_inbox_keep_a_conversation_in_order() {
     let mut sim = sim();
-    sim.store_mut()
-        .set_latency(Duration::from_millis(10), Duration::ZERO);
+    sim.store_mut().set_latency(Duration::from_millis(10), Duration::ZERO);
     let a1 = sim.login("alice");
     let b = sim.login("bob");
     // alice's second session: CheckToken, then ReadMarks, then the inbox.
@@ -903,10 +621,7 @@ fn a_replay_is_kept_within_half_the_queue_bound() {
     let mut store = store_with_users();
     store.add_member("alice", "r");
     seed_room(&mut store, "r", "bob", 50);
-    let config = Config {
-        max_queue: 4000,
-        ..Config::default()
-    };
+    let config = Config { max_queue: 4000, ..Config::default() };
     let mut sim = Sim::with_store(config, store);
     let a = sim.login("alice");
     sim.take(a);
@@ -936,10 +651,7 @@ fn join_since_answers_ok_then_the_replay_then_live_messages() {
     sim.run_until_idle();
     say(&mut sim, b, "r", "live");
     let got = sim.take_json(a);
-    assert_eq!(
-        got[0],
-        json!({"type":"ok","ref":"j","room":"r","seq":5,"members":2,"recovered":true})
-    );
+    assert_eq!(got[0], json!({"type":"ok","ref":"j","room":"r","seq":5,"members":2,"recovered":true}));
     assert_eq!(seqs(&got[1..]), [3, 4, 5, 6]);
     assert!(got[1..].iter().all(|m| m["type"] == "message"));
     // Nothing to replay.
@@ -959,8 +671,7 @@ fn join_since_with_messages_completing_while_the_replay_is_read() {
     let mut sim = Sim::with_store(Config::default(), store);
     let b = sim.login("bob");
     let a = sim.login("alice");
-    sim.store_mut()
-        .set_latency(Duration::from_millis(10), Duration::from_millis(5));
+    sim.store_mut().set_latency(Duration::from_millis(10), Duration::from_millis(5));
     sim.take(a);
     // bob's sends are in flight before, around and after alice's replay read.
     for i in 0..3 {
@@ -975,23 +686,10 @@ fn join_since_with_messages_completing_while_the_replay_is_read() {
     let got = sim.take_json(a);
     let ok = got.iter().position(|v| v["ref"] == "j").unwrap();
     assert_eq!(got[ok]["recovered"], true);
-    let after: Vec<Value> = got[ok + 1..]
-        .iter()
-        .filter(|v| v["type"] == "message")
-        .cloned()
-        .collect();
+    let after: Vec<Value> = got[ok + 1..].iter().filter(|v| v["type"] == "message").cloned().collect();
     assert_eq!(seqs(&after), (2..=9).collect::<Vec<_>>(), "{got:?}");
-    let before: Vec<u64> = seqs(
-        &got[..ok]
-            .iter()
-            .filter(|v| v["type"] == "message")
-            .cloned()
-            .collect::<Vec<_>>(),
-    );
-    assert!(
-        before.is_empty(),
-        "live messages wait for the replay: {before:?}"
-    );
+    let before: Vec<u64> = seqs(&got[..ok].iter().filter(|v| v["type"] == "message").cloned().collect::<Vec<_>>());
+    assert!(before.is_empty(), "live messages wait for the replay: {before:?}");
 }
 
 #[test]
@@ -1000,8 +698,7 @@ fn join_since_by_a_new_member() {
     seed_room(&mut store, "r", "bob", 4);
     store.add_member("bob", "r");
     let mut sim = Sim::with_store(Config::default(), store);
-    sim.store_mut()
-        .set_latency(Duration::from_millis(10), Duration::ZERO);
+    sim.store_mut().set_latency(Duration::from_millis(10), Duration::ZERO);
     let b = sim.login("bob");
     let a = sim.login("alice");
     sim.take(a);
@@ -1012,11 +709,7 @@ fn join_since_by_a_new_member() {
     let got = sim.take_json(a);
     let ok = got.iter().position(|v| v["ref"] == "j").unwrap();
     assert_eq!(got[ok]["recovered"], true);
-    let after: Vec<Value> = got[ok + 1..]
-        .iter()
-        .filter(|v| v["type"] == "message")
-        .cloned()
-        .collect();
+    let after: Vec<Value> = got[ok + 1..].iter().filter(|v| v["type"] == "message").cloned().collect();
     assert_eq!(seqs(&after), [3, 4, 5, 6], "{got:?}");
 }
 
@@ -1027,38 +720,18 @@ fn a_leave_right_after_a_join_with_since_waits_for_the_replay() {
     let h = sim.guest("gil");
     join(&mut sim, h, "r");
     say(&mut sim, h, "r", "before");
-    sim.store_mut()
-        .set_latency(Duration::from_millis(10), Duration::ZERO);
+    sim.store_mut().set_latency(Duration::from_millis(10), Duration::ZERO);
     sim.take(g);
     sim.send_json(g, json!({"type":"join","room":"r","since":0,"ref":"j"}));
     sim.send_json(g, json!({"type":"leave","room":"r","ref":"l"}));
-    sim.send_json(
-        g,
-        json!({"type":"send","room":"r","text":"after","ref":"s"}),
-    );
+    sim.send_json(g, json!({"type":"send","room":"r","text":"after","ref":"s"}));
     sim.run_until_idle();
     let got: Vec<String> = sim
         .take_json(g)
         .iter()
-        .map(|v| {
-            format!(
-                "{} {}",
-                v["type"].as_str().unwrap(),
-                v["ref"].as_str().or(v["state"].as_str()).unwrap_or("")
-            )
-        })
+        .map(|v| format!("{} {}", v["type"].as_str().unwrap(), v["ref"].as_str().or(v["state"].as_str()).unwrap_or("")))
         .collect();
-    assert_eq!(
-        got,
-        [
-            "presence join",
-            "ok j",
-            "message ",
-            "presence leave",
-            "ok l",
-            "error s"
-        ]
-    );
+    assert_eq!(got, ["presence join", "ok j", "message ", "presence leave", "ok l", "error s"]);
 }
 
 #[test]
@@ -1071,27 +744,17 @@ fn a_replay_read_after_the_user_left_elsewhere_delivers_nothing() {
     let here = sim.login("bob");
     let there = sim.login("bob");
     sim.take(here);
-    sim.store_mut()
-        .set_latency(Duration::from_millis(10), Duration::ZERO);
+    sim.store_mut().set_latency(Duration::from_millis(10), Duration::ZERO);
     // The second join waits in the session behind the first; the leave from
     // bob's other session is stored before its replay is read.
-    sim.send_json(
-        here,
-        json!({"type":"join","room":"lobby","since":0,"ref":"j1"}),
-    );
+    sim.send_json(here, json!({"type":"join","room":"lobby","since":0,"ref":"j1"}));
     sim.send_json(here, json!({"type":"join","room":"r","since":0,"ref":"j2"}));
     sim.send_json(there, json!({"type":"leave","room":"r","ref":"l"}));
     sim.run_until_idle();
     assert_eq!(sim.take_reply(there, "l").unwrap()["type"], "ok");
     let got = sim.take_json(here);
-    let left = got
-        .iter()
-        .position(|v| v["type"] == "presence" && v["state"] == "leave")
-        .expect("told of the leave");
-    assert!(
-        got[left..].iter().all(|v| v["type"] != "message"),
-        "messages after leaving: {got:?}"
-    );
+    let left = got.iter().position(|v| v["type"] == "presence" && v["state"] == "leave").expect("told of the leave");
+    assert!(got[left..].iter().all(|v| v["type"] != "message"), "messages after leaving: {got:?}");
     let j2 = got.iter().find(|v| v["ref"] == "j2").unwrap();
     assert_eq!(j2["code"], "not_member", "{got:?}");
 }
@@ -1108,10 +771,7 @@ fn join_since_past_what_is_stored_is_not_recovered() {
     sim.send_json(a, json!({"type":"join","room":"r","since":2,"ref":"j"}));
     sim.run_until_idle();
     let got = sim.take_json(a);
-    assert_eq!(
-        got[0],
-        json!({"type":"ok","ref":"j","room":"r","seq":10,"members":1,"recovered":false,"oldest":6})
-    );
+    assert_eq!(got[0], json!({"type":"ok","ref":"j","room":"r","seq":10,"members":1,"recovered":false,"oldest":6}));
     assert_eq!(seqs(&got[1..]), [6, 7, 8, 9, 10]);
     // Since 5: everything after it is stored.
     let ok = sim.req(a, json!({"type":"join","room":"r","since":5}));
@@ -1129,18 +789,14 @@ fn a_long_absence_replays_the_newest_and_says_so() {
     sim.send_json(a, json!({"type":"join","room":"r","since":0,"ref":"j"}));
     sim.run_until_idle();
     let got = sim.take_json(a);
-    assert_eq!(
-        (&got[0]["recovered"], &got[0]["oldest"]),
-        (&json!(false), &json!(6))
-    );
+    assert_eq!((&got[0]["recovered"], &got[0]["oldest"]), (&json!(false), &json!(6)));
     assert_eq!(seqs(&got[1..]), (6..=1005).collect::<Vec<_>>());
 }
 
 // ---- storage failures ------------------------------------------------------------------
 
 fn fail_appends(sim: &mut Sim) {
-    sim.store_mut()
-        .fail_when(|op| matches!(op, StoreOp::Append { .. }));
+    sim.store_mut().fail_when(|op| matches!(op, StoreOp::Append { .. }));
 }
 
 #[test]
@@ -1157,10 +813,7 @@ fn a_failed_send_is_unavailable_and_delivers_nothing() {
     assert_eq!((code(&err), &err["ref"]), ("unavailable", &json!("s")));
     let err = sim.req(a, json!({"type":"send","to":"bob","text":"lost"}));
     assert_eq!(code(&err), "unavailable");
-    assert!(
-        sim.take(a).is_empty() && sim.take(b).is_empty(),
-        "no ok, nothing delivered"
-    );
+    assert!(sim.take(a).is_empty() && sim.take(b).is_empty(), "no ok, nothing delivered");
     sim.store_mut().stop_failing();
     assert_eq!(say(&mut sim, a, "r", "works"), 1, "the failure used no seq");
     assert_eq!(seqs(&sim.take_kind(b, "message")), [1]);
@@ -1174,25 +827,13 @@ fn a_failed_join_or_leave_changes_nothing() {
     join(&mut sim, b, "r");
     sim.take(b);
     sim.store_mut().fail_next(1);
-    assert_eq!(
-        code(&sim.req(a, json!({"type":"join","room":"r"}))),
-        "unavailable"
-    );
-    assert!(
-        sim.take(a).is_empty() && sim.take(b).is_empty(),
-        "no presence"
-    );
-    assert_eq!(
-        code(&sim.req(a, json!({"type":"send","room":"r","text":"x"}))),
-        "not_member"
-    );
+    assert_eq!(code(&sim.req(a, json!({"type":"join","room":"r"}))), "unavailable");
+    assert!(sim.take(a).is_empty() && sim.take(b).is_empty(), "no presence");
+    assert_eq!(code(&sim.req(a, json!({"type":"send","room":"r","text":"x"}))), "not_member");
     join(&mut sim, a, "r");
     sim.take(b);
     sim.store_mut().fail_next(1);
-    assert_eq!(
-        code(&sim.req(a, json!({"type":"leave","room":"r"}))),
-        "unavailable"
-    );
+    assert_eq!(code(&sim.req(a, json!({"type":"leave","room":"r"}))), "unavailable");
     assert!(sim.take(b).is_empty());
     assert_eq!(say(&mut sim, a, "r", "still in"), 1);
     assert_eq!(sim.store().members("r"), ["alice", "bob"]);
@@ -1215,27 +856,12 @@ fn reads_that_fail_are_unavailable() {
     }
     let token = sim.token("alice");
     let c = sim.ws_client();
-    assert_eq!(
-        code(&sim.req(c, json!({"type":"hello","token":token.clone()}))),
-        "unavailable"
-    );
-    let res = sim.http(
-        "POST",
-        "/api/login",
-        &json!({"user":"alice","password":"alice-password"}).to_string(),
-        &[],
-    );
+    assert_eq!(code(&sim.req(c, json!({"type":"hello","token":token.clone()}))), "unavailable");
+    let res = sim.http("POST", "/api/login", &json!({"user":"alice","password":"alice-password"}).to_string(), &[]);
     assert_eq!(res.status, 503);
     sim.store_mut().stop_failing();
-    assert_eq!(
-        sim.req(c, json!({"type":"hello","token":token}))["type"],
-        "welcome",
-        "hello works again"
-    );
-    assert_eq!(
-        sim.req(a, json!({"type":"history","room":"r"}))["type"],
-        "ok"
-    );
+    assert_eq!(sim.req(c, json!({"type":"hello","token":token}))["type"], "welcome", "hello works again");
+    assert_eq!(sim.req(a, json!({"type":"history","room":"r"}))["type"], "ok");
 }
 
 #[test]
@@ -1246,48 +872,30 @@ fn a_store_past_its_deadline_is_unavailable_once() {
     join(&mut sim, a, "r");
     join(&mut sim, b, "r");
     sim.take(b);
-    sim.store_mut()
-        .set_latency(Duration::from_secs(60), Duration::ZERO);
+    sim.store_mut().set_latency(Duration::from_secs(60), Duration::ZERO);
     sim.send_json(a, json!({"type":"history","room":"r","ref":"h"}));
     sim.advance(Duration::from_secs(20));
     assert!(sim.take_reply(a, "h").is_none());
     sim.advance(Duration::from_secs(1));
-    assert_eq!(
-        code(&sim.take_reply(a, "h").expect("unavailable at the deadline")),
-        "unavailable"
-    );
+    assert_eq!(code(&sim.take_reply(a, "h").expect("unavailable at the deadline")), "unavailable");
     sim.run_until_idle();
-    assert!(
-        sim.take_reply(a, "h").is_none(),
-        "the late completion is not a second reply"
-    );
+    assert!(sim.take_reply(a, "h").is_none(), "the late completion is not a second reply");
 }
 
 #[test]
 fn account_api_with_a_failing_store_is_503() {
     let mut sim = sim();
     sim.store_mut().fail_next(1);
-    let res = sim.http(
-        "POST",
-        "/api/register",
-        &json!({"user":"dave","password":"long-enough"}).to_string(),
-        &[],
-    );
+    let res = sim.http("POST", "/api/register", &json!({"user":"dave","password":"long-enough"}).to_string(), &[]);
     assert_eq!(res.status, 503);
-    let res = sim.http(
-        "POST",
-        "/api/register",
-        &json!({"user":"dave","password":"long-enough"}).to_string(),
-        &[],
-    );
+    let res = sim.http("POST", "/api/register", &json!({"user":"dave","password":"long-enough"}).to_string(), &[]);
     assert_eq!(res.status, 201, "the name was not left reserved");
 }
 
 #[test]
 fn nothing_reaches_a_session_before_welcome() {
     let mut sim = sim();
-    sim.store_mut()
-        .set_latency(Duration::from_millis(10), Duration::ZERO);
+    sim.store_mut().set_latency(Duration::from_millis(10), Duration::ZERO);
     let mut store_events = Vec::new();
     let b = sim.guest("gus");
     join(&mut sim, b, "r");

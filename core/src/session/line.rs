@@ -70,7 +70,11 @@ impl Session {
         if !self.rate.allow(ctx.now.instant, ctx.config.rate, ctx.config.burst) {
             ctx.metrics.rate_limited.fetch_add(1, Relaxed);
             let rate = ctx.config.rate;
-            return self.send_line_error(ctx, ErrorCode::RateLimited, &format!("more than {rate} lines a second; dropped"));
+            return self.send_line_error(
+                ctx,
+                ErrorCode::RateLimited,
+                &format!("more than {rate} lines a second; dropped"),
+            );
         }
         let (command, rest) = match text.strip_prefix('/') {
             Some(cmd) => cmd.split_once(' ').map_or((cmd, ""), |(c, r)| (c, r.trim())),
@@ -79,14 +83,19 @@ impl Session {
         let usage = |s: &str| Failure::new(ErrorCode::BadRequest, format!("usage: {s}"));
         let (cmd, request) = match (text.starts_with('/'), command) {
             (false, _) => match self.current_room().clone() {
-                Some(room) => (LineCommand::Say, ClientRequest::Send { to: Target::Room(room), text: rest.to_string(), id: None }),
+                Some(room) => {
+                    (LineCommand::Say, ClientRequest::Send { to: Target::Room(room), text: rest.to_string(), id: None })
+                }
                 None => return self.send_line_error(ctx, ErrorCode::NotMember, "you are in no room; /join ROOM first"),
             },
             (true, "quit") => return self.close(ctx, CloseReason::Peer),
             (true, "help") => return self.send(ctx, Bytes::from_static(HELP.as_bytes())),
             (true, "join") if !rest.is_empty() && !rest.contains(' ') => {
                 let previous = self.current_room().replace(rest.to_string());
-                (LineCommand::Join { room: rest.to_string(), previous }, ClientRequest::Join { room: rest.to_string(), since: None })
+                (
+                    LineCommand::Join { room: rest.to_string(), previous },
+                    ClientRequest::Join { room: rest.to_string(), since: None },
+                )
             }
             (true, "join") => return self.send(ctx, error_line(&usage("/join ROOM"))),
             (true, "leave") => {
@@ -112,10 +121,13 @@ impl Session {
                 let limit = if rest.is_empty() { Some(20) } else { rest.parse::<u64>().ok() };
                 match (limit, self.current_room().clone()) {
                     (None, _) => return self.send(ctx, error_line(&usage("/history [N]"))),
-                    (_, None) => return self.send_line_error(ctx, ErrorCode::NotMember, "you are in no room; /join ROOM first"),
-                    (Some(n), Some(room)) => {
-                        (LineCommand::History, ClientRequest::History { of: Target::Room(room), before: None, limit: Some(n) })
+                    (_, None) => {
+                        return self.send_line_error(ctx, ErrorCode::NotMember, "you are in no room; /join ROOM first")
                     }
+                    (Some(n), Some(room)) => (
+                        LineCommand::History,
+                        ClientRequest::History { of: Target::Room(room), before: None, limit: Some(n) },
+                    ),
                 }
             }
             (true, other) => {
@@ -146,7 +158,10 @@ impl Session {
                 Auth::Register { user: user.to_string(), password: password.to_string() }
             }
             (Some(first), ..) if first.starts_with('/') => {
-                let f = Failure::new(ErrorCode::BadRequest, "start with a nickname, /login USER PASSWORD or /register USER PASSWORD");
+                let f = Failure::new(
+                    ErrorCode::BadRequest,
+                    "start with a nickname, /login USER PASSWORD or /register USER PASSWORD",
+                );
                 return self.send(ctx, error_line(&f));
             }
             (Some(nick), None, ..) => Auth::Guest(nick.to_string()),
@@ -157,7 +172,13 @@ impl Session {
         };
         self.set_line_login(LineLogin::Pending);
         self.paused = true;
-        ctx.to_hub.push(ToHubInner::Hello { sid: self.id, tag: Tag::Line(LineCommand::Login), auth, line: true, peer: self.peer });
+        ctx.to_hub.push(ToHubInner::Hello {
+            sid: self.id,
+            tag: Tag::Line(LineCommand::Login),
+            auth,
+            line: true,
+            peer: self.peer,
+        });
     }
 
     pub(super) fn line_reply(&mut self, ctx: &mut Ctx<'_>, cmd: LineCommand, result: &Result<Reply, Failure>) {

@@ -70,7 +70,8 @@ impl Session {
     fn rate_limited(&mut self, ctx: &mut Ctx<'_>, reference: Option<&str>, kind: &str) {
         ctx.metrics.rate_limited.fetch_add(1, Relaxed);
         let rate = ctx.config.rate;
-        let f = Failure::new(ErrorCode::RateLimited, format!("more than {rate} messages a second; this one was dropped"));
+        let f =
+            Failure::new(ErrorCode::RateLimited, format!("more than {rate} messages a second; this one was dropped"));
         self.ws_reply(ctx, reference, kind, &Err(f));
     }
 
@@ -129,7 +130,13 @@ impl Session {
         }
     }
 
-    pub(super) fn ws_reply(&mut self, ctx: &mut Ctx<'_>, reference: Option<&str>, kind: &str, result: &Result<Reply, Failure>) {
+    pub(super) fn ws_reply(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        reference: Option<&str>,
+        kind: &str,
+        result: &Result<Reply, Failure>,
+    ) {
         if kind == "hello" && result.is_err() {
             self.hello_pending = false;
         }
@@ -138,7 +145,13 @@ impl Session {
 
     /// A reply from the hub to a WebSocket request; the answer to a `join`
     /// or `leave` lets the requests behind it through.
-    pub(super) fn ws_hub_reply(&mut self, ctx: &mut Ctx<'_>, reference: Option<&str>, kind: &str, result: &Result<Reply, Failure>) {
+    pub(super) fn ws_hub_reply(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        reference: Option<&str>,
+        kind: &str,
+        result: &Result<Reply, Failure>,
+    ) {
         self.ws_reply(ctx, reference, kind, result);
         if self.paused && matches!(kind, "join" | "leave") {
             self.resume(ctx);

@@ -142,20 +142,14 @@ pub struct Sim {
 
 impl std::fmt::Debug for Sim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sim")
-            .field("seed", &self.seed)
-            .field("now", &self.now)
-            .finish_non_exhaustive()
+        f.debug_struct("Sim").field("seed", &self.seed).field("now", &self.now).finish_non_exhaustive()
     }
 }
 
 impl Drop for Sim {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "simulation failed: rerun with NATTER_SIM_SEED={:#x}",
-                self.seed
-            );
+            eprintln!("simulation failed: rerun with NATTER_SIM_SEED={:#x}", self.seed);
         }
     }
 }
@@ -186,10 +180,7 @@ impl Sim {
     pub fn build(config: Config, mut store: FakeStore, seed: u64) -> Sim {
         let seed = env_seed().unwrap_or(seed);
         store.reseed(seed);
-        let now = Now {
-            instant: epoch(),
-            unix_ms: START_UNIX_MS,
-        };
+        let now = Now { instant: epoch(), unix_ms: START_UNIX_MS };
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
         let shard = Self::boot(&config, &metrics, &mut store, now);
@@ -210,12 +201,7 @@ impl Sim {
         }
     }
 
-    fn boot(
-        config: &Arc<Config>,
-        metrics: &Arc<Metrics>,
-        store: &mut FakeStore,
-        now: Now,
-    ) -> Shard {
+    fn boot(config: &Arc<Config>, metrics: &Arc<Metrics>, store: &mut FakeStore, now: Now) -> Shard {
         let StoreValue::Snapshot { users, rooms } = store.execute(&StoreOp::LoadAll) else {
             panic!("the fake store failed LoadAll");
         };
@@ -347,10 +333,7 @@ impl Sim {
     pub fn guest(&mut self, name: &str) -> Client {
         let c = self.ws_client();
         let welcome = self.req(c, json!({"type":"hello","name":name}));
-        assert_eq!(
-            welcome["type"], "welcome",
-            "guest hello for {name}: {welcome}"
-        );
+        assert_eq!(welcome["type"], "welcome", "guest hello for {name}: {welcome}");
         c
     }
 
@@ -359,10 +342,7 @@ impl Sim {
         let token = self.token(user);
         let c = self.ws_client();
         let welcome = self.req(c, json!({"type":"hello","token":token}));
-        assert_eq!(
-            welcome["type"], "welcome",
-            "token hello for {user}: {welcome}"
-        );
+        assert_eq!(welcome["type"], "welcome", "token hello for {user}: {welcome}");
         c
     }
 
@@ -379,10 +359,7 @@ impl Sim {
         self.send_line(c, name);
         self.run_until_idle();
         let lines = self.lines(c);
-        assert!(
-            lines.iter().any(|l| *l == format!("* welcome {name}")),
-            "line login for {name}: {lines:?}"
-        );
+        assert!(lines.iter().any(|l| *l == format!("* welcome {name}")), "line login for {name}: {lines:?}");
         c
     }
 
@@ -459,12 +436,7 @@ impl Sim {
 
     /// A close frame with `code`.
     pub fn send_close(&mut self, c: Client, code: u16) {
-        self.send_frame(
-            c,
-            OpCode::Control(Control::Close),
-            true,
-            &code.to_be_bytes(),
-        );
+        self.send_frame(c, OpCode::Control(Control::Close), true, &code.to_be_bytes());
     }
 
     /// A line (the `\n` is added).
@@ -495,10 +467,7 @@ impl Sim {
         self.send_json(c, request.clone());
         self.run_until_idle();
         self.take_reply(c, &reference).unwrap_or_else(|| {
-            panic!(
-                "no reply to {request} (seed {:#x}); unread: {:?}",
-                self.seed, self.clients[c.0].unread
-            )
+            panic!("no reply to {request} (seed {:#x}); unread: {:?}", self.seed, self.clients[c.0].unread)
         })
     }
 
@@ -512,24 +481,14 @@ impl Sim {
             .filter(|(_, e)| e.json().is_some_and(|v| v["ref"] == reference))
             .map(|(i, _)| i)
             .collect();
-        assert!(
-            matches.len() <= 1,
-            "{} replies to ref {reference}: {unread:?}",
-            matches.len()
-        );
+        assert!(matches.len() <= 1, "{} replies to ref {reference}: {unread:?}", matches.len());
         let i = *matches.first()?;
         unread.remove(i).and_then(|e| e.json().cloned())
     }
 
     /// One HTTP request on a fresh connection from the default address; the
     /// client hangs up after the response.
-    pub fn http(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: &str,
-        headers: &[(&str, &str)],
-    ) -> HttpResponse {
+    pub fn http(&mut self, method: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> HttpResponse {
         let peer = self.default_peer;
         self.http_from(peer, method, path, body, headers)
     }
@@ -570,19 +529,13 @@ impl Sim {
 
     /// JSON frames read since the last `take` (other events are dropped).
     pub fn take_json(&mut self, c: Client) -> Vec<Value> {
-        self.take(c)
-            .into_iter()
-            .filter_map(|e| e.json().cloned())
-            .collect()
+        self.take(c).into_iter().filter_map(|e| e.json().cloned()).collect()
     }
 
     /// JSON frames of type `kind` since the last `take` (everything else
     /// unread is dropped).
     pub fn take_kind(&mut self, c: Client, kind: &str) -> Vec<Value> {
-        self.take_json(c)
-            .into_iter()
-            .filter(|v| v["type"] == kind)
-            .collect()
+        self.take_json(c).into_iter().filter(|v| v["type"] == kind).collect()
     }
 
     /// Lines read since the last `take`.
@@ -617,12 +570,7 @@ impl Sim {
     /// Processes everything that can happen without time moving.
     pub fn settle(&mut self) {
         for round in 0.. {
-            assert!(
-                round < 200_000,
-                "livelock at {:?} (seed {:#x})",
-                self.now,
-                self.seed
-            );
+            assert!(round < 200_000, "livelock at {:?} (seed {:#x})", self.now, self.seed);
             let mut progress = self.drain_actions();
             progress |= self.flush_writes();
             if !progress {
@@ -657,11 +605,7 @@ impl Sim {
         let mut steps = 0;
         while self.store.in_flight() > 0 {
             steps += 1;
-            assert!(
-                steps < 1_000_000,
-                "storage never went idle (seed {:#x})",
-                self.seed
-            );
+            assert!(steps < 1_000_000, "storage never went idle (seed {:#x})", self.seed);
             if !self.step() {
                 break;
             }
@@ -730,17 +674,11 @@ impl Sim {
             any = true;
             match action {
                 ShardAction::Write(key) => {
-                    assert!(
-                        self.by_key.contains_key(&key),
-                        "Write for unknown key {key}"
-                    );
+                    assert!(self.by_key.contains_key(&key), "Write for unknown key {key}");
                     self.hinted.insert(key);
                 }
                 ShardAction::Close(key) => {
-                    let id = self
-                        .by_key
-                        .remove(&key)
-                        .unwrap_or_else(|| panic!("Close for unknown key {key}"));
+                    let id = self.by_key.remove(&key).unwrap_or_else(|| panic!("Close for unknown key {key}"));
                     self.hinted.remove(&key);
                     let st = &mut self.clients[id];
                     st.key = None;
@@ -815,11 +753,7 @@ impl Sim {
                         Some((Event::Http(res), used))
                     }
                     Ok(None) => None,
-                    Err(e) => panic!(
-                        "{e} (seed {:#x}): {:?}",
-                        self.seed,
-                        String::from_utf8_lossy(&st.rx)
-                    ),
+                    Err(e) => panic!("{e} (seed {:#x}): {:?}", self.seed, String::from_utf8_lossy(&st.rx)),
                 },
                 Kind::Ws => match wire::parse_frame(&st.rx) {
                     Ok(Some((ev, used))) => Some((ev, used)),
@@ -828,10 +762,7 @@ impl Sim {
                 },
                 Kind::Line => st.rx.iter().position(|&b| b == b'\n').map(|end| {
                     let line = String::from_utf8_lossy(&st.rx[..end]);
-                    (
-                        Event::Line(line.trim_end_matches('\r').to_string()),
-                        end + 1,
-                    )
+                    (Event::Line(line.trim_end_matches('\r').to_string()), end + 1)
                 }),
             };
             let Some((event, used)) = parsed else { break };
@@ -843,8 +774,7 @@ impl Sim {
             st.unread.push_back(event);
         }
         for payload in pongs {
-            let frame =
-                wire::client_frame(OpCode::Control(Control::Pong), true, &payload, self.mask());
+            let frame = wire::client_frame(OpCode::Control(Control::Pong), true, &payload, self.mask());
             if let Some(key) = self.clients[id].key {
                 self.shard.received(self.now, key, &frame);
             }

@@ -25,14 +25,7 @@ fn password(user: &str) -> String {
 }
 
 fn config() -> Config {
-    Config {
-        max_queue: 1536,
-        max_text: 64,
-        rate: 10,
-        burst: 20,
-        max_rooms: 2,
-        ..Config::default()
-    }
+    Config { max_queue: 1536, max_text: 64, rate: 10, burst: 20, max_rooms: 2, ..Config::default() }
 }
 
 #[derive(Debug, Clone)]
@@ -169,18 +162,12 @@ impl Driver {
         // Stored memberships, so that welcomes list rooms from the start.
         store.add_member("ann", "r0");
         store.add_member("bob", "r0");
-        Driver {
-            sim: Sim::build(config(), store, seed),
-            clients: Vec::new(),
-            texts: 0,
-        }
+        Driver { sim: Sim::build(config(), store, seed), clients: Vec::new(), texts: 0 }
     }
 
     /// One of the open clients.
     fn pick(&self, client: usize) -> Option<usize> {
-        let open: Vec<usize> = (0..self.clients.len())
-            .filter(|&i| self.sim.is_open(self.clients[i].c))
-            .collect();
+        let open: Vec<usize> = (0..self.clients.len()).filter(|&i| self.sim.is_open(self.clients[i].c)).collect();
         (!open.is_empty()).then(|| open[client % open.len()])
     }
 
@@ -197,15 +184,11 @@ impl Driver {
     /// is live).
     fn newest(&self, i: usize, room: &str) -> u64 {
         let cl = &self.clients[i];
-        let answered: Vec<&str> = self
-            .sim
-            .log(cl.c)
+        let answered: Vec<&str> = self.sim.log(cl.c).iter().filter_map(|e| e.json()?["ref"].as_str()).collect();
+        let waiting = cl
+            .requests
             .iter()
-            .filter_map(|e| e.json()?["ref"].as_str())
-            .collect();
-        let waiting = cl.requests.iter().any(|(r, req)| {
-            matches!(req, Req::Join { .. } | Req::Leave) && !answered.contains(&r.as_str())
-        });
+            .any(|(r, req)| matches!(req, Req::Join { .. } | Req::Leave) && !answered.contains(&r.as_str()));
         if waiting {
             u64::MAX
         } else {
@@ -225,35 +208,20 @@ impl Driver {
 
     fn connect(&mut self, user: usize, line: bool) -> usize {
         let name = USERS[user];
-        let c = if line {
-            self.sim.line_client()
-        } else {
-            self.sim.ws_client()
-        };
-        self.clients.push(Cl {
-            c,
-            user,
-            line,
-            stalled: false,
-            requests: HashMap::new(),
-            next_ref: 0,
-        });
+        let c = if line { self.sim.line_client() } else { self.sim.ws_client() };
+        self.clients.push(Cl { c, user, line, stalled: false, requests: HashMap::new(), next_ref: 0 });
         let i = self.clients.len() - 1;
         match (line, user < REGISTERED) {
-            (true, true) => self
-                .sim
-                .send_line(c, &format!("/login {name} {}", password(name))),
+            (true, true) => self.sim.send_line(c, &format!("/login {name} {}", password(name))),
             (true, false) => self.sim.send_line(c, name),
             (false, true) => {
                 let token = self.sim.token(name);
                 self.clients[i].requests.insert("h".into(), Req::Hello);
-                self.sim
-                    .send_json(c, json!({"type":"hello","token":token,"ref":"h"}));
+                self.sim.send_json(c, json!({"type":"hello","token":token,"ref":"h"}));
             }
             (false, false) => {
                 self.clients[i].requests.insert("h".into(), Req::Hello);
-                self.sim
-                    .send_json(c, json!({"type":"hello","name":name,"ref":"h"}));
+                self.sim.send_json(c, json!({"type":"hello","name":name,"ref":"h"}));
             }
         }
         i
@@ -264,39 +232,23 @@ impl Driver {
             Op::Connect { user, line } => {
                 self.connect(user, line);
             }
-            Op::Join {
-                client,
-                room,
-                since,
-            } => {
+            Op::Join { client, room, since } => {
                 let Some(i) = self.pick(client) else { return };
                 let room = ROOMS[room];
                 if self.clients[i].line {
-                    self.sim
-                        .send_line(self.clients[i].c, &format!("/join {room}"));
+                    self.sim.send_line(self.clients[i].c, &format!("/join {room}"));
                 } else {
                     let since = since.then(|| last_seen(self.sim.log(self.clients[i].c), room));
                     let body = json!({"type":"join","room":room,"since":since});
-                    let (newest, sent) =
-                        (self.newest(i, room), self.sim.log(self.clients[i].c).len());
-                    self.request(
-                        i,
-                        body,
-                        Req::Join {
-                            room: room.into(),
-                            since,
-                            newest,
-                            sent,
-                        },
-                    );
+                    let (newest, sent) = (self.newest(i, room), self.sim.log(self.clients[i].c).len());
+                    self.request(i, body, Req::Join { room: room.into(), since, newest, sent });
                 }
             }
             Op::Leave { client, room } => {
                 let Some(i) = self.pick(client) else { return };
                 let room = ROOMS[room];
                 if self.clients[i].line {
-                    self.sim
-                        .send_line(self.clients[i].c, &format!("/leave {room}"));
+                    self.sim.send_line(self.clients[i].c, &format!("/leave {room}"));
                 } else {
                     self.request(i, json!({"type":"leave","room":room}), Req::Leave);
                 }
@@ -324,29 +276,16 @@ impl Driver {
                 let text = self.text();
                 let to = USERS[to];
                 if self.clients[i].line {
-                    self.sim
-                        .send_line(self.clients[i].c, &format!("/msg {to} {text}"));
+                    self.sim.send_line(self.clients[i].c, &format!("/msg {to} {text}"));
                 } else {
                     let id = id.map(|n| format!("p{n}"));
                     let body = json!({"type":"send","to":to,"text":text,"id":id});
-                    self.request(
-                        i,
-                        body,
-                        Req::Tell {
-                            to: to.into(),
-                            text,
-                            id,
-                        },
-                    );
+                    self.request(i, body, Req::Tell { to: to.into(), text, id });
                 }
             }
             Op::Flood { client, n } => {
                 for _ in 0..n {
-                    self.apply(&Op::Say {
-                        client,
-                        room: 0,
-                        id: None,
-                    });
+                    self.apply(&Op::Say { client, room: 0, id: None });
                 }
             }
             Op::Ack { client, with } => {
@@ -374,11 +313,7 @@ impl Driver {
             }
             Op::Reconnect { client } => {
                 let Some(i) = self.pick(client) else { return };
-                let (old, user, line) = (
-                    self.clients[i].c,
-                    self.clients[i].user,
-                    self.clients[i].line,
-                );
+                let (old, user, line) = (self.clients[i].c, self.clients[i].user, self.clients[i].line);
                 let rooms = rooms_with_last_seen(self.sim.log(old));
                 self.sim.disconnect(old);
                 let j = self.connect(user, line);
@@ -386,18 +321,8 @@ impl Driver {
                     self.sim.run_until_idle();
                     for (room, since) in rooms {
                         let body = json!({"type":"join","room":room,"since":since});
-                        let (newest, sent) =
-                            (self.newest(j, &room), self.sim.log(self.clients[j].c).len());
-                        self.request(
-                            j,
-                            body,
-                            Req::Join {
-                                room,
-                                since: Some(since),
-                                newest,
-                                sent,
-                            },
-                        );
+                        let (newest, sent) = (self.newest(j, &room), self.sim.log(self.clients[j].c).len());
+                        self.request(j, body, Req::Join { room, since: Some(since), newest, sent });
                     }
                 }
             }
@@ -406,17 +331,12 @@ impl Driver {
             Op::Latency { ms, jitter } => {
                 let store = self.sim.store_mut();
                 store.set_latency(Duration::from_millis(ms), Duration::from_millis(jitter));
-                store.set_password_latency(
-                    Duration::from_millis(ms),
-                    Duration::from_millis(3 * jitter),
-                );
+                store.set_password_latency(Duration::from_millis(ms), Duration::from_millis(3 * jitter));
             }
             Op::FailNext { n } => self.sim.store_mut().fail_next(n),
             Op::FailAppends(on) => {
                 if on {
-                    self.sim
-                        .store_mut()
-                        .fail_when(|op| matches!(op, crate::store::StoreOp::Append { .. }));
+                    self.sim.store_mut().fail_when(|op| matches!(op, crate::store::StoreOp::Append { .. }));
                 } else {
                     self.sim.store_mut().stop_failing();
                 }
@@ -463,11 +383,7 @@ fn last_seen(log: &[Event], room: &str) -> u64 {
 /// The rooms a WebSocket session was in at its end, with the last `seq`
 /// it saw of each, from its own log.
 fn rooms_with_last_seen(log: &[Event]) -> Vec<(String, u64)> {
-    let me = log
-        .iter()
-        .filter_map(Event::json)
-        .find(|v| v["type"] == "welcome")
-        .and_then(|v| v["user"].as_str());
+    let me = log.iter().filter_map(Event::json).find(|v| v["type"] == "welcome").and_then(|v| v["user"].as_str());
     let Some(me) = me else { return Vec::new() };
     let mut rooms: Vec<String> = Vec::new();
     for v in log.iter().filter_map(Event::json) {
@@ -491,10 +407,7 @@ fn rooms_with_last_seen(log: &[Event]) -> Vec<(String, u64)> {
             _ => {}
         }
     }
-    rooms
-        .into_iter()
-        .map(|r| (r.clone(), last_seen(log, &r)))
-        .collect()
+    rooms.into_iter().map(|r| (r.clone(), last_seen(log, &r))).collect()
 }
 
 /// What one session saw of one room.
@@ -528,27 +441,13 @@ impl Checker<'_> {
     }
 
     fn stored_room(&self, room: &str, seq: u64) -> Option<&StoredMessage> {
-        self.sim
-            .store()
-            .room_messages(room)
-            .iter()
-            .find(|m| m.seq == seq)
+        self.sim.store().room_messages(room).iter().find(|m| m.seq == seq)
     }
 
     /// `known`: whether rooms not seen in `tracks` are known not to be
     /// the session's (everything but a registered line session's rooms).
-    fn message(
-        &mut self,
-        who: &str,
-        tracks: &mut HashMap<String, Track>,
-        known: bool,
-        room: &str,
-        seq: u64,
-    ) {
-        let unseen = Track {
-            member: known.then_some(false),
-            last: None,
-        };
+    fn message(&mut self, who: &str, tracks: &mut HashMap<String, Track>, known: bool, room: &str, seq: u64) {
+        let unseen = Track { member: known.then_some(false), last: None };
         let t = tracks.entry(room.to_string()).or_insert(unseen);
         let t_now = *t;
         if t_now.member == Some(false) {
@@ -572,23 +471,13 @@ impl Checker<'_> {
         let mut conv_last: HashMap<String, u64> = HashMap::new();
         let mut welcomed = false;
         let log = sim.log(cl.c);
-        for (at, v) in log
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| e.json().map(|v| (i, v)))
-        {
+        for (at, v) in log.iter().enumerate().filter_map(|(i, e)| e.json().map(|v| (i, v))) {
             if let Some(r) = v["ref"].as_str() {
                 *replies.entry(r.to_string()).or_default() += 1;
                 match cl.requests.get(r) {
                     None => self.fail(&who, format!("a reply to a ref never sent: {v}")),
                     Some(req) => {
-                        if let Req::Join {
-                            room,
-                            since: Some(_),
-                            newest,
-                            sent,
-                        } = req
-                        {
+                        if let Req::Join { room, since: Some(_), newest, sent } = req {
                             self.nothing_new_before_ok(&who, &log[*sent..at], room, *newest);
                         }
                         self.reply(&who, me, &mut tracks, req, v)
@@ -599,10 +488,7 @@ impl Checker<'_> {
                 "welcome" => {
                     welcomed = true;
                     for r in v["rooms"].as_array().into_iter().flatten() {
-                        let t = Track {
-                            member: Some(true),
-                            last: r["seq"].as_u64(),
-                        };
+                        let t = Track { member: Some(true), last: r["seq"].as_u64() };
                         tracks.insert(r["room"].as_str().unwrap_or_default().to_string(), t);
                     }
                 }
@@ -610,22 +496,10 @@ impl Checker<'_> {
                     let room = v["room"].as_str().unwrap_or_default().to_string();
                     match v["state"].as_str().unwrap_or_default() {
                         "join" => {
-                            tracks.insert(
-                                room,
-                                Track {
-                                    member: Some(true),
-                                    last: None,
-                                },
-                            );
+                            tracks.insert(room, Track { member: Some(true), last: None });
                         }
                         "leave" => {
-                            tracks.insert(
-                                room,
-                                Track {
-                                    member: Some(false),
-                                    last: None,
-                                },
-                            );
+                            tracks.insert(room, Track { member: Some(false), last: None });
                         }
                         s => self.fail(&who, format!("presence {s} about itself")),
                     }
@@ -637,17 +511,13 @@ impl Checker<'_> {
                     let room = v["room"].as_str().unwrap_or_default();
                     let seq = v["seq"].as_u64().unwrap_or_default();
                     match self.stored_room(room, seq) {
-                        Some(m) if v["text"] == m.text.as_str() && v["from"] == m.from.as_str() => {
-                        }
+                        Some(m) if v["text"] == m.text.as_str() && v["from"] == m.from.as_str() => {}
                         m => self.fail(&who, format!("delivered {v} but stored {m:?}")),
                     }
                     self.message(&who, &mut tracks, true, room, seq);
                 }
                 "private" => {
-                    let (from, to) = (
-                        v["from"].as_str().unwrap_or_default(),
-                        v["to"].as_str().unwrap_or_default(),
-                    );
+                    let (from, to) = (v["from"].as_str().unwrap_or_default(), v["to"].as_str().unwrap_or_default());
                     if from != me && to != me {
                         self.fail(&who, format!("someone else's private message: {v}"));
                     }
@@ -657,17 +527,10 @@ impl Checker<'_> {
                     if registered(me) && registered(other) {
                         let last = conv_last.entry(other.to_string()).or_default();
                         if seq <= *last {
-                            self.fail(
-                                &who,
-                                format!("private with {other}: seq {seq} after {last}"),
-                            );
+                            self.fail(&who, format!("private with {other}: seq {seq} after {last}"));
                         }
                         *last = seq;
-                        let stored = sim
-                            .store()
-                            .conversation(me, other)
-                            .iter()
-                            .find(|m| m.seq == seq);
+                        let stored = sim.store().conversation(me, other).iter().find(|m| m.seq == seq);
                         if stored.is_none_or(|m| v["text"] != m.text.as_str()) {
                             self.fail(&who, format!("delivered {v} but stored {stored:?}"));
                         }
@@ -697,29 +560,13 @@ impl Checker<'_> {
     /// when the request went out) may arrive.
     fn nothing_new_before_ok(&mut self, who: &str, between: &[Event], room: &str, newest: u64) {
         for v in between.iter().filter_map(Event::json) {
-            if v["type"] == "message"
-                && v["room"] == room
-                && v["seq"].as_u64().is_some_and(|s| s > newest)
-            {
-                self.fail(
-                    who,
-                    format!(
-                        "{room} seq {} arrived before the ok of a join with since",
-                        v["seq"]
-                    ),
-                );
+            if v["type"] == "message" && v["room"] == room && v["seq"].as_u64().is_some_and(|s| s > newest) {
+                self.fail(who, format!("{room} seq {} arrived before the ok of a join with since", v["seq"]));
             }
         }
     }
 
-    fn reply(
-        &mut self,
-        who: &str,
-        me: &str,
-        tracks: &mut HashMap<String, Track>,
-        req: &Req,
-        v: &Value,
-    ) {
+    fn reply(&mut self, who: &str, me: &str, tracks: &mut HashMap<String, Track>, req: &Req, v: &Value) {
         let ok = v["type"] == "ok";
         match req {
             Req::Join { room, since, .. } => {
@@ -746,39 +593,31 @@ impl Checker<'_> {
             Req::Say { room, text, id } if ok => {
                 let seq = v["seq"].as_u64().unwrap_or_default();
                 let stored = match id {
-                    None => self
-                        .stored_room(room, seq)
-                        .is_some_and(|m| m.text == *text && m.from == me),
+                    None => self.stored_room(room, seq).is_some_and(|m| m.text == *text && m.from == me),
                     Some(id) => self.stored_anywhere(me, seq, id),
                 };
                 if !stored {
-                    self.fail(who, format!("send to {room} acknowledged with seq {seq} but not stored ({text}, {id:?})"));
+                    self.fail(
+                        who,
+                        format!("send to {room} acknowledged with seq {seq} but not stored ({text}, {id:?})"),
+                    );
                 }
             }
             Req::Tell { to, text, id } if ok => {
                 let seq = v["seq"].as_u64().unwrap_or_default();
                 let stored = match id {
                     None => {
-                        let conv = self
-                            .sim
-                            .store()
-                            .conversations()
-                            .flat_map(|(_, msgs)| msgs.iter());
-                        conv.into_iter()
-                            .any(|m| m.seq == seq && m.text == *text && m.from == me)
+                        let conv = self.sim.store().conversations().flat_map(|(_, msgs)| msgs.iter());
+                        conv.into_iter().any(|m| m.seq == seq && m.text == *text && m.from == me)
                     }
                     Some(id) => self.stored_anywhere(me, seq, id),
                 };
                 if !stored {
-                    self.fail(
-                        who,
-                        format!("private to {to} acknowledged with seq {seq} but not stored"),
-                    );
+                    self.fail(who, format!("private to {to} acknowledged with seq {seq} but not stored"));
                 }
                 let registered = |u: &str| USERS[..REGISTERED].contains(&u);
                 if id.is_none() && registered(me) && registered(to) {
-                    self.told
-                        .push((me.to_string(), to.clone(), seq, text.clone()));
+                    self.told.push((me.to_string(), to.clone(), seq, text.clone()));
                 }
             }
             _ => {}
@@ -788,12 +627,8 @@ impl Checker<'_> {
     /// A message from `me` with client id `id` and `seq`, in any target.
     fn stored_anywhere(&self, me: &str, seq: u64, id: &str) -> bool {
         let store = self.sim.store();
-        let hit =
-            |m: &StoredMessage| m.seq == seq && m.from == me && m.client_id.as_deref() == Some(id);
-        store
-            .rooms()
-            .iter()
-            .any(|r| store.room_messages(r).iter().any(hit))
+        let hit = |m: &StoredMessage| m.seq == seq && m.from == me && m.client_id.as_deref() == Some(id);
+        store.rooms().iter().any(|r| store.room_messages(r).iter().any(hit))
             || store.conversations().any(|(_, msgs)| msgs.iter().any(hit))
     }
 
@@ -803,10 +638,7 @@ impl Checker<'_> {
             if let (Some(true), Some(last)) = (t.member, t.last) {
                 let newest = self.sim.store().room_seq(room);
                 if last != newest {
-                    self.fail(
-                        who,
-                        format!("{room}: saw up to {last}, stored up to {newest}"),
-                    );
+                    self.fail(who, format!("{room}: saw up to {last}, stored up to {newest}"));
                 }
             }
         }
@@ -866,21 +698,9 @@ impl Checker<'_> {
                     }
                 }
             } else if let Some(room) = line.strip_prefix(&format!("* {me} joined ")) {
-                tracks.insert(
-                    room.to_string(),
-                    Track {
-                        member: Some(true),
-                        last: None,
-                    },
-                );
+                tracks.insert(room.to_string(), Track { member: Some(true), last: None });
             } else if let Some(room) = line.strip_prefix(&format!("* {me} left ")) {
-                tracks.insert(
-                    room.to_string(),
-                    Track {
-                        member: Some(false),
-                        last: None,
-                    },
-                );
+                tracks.insert(room.to_string(), Track { member: Some(false), last: None });
             } else if let Some(rest) = line.strip_prefix("* you are in ") {
                 let room = rest.split(' ').next().unwrap_or_default();
                 tracks.entry(room.to_string()).or_default().member = Some(true);
@@ -899,29 +719,19 @@ impl Checker<'_> {
     /// message, so bytes that are never written are lost (a known gap).
     fn private_delivery(&mut self, clients: &[Cl]) {
         for (from, to, seq, text) in std::mem::take(&mut self.told) {
-            if clients
-                .iter()
-                .any(|cl| USERS[cl.user] == to && cl.line && cl.stalled)
-            {
+            if clients.iter().any(|cl| USERS[cl.user] == to && cl.line && cl.stalled) {
                 continue;
             }
             let delivered = clients.iter().filter(|cl| USERS[cl.user] == to).any(|cl| {
                 self.sim.log(cl.c).iter().any(|e| match e {
-                    Event::Json(v) => {
-                        v["type"] == "private" && v["from"] == from.as_str() && v["seq"] == seq
-                    }
+                    Event::Json(v) => v["type"] == "private" && v["from"] == from.as_str() && v["seq"] == seq,
                     Event::Line(l) => *l == format!("[pm] {from}: {text}"),
                     _ => false,
                 })
             });
             let waiting = seq > self.sim.store().ack(&to, &from);
             if !delivered && !waiting {
-                self.fail(
-                    "private",
-                    format!(
-                        "{from} -> {to} seq {seq} acknowledged, acked by {to}, never delivered"
-                    ),
-                );
+                self.fail("private", format!("{from} -> {to} seq {seq} acknowledged, acked by {to}, never delivered"));
             }
         }
     }
@@ -929,11 +739,7 @@ impl Checker<'_> {
 
 fn check(driver: &Driver) -> Vec<String> {
     let sim = &driver.sim;
-    let mut checker = Checker {
-        sim,
-        errors: Vec::new(),
-        told: Vec::new(),
-    };
+    let mut checker = Checker { sim, errors: Vec::new(), told: Vec::new() };
     for cl in &driver.clients {
         if cl.line {
             checker.line(cl);
@@ -944,16 +750,11 @@ fn check(driver: &Driver) -> Vec<String> {
     checker.private_delivery(&driver.clients);
     let bound = sim.config().max_queue + 256;
     if sim.max_queued() > bound {
-        checker.errors.push(format!(
-            "an outbox held {} bytes (bound {bound})",
-            sim.max_queued()
-        ));
+        checker.errors.push(format!("an outbox held {} bytes (bound {bound})", sim.max_queued()));
     }
     let pending = sim.shard().hub().map_or(0, |h| h.pending_requests());
     if pending != 0 {
-        checker.errors.push(format!(
-            "{pending} storage requests still pending in the hub"
-        ));
+        checker.errors.push(format!("{pending} storage requests still pending in the hub"));
     }
     checker.errors
 }
@@ -965,20 +766,12 @@ fn run(seed: u64, ops: &[Op]) -> Result<(), TestCaseError> {
     }
     driver.finish();
     let errors = check(&driver);
-    prop_assert!(
-        errors.is_empty(),
-        "seed {:#x}:\n{}",
-        driver.sim.seed(),
-        errors.join("\n")
-    );
+    prop_assert!(errors.is_empty(), "seed {:#x}:\n{}", driver.sim.seed(), errors.join("\n"));
     Ok(())
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(128)
+    std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(128)
 }
 
 proptest! {
@@ -1006,47 +799,24 @@ proptest! {
 fn a_long_fixed_run_keeps_every_invariant() {
     let mut ops = Vec::new();
     for i in 0..5 {
-        ops.push(Op::Connect {
-            user: i,
-            line: i == 2 || i == 4,
-        });
+        ops.push(Op::Connect { user: i, line: i == 2 || i == 4 });
     }
     ops.push(Op::Idle);
     ops.push(Op::Latency { ms: 15, jitter: 10 });
     for round in 0..30usize {
-        ops.push(Op::Join {
-            client: round,
-            room: round % 3,
-            since: round % 4 == 0,
-        });
-        ops.push(Op::Say {
-            client: round + 1,
-            room: (round + 1) % 3,
-            id: (round % 5 == 0).then_some(1),
-        });
-        ops.push(Op::Tell {
-            client: round + 2,
-            to: round % 3,
-            id: None,
-        });
+        ops.push(Op::Join { client: round, room: round % 3, since: round % 4 == 0 });
+        ops.push(Op::Say { client: round + 1, room: (round + 1) % 3, id: (round % 5 == 0).then_some(1) });
+        ops.push(Op::Tell { client: round + 2, to: round % 3, id: None });
         if round % 7 == 3 {
             ops.push(Op::Reconnect { client: round });
         }
         if round % 9 == 4 {
-            ops.push(Op::Write {
-                client: round,
-                mode: (round % 4) as u8,
-            });
+            ops.push(Op::Write { client: round, mode: (round % 4) as u8 });
         }
         if round % 6 == 5 {
-            ops.push(Op::Ack {
-                client: round,
-                with: round % 3,
-            });
+            ops.push(Op::Ack { client: round, with: round % 3 });
         }
-        ops.push(Op::Advance {
-            ms: (round as u64 * 7) % 40,
-        });
+        ops.push(Op::Advance { ms: (round as u64 * 7) % 40 });
     }
     run(super::env_seed().unwrap_or(0x5eed), &ops).unwrap();
 }
@@ -1072,9 +842,7 @@ fn the_strategy_exercises_the_invariants() {
             for e in d.sim.log(cl.c) {
                 let key = match e {
                     Event::Json(v) if v.get("recovered").is_some() => "replay ok".to_string(),
-                    Event::Json(v) if v["type"] == "error" => {
-                        v["code"].as_str().unwrap_or_default().to_string()
-                    }
+                    Event::Json(v) if v["type"] == "error" => v["code"].as_str().unwrap_or_default().to_string(),
                     Event::Json(v) => v["type"].as_str().unwrap_or_default().to_string(),
                     Event::Line(l) if l.starts_with('[') => "line message".to_string(),
                     Event::Close { code, .. } => format!("close {}", code.unwrap_or(0)),

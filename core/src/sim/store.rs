@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::rng::Rng;
 use crate::store::{
-    ConversationSummary, InboxMessage, NewMessage, SeqRange, StoreDone, StoreError, StoreFailure,
-    StoreOp, StoreRequest, StoreValue, StoredMessage, StoredRoom, Target,
+    ConversationSummary, InboxMessage, NewMessage, SeqRange, StoreDone, StoreError, StoreFailure, StoreOp,
+    StoreRequest, StoreValue, StoredMessage, StoredRoom, Target,
 };
 
 /// Decides whether an operation fails (see [`FakeStore::fail_when`]).
@@ -160,35 +160,20 @@ impl FakeStore {
 
     /// Creates an account directly (before the hub loads the store).
     pub fn add_user(&mut self, user: &str, password: &str) {
-        self.data
-            .users
-            .insert(user.to_string(), password.to_string());
+        self.data.users.insert(user.to_string(), password.to_string());
     }
 
     /// Issues a token for `user` valid until `expires_ms`, as `Login` would.
     pub fn issue_token(&mut self, user: &str, expires_ms: u64) -> String {
         self.data.tokens_issued += 1;
         let token = format!("tok{}-{user}", self.data.tokens_issued);
-        self.data.tokens.insert(
-            token.clone(),
-            Token {
-                user: user.to_string(),
-                expires_ms,
-                revoked: false,
-            },
-        );
+        self.data.tokens.insert(token.clone(), Token { user: user.to_string(), expires_ms, revoked: false });
         token
     }
 
     /// Stores a membership directly (before the hub loads the store).
     pub fn add_member(&mut self, user: &str, room: &str) {
-        self.data
-            .rooms
-            .entry(room.to_string())
-            .or_default()
-            .members
-            .entry(user.to_string())
-            .or_insert(0);
+        self.data.rooms.entry(room.to_string()).or_default().members.entry(user.to_string()).or_insert(0);
     }
 
     /// Forgets a room's messages below `keep_from`, as retention would.
@@ -215,10 +200,7 @@ impl FakeStore {
 
     /// Stored members of a room.
     pub fn members(&self, room: &str) -> Vec<String> {
-        self.data
-            .rooms
-            .get(room)
-            .map_or_else(Vec::new, |r| r.members.keys().cloned().collect())
+        self.data.rooms.get(room).map_or_else(Vec::new, |r| r.members.keys().cloned().collect())
     }
 
     /// Names of rooms that have a stored record.
@@ -228,44 +210,27 @@ impl FakeStore {
 
     /// The messages between two principals, oldest first.
     pub fn conversation(&self, a: &str, b: &str) -> &[StoredMessage] {
-        self.data
-            .conversations
-            .get(&pair(a, b))
-            .map_or(&[], |c| &c.messages)
+        self.data.conversations.get(&pair(a, b)).map_or(&[], |c| &c.messages)
     }
 
     /// Every conversation: the pair of principals and its messages.
     pub fn conversations(&self) -> impl Iterator<Item = (&(String, String), &[StoredMessage])> {
-        self.data
-            .conversations
-            .iter()
-            .map(|(k, c)| (k, c.messages.as_slice()))
+        self.data.conversations.iter().map(|(k, c)| (k, c.messages.as_slice()))
     }
 
     /// `user`'s ack of the conversation with `peer`.
     pub fn ack(&self, user: &str, peer: &str) -> u64 {
-        self.data
-            .marks
-            .get(&(user.to_string(), peer.to_string()))
-            .map_or(0, |m| m.1)
+        self.data.marks.get(&(user.to_string(), peer.to_string())).map_or(0, |m| m.1)
     }
 
     /// `user`'s read mark on a conversation with `peer`.
     pub fn conversation_read(&self, user: &str, peer: &str) -> u64 {
-        self.data
-            .marks
-            .get(&(user.to_string(), peer.to_string()))
-            .map_or(0, |m| m.0)
+        self.data.marks.get(&(user.to_string(), peer.to_string())).map_or(0, |m| m.0)
     }
 
     /// `user`'s read mark on a room (0 if not a member).
     pub fn room_read(&self, user: &str, room: &str) -> u64 {
-        self.data
-            .rooms
-            .get(room)
-            .and_then(|r| r.members.get(user))
-            .copied()
-            .unwrap_or(0)
+        self.data.rooms.get(room).and_then(|r| r.members.get(user)).copied().unwrap_or(0)
     }
 
     /// Whether a token is known and not revoked.
@@ -297,19 +262,11 @@ impl FakeStore {
             self.log.push(request.op.clone());
             if is_password(&request.op) {
                 let due = now + self.password_latency + self.rng.duration(self.password_jitter);
-                self.passwords.push(Queued {
-                    order: self.submitted,
-                    due,
-                    request,
-                });
+                self.passwords.push(Queued { order: self.submitted, due, request });
             } else {
                 let earliest = self.queue.back().map_or(now, |q| q.due);
                 let due = (now + self.latency + self.rng.duration(self.jitter)).max(earliest);
-                self.queue.push_back(Queued {
-                    order: self.submitted,
-                    due,
-                    request,
-                });
+                self.queue.push_back(Queued { order: self.submitted, due, request });
             }
         }
     }
@@ -326,11 +283,7 @@ impl FakeStore {
 
     /// Runs and completes the next request due at or before `now`, if any.
     pub fn complete_next(&mut self, now: Instant) -> Option<StoreDone> {
-        let q = self
-            .queue
-            .front()
-            .filter(|q| q.due <= now)
-            .map(|q| (q.due, q.order));
+        let q = self.queue.front().filter(|q| q.due <= now).map(|q| (q.due, q.order));
         let p = self
             .passwords
             .iter()
@@ -352,20 +305,13 @@ impl FakeStore {
         };
         self.completed += 1;
         let StoreRequest { id, op } = queued.request;
-        Some(StoreDone {
-            id,
-            result: self.run(&op),
-        })
+        Some(StoreDone { id, result: self.run(&op) })
     }
 
     /// Runs every request still queued, without completions (a node that
     /// died after submitting: what storage committed stays).
     pub fn run_abandoned(&mut self) {
-        let mut all: Vec<Queued> = self
-            .queue
-            .drain(..)
-            .chain(self.passwords.drain(..))
-            .collect();
+        let mut all: Vec<Queued> = self.queue.drain(..).chain(self.passwords.drain(..)).collect();
         all.sort_by_key(|q| q.order);
         for q in all {
             let _ = self.run(&q.request.op);
@@ -417,26 +363,14 @@ impl Data {
                     StoreValue::Registered
                 }
             }
-            StoreOp::Login {
-                user,
-                password,
-                now_ms,
-                ttl_ms,
-            } => {
+            StoreOp::Login { user, password, now_ms, ttl_ms } => {
                 if self.users.get(user) != Some(password) {
                     return StoreValue::Rejected;
                 }
                 self.tokens_issued += 1;
                 let token = format!("tok{}-{user}", self.tokens_issued);
                 let expires_ms = now_ms + ttl_ms;
-                self.tokens.insert(
-                    token.clone(),
-                    Token {
-                        user: user.clone(),
-                        expires_ms,
-                        revoked: false,
-                    },
-                );
+                self.tokens.insert(token.clone(), Token { user: user.clone(), expires_ms, revoked: false });
                 StoreValue::Token { token, expires_ms }
             }
             StoreOp::Verify { user, password } => {
@@ -447,28 +381,20 @@ impl Data {
                 }
             }
             StoreOp::CheckToken { token, now_ms } => match self.tokens.get(token) {
-                Some(t) if !t.revoked && *now_ms < t.expires_ms => StoreValue::TokenUser {
-                    user: t.user.clone(),
-                    expires_ms: t.expires_ms,
-                },
+                Some(t) if !t.revoked && *now_ms < t.expires_ms => {
+                    StoreValue::TokenUser { user: t.user.clone(), expires_ms: t.expires_ms }
+                }
                 _ => StoreValue::Rejected,
             },
             StoreOp::Revoke { token } => match self.tokens.get_mut(token) {
                 Some(t) => {
                     t.revoked = true;
-                    StoreValue::Revoked {
-                        user: Some(t.user.clone()),
-                    }
+                    StoreValue::Revoked { user: Some(t.user.clone()) }
                 }
                 None => StoreValue::Revoked { user: None },
             },
             StoreOp::Join { user, room } => {
-                self.rooms
-                    .entry(room.clone())
-                    .or_default()
-                    .members
-                    .entry(user.clone())
-                    .or_insert(0);
+                self.rooms.entry(room.clone()).or_default().members.entry(user.clone()).or_insert(0);
                 StoreValue::Done
             }
             StoreOp::Leave { user, room } => {
@@ -481,20 +407,14 @@ impl Data {
             StoreOp::History { target, range } => {
                 let messages: &[StoredMessage] = match target {
                     Target::Room(room) => self.rooms.get(room).map_or(&[], |r| &r.messages),
-                    Target::Conversation(a, b) => self
-                        .conversations
-                        .get(&pair(a, b))
-                        .map_or(&[], |c| &c.messages),
+                    Target::Conversation(a, b) => self.conversations.get(&pair(a, b)).map_or(&[], |c| &c.messages),
                 };
                 let oldest = messages.first().map(|m| m.seq);
                 let (after, before, limit) = match *range {
                     SeqRange::Before { before, limit } => (0, before.unwrap_or(u64::MAX), limit),
                     SeqRange::After { after, limit } => (after, u64::MAX, limit),
                 };
-                let window: Vec<&StoredMessage> = messages
-                    .iter()
-                    .filter(|m| m.seq > after && m.seq < before)
-                    .collect();
+                let window: Vec<&StoredMessage> = messages.iter().filter(|m| m.seq > after && m.seq < before).collect();
                 let skip = window.len().saturating_sub(limit as usize);
                 let messages = window[skip..].iter().map(|m| (*m).clone()).collect();
                 StoreValue::Messages { messages, oldest }
@@ -507,35 +427,17 @@ impl Data {
                         (a, b) if b == user => a,
                         _ => continue,
                     };
-                    let ack = self
-                        .marks
-                        .get(&(user.clone(), peer.clone()))
-                        .map_or(0, |m| m.1);
-                    let mine: Vec<&StoredMessage> = c
-                        .messages
-                        .iter()
-                        .filter(|m| m.seq > ack && m.sender != *user)
-                        .collect();
+                    let ack = self.marks.get(&(user.clone(), peer.clone())).map_or(0, |m| m.1);
+                    let mine: Vec<&StoredMessage> =
+                        c.messages.iter().filter(|m| m.seq > ack && m.sender != *user).collect();
                     let Some(first) = mine.first() else { continue };
                     let first_ts = first.ts;
                     for m in mine {
-                        pending.push((
-                            first_ts,
-                            key,
-                            InboxMessage {
-                                with: peer.clone(),
-                                message: m.clone(),
-                            },
-                        ));
+                        pending.push((first_ts, key, InboxMessage { with: peer.clone(), message: m.clone() }));
                     }
                 }
-                pending
-                    .sort_by(|a, b| (a.0, a.1, a.2.message.seq).cmp(&(b.0, b.1, b.2.message.seq)));
-                let messages = pending
-                    .into_iter()
-                    .take(*limit as usize)
-                    .map(|(_, _, m)| m)
-                    .collect();
+                pending.sort_by(|a, b| (a.0, a.1, a.2.message.seq).cmp(&(b.0, b.1, b.2.message.seq)));
+                let messages = pending.into_iter().take(*limit as usize).map(|(_, _, m)| m).collect();
                 StoreValue::Inbox { messages }
             }
             StoreOp::Ack { user, with, seq } => {
@@ -546,11 +448,7 @@ impl Data {
             StoreOp::Read { user, target, seq } => {
                 match target {
                     Target::Room(room) => {
-                        if let Some(read) = self
-                            .rooms
-                            .get_mut(room)
-                            .and_then(|r| r.members.get_mut(user))
-                        {
+                        if let Some(read) = self.rooms.get_mut(room).and_then(|r| r.members.get_mut(user)) {
                             *read = (*read).max(*seq);
                         }
                     }
@@ -574,30 +472,12 @@ impl Data {
                         } else {
                             return None;
                         };
-                        let read = self
-                            .marks
-                            .get(&(user.clone(), peer.clone()))
-                            .map_or(0, |m| m.0);
-                        Some((
-                            c.last_ts,
-                            ConversationSummary {
-                                with: peer.clone(),
-                                seq: c.seq,
-                                read,
-                            },
-                        ))
+                        let read = self.marks.get(&(user.clone(), peer.clone())).map_or(0, |m| m.0);
+                        Some((c.last_ts, ConversationSummary { with: peer.clone(), seq: c.seq, read }))
                     })
                     .collect();
-                list.sort_by(|a, b| {
-                    b.0.cmp(&a.0)
-                        .then(b.1.seq.cmp(&a.1.seq))
-                        .then(a.1.with.cmp(&b.1.with))
-                });
-                let conversations = list
-                    .into_iter()
-                    .take(*limit as usize)
-                    .map(|(_, c)| c)
-                    .collect();
+                list.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.seq.cmp(&a.1.seq)).then(a.1.with.cmp(&b.1.with)));
+                let conversations = list.into_iter().take(*limit as usize).map(|(_, c)| c).collect();
                 StoreValue::Conversations { conversations }
             }
             StoreOp::ReadMarks { user } => {
@@ -615,11 +495,7 @@ impl Data {
         if let Some(id) = &m.client_id {
             let first = self.client_ids.get(&(m.dedup_key().to_string(), id.clone()));
             if let Some(&(seq, ts)) = first.filter(|&&(_, ts)| m.repeats(ts)) {
-                return StoreValue::Appended {
-                    seq,
-                    ts,
-                    duplicate: true,
-                };
+                return StoreValue::Appended { seq, ts, duplicate: true };
             }
         }
         let (seq, list) = match target {
@@ -645,22 +521,14 @@ impl Data {
             ts: m.ts,
         });
         if let Some(id) = &m.client_id {
-            self.client_ids
-                .insert((m.dedup_key().to_string(), id.clone()), (seq, m.ts));
+            self.client_ids.insert((m.dedup_key().to_string(), id.clone()), (seq, m.ts));
         }
-        StoreValue::Appended {
-            seq,
-            ts: m.ts,
-            duplicate: false,
-        }
+        StoreValue::Appended { seq, ts: m.ts, duplicate: false }
     }
 }
 
 fn is_password(op: &StoreOp) -> bool {
-    matches!(
-        op,
-        StoreOp::Register { .. } | StoreOp::Login { .. } | StoreOp::Verify { .. }
-    )
+    matches!(op, StoreOp::Register { .. } | StoreOp::Login { .. } | StoreOp::Verify { .. })
 }
 
 fn pair(a: &str, b: &str) -> (String, String) {
@@ -691,10 +559,7 @@ mod tests {
     }
 
     fn room_append(s: &mut FakeStore, room: &str, sender: &str, id: Option<&str>) -> StoreValue {
-        let op = StoreOp::Append {
-            target: Target::Room(room.into()),
-            message: msg(sender, None, "t", id, 1),
-        };
+        let op = StoreOp::Append { target: Target::Room(room.into()), message: msg(sender, None, "t", id, 1) };
         s.run(&op).unwrap()
     }
 
@@ -720,48 +585,13 @@ mod tests {
     #[test]
     fn appends_are_gapless_per_target_and_dedup_by_sender_and_id() {
         let mut s = FakeStore::default();
-        assert_eq!(
-            room_append(&mut s, "a", "x", None),
-            StoreValue::Appended {
-                seq: 1,
-                ts: 1,
-                duplicate: false
-            }
-        );
-        assert_eq!(
-            room_append(&mut s, "b", "x", Some("c1")),
-            StoreValue::Appended {
-                seq: 1,
-                ts: 1,
-                duplicate: false
-            }
-        );
-        assert_eq!(
-            room_append(&mut s, "a", "x", Some("c2")),
-            StoreValue::Appended {
-                seq: 2,
-                ts: 1,
-                duplicate: false
-            }
-        );
+        assert_eq!(room_append(&mut s, "a", "x", None), StoreValue::Appended { seq: 1, ts: 1, duplicate: false });
+        assert_eq!(room_append(&mut s, "b", "x", Some("c1")), StoreValue::Appended { seq: 1, ts: 1, duplicate: false });
+        assert_eq!(room_append(&mut s, "a", "x", Some("c2")), StoreValue::Appended { seq: 2, ts: 1, duplicate: false });
         // The same id from the same sender, in any target: the first seq.
-        assert_eq!(
-            room_append(&mut s, "a", "x", Some("c1")),
-            StoreValue::Appended {
-                seq: 1,
-                ts: 1,
-                duplicate: true
-            }
-        );
+        assert_eq!(room_append(&mut s, "a", "x", Some("c1")), StoreValue::Appended { seq: 1, ts: 1, duplicate: true });
         // Another sender may use the same id.
-        assert_eq!(
-            room_append(&mut s, "a", "y", Some("c1")),
-            StoreValue::Appended {
-                seq: 3,
-                ts: 1,
-                duplicate: false
-            }
-        );
+        assert_eq!(room_append(&mut s, "a", "y", Some("c1")), StoreValue::Appended { seq: 3, ts: 1, duplicate: false });
         assert_eq!(s.room_seq("a"), 3);
         assert_eq!(pm(&mut s, "x", "y", 5), 1);
         assert_eq!(pm(&mut s, "y", "x", 6), 2);
@@ -774,59 +604,18 @@ mod tests {
             room_append(&mut s, "r", "x", None);
         }
         let h = |s: &mut FakeStore, range| {
-            seqs(
-                s.run(&StoreOp::History {
-                    target: Target::Room("r".into()),
-                    range,
-                })
-                .unwrap(),
-            )
+            seqs(s.run(&StoreOp::History { target: Target::Room("r".into()), range }).unwrap())
         };
-        assert_eq!(
-            h(
-                &mut s,
-                SeqRange::Before {
-                    before: None,
-                    limit: 3
-                }
-            ),
-            [8, 9, 10]
-        );
-        assert_eq!(
-            h(
-                &mut s,
-                SeqRange::Before {
-                    before: Some(5),
-                    limit: 50
-                }
-            ),
-            [1, 2, 3, 4]
-        );
-        assert_eq!(
-            h(
-                &mut s,
-                SeqRange::After {
-                    after: 7,
-                    limit: 50
-                }
-            ),
-            [8, 9, 10]
-        );
-        assert_eq!(
-            h(&mut s, SeqRange::After { after: 2, limit: 3 }),
-            [8, 9, 10]
-        );
+        assert_eq!(h(&mut s, SeqRange::Before { before: None, limit: 3 }), [8, 9, 10]);
+        assert_eq!(h(&mut s, SeqRange::Before { before: Some(5), limit: 50 }), [1, 2, 3, 4]);
+        assert_eq!(h(&mut s, SeqRange::After { after: 7, limit: 50 }), [8, 9, 10]);
+        assert_eq!(h(&mut s, SeqRange::After { after: 2, limit: 3 }), [8, 9, 10]);
         s.prune("r", 6);
         let v = s.run(&StoreOp::History {
             target: Target::Room("r".into()),
-            range: SeqRange::After {
-                after: 2,
-                limit: 50,
-            },
+            range: SeqRange::After { after: 2, limit: 50 },
         });
-        assert!(
-            matches!(v, Ok(StoreValue::Messages { ref messages, oldest: Some(6) }) if messages.len() == 5)
-        );
+        assert!(matches!(v, Ok(StoreValue::Messages { ref messages, oldest: Some(6) }) if messages.len() == 5));
     }
 
     #[test]
@@ -837,33 +626,12 @@ mod tests {
         pm(&mut s, "a", "b", 11); // (a,b) 2: a's own
         pm(&mut s, "b", "a", 12); // (a,b) 3
         pm(&mut s, "b", "c", 13); // not a's
-        let inbox = |s: &mut FakeStore| {
-            s.run(&StoreOp::Inbox {
-                user: "a".into(),
-                limit: 10,
-            })
-            .unwrap()
-        };
-        let StoreValue::Inbox { messages } = inbox(&mut s) else {
-            panic!()
-        };
-        let got: Vec<(&str, u64)> = messages
-            .iter()
-            .map(|m| (m.with.as_str(), m.message.seq))
-            .collect();
+        let inbox = |s: &mut FakeStore| s.run(&StoreOp::Inbox { user: "a".into(), limit: 10 }).unwrap();
+        let StoreValue::Inbox { messages } = inbox(&mut s) else { panic!() };
+        let got: Vec<(&str, u64)> = messages.iter().map(|m| (m.with.as_str(), m.message.seq)).collect();
         assert_eq!(got, [("c", 1), ("b", 1), ("b", 3)]);
-        s.run(&StoreOp::Ack {
-            user: "a".into(),
-            with: "b".into(),
-            seq: 1,
-        })
-        .unwrap();
-        s.run(&StoreOp::Ack {
-            user: "a".into(),
-            with: "b".into(),
-            seq: 0,
-        })
-        .unwrap();
+        s.run(&StoreOp::Ack { user: "a".into(), with: "b".into(), seq: 1 }).unwrap();
+        s.run(&StoreOp::Ack { user: "a".into(), with: "b".into(), seq: 0 }).unwrap();
         assert_eq!(seqs(inbox(&mut s)), [1, 3]);
         assert_eq!(s.ack("a", "b"), 1, "an ack never goes down");
     }
@@ -874,34 +642,18 @@ mod tests {
         pm(&mut s, "a", "b", 10);
         pm(&mut s, "c", "a", 20);
         pm(&mut s, "b", "a", 30);
-        let read = StoreOp::Read {
-            user: "a".into(),
-            target: Target::Conversation("b".into(), "a".into()),
-            seq: 2,
-        };
+        let read = StoreOp::Read { user: "a".into(), target: Target::Conversation("b".into(), "a".into()), seq: 2 };
         s.run(&read).unwrap();
-        let StoreValue::Conversations { conversations } = s
-            .run(&StoreOp::Conversations {
-                user: "a".into(),
-                limit: 10,
-            })
-            .unwrap()
+        let StoreValue::Conversations { conversations } =
+            s.run(&StoreOp::Conversations { user: "a".into(), limit: 10 }).unwrap()
         else {
             panic!()
         };
         assert_eq!(
             conversations,
             [
-                ConversationSummary {
-                    with: "b".into(),
-                    seq: 2,
-                    read: 2
-                },
-                ConversationSummary {
-                    with: "c".into(),
-                    seq: 1,
-                    read: 0
-                }
+                ConversationSummary { with: "b".into(), seq: 2, read: 2 },
+                ConversationSummary { with: "c".into(), seq: 1, read: 0 }
             ]
         );
     }
@@ -909,109 +661,41 @@ mod tests {
     #[test]
     fn accounts_tokens_and_memberships() {
         let mut s = FakeStore::default();
-        let reg = StoreOp::Register {
-            user: "a".into(),
-            password: "password1".into(),
-        };
+        let reg = StoreOp::Register { user: "a".into(), password: "password1".into() };
         assert_eq!(s.run(&reg), Ok(StoreValue::Registered));
         assert_eq!(s.run(&reg), Ok(StoreValue::NameTaken));
-        let login = |pw: &str| StoreOp::Login {
-            user: "a".into(),
-            password: pw.into(),
-            now_ms: 100,
-            ttl_ms: 50,
-        };
+        let login = |pw: &str| StoreOp::Login { user: "a".into(), password: pw.into(), now_ms: 100, ttl_ms: 50 };
         assert_eq!(s.run(&login("nope")), Ok(StoreValue::Rejected));
-        let Ok(StoreValue::Token {
-            token,
-            expires_ms: 150,
-        }) = s.run(&login("password1"))
-        else {
-            panic!()
-        };
-        let check = |now_ms| StoreOp::CheckToken {
-            token: token.clone(),
-            now_ms,
-        };
-        assert_eq!(
-            s.run(&check(149)),
-            Ok(StoreValue::TokenUser {
-                user: "a".into(),
-                expires_ms: 150
-            })
-        );
+        let Ok(StoreValue::Token { token, expires_ms: 150 }) = s.run(&login("password1")) else { panic!() };
+        let check = |now_ms| StoreOp::CheckToken { token: token.clone(), now_ms };
+        assert_eq!(s.run(&check(149)), Ok(StoreValue::TokenUser { user: "a".into(), expires_ms: 150 }));
         assert_eq!(s.run(&check(150)), Ok(StoreValue::Rejected));
         assert_eq!(
-            s.run(&StoreOp::Revoke {
-                token: token.clone()
-            }),
-            Ok(StoreValue::Revoked {
-                user: Some("a".into())
-            })
+            s.run(&StoreOp::Revoke { token: token.clone() }),
+            Ok(StoreValue::Revoked { user: Some("a".into()) })
         );
         assert_eq!(s.run(&check(100)), Ok(StoreValue::Rejected));
+        assert_eq!(s.run(&StoreOp::Revoke { token: "x".into() }), Ok(StoreValue::Revoked { user: None }));
         assert_eq!(
-            s.run(&StoreOp::Revoke { token: "x".into() }),
-            Ok(StoreValue::Revoked { user: None })
-        );
-        assert_eq!(
-            s.run(&StoreOp::Verify {
-                user: "a".into(),
-                password: "password1".into()
-            }),
+            s.run(&StoreOp::Verify { user: "a".into(), password: "password1".into() }),
             Ok(StoreValue::Verified)
         );
         assert_eq!(
-            s.run(&StoreOp::Verify {
-                user: "b".into(),
-                password: "password1".into()
-            }),
+            s.run(&StoreOp::Verify { user: "b".into(), password: "password1".into() }),
             Ok(StoreValue::Rejected)
         );
-        s.run(&StoreOp::Join {
-            user: "a".into(),
-            room: "r".into(),
-        })
-        .unwrap();
-        s.run(&StoreOp::Read {
-            user: "a".into(),
-            target: Target::Room("r".into()),
-            seq: 4,
-        })
-        .unwrap();
-        s.run(&StoreOp::Read {
-            user: "a".into(),
-            target: Target::Room("r".into()),
-            seq: 2,
-        })
-        .unwrap();
+        s.run(&StoreOp::Join { user: "a".into(), room: "r".into() }).unwrap();
+        s.run(&StoreOp::Read { user: "a".into(), target: Target::Room("r".into()), seq: 4 }).unwrap();
+        s.run(&StoreOp::Read { user: "a".into(), target: Target::Room("r".into()), seq: 2 }).unwrap();
         assert_eq!(
             s.run(&StoreOp::ReadMarks { user: "a".into() }),
-            Ok(StoreValue::ReadMarks {
-                marks: vec![("r".into(), 4)]
-            })
+            Ok(StoreValue::ReadMarks { marks: vec![("r".into(), 4)] })
         );
-        let Ok(StoreValue::Snapshot { users, rooms }) = s.run(&StoreOp::LoadAll) else {
-            panic!()
-        };
+        let Ok(StoreValue::Snapshot { users, rooms }) = s.run(&StoreOp::LoadAll) else { panic!() };
         assert_eq!(users, ["a"]);
-        assert_eq!(
-            rooms,
-            [StoredRoom {
-                name: "r".into(),
-                seq: 0,
-                members: vec!["a".into()]
-            }]
-        );
-        s.run(&StoreOp::Leave {
-            user: "a".into(),
-            room: "r".into(),
-        })
-        .unwrap();
-        assert_eq!(
-            s.run(&StoreOp::ReadMarks { user: "a".into() }),
-            Ok(StoreValue::ReadMarks { marks: vec![] })
-        );
+        assert_eq!(rooms, [StoredRoom { name: "r".into(), seq: 0, members: vec!["a".into()] }]);
+        s.run(&StoreOp::Leave { user: "a".into(), room: "r".into() }).unwrap();
+        assert_eq!(s.run(&StoreOp::ReadMarks { user: "a".into() }), Ok(StoreValue::ReadMarks { marks: vec![] }));
     }
 
     #[test]
@@ -1023,20 +707,11 @@ mod tests {
         let mut reqs = Vec::new();
         for i in 0..40 {
             let op = if i % 5 == 0 {
-                StoreOp::Verify {
-                    user: "a".into(),
-                    password: "p".into(),
-                }
+                StoreOp::Verify { user: "a".into(), password: "p".into() }
             } else {
-                StoreOp::Join {
-                    user: "a".into(),
-                    room: format!("r{i}"),
-                }
+                StoreOp::Join { user: "a".into(), room: format!("r{i}") }
             };
-            reqs.push(StoreRequest {
-                id: StoreReqId(i),
-                op,
-            });
+            reqs.push(StoreRequest { id: StoreReqId(i), op });
         }
         s.submit(t0, reqs);
         let mut order = Vec::new();
@@ -1050,10 +725,7 @@ mod tests {
         let plain: Vec<u64> = order.iter().copied().filter(|i| i % 5 != 0).collect();
         let mut sorted = plain.clone();
         sorted.sort();
-        assert_eq!(
-            plain, sorted,
-            "non-password requests complete in submission order"
-        );
+        assert_eq!(plain, sorted, "non-password requests complete in submission order");
         let passwords: Vec<u64> = order.iter().copied().filter(|i| i % 5 == 0).collect();
         assert_eq!(passwords.len(), 8);
         assert!(t >= t0 + Duration::from_millis(10));
@@ -1063,28 +735,19 @@ mod tests {
     fn failures_are_injected_and_stop() {
         let mut s = FakeStore::default();
         s.fail_next(2);
-        let join = StoreOp::Join {
-            user: "a".into(),
-            room: "r".into(),
-        };
+        let join = StoreOp::Join { user: "a".into(), room: "r".into() };
         assert!(s.run(&join).is_err());
         assert!(s.run(&join).is_err());
         assert!(s.run(&join).is_ok());
         s.fail_when(|op| matches!(op, StoreOp::Append { .. }));
         assert!(s.run(&join).is_ok());
         assert!(s
-            .run(&StoreOp::Append {
-                target: Target::Room("r".into()),
-                message: msg("a", None, "x", None, 1)
-            })
+            .run(&StoreOp::Append { target: Target::Room("r".into()), message: msg("a", None, "x", None, 1) })
             .is_err());
         assert_eq!(s.room_seq("r"), 0, "a failed append stores nothing");
         s.stop_failing();
         assert!(s
-            .run(&StoreOp::Append {
-                target: Target::Room("r".into()),
-                message: msg("a", None, "x", None, 1)
-            })
+            .run(&StoreOp::Append { target: Target::Room("r".into()), message: msg("a", None, "x", None, 1) })
             .is_ok());
     }
 }

@@ -28,10 +28,7 @@ fn scenario(seed: u64) -> Vec<Vec<Event>> {
     }
     sim.run_until_idle();
     for i in 0..10 {
-        sim.send_json(
-            a,
-            json!({"type":"send","room":"lobby","text":format!("a{i}")}),
-        );
+        sim.send_json(a, json!({"type":"send","room":"lobby","text":format!("a{i}")}));
         sim.send_line(l, &format!("l{i}"));
         let pause = sim.rng().below(5);
         sim.advance(Duration::from_millis(pause));
@@ -83,12 +80,7 @@ fn gauges_and_keys_follow_connections() {
         sim.disconnect(c);
     }
     let m = sim.metrics();
-    for gauge in [
-        &m.connections_http,
-        &m.connections_line,
-        &m.sessions_ws,
-        &m.sessions_line,
-    ] {
+    for gauge in [&m.connections_http, &m.connections_line, &m.sessions_ws, &m.sessions_line] {
         assert_eq!(gauge.load(Relaxed), 0);
     }
     assert!(sim.shard().is_empty());
@@ -97,23 +89,16 @@ fn gauges_and_keys_follow_connections() {
 
 #[test]
 fn timeouts_are_never_left_in_the_past() {
-    let config = Config {
-        heartbeat: Duration::from_secs(1),
-        ..Config::default()
-    };
+    let config = Config { heartbeat: Duration::from_secs(1), ..Config::default() };
     let mut sim = Sim::new(config);
-    sim.store_mut()
-        .set_latency(Duration::from_millis(300), Duration::from_millis(300));
+    sim.store_mut().set_latency(Duration::from_millis(300), Duration::from_millis(300));
     let a = sim.guest("gus");
     let _idle = sim.ws_client();
     sim.send_json(a, json!({"type":"join","room":"r"}));
     for _ in 0..200 {
         sim.step();
         let next = sim.shard().poll_timeout();
-        assert!(
-            next.is_none_or(|t| t > sim.now().instant),
-            "a deadline at or before now after handling"
-        );
+        assert!(next.is_none_or(|t| t > sim.now().instant), "a deadline at or before now after handling");
     }
 }
 
@@ -132,34 +117,17 @@ fn a_restart_loses_nothing_that_was_acknowledged() {
     assert_eq!(seen, [1]);
     // Sends in flight when the node goes down: acknowledged or not, a
     // client that reconnects with `since` gets what was stored.
-    sim.store_mut()
-        .set_latency(Duration::from_millis(10), Duration::ZERO);
-    sim.send_json(
-        b,
-        json!({"type":"send","room":"r","text":"two","id":"t2","ref":"s2"}),
-    );
-    sim.send_json(
-        b,
-        json!({"type":"send","room":"r","text":"three","id":"t3","ref":"s3"}),
-    );
+    sim.store_mut().set_latency(Duration::from_millis(10), Duration::ZERO);
+    sim.send_json(b, json!({"type":"send","room":"r","text":"two","id":"t2","ref":"s2"}));
+    sim.send_json(b, json!({"type":"send","room":"r","text":"three","id":"t3","ref":"s3"}));
     sim.shutdown();
     assert_eq!(sim.close_code(a), Some(1012));
     assert_eq!(sim.close_code(b), Some(1012));
     sim.restart();
     sim.store_mut().set_latency(Duration::ZERO, Duration::ZERO);
     let a = sim.login("alice");
-    let welcome = sim
-        .log(a)
-        .iter()
-        .find(|e| e.kind() == Some("welcome"))
-        .and_then(Event::json)
-        .unwrap()
-        .clone();
-    assert_eq!(
-        welcome["rooms"],
-        json!([{"room":"r","seq":3,"read":0}]),
-        "membership and seq survive"
-    );
+    let welcome = sim.log(a).iter().find(|e| e.kind() == Some("welcome")).and_then(Event::json).unwrap().clone();
+    assert_eq!(welcome["rooms"], json!([{"room":"r","seq":3,"read":0}]), "membership and seq survive");
     sim.send_json(a, json!({"type":"join","room":"r","since":1,"ref":"j"}));
     sim.run_until_idle();
     let got = sim.take_json(a);
@@ -167,21 +135,9 @@ fn a_restart_loses_nothing_that_was_acknowledged() {
     assert_eq!(seqs(&got[1..]), [2, 3]);
     // bob resends what he never saw acknowledged, with the same ids.
     let b = sim.login("bob");
-    assert_eq!(
-        sim.req(b, json!({"type":"send","room":"r","text":"two","id":"t2"}))["seq"],
-        2
-    );
-    assert_eq!(
-        sim.req(
-            b,
-            json!({"type":"send","room":"r","text":"three","id":"t3"})
-        )["seq"],
-        3
-    );
-    assert!(
-        sim.take_kind(a, "message").is_empty(),
-        "not delivered twice"
-    );
+    assert_eq!(sim.req(b, json!({"type":"send","room":"r","text":"two","id":"t2"}))["seq"], 2);
+    assert_eq!(sim.req(b, json!({"type":"send","room":"r","text":"three","id":"t3"}))["seq"], 3);
+    assert!(sim.take_kind(a, "message").is_empty(), "not delivered twice");
     assert_eq!(sim.store().room_seq("r"), 3);
 }
 
@@ -196,14 +152,9 @@ fn the_fake_clock_only_moves_when_told() {
     sim.advance(Duration::from_millis(1500));
     assert_eq!(sim.now().unix_ms, START_UNIX_MS + 1500);
     assert_eq!(sim.now().instant - t0.instant, Duration::from_millis(1500));
-    sim.store_mut()
-        .set_latency(Duration::from_millis(40), Duration::ZERO);
+    sim.store_mut().set_latency(Duration::from_millis(40), Duration::ZERO);
     sim.req(g, json!({"type":"send","room":"r","text":"x"}));
-    assert_eq!(
-        sim.now().unix_ms,
-        START_UNIX_MS + 1540,
-        "waiting jumps to the completion"
-    );
+    assert_eq!(sim.now().unix_ms, START_UNIX_MS + 1540, "waiting jumps to the completion");
     let m = sim.take_kind(g, "message");
     assert_eq!(m[0]["ts"], START_UNIX_MS + 1500, "ts is the send time");
 }

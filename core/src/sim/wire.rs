@@ -62,10 +62,7 @@ pub struct HttpResponse {
 impl HttpResponse {
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// The body as JSON (`Null` if it is not JSON).
@@ -81,12 +78,7 @@ impl HttpResponse {
 
 /// A masked client frame (RFC 6455 §5.3: a client MUST mask).
 pub fn client_frame(opcode: OpCode, fin: bool, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let header = FrameHeader {
-        opcode,
-        is_final: fin,
-        mask: Some(mask),
-        ..FrameHeader::default()
-    };
+    let header = FrameHeader { opcode, is_final: fin, mask: Some(mask), ..FrameHeader::default() };
     let mut out = Vec::with_capacity(payload.len() + 14);
     // Writing into a Vec cannot fail.
     let _ = header.format(payload.len() as u64, &mut out);
@@ -147,16 +139,8 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(HttpResponse, usize)>, Strin
         Err(e) => return Err(format!("server sent a bad HTTP response: {e}")),
     };
     let status = res.code.unwrap_or(0);
-    let headers: Vec<(String, String)> = res
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_string(),
-                String::from_utf8_lossy(h.value).trim().to_string(),
-            )
-        })
-        .collect();
+    let headers: Vec<(String, String)> =
+        res.headers.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).trim().to_string())).collect();
     let len = headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
@@ -166,14 +150,7 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(HttpResponse, usize)>, Strin
         return Ok(None);
     }
     let body = buf[head..head + len].to_vec();
-    Ok(Some((
-        HttpResponse {
-            status,
-            headers,
-            body,
-        },
-        head + len,
-    )))
+    Ok(Some((HttpResponse { status, headers, body }, head + len)))
 }
 
 /// An HTTP/1.1 request with a `Content-Length`.

@@ -93,8 +93,7 @@ pub(crate) fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, Http
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Err(HttpError::Malformed);
     };
-    let headers: Vec<(String, Vec<u8>)> =
-        req.headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect();
+    let headers: Vec<(String, Vec<u8>)> = req.headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect();
     let mut request = Request {
         method: method.to_string(),
         path: String::new(),
@@ -137,16 +136,14 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h * 16 + l);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b'+' => out.push(b' '),
             b => out.push(b),
         }
@@ -195,8 +192,7 @@ impl Response<'_> {
 
 /// A JSON error body as PROTOCOL.md writes it: `{"error":CODE,"message":...}`.
 pub(crate) fn error_body(code: &str, message: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({ "error": code, "message": message }))
-        .unwrap_or_default()
+    serde_json::to_vec(&serde_json::json!({ "error": code, "message": message })).unwrap_or_default()
 }
 
 fn reason(status: u16) -> &'static str {
@@ -255,10 +251,7 @@ mod tests {
         assert_eq!(parse_request(long.as_bytes()), Err(HttpError::HeadTooLarge));
         let big = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
         assert_eq!(parse_request(big.as_bytes()), Err(HttpError::BodyTooLarge));
-        assert_eq!(
-            parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            Err(HttpError::Chunked)
-        );
+        assert_eq!(parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), Err(HttpError::Chunked));
         assert_eq!(parse_request(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n"), Err(HttpError::Malformed));
     }
 

@@ -154,9 +154,18 @@ mod tests {
 
     #[test]
     fn decodes_every_request_type() {
-        assert_eq!(req(r#"{"type":"hello","token":"t"}"#), Ok(ClientRequest::Hello { auth: HelloAuth::Token("t".into()) }));
-        assert_eq!(req(r#"{"type":"hello","name":"bob"}"#), Ok(ClientRequest::Hello { auth: HelloAuth::Guest("bob".into()) }));
-        assert_eq!(req(r#"{"type":"join","room":"a","since":3}"#), Ok(ClientRequest::Join { room: "a".into(), since: Some(3) }));
+        assert_eq!(
+            req(r#"{"type":"hello","token":"t"}"#),
+            Ok(ClientRequest::Hello { auth: HelloAuth::Token("t".into()) })
+        );
+        assert_eq!(
+            req(r#"{"type":"hello","name":"bob"}"#),
+            Ok(ClientRequest::Hello { auth: HelloAuth::Guest("bob".into()) })
+        );
+        assert_eq!(
+            req(r#"{"type":"join","room":"a","since":3}"#),
+            Ok(ClientRequest::Join { room: "a".into(), since: Some(3) })
+        );
         assert_eq!(req(r#"{"type":"leave","room":"a"}"#), Ok(ClientRequest::Leave { room: "a".into() }));
         assert_eq!(
             req(r#"{"type":"send","to":"bob","text":"hi","id":"c1"}"#),
@@ -169,9 +178,18 @@ mod tests {
         assert_eq!(req(r#"{"type":"who"}"#), Ok(ClientRequest::Who { room: None, limit: None }));
         assert_eq!(req(r#"{"type":"rooms","limit":5}"#), Ok(ClientRequest::Rooms { limit: Some(5) }));
         assert_eq!(req(r#"{"type":"conversations"}"#), Ok(ClientRequest::Conversations { limit: None }));
-        assert_eq!(req(r#"{"type":"read","room":"a","seq":4}"#), Ok(ClientRequest::Read { of: Target::Room("a".into()), seq: 4 }));
-        assert_eq!(req(r#"{"type":"typing","to":"bob"}"#), Ok(ClientRequest::Typing { to: Target::User("bob".into()) }));
-        assert_eq!(req(r#"{"type":"ack","with":"bob","seq":4}"#), Ok(ClientRequest::Ack { with: "bob".into(), seq: 4 }));
+        assert_eq!(
+            req(r#"{"type":"read","room":"a","seq":4}"#),
+            Ok(ClientRequest::Read { of: Target::Room("a".into()), seq: 4 })
+        );
+        assert_eq!(
+            req(r#"{"type":"typing","to":"bob"}"#),
+            Ok(ClientRequest::Typing { to: Target::User("bob".into()) })
+        );
+        assert_eq!(
+            req(r#"{"type":"ack","with":"bob","seq":4}"#),
+            Ok(ClientRequest::Ack { with: "bob".into(), seq: 4 })
+        );
         assert_eq!(req(r#"{"type":"ping"}"#), Ok(ClientRequest::Ping));
     }
 

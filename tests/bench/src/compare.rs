@@ -58,8 +58,20 @@ fn start(binary: &str, a: &CompareArgs) -> Server {
     let _ = std::fs::remove_dir_all(&data.0);
     let path = format!("{}/{binary}", a.dir);
     let server_args = [
-        "--http", "127.0.0.1:0", "--line", "127.0.0.1:0", "--data", &data.0.to_string_lossy(),
-        "--threads", &a.threads.to_string(), "--rate", "1000000", "--burst", "1000000", "--log", "warn",
+        "--http",
+        "127.0.0.1:0",
+        "--line",
+        "127.0.0.1:0",
+        "--data",
+        &data.0.to_string_lossy(),
+        "--threads",
+        &a.threads.to_string(),
+        "--rate",
+        "1000000",
+        "--burst",
+        "1000000",
+        "--log",
+        "warn",
     ]
     .map(str::to_owned);
     let mut cmd = if a.server_cpu.is_empty() {
@@ -116,7 +128,10 @@ pub(crate) fn run(a: &CompareArgs) -> i32 {
             drain: a.drain,
             json: false,
         };
-        eprintln!("{binary}: {} clients in rooms of {}, {} sender(s) at {}/s", a.clients, a.room_size, a.senders, a.rate);
+        eprintln!(
+            "{binary}: {} clients in rooms of {}, {} sender(s) at {}/s",
+            a.clients, a.room_size, a.senders, a.rate
+        );
         let report = fanout(&args);
         stop(server);
         rows.push((binary.to_string(), report));

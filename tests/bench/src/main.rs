@@ -129,9 +129,15 @@ impl Report {
         println!("deliveries         {} of {} expected", self.delivered, self.expected);
         println!("lost / dup / order {} / {} / {}", self.lost, self.duplicated, self.reordered);
         println!("deliveries/s       {:.0}", self.deliveries_per_s);
-        println!("latency p50/p99/p99.9/max  {} / {} / {} / {} µs", self.p50_us, self.p99_us, self.p999_us, self.max_us);
+        println!(
+            "latency p50/p99/p99.9/max  {} / {} / {} / {} µs",
+            self.p50_us, self.p99_us, self.p999_us, self.max_us
+        );
         if let Some(cpu) = self.server_cpu_s {
-            println!("server CPU         {cpu:.2} s in the window, {:.2} s per million deliveries", self.cpu_per_million().unwrap_or(0.0));
+            println!(
+                "server CPU         {cpu:.2} s in the window, {:.2} s per million deliveries",
+                self.cpu_per_million().unwrap_or(0.0)
+            );
         }
         if let (Some(rss), Some(peak)) = (self.server_rss_kib, self.server_peak_rss_kib) {
             println!("server RSS         {rss} KiB (peak {peak} KiB)");
@@ -256,7 +262,11 @@ pub(crate) fn fanout(a: &FanoutArgs) -> Report {
             for (k, &i) in senders.iter().enumerate() {
                 while next_send[k] <= now {
                     let t_us = next_send[k].duration_since(t0).as_micros() as u64;
-                    let text = format!(r#"{{"type":"send","room":"r{}x{run}","text":"{k} {} {t_us}"}}"#, i / a.room_size, sent_count[k]);
+                    let text = format!(
+                        r#"{{"type":"send","room":"r{}x{run}","text":"{k} {} {t_us}"}}"#,
+                        i / a.room_size,
+                        sent_count[k]
+                    );
                     clients[i].queue_text(text.as_bytes());
                     sent_count[k] += 1;
                     sent_total += 1;
@@ -272,7 +282,8 @@ pub(crate) fn fanout(a: &FanoutArgs) -> Report {
         let wait = next.saturating_duration_since(Instant::now()).min(Duration::from_millis(5));
         poll.poll(&mut events, Some(wait)).expect("poll");
         let now_us = t0.elapsed().as_micros() as u64;
-        let (w0, w1) = (warm_end.duration_since(t0).as_micros() as u64, measure_end.duration_since(t0).as_micros() as u64);
+        let (w0, w1) =
+            (warm_end.duration_since(t0).as_micros() as u64, measure_end.duration_since(t0).as_micros() as u64);
         for ev in events.iter() {
             let i = ev.token().0;
             let c = &mut clients[i];
@@ -302,7 +313,8 @@ pub(crate) fn fanout(a: &FanoutArgs) -> Report {
                 }
                 m.received += 1;
                 let mut parts = text.split(|&b| b == b' ');
-                let sent_us = parts.nth(2).and_then(|p| std::str::from_utf8(p).ok()).and_then(|p| p.parse::<u64>().ok());
+                let sent_us =
+                    parts.nth(2).and_then(|p| std::str::from_utf8(p).ok()).and_then(|p| p.parse::<u64>().ok());
                 if let Some(sent_us) = sent_us {
                     if (w0..w1).contains(&sent_us) {
                         in_window += 1;

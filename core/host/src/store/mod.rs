@@ -27,9 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use natter_core::metrics::Metrics;
-use natter_core::store::{
-    StoreDone, StoreError, StoreFailure, StoreOp, StoreReqId, StoreRequest, StoreValue,
-};
+use natter_core::store::{StoreDone, StoreError, StoreFailure, StoreOp, StoreReqId, StoreRequest, StoreValue};
 
 pub use password::{hash_password, new_token, token_hash, verify_password};
 pub use sqlite::{failure_kind, OpenError, SqliteBackend, DB_FILE, SCHEMA_VERSION};
@@ -61,12 +59,7 @@ pub trait Backend: Send + 'static {
     fn create_user(&mut self, user: &str, hash: &str, created_ms: u64) -> Result<bool, StoreError>;
 
     /// Stores a token (as its [`token_hash`]) for `user`.
-    fn create_token(
-        &mut self,
-        token_hash: &str,
-        user: &str,
-        expires_ms: u64,
-    ) -> Result<(), StoreError>;
+    fn create_token(&mut self, token_hash: &str, user: &str, expires_ms: u64) -> Result<(), StoreError>;
 }
 
 /// Tuning of the worker.
@@ -86,12 +79,7 @@ pub struct StoreConfig {
 impl StoreConfig {
     /// The defaults with a queue of `queue_bound`.
     pub fn new(queue_bound: usize) -> Self {
-        StoreConfig {
-            queue_bound,
-            max_batch: 1024,
-            password_threads: 2,
-            password_queue: 256,
-        }
+        StoreConfig { queue_bound, max_batch: 1024, password_threads: 2, password_queue: 256 }
     }
 }
 
@@ -125,20 +113,13 @@ pub fn spawn_store_with<B: Backend>(
         metrics,
         bound: config.queue_bound,
     });
-    let pool = PasswordPool::spawn(
-        config.password_threads,
-        config.password_queue,
-        Arc::clone(&shared),
-    )?;
+    let pool = PasswordPool::spawn(config.password_threads, config.password_queue, Arc::clone(&shared))?;
     let batch_shared = Arc::clone(&shared);
     let max_batch = config.max_batch.max(1);
     let thread = std::thread::Builder::new()
         .name("natter-store".into())
         .spawn(move || run(backend, &batch_shared, pool, max_batch))?;
-    Ok(StoreHandle {
-        shared,
-        thread: Some(thread),
-    })
+    Ok(StoreHandle { shared, thread: Some(thread) })
 }
 
 /// The hub's end of a worker. Dropping it is [`StoreHandle::shutdown`].
@@ -149,9 +130,7 @@ pub struct StoreHandle {
 
 impl std::fmt::Debug for StoreHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoreHandle")
-            .field("bound", &self.shared.bound)
-            .finish_non_exhaustive()
+        f.debug_struct("StoreHandle").field("bound", &self.shared.bound).finish_non_exhaustive()
     }
 }
 
@@ -167,23 +146,14 @@ impl StoreHandle {
         let mut refused = Vec::new();
         {
             let mut state = self.shared.lock();
-            let room = if state.closed {
-                0
-            } else {
-                self.shared.bound.saturating_sub(state.waiting)
-            };
+            let room = if state.closed { 0 } else { self.shared.bound.saturating_sub(state.waiting) };
             let accepted = room.min(requests.len());
             if accepted > 0 {
                 state.waiting += accepted;
                 Metrics::gauge(&self.shared.metrics.store_queue_depth, accepted as i64);
             }
             let mut requests = requests.into_iter();
-            state.jobs.extend(
-                requests
-                    .by_ref()
-                    .take(accepted)
-                    .map(|request| Job::Request(request, now)),
-            );
+            state.jobs.extend(requests.by_ref().take(accepted).map(|request| Job::Request(request, now)));
             refused.extend(requests.map(|request| request.id));
             if accepted > 0 {
                 self.shared.wake.notify_one();
@@ -268,8 +238,7 @@ impl Shared {
         let mut latency = 0u64;
         for (d, submitted) in &done {
             failed += u64::from(d.result.is_err());
-            latency = latency
-                .saturating_add(u64::try_from(submitted.elapsed().as_micros()).unwrap_or(u64::MAX));
+            latency = latency.saturating_add(u64::try_from(submitted.elapsed().as_micros()).unwrap_or(u64::MAX));
         }
         Metrics::gauge(&m.store_queue_depth, -(done.len() as i64));
         Metrics::add(&m.store_completed, done.len() as u64);
@@ -283,23 +252,11 @@ impl Shared {
         let m = &self.metrics;
         Metrics::add(&m.store_completed, ids.len() as u64);
         Metrics::add(&m.store_failed, ids.len() as u64);
-        (self.sink)(
-            ids.into_iter()
-                .map(|id| StoreDone {
-                    id,
-                    result: Err(StoreError::Overloaded),
-                })
-                .collect(),
-        );
+        (self.sink)(ids.into_iter().map(|id| StoreDone { id, result: Err(StoreError::Overloaded) }).collect());
     }
 
     /// A password operation the pool answered itself.
-    fn password_done(
-        &self,
-        id: StoreReqId,
-        submitted: Instant,
-        result: Result<StoreValue, StoreError>,
-    ) {
+    fn password_done(&self, id: StoreReqId, submitted: Instant, result: Result<StoreValue, StoreError>) {
         self.complete(vec![(StoreDone { id, result }, submitted)]);
         self.lock().passwords -= 1;
         self.wake.notify_all();
@@ -312,13 +269,7 @@ impl Shared {
             state.passwords -= 1;
             drop(state);
             let (id, submitted) = finish.request();
-            self.complete(vec![(
-                StoreDone {
-                    id,
-                    result: Err(StoreError::Overloaded),
-                },
-                submitted,
-            )]);
+            self.complete(vec![(StoreDone { id, result: Err(StoreError::Overloaded) }, submitted)]);
             return;
         }
         state.jobs.push_back(Job::Finish(finish));
@@ -332,10 +283,7 @@ impl Shared {
             if !state.jobs.is_empty() {
                 let n = max.min(state.jobs.len());
                 let batch: Vec<Job> = state.jobs.drain(..n).collect();
-                state.waiting -= batch
-                    .iter()
-                    .filter(|j| matches!(j, Job::Request(..)))
-                    .count();
+                state.waiting -= batch.iter().filter(|j| matches!(j, Job::Request(..))).count();
                 return Some(batch);
             }
             if state.closed && state.passwords == 0 {
@@ -365,13 +313,7 @@ impl Shared {
                     Job::Request(r, at) => (r.id, at),
                     Job::Finish(f) => f.request(),
                 };
-                (
-                    StoreDone {
-                        id,
-                        result: Err(StoreError::Overloaded),
-                    },
-                    submitted,
-                )
+                (StoreDone { id, result: Err(StoreError::Overloaded) }, submitted)
             })
             .collect();
         if catch_unwind(AssertUnwindSafe(|| self.complete(done))).is_err() {
@@ -383,24 +325,18 @@ impl Shared {
 impl Finish {
     fn request(&self) -> (StoreReqId, Instant) {
         match self {
-            Finish::CreateUser { id, submitted, .. }
-            | Finish::CreateToken { id, submitted, .. } => (*id, *submitted),
+            Finish::CreateUser { id, submitted, .. } | Finish::CreateToken { id, submitted, .. } => (*id, *submitted),
         }
     }
 }
 
 /// Whether `op` goes through the password pool.
 fn is_password(op: &StoreOp) -> bool {
-    matches!(
-        op,
-        StoreOp::Register { .. } | StoreOp::Login { .. } | StoreOp::Verify { .. }
-    )
+    matches!(op, StoreOp::Register { .. } | StoreOp::Login { .. } | StoreOp::Verify { .. })
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Runs `f`, turning a panic into a backend failure.
@@ -443,11 +379,7 @@ fn process<B: Backend>(backend: &mut B, shared: &Shared, pool: &PasswordPool, ba
         match guarded(|| Ok(backend.execute(&ops))) {
             Ok(results) if results.len() == n => results,
             Ok(results) => {
-                tracing::error!(
-                    expected = n,
-                    got = results.len(),
-                    "backend answered the wrong number of operations"
-                );
+                tracing::error!(expected = n, got = results.len(), "backend answered the wrong number of operations");
                 vec![Err(StoreError::Backend(StoreFailure::Other)); n]
             }
             Err(e) => vec![Err(e); n],
@@ -458,16 +390,8 @@ fn process<B: Backend>(backend: &mut B, shared: &Shared, pool: &PasswordPool, ba
     for job in batch {
         match job {
             Job::Request(request, submitted) if !is_password(&request.op) => {
-                let result = results
-                    .next()
-                    .unwrap_or(Err(StoreError::Backend(StoreFailure::Other)));
-                done.push((
-                    StoreDone {
-                        id: request.id,
-                        result,
-                    },
-                    submitted,
-                ));
+                let result = results.next().unwrap_or(Err(StoreError::Backend(StoreFailure::Other)));
+                done.push((StoreDone { id: request.id, result }, submitted));
             }
             Job::Request(request, submitted) => {
                 if let Some(result) = start_password(backend, shared, pool, request, submitted) {
@@ -500,39 +424,17 @@ fn start_password<B: Backend>(
         StoreOp::Register { user, password } => match guarded(|| backend.password_hash(&user)) {
             Err(e) => return answer(Err(e)),
             Ok(Some(_)) => return answer(Ok(StoreValue::NameTaken)),
-            Ok(None) => PasswordJob::Hash {
-                id,
-                submitted,
-                user,
-                password,
-            },
+            Ok(None) => PasswordJob::Hash { id, submitted, user, password },
         },
-        StoreOp::Login {
-            user,
-            password,
-            now_ms,
-            ttl_ms,
-        } => match guarded(|| backend.password_hash(&user)) {
+        StoreOp::Login { user, password, now_ms, ttl_ms } => match guarded(|| backend.password_hash(&user)) {
             Err(e) => return answer(Err(e)),
-            Ok(hash) => PasswordJob::Verify {
-                id,
-                submitted,
-                user,
-                password,
-                hash,
-                login: Some(LoginTerms { now_ms, ttl_ms }),
-            },
+            Ok(hash) => {
+                PasswordJob::Verify { id, submitted, user, password, hash, login: Some(LoginTerms { now_ms, ttl_ms }) }
+            }
         },
         StoreOp::Verify { user, password } => match guarded(|| backend.password_hash(&user)) {
             Err(e) => return answer(Err(e)),
-            Ok(hash) => PasswordJob::Verify {
-                id,
-                submitted,
-                user,
-                password,
-                hash,
-                login: None,
-            },
+            Ok(hash) => PasswordJob::Verify { id, submitted, user, password, hash, login: None },
         },
         _ => return answer(Err(StoreError::Backend(StoreFailure::Other))),
     };
@@ -559,14 +461,10 @@ fn finish_password<B: Backend>(backend: &mut B, finish: Finish) -> Result<StoreV
                 }
             })
         }
-        Finish::CreateToken {
-            user,
-            token,
-            token_hash,
-            expires_ms,
-            ..
-        } => guarded(|| backend.create_token(&token_hash, &user, expires_ms))
-            .map(|()| StoreValue::Token { token, expires_ms }),
+        Finish::CreateToken { user, token, token_hash, expires_ms, .. } => {
+            guarded(|| backend.create_token(&token_hash, &user, expires_ms))
+                .map(|()| StoreValue::Token { token, expires_ms })
+        }
     }
 }
 

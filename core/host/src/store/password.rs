@@ -34,9 +34,7 @@ use super::Shared;
 /// `password` with a fresh random salt, in PHC string form.
 pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
     let salt = SaltString::generate(&mut OsRng);
-    Ok(Argon2::default()
-        .hash_password(password.as_bytes(), &salt)?
-        .to_string())
+    Ok(Argon2::default().hash_password(password.as_bytes(), &salt)?.to_string())
 }
 
 /// Whether `password` matches the PHC string `hash` (with the parameters
@@ -85,12 +83,7 @@ pub(super) struct LoginTerms {
 /// Work for the pool.
 pub(super) enum PasswordJob {
     /// Hash a new user's password.
-    Hash {
-        id: StoreReqId,
-        submitted: Instant,
-        user: String,
-        password: String,
-    },
+    Hash { id: StoreReqId, submitted: Instant, user: String, password: String },
     /// Check a password against the stored hash (`None`: unknown user).
     Verify {
         id: StoreReqId,
@@ -105,21 +98,9 @@ pub(super) enum PasswordJob {
 /// The database half of a password operation, run by the batch thread.
 pub(super) enum Finish {
     /// Insert the user, unless the name was taken meanwhile.
-    CreateUser {
-        id: StoreReqId,
-        submitted: Instant,
-        user: String,
-        hash: String,
-    },
+    CreateUser { id: StoreReqId, submitted: Instant, user: String, hash: String },
     /// Store the token's hash and answer with the token.
-    CreateToken {
-        id: StoreReqId,
-        submitted: Instant,
-        user: String,
-        token: String,
-        token_hash: String,
-        expires_ms: u64,
-    },
+    CreateToken { id: StoreReqId, submitted: Instant, user: String, token: String, token_hash: String, expires_ms: u64 },
 }
 
 /// What a pool job ends in.
@@ -139,29 +120,20 @@ pub(super) struct PasswordPool {
 impl PasswordPool {
     /// Starts `threads` threads (at least one) sharing a queue of `bound`
     /// jobs.
-    pub(super) fn spawn(
-        threads: usize,
-        bound: usize,
-        shared: Arc<Shared>,
-    ) -> std::io::Result<Self> {
+    pub(super) fn spawn(threads: usize, bound: usize, shared: Arc<Shared>) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel::<PasswordJob>(bound.max(1));
         let rx = Arc::new(Mutex::new(rx));
-        let mut pool = PasswordPool {
-            tx: Some(tx),
-            threads: Vec::new(),
-        };
+        let mut pool = PasswordPool { tx: Some(tx), threads: Vec::new() };
         for i in 0..threads.max(1) {
             let rx = Arc::clone(&rx);
             let shared = Arc::clone(&shared);
-            let thread = std::thread::Builder::new()
-                .name(format!("natter-pw-{i}"))
-                .spawn(move || {
-                    if i == 0 {
-                        // Pay for the dummy hash before the first unknown user.
-                        let _ = dummy_hash();
-                    }
-                    work(&rx, &shared)
-                })?;
+            let thread = std::thread::Builder::new().name(format!("natter-pw-{i}")).spawn(move || {
+                if i == 0 {
+                    // Pay for the dummy hash before the first unknown user.
+                    let _ = dummy_hash();
+                }
+                work(&rx, &shared)
+            })?;
             pool.threads.push(thread);
         }
         Ok(pool)
@@ -195,15 +167,12 @@ fn work(rx: &Mutex<Receiver<PasswordJob>>, shared: &Shared) {
             Err(_) => return,
         };
         let (id, submitted) = match &job {
-            PasswordJob::Hash { id, submitted, .. } | PasswordJob::Verify { id, submitted, .. } => {
-                (*id, *submitted)
-            }
+            PasswordJob::Hash { id, submitted, .. } | PasswordJob::Verify { id, submitted, .. } => (*id, *submitted),
         };
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(job)))
-            .unwrap_or_else(|_| {
-                tracing::error!("password job panicked");
-                Outcome::Done(Err(StoreError::Backend(StoreFailure::Other)))
-            });
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(job))).unwrap_or_else(|_| {
+            tracing::error!("password job panicked");
+            Outcome::Done(Err(StoreError::Backend(StoreFailure::Other)))
+        });
         match outcome {
             Outcome::Done(result) => shared.password_done(id, submitted, result),
             Outcome::Finish(finish) => shared.password_finish(finish),
@@ -213,31 +182,14 @@ fn work(rx: &Mutex<Receiver<PasswordJob>>, shared: &Shared) {
 
 fn run(job: PasswordJob) -> Outcome {
     match job {
-        PasswordJob::Hash {
-            id,
-            submitted,
-            user,
-            password,
-        } => match hash_password(&password) {
-            Ok(hash) => Outcome::Finish(Finish::CreateUser {
-                id,
-                submitted,
-                user,
-                hash,
-            }),
+        PasswordJob::Hash { id, submitted, user, password } => match hash_password(&password) {
+            Ok(hash) => Outcome::Finish(Finish::CreateUser { id, submitted, user, hash }),
             Err(e) => {
                 tracing::error!(error = %e, "password hashing failed");
                 Outcome::Done(Err(StoreError::Backend(StoreFailure::Other)))
             }
         },
-        PasswordJob::Verify {
-            id,
-            submitted,
-            user,
-            password,
-            hash,
-            login,
-        } => {
+        PasswordJob::Verify { id, submitted, user, password, hash, login } => {
             let matches = match &hash {
                 Some(hash) => verify_password(hash, &password),
                 None => verify_password(dummy_hash(), &password).map(|_| false),
@@ -248,14 +200,7 @@ fn run(job: PasswordJob) -> Outcome {
                 (Ok(true), Some(LoginTerms { now_ms, ttl_ms })) => {
                     let (token, token_hash) = new_token();
                     let expires_ms = now_ms.saturating_add(ttl_ms);
-                    Outcome::Finish(Finish::CreateToken {
-                        id,
-                        submitted,
-                        user,
-                        token,
-                        token_hash,
-                        expires_ms,
-                    })
+                    Outcome::Finish(Finish::CreateToken { id, submitted, user, token, token_hash, expires_ms })
                 }
                 (Err(e), _) => {
                     tracing::error!(error = %e, user, "stored password hash is malformed");
@@ -273,10 +218,7 @@ mod tests {
     #[test]
     fn hash_and_verify() {
         let hash = hash_password("correct horse").unwrap();
-        assert!(
-            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
-            "{hash}"
-        );
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
         assert!(verify_password(&hash, "correct horse").unwrap());
         assert!(!verify_password(&hash, "wrong horse").unwrap());
         assert!(verify_password("not a hash", "x").is_err());
@@ -293,9 +235,6 @@ mod tests {
         assert_eq!(hash.len(), 64);
         assert_ne!(token, hash);
         assert_ne!(new_token().0, token);
-        assert_eq!(
-            token_hash("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(token_hash("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 }

@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use natter_core::store::{
-    ConversationSummary, InboxMessage, NewMessage, SeqRange, StoreError, StoreFailure, StoreOp,
-    StoreValue, StoredMessage, StoredRoom, Target,
+    ConversationSummary, InboxMessage, NewMessage, SeqRange, StoreError, StoreFailure, StoreOp, StoreValue,
+    StoredMessage, StoredRoom, Target,
 };
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row};
 
@@ -144,9 +144,7 @@ pub enum OpenError {
         source: rusqlite::Error,
     },
     /// The database was written by a newer build.
-    #[error(
-        "database {path} has schema version {found}; this build knows versions up to {supported}"
-    )]
+    #[error("database {path} has schema version {found}; this build knows versions up to {supported}")]
     TooNew {
         /// The database file.
         path: PathBuf,
@@ -167,10 +165,7 @@ pub struct SqliteBackend {
 
 impl std::fmt::Debug for SqliteBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteBackend")
-            .field("path", &self.path)
-            .field("open", &self.conn.is_some())
-            .finish()
+        f.debug_struct("SqliteBackend").field("path", &self.path).field("open", &self.conn.is_some()).finish()
     }
 }
 
@@ -178,40 +173,22 @@ impl SqliteBackend {
     /// Opens (creating if missing) `dir` and `dir/natter.sqlite3`, sets the
     /// connection up and creates or checks the schema.
     pub fn open(dir: &Path) -> Result<Self, OpenError> {
-        std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir {
-            path: dir.to_owned(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir { path: dir.to_owned(), source })?;
         let path = dir.join(DB_FILE);
-        let sqlite = |source| OpenError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let sqlite = |source| OpenError::Sqlite { path: path.clone(), source };
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&path, flags).map_err(sqlite)?;
         configure(&conn).map_err(sqlite)?;
-        let found: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(sqlite)?;
+        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sqlite)?;
         if found > SCHEMA_VERSION {
-            return Err(OpenError::TooNew {
-                path,
-                found,
-                supported: SCHEMA_VERSION,
-            });
+            return Err(OpenError::TooNew { path, found, supported: SCHEMA_VERSION });
         }
         // Migrations from older versions go here, keyed by `found`.
         let tx = conn.unchecked_transaction().map_err(sqlite)?;
         tx.execute_batch(SCHEMA).map_err(sqlite)?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(sqlite)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sqlite)?;
         tx.commit().map_err(sqlite)?;
-        Ok(SqliteBackend {
-            path,
-            conn: Some(conn),
-        })
+        Ok(SqliteBackend { path, conn: Some(conn) })
     }
 
     /// The database file.
@@ -250,22 +227,14 @@ impl SqliteBackend {
 
     /// Runs `ops` in one transaction. `Err` means the transaction failed and
     /// nothing of it was committed.
-    fn run_batch(
-        &mut self,
-        ops: &[&StoreOp],
-    ) -> rusqlite::Result<Vec<Result<StoreValue, StoreError>>> {
+    fn run_batch(&mut self, ops: &[&StoreOp]) -> rusqlite::Result<Vec<Result<StoreValue, StoreError>>> {
         let writes = ops.iter().any(|op| is_write(op));
         let conn = self.conn()?;
         if !conn.is_autocommit() {
             // Left open by an earlier panic: nothing of it was reported done.
             conn.execute_batch("ROLLBACK")?;
         }
-        conn.prepare_cached(if writes {
-            "BEGIN IMMEDIATE"
-        } else {
-            "BEGIN DEFERRED"
-        })?
-        .execute([])?;
+        conn.prepare_cached(if writes { "BEGIN IMMEDIATE" } else { "BEGIN DEFERRED" })?.execute([])?;
         let result = run_in_transaction(conn, ops).and_then(|out| {
             conn.prepare_cached("COMMIT")?.execute([])?;
             Ok(out)
@@ -308,9 +277,7 @@ impl Backend for SqliteBackend {
                             return Err(down.clone());
                         }
                         let result = self.read_alone(op);
-                        if let Err(e @ StoreError::Backend(StoreFailure::Io | StoreFailure::Busy)) =
-                            &result
-                        {
+                        if let Err(e @ StoreError::Backend(StoreFailure::Io | StoreFailure::Busy)) = &result {
                             down = Some(e.clone());
                         }
                         result
@@ -322,9 +289,7 @@ impl Backend for SqliteBackend {
 
     fn password_hash(&mut self, user: &str) -> Result<Option<String>, StoreError> {
         let result = self.conn().and_then(|conn| {
-            conn.prepare_cached("SELECT hash FROM users WHERE name = ?1")?
-                .query_row([user], |r| r.get(0))
-                .optional()
+            conn.prepare_cached("SELECT hash FROM users WHERE name = ?1")?.query_row([user], |r| r.get(0)).optional()
         });
         result.map_err(|e| {
             tracing::warn!(error = %e, "password hash lookup failed");
@@ -348,17 +313,10 @@ impl Backend for SqliteBackend {
         }
     }
 
-    fn create_token(
-        &mut self,
-        token_hash: &str,
-        user: &str,
-        expires_ms: u64,
-    ) -> Result<(), StoreError> {
+    fn create_token(&mut self, token_hash: &str, user: &str, expires_ms: u64) -> Result<(), StoreError> {
         let result = self.conn().and_then(|conn| {
-            conn.prepare_cached(
-                "INSERT INTO tokens (hash, user, expires_ms, revoked) VALUES (?1, ?2, ?3, 0)",
-            )?
-            .execute(params![token_hash, user, int(expires_ms)])
+            conn.prepare_cached("INSERT INTO tokens (hash, user, expires_ms, revoked) VALUES (?1, ?2, ?3, 0)")?
+                .execute(params![token_hash, user, int(expires_ms)])
         });
         match result {
             Ok(_) => Ok(()),
@@ -386,12 +344,9 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 /// The kind of a SQLite failure.
 pub fn failure_kind(e: &rusqlite::Error) -> StoreFailure {
     match e.sqlite_error_code() {
-        Some(
-            ErrorCode::DiskFull
-            | ErrorCode::ReadOnly
-            | ErrorCode::SystemIoFailure
-            | ErrorCode::CannotOpen,
-        ) => StoreFailure::Io,
+        Some(ErrorCode::DiskFull | ErrorCode::ReadOnly | ErrorCode::SystemIoFailure | ErrorCode::CannotOpen) => {
+            StoreFailure::Io
+        }
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreFailure::Busy,
         _ => StoreFailure::Other,
     }
@@ -419,10 +374,7 @@ fn is_write(op: &StoreOp) -> bool {
 }
 
 /// The body of a batch transaction: each op in a savepoint.
-fn run_in_transaction(
-    conn: &Connection,
-    ops: &[&StoreOp],
-) -> rusqlite::Result<Vec<Result<StoreValue, StoreError>>> {
+fn run_in_transaction(conn: &Connection, ops: &[&StoreOp]) -> rusqlite::Result<Vec<Result<StoreValue, StoreError>>> {
     let mut out = Vec::with_capacity(ops.len());
     for op in ops {
         conn.prepare_cached("SAVEPOINT op")?.execute([])?;
@@ -471,18 +423,13 @@ fn run_op(conn: &Connection, op: &StoreOp) -> rusqlite::Result<StoreValue> {
             let row = conn
                 .prepare_cached("SELECT user, expires_ms, revoked FROM tokens WHERE hash = ?1")?
                 .query_row([token_hash(token)], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, bool>(2)?,
-                    ))
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, bool>(2)?))
                 })
                 .optional()?;
             Ok(match row {
-                Some((user, expires, false)) if int(*now_ms) < expires => StoreValue::TokenUser {
-                    user,
-                    expires_ms: uint(expires),
-                },
+                Some((user, expires, false)) if int(*now_ms) < expires => {
+                    StoreValue::TokenUser { user, expires_ms: uint(expires) }
+                }
                 _ => StoreValue::Rejected,
             })
         }
@@ -494,10 +441,8 @@ fn run_op(conn: &Connection, op: &StoreOp) -> rusqlite::Result<StoreValue> {
             Ok(StoreValue::Revoked { user })
         }
         StoreOp::Join { user, room } => {
-            conn.prepare_cached(
-                "INSERT INTO rooms (name, seq) VALUES (?1, 0) ON CONFLICT (name) DO NOTHING",
-            )?
-            .execute([room])?;
+            conn.prepare_cached("INSERT INTO rooms (name, seq) VALUES (?1, 0) ON CONFLICT (name) DO NOTHING")?
+                .execute([room])?;
             conn.prepare_cached(
                 "INSERT INTO members (room, user, read) VALUES (?1, ?2, 0) ON CONFLICT (room, user) DO NOTHING",
             )?
@@ -505,8 +450,7 @@ fn run_op(conn: &Connection, op: &StoreOp) -> rusqlite::Result<StoreValue> {
             Ok(StoreValue::Done)
         }
         StoreOp::Leave { user, room } => {
-            conn.prepare_cached("DELETE FROM members WHERE room = ?1 AND user = ?2")?
-                .execute([room, user])?;
+            conn.prepare_cached("DELETE FROM members WHERE room = ?1 AND user = ?2")?.execute([room, user])?;
             Ok(StoreValue::Done)
         }
         StoreOp::Append { target, message } => append(conn, target, message),
@@ -523,10 +467,8 @@ fn run_op(conn: &Connection, op: &StoreOp) -> rusqlite::Result<StoreValue> {
         StoreOp::Read { user, target, seq } => {
             match target {
                 Target::Room(room) => {
-                    conn.prepare_cached(
-                        "UPDATE members SET read = max(read, ?3) WHERE room = ?1 AND user = ?2",
-                    )?
-                    .execute(params![room, user, int(*seq)])?;
+                    conn.prepare_cached("UPDATE members SET read = max(read, ?3) WHERE room = ?1 AND user = ?2")?
+                        .execute(params![room, user, int(*seq)])?;
                 }
                 Target::Conversation(a, b) => {
                     // The contract puts `user` first; accept either order.
@@ -551,27 +493,18 @@ fn run_op(conn: &Connection, op: &StoreOp) -> rusqlite::Result<StoreValue> {
             )?;
             let conversations = st
                 .query_map(params![user, i64::from(*limit)], |r| {
-                    Ok(ConversationSummary {
-                        with: r.get(0)?,
-                        seq: uint(r.get(1)?),
-                        read: uint(r.get(2)?),
-                    })
+                    Ok(ConversationSummary { with: r.get(0)?, seq: uint(r.get(1)?), read: uint(r.get(2)?) })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
             Ok(StoreValue::Conversations { conversations })
         }
         StoreOp::ReadMarks { user } => {
-            let mut st = conn
-                .prepare_cached("SELECT room, read FROM members WHERE user = ?1 ORDER BY room")?;
-            let marks = st
-                .query_map([user], |r| Ok((r.get(0)?, uint(r.get(1)?))))?
-                .collect::<rusqlite::Result<_>>()?;
+            let mut st = conn.prepare_cached("SELECT room, read FROM members WHERE user = ?1 ORDER BY room")?;
+            let marks = st.query_map([user], |r| Ok((r.get(0)?, uint(r.get(1)?))))?.collect::<rusqlite::Result<_>>()?;
             Ok(StoreValue::ReadMarks { marks })
         }
         StoreOp::Register { .. } | StoreOp::Login { .. } | StoreOp::Verify { .. } => {
-            Err(rusqlite::Error::InvalidParameterName(
-                "password operations do not run in a batch".into(),
-            ))
+            Err(rusqlite::Error::InvalidParameterName("password operations do not run in a batch".into()))
         }
     }
 }
@@ -610,16 +543,10 @@ fn append(conn: &Connection, target: &Target, m: &NewMessage) -> rusqlite::Resul
     if let Some(client_id) = &m.client_id {
         let first = conn
             .prepare_cached("SELECT seq, ts FROM client_ids WHERE sender = ?1 AND client_id = ?2")?
-            .query_row([m.dedup_key(), client_id.as_str()], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-            })
+            .query_row([m.dedup_key(), client_id.as_str()], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
             .optional()?;
         if let Some((seq, ts)) = first.filter(|&(_, ts)| m.repeats(uint(ts))) {
-            return Ok(StoreValue::Appended {
-                seq: uint(seq),
-                ts: uint(ts),
-                duplicate: true,
-            });
+            return Ok(StoreValue::Appended { seq: uint(seq), ts: uint(ts), duplicate: true });
         }
     }
     let ts = int(m.ts);
@@ -635,15 +562,7 @@ fn append(conn: &Connection, target: &Target, m: &NewMessage) -> rusqlite::Resul
                 "INSERT INTO room_messages (room, seq, sender, from_name, text, client_id, ts)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![
-                room,
-                seq,
-                m.sender,
-                m.from,
-                m.text,
-                m.client_id,
-                ts
-            ])?;
+            .execute(params![room, seq, m.sender, m.from, m.text, m.client_id, ts])?;
             seq
         }
         Target::Conversation(a, b) => {
@@ -672,11 +591,7 @@ fn append(conn: &Connection, target: &Target, m: &NewMessage) -> rusqlite::Resul
         )?
         .execute(params![m.dedup_key(), client_id, seq, ts])?;
     }
-    Ok(StoreValue::Appended {
-        seq: uint(seq),
-        ts: m.ts,
-        duplicate: false,
-    })
+    Ok(StoreValue::Appended { seq: uint(seq), ts: m.ts, duplicate: false })
 }
 
 /// A message row: `seq, sender, from_name, to_name, text, client_id, ts`
@@ -731,10 +646,7 @@ fn history(conn: &Connection, target: &Target, range: SeqRange) -> rusqlite::Res
         }
     };
     messages.reverse();
-    Ok(StoreValue::Messages {
-        messages,
-        oldest: oldest.map(uint),
-    })
+    Ok(StoreValue::Messages { messages, oldest: oldest.map(uint) })
 }
 
 fn inbox(conn: &Connection, user: &str, limit: u32) -> rusqlite::Result<StoreValue> {
@@ -752,12 +664,7 @@ fn inbox(conn: &Connection, user: &str, limit: u32) -> rusqlite::Result<StoreVal
          LIMIT ?2",
     )?;
     let messages = st
-        .query_map(params![user, i64::from(limit)], |r| {
-            Ok(InboxMessage {
-                with: r.get(0)?,
-                message: message(r, 1)?,
-            })
-        })?
+        .query_map(params![user, i64::from(limit)], |r| Ok(InboxMessage { with: r.get(0)?, message: message(r, 1)? }))?
         .collect::<rusqlite::Result<_>>()?;
     Ok(StoreValue::Inbox { messages })
 }

@@ -29,9 +29,7 @@ impl Collector {
             if all.len() >= n {
                 return all;
             }
-            let left = deadline
-                .checked_duration_since(Instant::now())
-                .expect("timed out waiting for completions");
+            let left = deadline.checked_duration_since(Instant::now()).expect("timed out waiting for completions");
             calls = self.changed.wait_timeout(calls, left).unwrap().0;
         }
     }
@@ -44,12 +42,7 @@ impl Collector {
     fn result(&self, id: u64) -> Result<StoreValue, StoreError> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(d) = self
-                .calls()
-                .into_iter()
-                .flatten()
-                .find(|d| d.id == StoreReqId(id))
-            {
+            if let Some(d) = self.calls().into_iter().flatten().find(|d| d.id == StoreReqId(id)) {
                 return d.result;
             }
             assert!(Instant::now() < deadline, "no completion for {id}");
@@ -59,10 +52,7 @@ impl Collector {
 }
 
 fn req(id: u64, op: StoreOp) -> StoreRequest {
-    StoreRequest {
-        id: StoreReqId(id),
-        op,
-    }
+    StoreRequest { id: StoreReqId(id), op }
 }
 
 fn append(room: &str, text: &str) -> StoreOp {
@@ -89,8 +79,7 @@ fn completions_come_in_submission_order_and_reads_see_earlier_writes() {
     let tmp = tempfile::tempdir().unwrap();
     let collector = Arc::new(Collector::default());
     let metrics = Arc::new(Metrics::default());
-    let store =
-        spawn_store(sqlite(&tmp), collector.sink(), Arc::clone(&metrics), 10_000).unwrap();
+    let store = spawn_store(sqlite(&tmp), collector.sink(), Arc::clone(&metrics), 10_000).unwrap();
     let rooms = ["a", "b", "c"];
     let mut expected = Vec::new(); // (is_history, room, count after)
     let mut counts = [0u64; 3];
@@ -103,10 +92,7 @@ fn completions_come_in_submission_order_and_reads_see_earlier_writes() {
                 expected.push((true, r, counts[r]));
                 StoreOp::History {
                     target: Target::Room(rooms[r].into()),
-                    range: SeqRange::After {
-                        after: 0,
-                        limit: 1000,
-                    },
+                    range: SeqRange::After { after: 0, limit: 1000 },
                 }
             } else {
                 counts[r] += 1;
@@ -131,14 +117,7 @@ fn completions_come_in_submission_order_and_reads_see_earlier_writes() {
             (Ok(StoreValue::Messages { messages, .. }), true) => {
                 assert_eq!(messages.len() as u64, *count)
             }
-            (
-                Ok(StoreValue::Appended {
-                    seq,
-                    duplicate: false,
-                    ..
-                }),
-                false,
-            ) => assert_eq!(seq, count),
+            (Ok(StoreValue::Appended { seq, duplicate: false, .. }), false) => assert_eq!(seq, count),
             other => panic!("{other:?}"),
         }
     }
@@ -185,21 +164,11 @@ impl Backend for Gate {
 fn gate() -> (Gate, mpsc::Receiver<usize>, mpsc::Sender<()>) {
     let (started_tx, started) = mpsc::channel();
     let (go, go_rx) = mpsc::channel();
-    (
-        Gate {
-            started: started_tx,
-            go: go_rx,
-        },
-        started,
-        go,
-    )
+    (Gate { started: started_tx, go: go_rx }, started, go)
 }
 
 fn join(user: &str) -> StoreOp {
-    StoreOp::Join {
-        user: user.into(),
-        room: "r".into(),
-    }
+    StoreOp::Join { user: user.into(), room: "r".into() }
 }
 
 #[test]
@@ -210,25 +179,15 @@ fn a_full_queue_completes_the_overflow_as_overloaded_at_once() {
     let store = spawn_store(backend, collector.sink(), Arc::clone(&metrics), 2).unwrap();
     store.submit(vec![req(0, join("a"))]);
     assert_eq!(started.recv().unwrap(), 1); // request 0 is in progress, the queue is empty
-    store.submit(vec![
-        req(1, join("b")),
-        req(2, join("c")),
-        req(3, join("d")),
-    ]);
+    store.submit(vec![req(1, join("b")), req(2, join("c")), req(3, join("d"))]);
     store.submit(vec![req(4, join("e"))]);
     // Refused on the submitting thread, before the worker moves on.
     let refused = collector.calls();
     assert_eq!(
         refused,
         [
-            vec![StoreDone {
-                id: StoreReqId(3),
-                result: Err(StoreError::Overloaded)
-            }],
-            vec![StoreDone {
-                id: StoreReqId(4),
-                result: Err(StoreError::Overloaded)
-            }],
+            vec![StoreDone { id: StoreReqId(3), result: Err(StoreError::Overloaded) }],
+            vec![StoreDone { id: StoreReqId(4), result: Err(StoreError::Overloaded) }],
         ]
     );
     assert_eq!(store.waiting(), 2);
@@ -237,11 +196,7 @@ fn a_full_queue_completes_the_overflow_as_overloaded_at_once() {
     assert_eq!(started.recv().unwrap(), 2); // 1 and 2 in one batch
     go.send(()).unwrap();
     let all = collector.wait(5);
-    let ok: Vec<u64> = all
-        .iter()
-        .filter(|d| d.result.is_ok())
-        .map(|d| d.id.0)
-        .collect();
+    let ok: Vec<u64> = all.iter().filter(|d| d.result.is_ok()).map(|d| d.id.0).collect();
     assert_eq!(ok, [0, 1, 2]);
     // Room again once drained.
     store.submit(vec![req(5, join("f"))]);
@@ -259,22 +214,15 @@ fn a_full_queue_completes_the_overflow_as_overloaded_at_once() {
 fn a_backend_panic_fails_its_batch_only() {
     let (backend, started, go) = gate();
     let collector = Arc::new(Collector::default());
-    let store =
-        spawn_store(backend, collector.sink(), Arc::new(Metrics::default()), 100).unwrap();
+    let store = spawn_store(backend, collector.sink(), Arc::new(Metrics::default()), 100).unwrap();
     store.submit(vec![req(0, StoreOp::LoadAll), req(1, join("a"))]);
     started.recv().unwrap();
     go.send(()).unwrap();
     assert_eq!(
         collector.wait(2),
         [
-            StoreDone {
-                id: StoreReqId(0),
-                result: Err(StoreError::Backend(StoreFailure::Other))
-            },
-            StoreDone {
-                id: StoreReqId(1),
-                result: Err(StoreError::Backend(StoreFailure::Other))
-            },
+            StoreDone { id: StoreReqId(0), result: Err(StoreError::Backend(StoreFailure::Other)) },
+            StoreDone { id: StoreReqId(1), result: Err(StoreError::Backend(StoreFailure::Other)) },
         ]
     );
     store.submit(vec![req(2, join("b"))]);
@@ -289,13 +237,7 @@ fn a_backend_panic_fails_its_batch_only() {
 fn dropping_the_handle_completes_everything_queued() {
     let tmp = tempfile::tempdir().unwrap();
     let collector = Arc::new(Collector::default());
-    let store = spawn_store(
-        sqlite(&tmp),
-        collector.sink(),
-        Arc::new(Metrics::default()),
-        10_000,
-    )
-    .unwrap();
+    let store = spawn_store(sqlite(&tmp), collector.sink(), Arc::new(Metrics::default()), 10_000).unwrap();
     for i in 0..100 {
         store.submit(vec![req(i, append("r", "x"))]);
     }
@@ -315,12 +257,8 @@ fn register_login_verify_tokens() {
     let tmp = tempfile::tempdir().unwrap();
     let collector = Arc::new(Collector::default());
     let metrics = Arc::new(Metrics::default());
-    let store =
-        spawn_store(sqlite(&tmp), collector.sink(), Arc::clone(&metrics), 1000).unwrap();
-    let register = |user: &str, password: &str| StoreOp::Register {
-        user: user.into(),
-        password: password.into(),
-    };
+    let store = spawn_store(sqlite(&tmp), collector.sink(), Arc::clone(&metrics), 1000).unwrap();
+    let register = |user: &str, password: &str| StoreOp::Register { user: user.into(), password: password.into() };
     // The same name twice at once: one wins, decided by the unique key.
     store.submit(vec![
         req(0, register("alice", "password-0")),
@@ -343,10 +281,7 @@ fn register_login_verify_tokens() {
         now_ms: 1000,
         ttl_ms: 500,
     };
-    let verify = |user: &str, password: &str| StoreOp::Verify {
-        user: user.into(),
-        password: password.into(),
-    };
+    let verify = |user: &str, password: &str| StoreOp::Verify { user: user.into(), password: password.into() };
     store.submit(vec![
         req(4, login("alice", password)),
         req(5, login("alice", "wrong-password")),
@@ -356,10 +291,7 @@ fn register_login_verify_tokens() {
         req(9, verify("nobody", password)),
     ]);
     let token = match collector.result(4) {
-        Ok(StoreValue::Token {
-            token,
-            expires_ms: 1500,
-        }) => token,
+        Ok(StoreValue::Token { token, expires_ms: 1500 }) => token,
         other => panic!("{other:?}"),
     };
     assert_eq!(token.len(), 64);
@@ -368,52 +300,24 @@ fn register_login_verify_tokens() {
     assert_eq!(collector.result(7), Ok(StoreValue::Verified));
     assert_eq!(collector.result(8), Ok(StoreValue::Rejected));
     assert_eq!(collector.result(9), Ok(StoreValue::Rejected));
-    let check = |now_ms| StoreOp::CheckToken {
-        token: token.clone(),
-        now_ms,
-    };
+    let check = |now_ms| StoreOp::CheckToken { token: token.clone(), now_ms };
     store.submit(vec![
         req(10, check(1499)),
         req(11, check(1500)),
-        req(
-            12,
-            StoreOp::Revoke {
-                token: token.clone(),
-            },
-        ),
+        req(12, StoreOp::Revoke { token: token.clone() }),
         req(13, check(1200)),
     ]);
-    assert_eq!(
-        collector.result(10),
-        Ok(StoreValue::TokenUser {
-            user: "alice".into(),
-            expires_ms: 1500
-        })
-    );
+    assert_eq!(collector.result(10), Ok(StoreValue::TokenUser { user: "alice".into(), expires_ms: 1500 }));
     assert_eq!(collector.result(11), Ok(StoreValue::Rejected));
-    assert_eq!(
-        collector.result(12),
-        Ok(StoreValue::Revoked {
-            user: Some("alice".into())
-        })
-    );
+    assert_eq!(collector.result(12), Ok(StoreValue::Revoked { user: Some("alice".into()) }));
     assert_eq!(collector.result(13), Ok(StoreValue::Rejected));
     // Shutdown waits for password work in flight.
-    store.submit(vec![
-        req(14, register("bob", "password-b")),
-        req(15, verify("alice", password)),
-    ]);
+    store.submit(vec![req(14, register("bob", "password-b")), req(15, verify("alice", password))]);
     store.shutdown();
     let all = collector.calls().into_iter().flatten().collect::<Vec<_>>();
     assert_eq!(all.len(), 16);
-    assert!(all.contains(&StoreDone {
-        id: StoreReqId(14),
-        result: Ok(StoreValue::Registered)
-    }));
-    assert!(all.contains(&StoreDone {
-        id: StoreReqId(15),
-        result: Ok(StoreValue::Verified)
-    }));
+    assert!(all.contains(&StoreDone { id: StoreReqId(14), result: Ok(StoreValue::Registered) }));
+    assert!(all.contains(&StoreDone { id: StoreReqId(15), result: Ok(StoreValue::Verified) }));
     assert_eq!(metrics.store_completed.load(Relaxed), 16);
     assert_eq!(metrics.store_failed.load(Relaxed), 0);
     assert_eq!(metrics.store_queue_depth.load(Relaxed), 0);
@@ -429,36 +333,14 @@ fn register_login_verify_tokens() {
 fn a_full_password_queue_completes_as_overloaded() {
     let tmp = tempfile::tempdir().unwrap();
     let collector = Arc::new(Collector::default());
-    let config = StoreConfig {
-        password_threads: 1,
-        password_queue: 1,
-        ..StoreConfig::new(100)
-    };
-    let store = spawn_store_with(
-        sqlite(&tmp),
-        collector.sink(),
-        Arc::new(Metrics::default()),
-        config,
-    )
-    .unwrap();
-    let verify = |i| {
-        req(
-            i,
-            StoreOp::Verify {
-                user: "nobody".into(),
-                password: "password".into(),
-            },
-        )
-    };
+    let config = StoreConfig { password_threads: 1, password_queue: 1, ..StoreConfig::new(100) };
+    let store = spawn_store_with(sqlite(&tmp), collector.sink(), Arc::new(Metrics::default()), config).unwrap();
+    let verify = |i| req(i, StoreOp::Verify { user: "nobody".into(), password: "password".into() });
     store.submit((0..6).map(verify).collect());
     let all = collector.wait(6);
     store.shutdown();
-    let count =
-        |v: Result<StoreValue, StoreError>| all.iter().filter(|d| d.result == v).count();
+    let count = |v: Result<StoreValue, StoreError>| all.iter().filter(|d| d.result == v).count();
     assert!(count(Ok(StoreValue::Rejected)) >= 1, "{all:?}");
     assert!(count(Err(StoreError::Overloaded)) >= 3, "{all:?}");
-    assert_eq!(
-        count(Ok(StoreValue::Rejected)) + count(Err(StoreError::Overloaded)),
-        6
-    );
+    assert_eq!(count(Ok(StoreValue::Rejected)) + count(Err(StoreError::Overloaded)), 6);
 }

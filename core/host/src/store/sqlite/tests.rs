@@ -32,18 +32,12 @@ fn msg(sender: &str, text: &str, client_id: Option<&str>, ts: u64) -> NewMessage
 fn pm(sender: &str, to: &str, text: &str, ts: u64) -> Op {
     Op::Append {
         target: Target::Conversation(sender.into(), to.into()),
-        message: NewMessage {
-            to: Some(to.into()),
-            ..msg(sender, text, None, ts)
-        },
+        message: NewMessage { to: Some(to.into()), ..msg(sender, text, None, ts) },
     }
 }
 
 fn room_append(room: &str, sender: &str, text: &str, ts: u64) -> Op {
-    Op::Append {
-        target: Target::Room(room.into()),
-        message: msg(sender, text, None, ts),
-    }
+    Op::Append { target: Target::Room(room.into()), message: msg(sender, text, None, ts) }
 }
 
 fn room(name: &str) -> Target {
@@ -75,17 +69,11 @@ fn open_creates_directory_and_schema() {
     let b = open(&dir);
     assert!(dir.join(DB_FILE).is_file());
     let conn = b.conn.as_ref().unwrap();
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .unwrap();
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
     assert_eq!(version, SCHEMA_VERSION);
-    let mode: String = conn
-        .pragma_query_value(None, "journal_mode", |r| r.get(0))
-        .unwrap();
+    let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
-    let fk: bool = conn
-        .pragma_query_value(None, "foreign_keys", |r| r.get(0))
-        .unwrap();
+    let fk: bool = conn.pragma_query_value(None, "foreign_keys", |r| r.get(0)).unwrap();
     assert!(fk);
     drop(b);
     // Opening again is fine (schema creation is idempotent).
@@ -100,11 +88,7 @@ fn newer_schema_is_refused() {
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     match SqliteBackend::open(tmp.path()) {
-        Err(OpenError::TooNew {
-            found: 99,
-            supported: SCHEMA_VERSION,
-            ..
-        }) => {}
+        Err(OpenError::TooNew { found: 99, supported: SCHEMA_VERSION, .. }) => {}
         other => panic!("{other:?}"),
     }
 }
@@ -114,10 +98,7 @@ fn open_fails_cleanly_on_a_file_as_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("f");
     std::fs::write(&file, b"x").unwrap();
-    assert!(matches!(
-        SqliteBackend::open(&file),
-        Err(OpenError::Dir { .. })
-    ));
+    assert!(matches!(SqliteBackend::open(&file), Err(OpenError::Dir { .. })));
 }
 
 #[test]
@@ -138,168 +119,42 @@ fn seqs_are_gapless_per_target_within_one_batch() {
     let seqs: Vec<u64> = run(&mut b, ops).iter().map(|r| appended(r).0).collect();
     assert_eq!(seqs, [1, 1, 1, 2, 2, 1, 2, 3, 3]);
     // And across batches.
-    let seqs: Vec<u64> = run(
-        &mut b,
-        vec![room_append("a", "x", "4", 10), pm("y", "x", "4", 11)],
-    )
-    .iter()
-    .map(|r| appended(r).0)
-    .collect();
+    let seqs: Vec<u64> = run(&mut b, vec![room_append("a", "x", "4", 10), pm("y", "x", "4", 11)])
+        .iter()
+        .map(|r| appended(r).0)
+        .collect();
     assert_eq!(seqs, [4, 4]);
-    assert_eq!(
-        history(
-            &mut b,
-            room("a"),
-            SeqRange::Before {
-                before: None,
-                limit: 50
-            }
-        )
-        .0,
-        [1, 2, 3, 4]
-    );
-    assert_eq!(
-        history(
-            &mut b,
-            conv("x", "y"),
-            SeqRange::Before {
-                before: None,
-                limit: 50
-            }
-        )
-        .0,
-        [1, 2, 3, 4]
-    );
-    assert_eq!(
-        history(
-            &mut b,
-            conv("y", "x"),
-            SeqRange::After {
-                after: 0,
-                limit: 50
-            }
-        )
-        .0,
-        [1, 2, 3, 4]
-    );
-    assert_eq!(
-        history(
-            &mut b,
-            conv("z", "x"),
-            SeqRange::After {
-                after: 0,
-                limit: 50
-            }
-        )
-        .0,
-        [1]
-    );
+    assert_eq!(history(&mut b, room("a"), SeqRange::Before { before: None, limit: 50 }).0, [1, 2, 3, 4]);
+    assert_eq!(history(&mut b, conv("x", "y"), SeqRange::Before { before: None, limit: 50 }).0, [1, 2, 3, 4]);
+    assert_eq!(history(&mut b, conv("y", "x"), SeqRange::After { after: 0, limit: 50 }).0, [1, 2, 3, 4]);
+    assert_eq!(history(&mut b, conv("z", "x"), SeqRange::After { after: 0, limit: 50 }).0, [1]);
 }
 
 #[test]
 fn duplicate_client_id_returns_the_first_and_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let mut b = open(tmp.path());
-    let first = one(
-        &mut b,
-        Op::Append {
-            target: room("r"),
-            message: msg("alice", "hi", Some("c1"), 100),
-        },
-    );
-    assert_eq!(
-        first,
-        V::Appended {
-            seq: 1,
-            ts: 100,
-            duplicate: false
-        }
-    );
+    let first = one(&mut b, Op::Append { target: room("r"), message: msg("alice", "hi", Some("c1"), 100) });
+    assert_eq!(first, V::Appended { seq: 1, ts: 100, duplicate: false });
     let ops = vec![
         room_append("r", "bob", "other", 101),
         // Same (sender, id), another target and text: the first comes back.
-        Op::Append {
-            target: conv("alice", "bob"),
-            message: msg("alice", "again", Some("c1"), 102),
-        },
-        Op::Append {
-            target: room("r"),
-            message: msg("alice", "again", Some("c1"), 103),
-        },
+        Op::Append { target: conv("alice", "bob"), message: msg("alice", "again", Some("c1"), 102) },
+        Op::Append { target: room("r"), message: msg("alice", "again", Some("c1"), 103) },
         // Same id from another sender is a new message.
-        Op::Append {
-            target: room("r"),
-            message: msg("bob", "mine", Some("c1"), 104),
-        },
+        Op::Append { target: room("r"), message: msg("bob", "mine", Some("c1"), 104) },
         // A duplicate within one batch.
-        Op::Append {
-            target: room("r"),
-            message: msg("alice", "new", Some("c2"), 105),
-        },
-        Op::Append {
-            target: room("r"),
-            message: msg("alice", "new", Some("c2"), 106),
-        },
+        Op::Append { target: room("r"), message: msg("alice", "new", Some("c2"), 105) },
+        Op::Append { target: room("r"), message: msg("alice", "new", Some("c2"), 106) },
     ];
     let out = run(&mut b, ops);
-    assert_eq!(
-        out[0],
-        Ok(V::Appended {
-            seq: 2,
-            ts: 101,
-            duplicate: false
-        })
-    );
-    assert_eq!(
-        out[1],
-        Ok(V::Appended {
-            seq: 1,
-            ts: 100,
-            duplicate: true
-        })
-    );
-    assert_eq!(
-        out[2],
-        Ok(V::Appended {
-            seq: 1,
-            ts: 100,
-            duplicate: true
-        })
-    );
-    assert_eq!(
-        out[3],
-        Ok(V::Appended {
-            seq: 3,
-            ts: 104,
-            duplicate: false
-        })
-    );
-    assert_eq!(
-        out[4],
-        Ok(V::Appended {
-            seq: 4,
-            ts: 105,
-            duplicate: false
-        })
-    );
-    assert_eq!(
-        out[5],
-        Ok(V::Appended {
-            seq: 4,
-            ts: 105,
-            duplicate: true
-        })
-    );
-    match one(
-        &mut b,
-        Op::History {
-            target: room("r"),
-            range: SeqRange::Before {
-                before: None,
-                limit: 50,
-            },
-        },
-    ) {
+    assert_eq!(out[0], Ok(V::Appended { seq: 2, ts: 101, duplicate: false }));
+    assert_eq!(out[1], Ok(V::Appended { seq: 1, ts: 100, duplicate: true }));
+    assert_eq!(out[2], Ok(V::Appended { seq: 1, ts: 100, duplicate: true }));
+    assert_eq!(out[3], Ok(V::Appended { seq: 3, ts: 104, duplicate: false }));
+    assert_eq!(out[4], Ok(V::Appended { seq: 4, ts: 105, duplicate: false }));
+    assert_eq!(out[5], Ok(V::Appended { seq: 4, ts: 105, duplicate: true }));
+    match one(&mut b, Op::History { target: room("r"), range: SeqRange::Before { before: None, limit: 50 } }) {
         V::Messages { messages, oldest } => {
             assert_eq!(oldest, Some(1));
             let texts: Vec<&str> = messages.iter().map(|m| m.text.as_str()).collect();
@@ -309,27 +164,12 @@ fn duplicate_client_id_returns_the_first_and_writes_nothing() {
         }
         other => panic!("{other:?}"),
     }
-    let (seqs, oldest) = history(
-        &mut b,
-        conv("alice", "bob"),
-        SeqRange::Before {
-            before: None,
-            limit: 50,
-        },
-    );
+    let (seqs, oldest) = history(&mut b, conv("alice", "bob"), SeqRange::Before { before: None, limit: 50 });
     assert!(seqs.is_empty());
     assert_eq!(oldest, None);
     assert_eq!(
-        one(
-            &mut b,
-            Op::Conversations {
-                user: "alice".into(),
-                limit: 10
-            }
-        ),
-        V::Conversations {
-            conversations: vec![]
-        }
+        one(&mut b, Op::Conversations { user: "alice".into(), limit: 10 }),
+        V::Conversations { conversations: vec![] }
     );
 }
 
@@ -337,132 +177,21 @@ fn duplicate_client_id_returns_the_first_and_writes_nothing() {
 fn history_limits_and_order() {
     let tmp = tempfile::tempdir().unwrap();
     let mut b = open(tmp.path());
-    run(
-        &mut b,
-        (1..=10)
-            .map(|i| room_append("r", "a", &format!("m{i}"), 1000 + i))
-            .collect(),
-    );
+    run(&mut b, (1..=10).map(|i| room_append("r", "a", &format!("m{i}"), 1000 + i)).collect());
     let h = |b: &mut SqliteBackend, range| history(b, room("r"), range);
-    assert_eq!(
-        h(
-            &mut b,
-            SeqRange::Before {
-                before: None,
-                limit: 3
-            }
-        ),
-        (vec![8, 9, 10], Some(1))
-    );
-    assert_eq!(
-        h(
-            &mut b,
-            SeqRange::Before {
-                before: Some(5),
-                limit: 3
-            }
-        )
-        .0,
-        [2, 3, 4]
-    );
-    assert_eq!(
-        h(
-            &mut b,
-            SeqRange::Before {
-                before: Some(3),
-                limit: 10
-            }
-        )
-        .0,
-        [1, 2]
-    );
-    assert_eq!(
-        h(
-            &mut b,
-            SeqRange::Before {
-                before: Some(1),
-                limit: 10
-            }
-        ),
-        (vec![], Some(1))
-    );
-    assert_eq!(
-        h(
-            &mut b,
-            SeqRange::Before {
-                before: Some(11),
-                limit: 500
-            }
-        )
-        .0,
-        (1..=10).collect::<Vec<_>>()
-    );
-    assert_eq!(
-        h(
-            &mut b,
-            SeqRange::Before {
-                before: None,
-                limit: 0
-            }
-        )
-        .0,
-        Vec::<u64>::new()
-    );
+    assert_eq!(h(&mut b, SeqRange::Before { before: None, limit: 3 }), (vec![8, 9, 10], Some(1)));
+    assert_eq!(h(&mut b, SeqRange::Before { before: Some(5), limit: 3 }).0, [2, 3, 4]);
+    assert_eq!(h(&mut b, SeqRange::Before { before: Some(3), limit: 10 }).0, [1, 2]);
+    assert_eq!(h(&mut b, SeqRange::Before { before: Some(1), limit: 10 }), (vec![], Some(1)));
+    assert_eq!(h(&mut b, SeqRange::Before { before: Some(11), limit: 500 }).0, (1..=10).collect::<Vec<_>>());
+    assert_eq!(h(&mut b, SeqRange::Before { before: None, limit: 0 }).0, Vec::<u64>::new());
     // After: the newest `limit` above `after`, oldest first.
-    assert_eq!(
-        h(&mut b, SeqRange::After { after: 3, limit: 4 }).0,
-        [7, 8, 9, 10]
-    );
-    assert_eq!(
-        h(
-            &mut b,
-            SeqRange::After {
-                after: 8,
-                limit: 10
-            }
-        )
-        .0,
-        [9, 10]
-    );
-    assert_eq!(
-        h(
-            &mut b,
-            SeqRange::After {
-                after: 0,
-                limit: 10
-            }
-        )
-        .0,
-        (1..=10).collect::<Vec<_>>()
-    );
-    assert_eq!(
-        h(
-            &mut b,
-            SeqRange::After {
-                after: 10,
-                limit: 5
-            }
-        ),
-        (vec![], Some(1))
-    );
-    assert_eq!(
-        history(
-            &mut b,
-            room("empty"),
-            SeqRange::After { after: 0, limit: 5 }
-        ),
-        (vec![], None)
-    );
-    match one(
-        &mut b,
-        Op::History {
-            target: room("r"),
-            range: SeqRange::Before {
-                before: Some(2),
-                limit: 1,
-            },
-        },
-    ) {
+    assert_eq!(h(&mut b, SeqRange::After { after: 3, limit: 4 }).0, [7, 8, 9, 10]);
+    assert_eq!(h(&mut b, SeqRange::After { after: 8, limit: 10 }).0, [9, 10]);
+    assert_eq!(h(&mut b, SeqRange::After { after: 0, limit: 10 }).0, (1..=10).collect::<Vec<_>>());
+    assert_eq!(h(&mut b, SeqRange::After { after: 10, limit: 5 }), (vec![], Some(1)));
+    assert_eq!(history(&mut b, room("empty"), SeqRange::After { after: 0, limit: 5 }), (vec![], None));
+    match one(&mut b, Op::History { target: room("r"), range: SeqRange::Before { before: Some(2), limit: 1 } }) {
         V::Messages { messages, .. } => assert_eq!(
             messages,
             [StoredMessage {
@@ -493,17 +222,8 @@ fn history_limits_and_order() {
             },
         },
     );
-    match one(
-        &mut b,
-        Op::History {
-            target: conv("alice", "bob#2"),
-            range: SeqRange::After { after: 0, limit: 9 },
-        },
-    ) {
-        V::Messages {
-            messages,
-            oldest: Some(1),
-        } => assert_eq!(
+    match one(&mut b, Op::History { target: conv("alice", "bob#2"), range: SeqRange::After { after: 0, limit: 9 } }) {
+        V::Messages { messages, oldest: Some(1) } => assert_eq!(
             messages,
             [StoredMessage {
                 seq: 1,
@@ -520,17 +240,8 @@ fn history_limits_and_order() {
 }
 
 fn inbox(b: &mut SqliteBackend, user: &str, limit: u32) -> Vec<(String, u64, String)> {
-    match one(
-        b,
-        Op::Inbox {
-            user: user.into(),
-            limit,
-        },
-    ) {
-        V::Inbox { messages } => messages
-            .into_iter()
-            .map(|m| (m.with, m.message.seq, m.message.text))
-            .collect(),
+    match one(b, Op::Inbox { user: user.into(), limit }) {
+        V::Inbox { messages } => messages.into_iter().map(|m| (m.with, m.message.seq, m.message.text)).collect(),
         other => panic!("{other:?}"),
     }
 }
@@ -556,65 +267,23 @@ fn inbox_respects_ack_and_excludes_own_messages() {
         ],
     );
     // Per conversation by seq; conversations by their oldest pending message.
-    let all = vec![
-        s("carol", 1, "c1"),
-        s("carol", 2, "c2"),
-        s("alice", 1, "a1"),
-        s("alice", 2, "a2"),
-        s("alice", 4, "a4"),
-    ];
+    let all =
+        vec![s("carol", 1, "c1"), s("carol", 2, "c2"), s("alice", 1, "a1"), s("alice", 2, "a2"), s("alice", 4, "a4")];
     assert_eq!(inbox(&mut b, "bob", 100), all);
     assert_eq!(inbox(&mut b, "bob", 2), all[..2]);
     assert_eq!(inbox(&mut b, "alice", 100), [s("bob", 3, "own")]);
-    one(
-        &mut b,
-        Op::Ack {
-            user: "bob".into(),
-            with: "carol".into(),
-            seq: 2,
-        },
-    );
-    one(
-        &mut b,
-        Op::Ack {
-            user: "bob".into(),
-            with: "alice".into(),
-            seq: 1,
-        },
-    );
-    assert_eq!(
-        inbox(&mut b, "bob", 100),
-        [s("alice", 2, "a2"), s("alice", 4, "a4")]
-    );
+    one(&mut b, Op::Ack { user: "bob".into(), with: "carol".into(), seq: 2 });
+    one(&mut b, Op::Ack { user: "bob".into(), with: "alice".into(), seq: 1 });
+    assert_eq!(inbox(&mut b, "bob", 100), [s("alice", 2, "a2"), s("alice", 4, "a4")]);
     // An ack never goes down.
-    one(
-        &mut b,
-        Op::Ack {
-            user: "bob".into(),
-            with: "alice".into(),
-            seq: 3,
-        },
-    );
-    one(
-        &mut b,
-        Op::Ack {
-            user: "bob".into(),
-            with: "alice".into(),
-            seq: 0,
-        },
-    );
+    one(&mut b, Op::Ack { user: "bob".into(), with: "alice".into(), seq: 3 });
+    one(&mut b, Op::Ack { user: "bob".into(), with: "alice".into(), seq: 0 });
     assert_eq!(inbox(&mut b, "bob", 100), [s("alice", 4, "a4")]);
     // Acks are per user: alice's view is unchanged.
     assert_eq!(inbox(&mut b, "alice", 100), [s("bob", 3, "own")]);
     assert_eq!(inbox(&mut b, "nobody", 100), []);
     // The inbox carries whole messages.
-    match one(
-        &mut b,
-        Op::Inbox {
-            user: "dave".into(),
-            limit: 1,
-        },
-    ) {
+    match one(&mut b, Op::Inbox { user: "dave".into(), limit: 1 }) {
         V::Inbox { messages } => assert_eq!(
             messages,
             [InboxMessage {
@@ -648,89 +317,36 @@ fn conversations_and_read_marks() {
             pm("bob", "carol", "x", 40),
         ],
     );
-    let summary = |with: &str, seq, read| ConversationSummary {
-        with: with.into(),
-        seq,
-        read,
-    };
-    let list = |b: &mut SqliteBackend, limit| {
-        one(
-            b,
-            Op::Conversations {
-                user: "alice".into(),
-                limit,
-            },
-        )
-    };
+    let summary = |with: &str, seq, read| ConversationSummary { with: with.into(), seq, read };
+    let list = |b: &mut SqliteBackend, limit| one(b, Op::Conversations { user: "alice".into(), limit });
     // Most recent first means most recently stored: dave's message was
     // stored last even though its clock reading (25) is older than bob's
     // (30), so a clock that steps back cannot reorder the list.
     assert_eq!(
         list(&mut b, 10),
-        V::Conversations {
-            conversations: vec![
-                summary("dave", 1, 0),
-                summary("bob", 2, 0),
-                summary("carol", 1, 0)
-            ]
-        }
+        V::Conversations { conversations: vec![summary("dave", 1, 0), summary("bob", 2, 0), summary("carol", 1, 0)] }
     );
-    assert_eq!(
-        list(&mut b, 1),
-        V::Conversations {
-            conversations: vec![summary("dave", 1, 0)]
-        }
-    );
+    assert_eq!(list(&mut b, 1), V::Conversations { conversations: vec![summary("dave", 1, 0)] });
     run(
         &mut b,
         vec![
-            Op::Read {
-                user: "alice".into(),
-                target: conv("alice", "bob"),
-                seq: 2,
-            },
-            Op::Read {
-                user: "alice".into(),
-                target: conv("alice", "bob"),
-                seq: 1,
-            },
-            Op::Read {
-                user: "alice".into(),
-                target: conv("alice", "carol"),
-                seq: 1,
-            },
+            Op::Read { user: "alice".into(), target: conv("alice", "bob"), seq: 2 },
+            Op::Read { user: "alice".into(), target: conv("alice", "bob"), seq: 1 },
+            Op::Read { user: "alice".into(), target: conv("alice", "carol"), seq: 1 },
             // The reader given second still works.
-            Op::Read {
-                user: "alice".into(),
-                target: conv("dave", "alice"),
-                seq: 1,
-            },
+            Op::Read { user: "alice".into(), target: conv("dave", "alice"), seq: 1 },
         ],
     );
     assert_eq!(
         list(&mut b, 10),
-        V::Conversations {
-            conversations: vec![
-                summary("dave", 1, 1),
-                summary("bob", 2, 2),
-                summary("carol", 1, 1)
-            ]
-        }
+        V::Conversations { conversations: vec![summary("dave", 1, 1), summary("bob", 2, 2), summary("carol", 1, 1)] }
     );
     // Reading is not acking.
     assert_eq!(inbox(&mut b, "alice", 10).len(), 3);
     // Bob's marks are his own.
     assert_eq!(
-        one(
-            &mut b,
-            Op::Conversations {
-                user: "bob".into(),
-                limit: 10
-            }
-        ),
-        V::Conversations {
-            conversations: vec![summary("carol", 1, 0), summary("alice", 2, 0)]
-        }
+        one(&mut b, Op::Conversations { user: "bob".into(), limit: 10 }),
+        V::Conversations { conversations: vec![summary("carol", 1, 0), summary("alice", 2, 0)] }
     );
 }
 
@@ -738,100 +354,37 @@ fn conversations_and_read_marks() {
 fn membership_room_read_marks_and_load_all() {
     let tmp = tempfile::tempdir().unwrap();
     let mut b = open(tmp.path());
-    assert_eq!(
-        one(&mut b, Op::LoadAll),
-        V::Snapshot {
-            users: vec![],
-            rooms: vec![]
-        }
-    );
+    assert_eq!(one(&mut b, Op::LoadAll), V::Snapshot { users: vec![], rooms: vec![] });
     assert!(b.create_user("bob", "h1", 1).unwrap());
     assert!(b.create_user("alice", "h2", 2).unwrap());
     let out = run(
         &mut b,
         vec![
-            Op::Join {
-                user: "alice".into(),
-                room: "lobby".into(),
-            },
-            Op::Join {
-                user: "bob".into(),
-                room: "lobby".into(),
-            },
-            Op::Join {
-                user: "bob".into(),
-                room: "lobby".into(),
-            },
-            Op::Join {
-                user: "alice".into(),
-                room: "dev".into(),
-            },
-            Op::Join {
-                user: "alice".into(),
-                room: "gone".into(),
-            },
-            Op::Leave {
-                user: "alice".into(),
-                room: "gone".into(),
-            },
-            Op::Leave {
-                user: "alice".into(),
-                room: "never".into(),
-            },
+            Op::Join { user: "alice".into(), room: "lobby".into() },
+            Op::Join { user: "bob".into(), room: "lobby".into() },
+            Op::Join { user: "bob".into(), room: "lobby".into() },
+            Op::Join { user: "alice".into(), room: "dev".into() },
+            Op::Join { user: "alice".into(), room: "gone".into() },
+            Op::Leave { user: "alice".into(), room: "gone".into() },
+            Op::Leave { user: "alice".into(), room: "never".into() },
             room_append("lobby", "alice", "1", 1),
             room_append("lobby", "alice", "2", 2),
             room_append("quiet", "guest#1", "1", 3),
-            Op::Read {
-                user: "alice".into(),
-                target: room("lobby"),
-                seq: 2,
-            },
-            Op::Read {
-                user: "alice".into(),
-                target: room("lobby"),
-                seq: 1,
-            },
-            Op::Read {
-                user: "bob".into(),
-                target: room("lobby"),
-                seq: 1,
-            },
+            Op::Read { user: "alice".into(), target: room("lobby"), seq: 2 },
+            Op::Read { user: "alice".into(), target: room("lobby"), seq: 1 },
+            Op::Read { user: "bob".into(), target: room("lobby"), seq: 1 },
             // Not a member: nothing happens.
-            Op::Read {
-                user: "alice".into(),
-                target: room("quiet"),
-                seq: 1,
-            },
+            Op::Read { user: "alice".into(), target: room("quiet"), seq: 1 },
         ],
     );
     assert!(out.iter().all(|r| r.is_ok()), "{out:?}");
     assert_eq!(out[0], Ok(V::Done));
     assert_eq!(
-        one(
-            &mut b,
-            Op::ReadMarks {
-                user: "alice".into()
-            }
-        ),
-        V::ReadMarks {
-            marks: vec![("dev".into(), 0), ("lobby".into(), 2)]
-        }
+        one(&mut b, Op::ReadMarks { user: "alice".into() }),
+        V::ReadMarks { marks: vec![("dev".into(), 0), ("lobby".into(), 2)] }
     );
-    assert_eq!(
-        one(&mut b, Op::ReadMarks { user: "bob".into() }),
-        V::ReadMarks {
-            marks: vec![("lobby".into(), 1)]
-        }
-    );
-    assert_eq!(
-        one(
-            &mut b,
-            Op::ReadMarks {
-                user: "carol".into()
-            }
-        ),
-        V::ReadMarks { marks: vec![] }
-    );
+    assert_eq!(one(&mut b, Op::ReadMarks { user: "bob".into() }), V::ReadMarks { marks: vec![("lobby".into(), 1)] });
+    assert_eq!(one(&mut b, Op::ReadMarks { user: "carol".into() }), V::ReadMarks { marks: vec![] });
     let stored = |name: &str, seq, members: &[&str]| StoredRoom {
         name: name.into(),
         seq,
@@ -841,20 +394,10 @@ fn membership_room_read_marks_and_load_all() {
         one(&mut b, Op::LoadAll),
         V::Snapshot {
             users: vec!["alice".into(), "bob".into()],
-            rooms: vec![
-                stored("dev", 0, &["alice"]),
-                stored("lobby", 2, &["alice", "bob"]),
-                stored("quiet", 1, &[])
-            ],
+            rooms: vec![stored("dev", 0, &["alice"]), stored("lobby", 2, &["alice", "bob"]), stored("quiet", 1, &[])],
         }
     );
-    run(
-        &mut b,
-        vec![Op::Leave {
-            user: "bob".into(),
-            room: "lobby".into(),
-        }],
-    );
+    run(&mut b, vec![Op::Leave { user: "bob".into(), room: "lobby".into() }]);
     match one(&mut b, Op::LoadAll) {
         V::Snapshot { rooms, .. } => assert_eq!(rooms[1], stored("lobby", 2, &["alice"])),
         other => panic!("{other:?}"),
@@ -884,59 +427,17 @@ fn users_tokens_expiry_and_revocation() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(stored, [h1.clone(), h2.clone()]);
-    let check = |b: &mut SqliteBackend, token: &str, now_ms| {
-        one(
-            b,
-            Op::CheckToken {
-                token: token.into(),
-                now_ms,
-            },
-        )
-    };
-    assert_eq!(
-        check(&mut b, &t1, 999),
-        V::TokenUser {
-            user: "alice".into(),
-            expires_ms: 1000
-        }
-    );
+    let check = |b: &mut SqliteBackend, token: &str, now_ms| one(b, Op::CheckToken { token: token.into(), now_ms });
+    assert_eq!(check(&mut b, &t1, 999), V::TokenUser { user: "alice".into(), expires_ms: 1000 });
     assert_eq!(check(&mut b, &t1, 1000), V::Rejected);
-    assert_eq!(
-        check(&mut b, &h1, 10),
-        V::Rejected,
-        "the stored hash is not a token"
-    );
+    assert_eq!(check(&mut b, &h1, 10), V::Rejected, "the stored hash is not a token");
     assert_eq!(check(&mut b, "nope", 10), V::Rejected);
     assert_eq!(check(&mut b, "", 10), V::Rejected);
-    assert_eq!(
-        one(&mut b, Op::Revoke { token: t2.clone() }),
-        V::Revoked {
-            user: Some("alice".into())
-        }
-    );
+    assert_eq!(one(&mut b, Op::Revoke { token: t2.clone() }), V::Revoked { user: Some("alice".into()) });
     assert_eq!(check(&mut b, &t2, 10), V::Rejected);
-    assert_eq!(
-        one(&mut b, Op::Revoke { token: t2 }),
-        V::Revoked {
-            user: Some("alice".into())
-        }
-    );
-    assert_eq!(
-        one(
-            &mut b,
-            Op::Revoke {
-                token: "unknown".into()
-            }
-        ),
-        V::Revoked { user: None }
-    );
-    assert_eq!(
-        check(&mut b, &t1, 999),
-        V::TokenUser {
-            user: "alice".into(),
-            expires_ms: 1000
-        }
-    );
+    assert_eq!(one(&mut b, Op::Revoke { token: t2 }), V::Revoked { user: Some("alice".into()) });
+    assert_eq!(one(&mut b, Op::Revoke { token: "unknown".into() }), V::Revoked { user: None });
+    assert_eq!(check(&mut b, &t1, 999), V::TokenUser { user: "alice".into(), expires_ms: 1000 });
 }
 
 #[test]
@@ -947,10 +448,7 @@ fn password_ops_are_refused_in_a_batch() {
         &mut b,
         vec![
             room_append("r", "a", "1", 1),
-            Op::Verify {
-                user: "a".into(),
-                password: "p".into(),
-            },
+            Op::Verify { user: "a".into(), password: "p".into() },
             room_append("r", "a", "2", 2),
         ],
     );
@@ -976,10 +474,7 @@ fn a_failing_operation_fails_alone() {
         vec![
             room_append("r", "a", "ok", 1),
             room_append("r", "a", "bad", 2),
-            Op::Join {
-                user: "a".into(),
-                room: "r".into(),
-            },
+            Op::Join { user: "a".into(), room: "r".into() },
             room_append("r", "a", "ok", 3),
         ],
     );
@@ -988,54 +483,27 @@ fn a_failing_operation_fails_alone() {
     assert_eq!(out[2], Ok(V::Done));
     // The failed append's seq was rolled back with it: no gap.
     assert_eq!(appended(&out[3]).0, 2);
-    assert_eq!(
-        history(&mut b, room("r"), SeqRange::After { after: 0, limit: 9 }).0,
-        [1, 2]
-    );
+    assert_eq!(history(&mut b, room("r"), SeqRange::After { after: 0, limit: 9 }).0, [1, 2]);
 }
 
 #[test]
 fn a_failing_transaction_commits_nothing_and_the_backend_recovers() {
     let tmp = tempfile::tempdir().unwrap();
     let mut b = open(tmp.path());
-    run(
-        &mut b,
-        vec![
-            room_append("r", "a", "before", 1),
-            Op::Join {
-                user: "a".into(),
-                room: "r".into(),
-            },
-        ],
-    );
+    run(&mut b, vec![room_append("r", "a", "before", 1), Op::Join { user: "a".into(), room: "r".into() }]);
     // A full disk: the database may not grow.
     let conn = b.conn.as_ref().unwrap();
-    let pages: i64 = conn
-        .pragma_query_value(None, "page_count", |r| r.get(0))
-        .unwrap();
+    let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0)).unwrap();
     conn.pragma_update(None, "max_page_count", pages).unwrap();
     let huge = "x".repeat(1 << 20);
     let out = run(
         &mut b,
         vec![
             room_append("r", "a", "small", 2),
-            Op::Join {
-                user: "b".into(),
-                room: "r".into(),
-            },
-            Op::History {
-                target: room("r"),
-                range: SeqRange::After {
-                    after: 0,
-                    limit: 10,
-                },
-            },
+            Op::Join { user: "b".into(), room: "r".into() },
+            Op::History { target: room("r"), range: SeqRange::After { after: 0, limit: 10 } },
             room_append("r", "a", &huge, 3),
-            Op::Read {
-                user: "a".into(),
-                target: room("r"),
-                seq: 1,
-            },
+            Op::Read { user: "a".into(), target: room("r"), seq: 1 },
             Op::ReadMarks { user: "a".into() },
         ],
     );
@@ -1049,32 +517,16 @@ fn a_failing_transaction_commits_nothing_and_the_backend_recovers() {
         Ok(V::Messages { messages, .. }) => assert_eq!(messages.len(), 1),
         other => panic!("{other:?}"),
     }
-    assert_eq!(
-        out[5],
-        Ok(V::ReadMarks {
-            marks: vec![("r".into(), 0)]
-        })
-    );
+    assert_eq!(out[5], Ok(V::ReadMarks { marks: vec![("r".into(), 0)] }));
     // The connection is reopened (without the limit) and works again; the
     // failed appends left no gap.
-    let out = run(
-        &mut b,
-        vec![
-            room_append("r", "a", "after", 4),
-            room_append("r", "a", &huge, 5),
-        ],
-    );
+    let out = run(&mut b, vec![room_append("r", "a", "after", 4), room_append("r", "a", &huge, 5)]);
     assert_eq!(appended(&out[0]).0, 2);
     assert_eq!(appended(&out[1]).0, 3);
     match one(&mut b, Op::LoadAll) {
-        V::Snapshot { rooms, .. } => assert_eq!(
-            rooms,
-            [StoredRoom {
-                name: "r".into(),
-                seq: 3,
-                members: vec!["a".into()]
-            }]
-        ),
+        V::Snapshot { rooms, .. } => {
+            assert_eq!(rooms, [StoredRoom { name: "r".into(), seq: 3, members: vec!["a".into()] }])
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -1089,18 +541,9 @@ fn a_vanished_database_is_not_recreated() {
         std::fs::remove_file(entry.unwrap().path()).unwrap();
     }
     let out = run(&mut b, vec![room_append("r", "a", "2", 2), Op::LoadAll]);
-    assert_eq!(
-        out,
-        [
-            Err(StoreError::Backend(StoreFailure::Io)),
-            Err(StoreError::Backend(StoreFailure::Io))
-        ]
-    );
+    assert_eq!(out, [Err(StoreError::Backend(StoreFailure::Io)), Err(StoreError::Backend(StoreFailure::Io))]);
     assert!(!tmp.path().join(DB_FILE).exists());
-    assert_eq!(
-        b.password_hash("a"),
-        Err(StoreError::Backend(StoreFailure::Io))
-    );
+    assert_eq!(b.password_hash("a"), Err(StoreError::Backend(StoreFailure::Io)));
 }
 
 #[cfg(unix)]
@@ -1116,15 +559,10 @@ fn a_read_only_database_recovers_when_writable_again() {
             let path = entry.unwrap().path();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         }
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode | 0o100))
-            .unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode | 0o100)).unwrap();
     };
     set_mode(0o444);
-    if std::fs::OpenOptions::new()
-        .append(true)
-        .open(tmp.path().join(DB_FILE))
-        .is_ok()
-    {
+    if std::fs::OpenOptions::new().append(true).open(tmp.path().join(DB_FILE)).is_ok() {
         set_mode(0o644);
         eprintln!("running as root: permissions are not enforced, skipping");
         return;
@@ -1133,18 +571,11 @@ fn a_read_only_database_recovers_when_writable_again() {
         &mut b,
         vec![
             room_append("r", "a", "2", 2),
-            Op::History {
-                target: room("r"),
-                range: SeqRange::After { after: 0, limit: 9 },
-            },
+            Op::History { target: room("r"), range: SeqRange::After { after: 0, limit: 9 } },
         ],
     );
     set_mode(0o644);
-    assert_eq!(
-        out[0],
-        Err(StoreError::Backend(StoreFailure::Io)),
-        "{out:?}"
-    );
+    assert_eq!(out[0], Err(StoreError::Backend(StoreFailure::Io)), "{out:?}");
     let out = run(&mut b, vec![room_append("r", "a", "3", 3)]);
     assert_eq!(appended(&out[0]).0, 2);
 }
@@ -1160,31 +591,13 @@ fn data_survives_reopen() {
         run(
             &mut b,
             vec![
-                Op::Join {
-                    user: "alice".into(),
-                    room: "lobby".into(),
-                },
+                Op::Join { user: "alice".into(), room: "lobby".into() },
                 room_append("lobby", "alice", "1", 1),
-                Op::Append {
-                    target: room("lobby"),
-                    message: msg("alice", "2", Some("id"), 2),
-                },
-                Op::Read {
-                    user: "alice".into(),
-                    target: room("lobby"),
-                    seq: 2,
-                },
+                Op::Append { target: room("lobby"), message: msg("alice", "2", Some("id"), 2) },
+                Op::Read { user: "alice".into(), target: room("lobby"), seq: 2 },
                 pm("bob", "alice", "hi", 3),
-                Op::Ack {
-                    user: "alice".into(),
-                    with: "bob".into(),
-                    seq: 1,
-                },
-                Op::Read {
-                    user: "alice".into(),
-                    target: conv("alice", "bob"),
-                    seq: 1,
-                },
+                Op::Ack { user: "alice".into(), with: "bob".into(), seq: 1 },
+                Op::Read { user: "alice".into(), target: conv("alice", "bob"), seq: 1 },
             ],
         );
     }
@@ -1193,68 +606,29 @@ fn data_survives_reopen() {
         one(&mut b, Op::LoadAll),
         V::Snapshot {
             users: vec!["alice".into()],
-            rooms: vec![StoredRoom {
-                name: "lobby".into(),
-                seq: 2,
-                members: vec!["alice".into()]
-            }],
+            rooms: vec![StoredRoom { name: "lobby".into(), seq: 2, members: vec!["alice".into()] }],
         }
     );
     assert_eq!(
         one(&mut b, Op::CheckToken { token, now_ms: 5 }),
-        V::TokenUser {
-            user: "alice".into(),
-            expires_ms: 100
-        }
+        V::TokenUser { user: "alice".into(), expires_ms: 100 }
     );
-    assert_eq!(
-        one(
-            &mut b,
-            Op::ReadMarks {
-                user: "alice".into()
-            }
-        ),
-        V::ReadMarks {
-            marks: vec![("lobby".into(), 2)]
-        }
-    );
+    assert_eq!(one(&mut b, Op::ReadMarks { user: "alice".into() }), V::ReadMarks { marks: vec![("lobby".into(), 2)] });
     assert_eq!(inbox(&mut b, "alice", 10), []);
     assert_eq!(
-        one(
-            &mut b,
-            Op::Conversations {
-                user: "alice".into(),
-                limit: 10
-            }
-        ),
-        V::Conversations {
-            conversations: vec![ConversationSummary {
-                with: "bob".into(),
-                seq: 1,
-                read: 1
-            }]
-        }
+        one(&mut b, Op::Conversations { user: "alice".into(), limit: 10 }),
+        V::Conversations { conversations: vec![ConversationSummary { with: "bob".into(), seq: 1, read: 1 }] }
     );
     // The counters and the dedup go on where they were.
     let out = run(
         &mut b,
         vec![
-            Op::Append {
-                target: room("lobby"),
-                message: msg("alice", "2", Some("id"), 9),
-            },
+            Op::Append { target: room("lobby"), message: msg("alice", "2", Some("id"), 9) },
             room_append("lobby", "alice", "3", 10),
             pm("alice", "bob", "back", 11),
         ],
     );
-    assert_eq!(
-        out[0],
-        Ok(V::Appended {
-            seq: 2,
-            ts: 2,
-            duplicate: true
-        })
-    );
+    assert_eq!(out[0], Ok(V::Appended { seq: 2, ts: 2, duplicate: true }));
     assert_eq!(appended(&out[1]), (3, false));
     assert_eq!(appended(&out[2]), (2, false));
 }
@@ -1262,38 +636,14 @@ fn data_survives_reopen() {
 #[test]
 fn failure_kinds() {
     let err = |code| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
-    assert_eq!(
-        failure_kind(&err(rusqlite::ffi::SQLITE_FULL)),
-        StoreFailure::Io
-    );
-    assert_eq!(
-        failure_kind(&err(rusqlite::ffi::SQLITE_READONLY)),
-        StoreFailure::Io
-    );
-    assert_eq!(
-        failure_kind(&err(rusqlite::ffi::SQLITE_IOERR)),
-        StoreFailure::Io
-    );
-    assert_eq!(
-        failure_kind(&err(rusqlite::ffi::SQLITE_CANTOPEN)),
-        StoreFailure::Io
-    );
-    assert_eq!(
-        failure_kind(&err(rusqlite::ffi::SQLITE_BUSY)),
-        StoreFailure::Busy
-    );
-    assert_eq!(
-        failure_kind(&err(rusqlite::ffi::SQLITE_LOCKED)),
-        StoreFailure::Busy
-    );
-    assert_eq!(
-        failure_kind(&err(rusqlite::ffi::SQLITE_CORRUPT)),
-        StoreFailure::Other
-    );
-    assert_eq!(
-        failure_kind(&rusqlite::Error::QueryReturnedNoRows),
-        StoreFailure::Other
-    );
+    assert_eq!(failure_kind(&err(rusqlite::ffi::SQLITE_FULL)), StoreFailure::Io);
+    assert_eq!(failure_kind(&err(rusqlite::ffi::SQLITE_READONLY)), StoreFailure::Io);
+    assert_eq!(failure_kind(&err(rusqlite::ffi::SQLITE_IOERR)), StoreFailure::Io);
+    assert_eq!(failure_kind(&err(rusqlite::ffi::SQLITE_CANTOPEN)), StoreFailure::Io);
+    assert_eq!(failure_kind(&err(rusqlite::ffi::SQLITE_BUSY)), StoreFailure::Busy);
+    assert_eq!(failure_kind(&err(rusqlite::ffi::SQLITE_LOCKED)), StoreFailure::Busy);
+    assert_eq!(failure_kind(&err(rusqlite::ffi::SQLITE_CORRUPT)), StoreFailure::Other);
+    assert_eq!(failure_kind(&rusqlite::Error::QueryReturnedNoRows), StoreFailure::Other);
 }
 
 #[test]
@@ -1311,6 +661,7 @@ fn guest_ids_repeat_across_incarnations_within_their_window_only() {
     assert_eq!(append(&mut b, "ann#1.3", 700_000), V::Appended { seq: 2, ts: 700_000, duplicate: false });
     assert_eq!(append(&mut b, "ann#1.3", 700_500), V::Appended { seq: 2, ts: 700_000, duplicate: true });
     // A registered user with the same id is someone else.
-    let reg = one(&mut b, Op::Append { target: Target::Room("r".into()), message: msg("ann", "hi", Some("c-1"), 700_600) });
+    let reg =
+        one(&mut b, Op::Append { target: Target::Room("r".into()), message: msg("ann", "hi", Some("c-1"), 700_600) });
     assert_eq!(reg, V::Appended { seq: 3, ts: 700_600, duplicate: false });
 }
