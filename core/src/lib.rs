@@ -70,6 +70,10 @@ mod guards {
     #[test]
     fn an_idle_session_is_small() {
         // Idle memory per session is a headline figure (issue: ≤ 1 KiB RSS).
-        assert!(std::mem::size_of::<super::session::Session>() <= 400, "{}", std::mem::size_of::<super::session::Session>());
+        assert!(
+            std::mem::size_of::<super::session::Session>() <= 400,
+            "{}",
+            std::mem::size_of::<super::session::Session>()
+        );
     }
 }

@@ -39,7 +39,7 @@ impl Session {
                 let text = ctx.metrics.render();
                 self.respond(ctx, 200, "text/plain; version=0.0.4", text.as_bytes(), &[], close)
             }
-            ("GET" | "HEAD", "/" | "/index.html") => {
+            ("GET", "/" | "/index.html") => {
                 self.respond(ctx, 200, "text/html; charset=utf-8", INDEX_HTML.as_bytes(), &[], close)
             }
             ("GET", "/ws") => self.upgrade(ctx, &req, false),
@@ -110,6 +110,9 @@ impl Session {
 
     fn become_ws(&mut self, ctx: &mut Ctx<'_>, key: &str, echo: bool) {
         self.send(ctx, accept_response(key));
+        // A slow-consumer close must not drop the `101` (or a response
+        // before it): the close frame would follow nothing.
+        self.outbox.seal();
         // PROTOCOL.md: invalid UTF-8 on `/ws` is a `bad_json` error, not a close.
         let decoder = if echo { Decoder::default() } else { Decoder::lenient_utf8() };
         self.phase = Phase::Ws { decoder, echo };
@@ -170,4 +173,3 @@ fn credentials(body: &[u8]) -> Result<(String, String), Failure> {
         _ => Err(Failure::new(ErrorCode::BadRequest, "user and password are required strings")),
     }
 }
-

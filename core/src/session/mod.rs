@@ -49,8 +49,15 @@ enum Phase {
     Http,
     /// A `GET /ws?token=` waiting for the hub's verdict on the token.
     Upgrading,
-    Ws { decoder: Decoder, echo: bool },
-    Line { reader: LineReader, current: Option<String>, login: LineLogin },
+    Ws {
+        decoder: Decoder,
+        echo: bool,
+    },
+    Line {
+        reader: LineReader,
+        current: Option<String>,
+        login: LineLogin,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,7 +169,10 @@ impl Session {
         // could grow the buffer: bound it by the largest message it may send.
         if self.rbuf.len() > self.max_buffered(ctx.config) {
             self.rbuf = Vec::new();
-            self.close(ctx, CloseReason::Frame(crate::transport::ws::FrameError::TooBig { limit: ctx.config.max_frame }));
+            self.close(
+                ctx,
+                CloseReason::Frame(crate::transport::ws::FrameError::TooBig { limit: ctx.config.max_frame }),
+            );
         }
     }
 
@@ -224,9 +234,10 @@ impl Session {
         if self.outbox.push(bytes, ctx.config.max_queue).is_err() {
             ctx.metrics.slow_consumer_closes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // What is queued will never be read in time; the close frame
-            // goes first so the client learns why. Nothing of it was
+            // goes first so the client learns why (after the rest of a
+            // partly written frame, and the `101`). Nothing of it was
             // received, so nothing of it is acknowledged.
-            self.outbox.clear();
+            self.outbox.drop_unstarted();
             self.line_acks = Vec::new();
             self.close(ctx, CloseReason::SlowConsumer);
         }

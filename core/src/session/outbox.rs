@@ -11,9 +11,14 @@ use bytes::{Buf, Bytes};
 pub(crate) struct Outbox {
     queue: VecDeque<Bytes>,
     len: usize,
-    /// Bytes ever written (or discarded): with `len`, where any pushed
-    /// byte stands in the stream, for acknowledging once written.
+    /// Bytes ever written: with `len`, where any pushed byte stands in the
+    /// stream, for acknowledging once written.
     written: u64,
+    /// The front chunk is partly written: the rest must follow.
+    front_started: bool,
+    /// Chunks at the front that must go out whatever is dropped (see
+    /// [`Outbox::seal`]).
+    sealed: usize,
 }
 
 /// The push would take the queue past its bound; nothing was queued.
@@ -60,12 +65,24 @@ impl Outbox {
         self.len == 0
     }
 
-    /// Drops everything queued (it counts as gone, not as written: callers
-    /// forget what they were waiting for).
-    pub(crate) fn clear(&mut self) {
-        self.written += self.len as u64;
-        self.queue = VecDeque::new();
-        self.len = 0;
+    /// Makes what is queued now survive [`Outbox::drop_unstarted`]: the
+    /// HTTP bytes up to a `101`, without which the frames after it mean
+    /// nothing to the client.
+    pub(crate) fn seal(&mut self) {
+        self.sealed = self.queue.len();
+    }
+
+    /// Drops every queued chunk nothing of which was written, except sealed
+    /// ones, so that what follows still lands on a frame or line boundary:
+    /// the rest of a partly written chunk stays. Callers forget what they
+    /// were waiting for: the stream position of later pushes moves back.
+    pub(crate) fn drop_unstarted(&mut self) {
+        let keep = self.sealed.max(usize::from(self.front_started));
+        self.queue.truncate(keep);
+        self.len = self.queue.iter().map(Bytes::len).sum();
+        if self.queue.is_empty() {
+            self.queue = VecDeque::new();
+        }
     }
 
     /// Fills `bufs` with the front of the queue; returns how many are set.
@@ -88,8 +105,11 @@ impl Outbox {
             if front.len() <= n {
                 n -= front.len();
                 self.queue.pop_front();
+                self.front_started = false;
+                self.sealed = self.sealed.saturating_sub(1);
             } else {
                 front.advance(n);
+                self.front_started = true;
                 n = 0;
             }
         }
@@ -124,6 +144,37 @@ mod tests {
         assert_eq!(n, 1);
         assert_eq!(&*bufs[0], b"efg");
         o.advance(3);
+        assert!(o.is_empty());
+    }
+
+    fn contents(o: &Outbox) -> Vec<u8> {
+        let mut bufs = [IoSlice::new(&[]); 8];
+        let n = o.slices(&mut bufs);
+        let out: Vec<u8> = bufs[..n].iter().flat_map(|b| b.iter().copied()).collect();
+        assert_eq!(out.len(), o.len());
+        out
+    }
+
+    #[test]
+    fn dropping_keeps_a_partly_written_chunk_and_what_is_sealed() {
+        // Found by fuzz/fuzz_targets/core.rs: a slow-consumer close dropped
+        // the unsent `101` (and could drop the rest of a partly written
+        // frame), so the client read a close frame where it expected HTTP.
+        let mut o = Outbox::default();
+        o.push(Bytes::from_static(b"HTTP/1.1 101\r\n\r\n"), 100).unwrap();
+        o.seal();
+        o.push(Bytes::from_static(b"frame1"), 100).unwrap();
+        o.drop_unstarted();
+        assert_eq!(contents(&o), b"HTTP/1.1 101\r\n\r\n");
+        o.advance(o.len());
+        o.push(Bytes::from_static(b"frame2"), 100).unwrap();
+        o.push(Bytes::from_static(b"frame3"), 100).unwrap();
+        o.advance(2);
+        o.drop_unstarted();
+        assert_eq!(contents(&o), b"ame2", "the rest of frame2 stays; the seal is spent");
+        o.advance(4);
+        o.push(Bytes::from_static(b"frame4"), 100).unwrap();
+        o.drop_unstarted();
         assert!(o.is_empty());
     }
 }

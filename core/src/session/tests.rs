@@ -43,16 +43,8 @@ fn healthz_metrics_page_and_unknown_paths() {
     assert_eq!((res.status, res.json()), (200, json!({"status":"ok"})));
     let res = sim.http("GET", "/metrics", "", &[]);
     assert_eq!(res.status, 200);
-    assert!(res
-        .header("content-type")
-        .unwrap()
-        .starts_with("text/plain"));
-    assert!(
-        res.text()
-            .contains("natter_connections{transport=\"http\"} 1\n"),
-        "{}",
-        res.text()
-    );
+    assert!(res.header("content-type").unwrap().starts_with("text/plain"));
+    assert!(res.text().contains("natter_connections{transport=\"http\"} 1\n"), "{}", res.text());
     let res = sim.http("GET", "/", "", &[]);
     assert_eq!(res.status, 200);
     assert!(res.header("content-type").unwrap().starts_with("text/html"));
@@ -60,18 +52,17 @@ fn healthz_metrics_page_and_unknown_paths() {
     assert_eq!(res.status, 404);
     assert_eq!(res.json()["error"], "not_found");
     assert_eq!(sim.http("DELETE", "/healthz", "", &[]).status, 405);
-    assert_eq!(
-        sim.http("GET", "/echo", "", &[]).status,
-        404,
-        "no /echo without --echo"
-    );
+    assert_eq!(sim.http("GET", "/echo", "", &[]).status, 404, "no /echo without --echo");
 }
 
 #[test]
 fn keep_alive_answers_pipelined_requests_in_order() {
     let mut sim = Sim::new(Config::default());
     let c = sim.connect_http();
-    sim.send_raw(c, b"GET /healthz HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n");
+    sim.send_raw(
+        c,
+        b"GET /healthz HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
     let statuses: Vec<u16> = sim
         .take(c)
         .into_iter()
@@ -81,11 +72,7 @@ fn keep_alive_answers_pipelined_requests_in_order() {
         })
         .collect();
     assert_eq!(statuses, [200, 404, 200]);
-    assert_eq!(
-        sim.ended(c),
-        Some(Ended::ByServer),
-        "Connection: close is honoured"
-    );
+    assert_eq!(sim.ended(c), Some(Ended::ByServer), "Connection: close is honoured");
 }
 
 #[test]
@@ -93,9 +80,7 @@ fn malformed_http_is_answered_and_closed() {
     let mut sim = Sim::new(Config::default());
     let c = sim.connect_http();
     sim.send_raw(c, b"\x00\x01 garbage\r\n\r\n");
-    let Some(Event::Http(res)) = sim.take(c).into_iter().next() else {
-        panic!()
-    };
+    let Some(Event::Http(res)) = sim.take(c).into_iter().next() else { panic!() };
     assert_eq!(res.status, 400);
     assert_eq!(sim.ended(c), Some(Ended::ByServer));
 }
@@ -111,15 +96,8 @@ fn upgrade_needs_the_websocket_headers() {
         ("Sec-WebSocket-Version", "8"),
     ];
     let res = sim.http("GET", "/ws", "", &old);
-    assert_eq!(
-        (res.status, res.header("sec-websocket-version")),
-        (426, Some("13"))
-    );
-    let keyless = [
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Version", "13"),
-    ];
+    assert_eq!((res.status, res.header("sec-websocket-version")), (426, Some("13")));
+    let keyless = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Version", "13")];
     assert_eq!(sim.http("GET", "/ws", "", &keyless).status, 400);
 }
 
@@ -128,61 +106,24 @@ fn upgrade_needs_the_websocket_headers() {
 #[test]
 fn register_answers_201_409_and_400() {
     let mut sim = Sim::new(Config::default());
-    let (status, body) = http_json(
-        &mut sim,
-        "POST",
-        "/api/register",
-        json!({"user":"carol","password":"correct-horse"}),
-    );
+    let (status, body) =
+        http_json(&mut sim, "POST", "/api/register", json!({"user":"carol","password":"correct-horse"}));
     assert_eq!((status, body), (201, json!({"user":"carol"})));
     assert!(sim.store().has_user("carol"));
-    let (status, body) = http_json(
-        &mut sim,
-        "POST",
-        "/api/register",
-        json!({"user":"carol","password":"other-horse"}),
-    );
+    let (status, body) = http_json(&mut sim, "POST", "/api/register", json!({"user":"carol","password":"other-horse"}));
     assert_eq!((status, &body["error"]), (409, &json!("name_taken")));
-    let (status, _) = http_json(
-        &mut sim,
-        "POST",
-        "/api/register",
-        json!({"user":"ca rol","password":"correct-horse"}),
-    );
+    let (status, _) = http_json(&mut sim, "POST", "/api/register", json!({"user":"ca rol","password":"correct-horse"}));
     assert_eq!(status, 400, "bad name");
-    let (status, _) = http_json(
-        &mut sim,
-        "POST",
-        "/api/register",
-        json!({"user":"dave","password":"1234567"}),
-    );
+    let (status, _) = http_json(&mut sim, "POST", "/api/register", json!({"user":"dave","password":"1234567"}));
     assert_eq!(status, 400, "7 characters is too short");
-    let (status, _) = http_json(
-        &mut sim,
-        "POST",
-        "/api/register",
-        json!({"user":"dave","password":"12345678"}),
-    );
+    let (status, _) = http_json(&mut sim, "POST", "/api/register", json!({"user":"dave","password":"12345678"}));
     assert_eq!(status, 201, "8 characters is enough");
-    let (status, _) = http_json(
-        &mut sim,
-        "POST",
-        "/api/register",
-        json!({"user":"erin","password":"p".repeat(1025)}),
-    );
+    let (status, _) = http_json(&mut sim, "POST", "/api/register", json!({"user":"erin","password":"p".repeat(1025)}));
     assert_eq!(status, 400, "1025 characters is too long");
-    let (status, _) = http_json(
-        &mut sim,
-        "POST",
-        "/api/register",
-        json!({"user":"erin","password":"p".repeat(1024)}),
-    );
+    let (status, _) = http_json(&mut sim, "POST", "/api/register", json!({"user":"erin","password":"p".repeat(1024)}));
     assert_eq!(status, 201, "1024 characters is allowed");
     let res = sim.http("POST", "/api/register", "not json", &[]);
-    assert_eq!(
-        (res.status, res.json()["error"].clone()),
-        (400, json!("bad_json"))
-    );
+    assert_eq!((res.status, res.json()["error"].clone()), (400, json!("bad_json")));
     let (status, body) = http_json(&mut sim, "POST", "/api/register", json!({"user":"erin"}));
     assert_eq!((status, &body["error"]), (400, &json!("bad_request")));
 }
@@ -190,18 +131,8 @@ fn register_answers_201_409_and_400() {
 #[test]
 fn login_gives_a_token_that_opens_a_session() {
     let mut sim = Sim::new(Config::default());
-    http_json(
-        &mut sim,
-        "POST",
-        "/api/register",
-        json!({"user":"carol","password":"correct-horse"}),
-    );
-    let (status, body) = http_json(
-        &mut sim,
-        "POST",
-        "/api/login",
-        json!({"user":"carol","password":"correct-horse"}),
-    );
+    http_json(&mut sim, "POST", "/api/register", json!({"user":"carol","password":"correct-horse"}));
+    let (status, body) = http_json(&mut sim, "POST", "/api/login", json!({"user":"carol","password":"correct-horse"}));
     assert_eq!((status, &body["user"]), (200, &json!("carol")));
     let token = body["token"].as_str().unwrap().to_string();
     let c = sim.ws_client();
@@ -211,28 +142,15 @@ fn login_gives_a_token_that_opens_a_session() {
         (&json!("welcome"), &json!("carol"), &json!(false))
     );
     // Wrong password and unknown user look the same.
-    let (s1, b1) = http_json(
-        &mut sim,
-        "POST",
-        "/api/login",
-        json!({"user":"carol","password":"wrong-horse"}),
-    );
-    let (s2, b2) = http_json(
-        &mut sim,
-        "POST",
-        "/api/login",
-        json!({"user":"nobody","password":"wrong-horse"}),
-    );
+    let (s1, b1) = http_json(&mut sim, "POST", "/api/login", json!({"user":"carol","password":"wrong-horse"}));
+    let (s2, b2) = http_json(&mut sim, "POST", "/api/login", json!({"user":"nobody","password":"wrong-horse"}));
     assert_eq!((s1, s2), (401, 401));
     assert_eq!(b1, b2);
 }
 
 #[test]
 fn failed_logins_past_the_limit_get_429_with_retry_after() {
-    let config = Config {
-        login_rate: 3,
-        ..Config::default()
-    };
+    let config = Config { login_rate: 3, ..Config::default() };
     let mut sim = Sim::with_users(config, &users());
     let bad = json!({"user":"alice","password":"guess-guess"}).to_string();
     let good = json!({"user":"alice","password":"alice-password"}).to_string();
@@ -245,20 +163,12 @@ fn failed_logins_past_the_limit_get_429_with_retry_after() {
     assert_eq!(res.json()["error"], "rate_limited");
     // Another address is not limited.
     let other = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
-    assert_eq!(
-        sim.http_from(other, "POST", "/api/login", &good, &[])
-            .status,
-        200
-    );
+    assert_eq!(sim.http_from(other, "POST", "/api/login", &good, &[]).status, 200);
     sim.advance(secs(30));
     let res = sim.http("POST", "/api/login", &good, &[]);
     assert_eq!((res.status, res.header("retry-after")), (429, Some("30")));
     sim.advance(secs(30));
-    assert_eq!(
-        sim.http("POST", "/api/login", &good, &[]).status,
-        200,
-        "a minute later"
-    );
+    assert_eq!(sim.http("POST", "/api/login", &good, &[]).status, 200, "a minute later");
 }
 
 #[test]
@@ -272,12 +182,7 @@ fn logout_revokes_the_token_and_closes_its_sessions_with_4001() {
     sim.req(s1b, json!({"type":"hello","token":t1}));
     let s2 = sim.ws_client();
     sim.req(s2, json!({"type":"hello","token":t2}));
-    let res = sim.http(
-        "POST",
-        "/api/logout",
-        "",
-        &[("Authorization", &format!("Bearer {t1}"))],
-    );
+    let res = sim.http("POST", "/api/logout", "", &[("Authorization", &format!("Bearer {t1}"))]);
     assert_eq!(res.status, 204);
     assert!(res.body.is_empty());
     for c in [s1, s1b] {
@@ -289,12 +194,7 @@ fn logout_revokes_the_token_and_closes_its_sessions_with_4001() {
     let again = sim.ws_client();
     let err = sim.req(again, json!({"type":"hello","token":t1}));
     assert_eq!(error_code(&err), "invalid_token");
-    let res = sim.http(
-        "POST",
-        "/api/logout",
-        "",
-        &[("Authorization", "Bearer nonsense")],
-    );
+    let res = sim.http("POST", "/api/logout", "", &[("Authorization", "Bearer nonsense")]);
     assert_eq!(res.status, 401);
     assert_eq!(sim.http("POST", "/api/logout", "", &[]).status, 401);
 }
@@ -305,15 +205,9 @@ fn token_in_the_upgrade_url() {
     let token = sim.token("alice");
     let c = sim.ws_upgrade(&format!("/ws?token={token}"));
     let events = sim.take(c);
-    assert!(
-        matches!(&events[0], Event::Http(r) if r.status == 101),
-        "{events:?}"
-    );
+    assert!(matches!(&events[0], Event::Http(r) if r.status == 101), "{events:?}");
     let welcome = events[1].json().unwrap();
-    assert_eq!(
-        (&welcome["type"], &welcome["user"]),
-        (&json!("welcome"), &json!("alice"))
-    );
+    assert_eq!((&welcome["type"], &welcome["user"]), (&json!("welcome"), &json!("alice")));
     assert!(welcome.get("ref").is_none());
     let ok = sim.req(c, json!({"type":"join","room":"lobby"}));
     assert_eq!(ok["type"], "ok");
@@ -322,20 +216,14 @@ fn token_in_the_upgrade_url() {
     for path in ["/ws?token=bogus", "/ws?token="] {
         let c = sim.ws_upgrade(path);
         let events = sim.take(c);
-        assert!(
-            matches!(&events[..], [Event::Http(r)] if r.status == 401),
-            "{path}: {events:?}"
-        );
+        assert!(matches!(&events[..], [Event::Http(r)] if r.status == 401), "{path}: {events:?}");
         assert_eq!(sim.ended(c), Some(Ended::ByServer));
     }
 }
 
 #[test]
 fn token_expiry_closes_the_session_with_4001() {
-    let config = Config {
-        token_ttl: secs(60),
-        ..Config::default()
-    };
+    let config = Config { token_ttl: secs(60), ..Config::default() };
     let mut sim = Sim::with_users(config, &users());
     let alice = sim.login("alice");
     sim.advance(secs(60) - MS);
@@ -344,14 +232,9 @@ fn token_expiry_closes_the_session_with_4001() {
     assert_eq!(sim.close_code(alice), Some(4001));
     assert_eq!(sim.ended(alice), Some(Ended::ByServer));
     // An expired token no longer opens a session.
-    let token = sim
-        .store_mut()
-        .issue_token("alice", crate::sim::START_UNIX_MS + 1000);
+    let token = sim.store_mut().issue_token("alice", crate::sim::START_UNIX_MS + 1000);
     let c = sim.ws_client();
-    assert_eq!(
-        error_code(&sim.req(c, json!({"type":"hello","token":token}))),
-        "invalid_token"
-    );
+    assert_eq!(error_code(&sim.req(c, json!({"type":"hello","token":token}))), "invalid_token");
 }
 
 // ---- WebSocket framing and requests ------------------------------------------
@@ -360,22 +243,13 @@ fn token_expiry_closes_the_session_with_4001() {
 fn requests_before_hello_are_unauthenticated() {
     let mut sim = Sim::new(Config::default());
     let c = sim.ws_client();
-    for req in [
-        json!({"type":"join","room":"lobby"}),
-        json!({"type":"ping"}),
-        json!({"type":"who"}),
-    ] {
+    for req in [json!({"type":"join","room":"lobby"}), json!({"type":"ping"}), json!({"type":"who"})] {
         let err = sim.req(c, req);
         assert_eq!(error_code(&err), "unauthenticated");
     }
     sim.send_json(c, json!({"type":"rooms"}));
     let v = sim.take_json(c);
-    assert_eq!(
-        v,
-        [
-            json!({"type":"error","request":"rooms","code":"unauthenticated","message":"send hello first"})
-        ]
-    );
+    assert_eq!(v, [json!({"type":"error","request":"rooms","code":"unauthenticated","message":"send hello first"})]);
     // Nothing is delivered before welcome: a room's traffic does not leak.
     let bob = sim.guest("bob");
     sim.req(bob, json!({"type":"join","room":"lobby"}));
@@ -388,30 +262,12 @@ fn malformed_requests_get_errors_and_the_connection_stays() {
     let mut sim = Sim::new(Config::default());
     let c = sim.guest("alice");
     let cases: [(&[u8], Value); 6] = [
-        (
-            b"not json",
-            json!({"type":"error","request":"","code":"bad_json"}),
-        ),
-        (
-            b"[1,2]",
-            json!({"type":"error","request":"","code":"bad_json"}),
-        ),
-        (
-            br#"{"ref":"a"}"#,
-            json!({"type":"error","ref":"a","code":"bad_request"}),
-        ),
-        (
-            br#"{"type":"dance","ref":"b"}"#,
-            json!({"type":"error","ref":"b","code":"unknown_type"}),
-        ),
-        (
-            br#"{"type":"join","ref":"c"}"#,
-            json!({"type":"error","ref":"c","code":"bad_request"}),
-        ),
-        (
-            br#"{"type":"send","room":"r","text":7}"#,
-            json!({"type":"error","request":"send","code":"bad_request"}),
-        ),
+        (b"not json", json!({"type":"error","request":"","code":"bad_json"})),
+        (b"[1,2]", json!({"type":"error","request":"","code":"bad_json"})),
+        (br#"{"ref":"a"}"#, json!({"type":"error","ref":"a","code":"bad_request"})),
+        (br#"{"type":"dance","ref":"b"}"#, json!({"type":"error","ref":"b","code":"unknown_type"})),
+        (br#"{"type":"join","ref":"c"}"#, json!({"type":"error","ref":"c","code":"bad_request"})),
+        (br#"{"type":"send","room":"r","text":7}"#, json!({"type":"error","request":"send","code":"bad_request"})),
     ];
     for (frame, want) in cases {
         sim.send_frame(c, TEXT, true, frame);
@@ -426,11 +282,7 @@ fn malformed_requests_get_errors_and_the_connection_stays() {
     assert_eq!(sim.take_json(c)[0]["code"], "bad_json");
     let long_ref = "r".repeat(65);
     sim.send_json(c, json!({"type":"ping","ref":long_ref}));
-    assert_eq!(
-        sim.take_json(c)[0]["code"],
-        "bad_request",
-        "a ref has at most 64 characters"
-    );
+    assert_eq!(sim.take_json(c)[0]["code"], "bad_request", "a ref has at most 64 characters");
     let pong = sim.req(c, json!({"type":"ping","ref":"r".repeat(64)}));
     assert_eq!(pong["type"], "pong");
     assert!(sim.is_open(c));
@@ -443,44 +295,27 @@ fn invalid_utf8_in_a_text_frame_is_bad_json_and_the_connection_stays() {
     sim.send_frame(c, TEXT, true, b"{\"type\":\"ping\xff\"}");
     let got = sim.take_json(c);
     assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!(
-        (&got[0]["type"], &got[0]["code"]),
-        (&json!("error"), &json!("bad_json"))
-    );
+    assert_eq!((&got[0]["type"], &got[0]["code"]), (&json!("error"), &json!("bad_json")));
     assert!(sim.is_open(c));
     assert_eq!(sim.req(c, json!({"type":"ping"}))["type"], "pong");
 }
 
 #[test]
 fn echo_keeps_rfc_6455_strictness_for_conformance_suites() {
-    let config = Config {
-        echo: true,
-        ..Config::default()
-    };
+    let config = Config { echo: true, ..Config::default() };
     let mut sim = Sim::new(config);
     let c = sim.ws_upgrade("/echo");
     assert!(matches!(&sim.take(c)[..], [Event::Http(r)] if r.status == 101));
     sim.send_text(c, "anything, not JSON");
     sim.send_frame(c, OpCode::Data(Data::Binary), true, b"\x00\x01");
-    assert_eq!(
-        sim.take(c),
-        [
-            Event::Text("anything, not JSON".into()),
-            Event::Binary(vec![0, 1])
-        ]
-    );
+    assert_eq!(sim.take(c), [Event::Text("anything, not JSON".into()), Event::Binary(vec![0, 1])]);
     sim.send_frame(c, TEXT, true, b"\xff");
     assert_eq!(sim.close_code(c), Some(1007));
 }
 
 #[test]
 fn echo_sessions_have_no_hello_deadline() {
-    let config = Config {
-        echo: true,
-        handshake_timeout: secs(10),
-        heartbeat: secs(600),
-        ..Config::default()
-    };
+    let config = Config { echo: true, handshake_timeout: secs(10), heartbeat: secs(600), ..Config::default() };
     let mut sim = Sim::new(config);
     let c = sim.ws_upgrade("/echo");
     assert!(matches!(&sim.take(c)[..], [Event::Http(r)] if r.status == 101));
@@ -508,13 +343,7 @@ fn fragmented_messages_are_one_request() {
     sim.send_frame(c, OpCode::Control(Control::Ping), true, b"");
     sim.send_frame(c, CONT, false, br#"ng","re"#);
     sim.send_frame(c, CONT, true, br#"f":"x"}"#);
-    assert_eq!(
-        sim.take(c),
-        [
-            Event::Pong(vec![]),
-            Event::Json(json!({"type":"pong","ref":"x"}))
-        ]
-    );
+    assert_eq!(sim.take(c), [Event::Pong(vec![]), Event::Json(json!({"type":"pong","ref":"x"}))]);
 }
 
 #[test]
@@ -522,13 +351,7 @@ fn the_client_closing_handshake_is_echoed() {
     let mut sim = Sim::new(Config::default());
     let c = sim.guest("alice");
     sim.send_close(c, 1000);
-    assert_eq!(
-        sim.take(c),
-        [Event::Close {
-            code: Some(1000),
-            reason: String::new()
-        }]
-    );
+    assert_eq!(sim.take(c), [Event::Close { code: Some(1000), reason: String::new() }]);
     assert_eq!(sim.ended(c), Some(Ended::ByServer));
 }
 
@@ -552,11 +375,7 @@ fn everything_arrives_through_one_byte_writes() {
     for i in 0..5 {
         sim.req(a, json!({"type":"send","room":"r","text":format!("m{i}")}));
     }
-    let seqs: Vec<u64> = sim
-        .take_kind(b, "message")
-        .iter()
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect();
+    let seqs: Vec<u64> = sim.take_kind(b, "message").iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [1, 2, 3, 4, 5]);
     let l = sim.line_client();
     sim.send_raw(l, b"ca");
@@ -577,10 +396,7 @@ fn padded_ping(len: usize) -> Vec<u8> {
 
 #[test]
 fn max_frame_is_fine_at_the_limit_and_closes_1009_past_it() {
-    let config = Config {
-        max_frame: 300,
-        ..Config::default()
-    };
+    let config = Config { max_frame: 300, ..Config::default() };
     let mut sim = Sim::new(config);
     let c = sim.guest("alice");
     sim.send_frame(c, TEXT, true, &padded_ping(300));
@@ -591,13 +407,7 @@ fn max_frame_is_fine_at_the_limit_and_closes_1009_past_it() {
     sim.send_frame(c, CONT, true, &whole[200..]);
     assert_eq!(sim.take_json(c), [json!({"type":"pong","ref":"p"})]);
     sim.send_frame(c, TEXT, true, &padded_ping(301));
-    assert_eq!(
-        sim.take(c),
-        [Event::Close {
-            code: Some(1009),
-            reason: "message too big".into()
-        }]
-    );
+    assert_eq!(sim.take(c), [Event::Close { code: Some(1009), reason: "message too big".into() }]);
     assert_eq!(sim.ended(c), Some(Ended::ByServer));
 
     let d = sim.guest("bob");
@@ -605,19 +415,12 @@ fn max_frame_is_fine_at_the_limit_and_closes_1009_past_it() {
     sim.send_frame(d, TEXT, false, &whole[..200]);
     assert!(sim.is_open(d));
     sim.send_frame(d, CONT, true, &whole[200..]);
-    assert_eq!(
-        sim.close_code(d),
-        Some(1009),
-        "a fragmented message past the limit"
-    );
+    assert_eq!(sim.close_code(d), Some(1009), "a fragmented message past the limit");
 }
 
 #[test]
 fn max_text_is_fine_at_the_limit_and_too_long_past_it() {
-    let config = Config {
-        max_text: 10,
-        ..Config::default()
-    };
+    let config = Config { max_text: 10, ..Config::default() };
     let mut sim = Sim::new(config);
     let a = sim.guest("alice");
     let b = sim.guest("bob");
@@ -637,17 +440,10 @@ fn max_text_is_fine_at_the_limit_and_too_long_past_it() {
 
 #[test]
 fn rate_limit_allows_the_burst_then_the_rate() {
-    let config = Config {
-        rate: 2,
-        burst: 3,
-        ..Config::default()
-    };
+    let config = Config { rate: 2, burst: 3, ..Config::default() };
     let mut sim = Sim::new(config);
     let c = sim.ws_client();
-    assert_eq!(
-        sim.req(c, json!({"type":"hello","name":"alice"}))["type"],
-        "welcome"
-    );
+    assert_eq!(sim.req(c, json!({"type":"hello","name":"alice"}))["type"], "welcome");
     assert_eq!(sim.req(c, json!({"type":"ping"}))["type"], "pong");
     assert_eq!(sim.req(c, json!({"type":"ping"}))["type"], "pong");
     let err = sim.req(c, json!({"type":"ping"}));
@@ -658,16 +454,10 @@ fn rate_limit_allows_the_burst_then_the_rate() {
     }
     assert_eq!(sim.take(c).len(), 10);
     sim.advance(Duration::from_millis(499));
-    assert_eq!(
-        error_code(&sim.req(c, json!({"type":"ping"}))),
-        "rate_limited"
-    );
+    assert_eq!(error_code(&sim.req(c, json!({"type":"ping"}))), "rate_limited");
     sim.advance(MS);
     assert_eq!(sim.req(c, json!({"type":"ping"}))["type"], "pong");
-    assert_eq!(
-        error_code(&sim.req(c, json!({"type":"ping"}))),
-        "rate_limited"
-    );
+    assert_eq!(error_code(&sim.req(c, json!({"type":"ping"}))), "rate_limited");
     // A rate-limited send is dropped: nothing is stored or delivered.
     sim.advance(secs(10));
     sim.req(c, json!({"type":"join","room":"r"}));
@@ -676,57 +466,32 @@ fn rate_limit_allows_the_burst_then_the_rate() {
     }
     sim.run_until_idle();
     let got = sim.take_json(c);
-    assert_eq!(
-        got.iter().filter(|v| v["type"] == "message").count(),
-        2,
-        "{got:?}"
-    );
-    assert_eq!(
-        got.iter().filter(|v| v["code"] == "rate_limited").count(),
-        2,
-        "{got:?}"
-    );
+    assert_eq!(got.iter().filter(|v| v["type"] == "message").count(), 2, "{got:?}");
+    assert_eq!(got.iter().filter(|v| v["code"] == "rate_limited").count(), 2, "{got:?}");
     assert_eq!(sim.store().room_seq("r"), 2);
 }
 
 #[test]
 fn a_fragmented_message_counts_once_against_the_rate() {
-    let config = Config {
-        rate: 1,
-        burst: 2,
-        ..Config::default()
-    };
+    let config = Config { rate: 1, burst: 2, ..Config::default() };
     let mut sim = Sim::new(config);
     let c = sim.guest("alice"); // one token
     sim.send_frame(c, TEXT, false, br#"{"type":"#);
     sim.send_frame(c, CONT, false, br#""ping","#);
     sim.send_frame(c, CONT, true, br#""ref":"f"}"#);
     assert_eq!(sim.take_json(c), [json!({"type":"pong","ref":"f"})]);
-    assert_eq!(
-        error_code(&sim.req(c, json!({"type":"ping"}))),
-        "rate_limited"
-    );
+    assert_eq!(error_code(&sim.req(c, json!({"type":"ping"}))), "rate_limited");
 }
 
 #[test]
 fn max_rooms_is_fine_at_the_limit_and_too_many_rooms_past_it() {
-    let config = Config {
-        max_rooms: 2,
-        ..Config::default()
-    };
+    let config = Config { max_rooms: 2, ..Config::default() };
     let mut sim = Sim::with_users(config, &users());
     for c in [sim.guest("gus"), sim.login("alice")] {
         assert_eq!(sim.req(c, json!({"type":"join","room":"a"}))["type"], "ok");
         assert_eq!(sim.req(c, json!({"type":"join","room":"b"}))["type"], "ok");
-        assert_eq!(
-            error_code(&sim.req(c, json!({"type":"join","room":"c"}))),
-            "too_many_rooms"
-        );
-        assert_eq!(
-            sim.req(c, json!({"type":"join","room":"b"}))["type"],
-            "ok",
-            "a room it is in already"
-        );
+        assert_eq!(error_code(&sim.req(c, json!({"type":"join","room":"c"}))), "too_many_rooms");
+        assert_eq!(sim.req(c, json!({"type":"join","room":"b"}))["type"], "ok", "a room it is in already");
         sim.req(c, json!({"type":"leave","room":"a"}));
         assert_eq!(sim.req(c, json!({"type":"join","room":"c"}))["type"], "ok");
     }
@@ -735,10 +500,7 @@ fn max_rooms_is_fine_at_the_limit_and_too_many_rooms_past_it() {
 
 #[test]
 fn heartbeat_pings_and_closes_a_silent_client_with_1001() {
-    let config = Config {
-        heartbeat: secs(10),
-        ..Config::default()
-    };
+    let config = Config { heartbeat: secs(10), ..Config::default() };
     let mut sim = Sim::new(config);
     let c = sim.ws_client();
     let welcome = sim.req(c, json!({"type":"hello","name":"alice"}));
@@ -751,26 +513,14 @@ fn heartbeat_pings_and_closes_a_silent_client_with_1001() {
     sim.advance(secs(10) - MS);
     assert!(sim.is_open(c), "silence up to 2 x heartbeat is fine");
     sim.advance(MS);
-    assert_eq!(
-        sim.take(c),
-        [Event::Close {
-            code: Some(1001),
-            reason: "idle".into()
-        }]
-    );
+    assert_eq!(sim.take(c), [Event::Close { code: Some(1001), reason: "idle".into() }]);
     assert_eq!(sim.ended(c), Some(Ended::ByServer));
 
     // A browser answers pings by itself and stays.
     let b = sim.guest("bob");
     sim.advance(secs(100));
     assert!(sim.is_open(b));
-    assert_eq!(
-        sim.take(b)
-            .iter()
-            .filter(|e| matches!(e, Event::Ping(_)))
-            .count(),
-        10
-    );
+    assert_eq!(sim.take(b).iter().filter(|e| matches!(e, Event::Ping(_))).count(), 10);
     // Any frame resets the silence timer.
     sim.set_auto_pong(b, false);
     sim.advance(secs(15));
@@ -783,10 +533,7 @@ fn heartbeat_pings_and_closes_a_silent_client_with_1001() {
 
 #[test]
 fn handshake_timeout_closes_1008_after_the_upgrade_and_plainly_before() {
-    let config = Config {
-        handshake_timeout: secs(10),
-        ..Config::default()
-    };
+    let config = Config { handshake_timeout: secs(10), ..Config::default() };
     let mut sim = Sim::new(config);
     let ws = sim.ws_client();
     let http = sim.connect_http();
@@ -794,18 +541,9 @@ fn handshake_timeout_closes_1008_after_the_upgrade_and_plainly_before() {
     sim.advance(secs(10) - MS);
     assert!(sim.is_open(ws) && sim.is_open(http) && sim.is_open(line));
     sim.advance(MS);
-    assert_eq!(
-        sim.take(ws),
-        [Event::Close {
-            code: Some(1008),
-            reason: "no hello in time".into()
-        }]
-    );
+    assert_eq!(sim.take(ws), [Event::Close { code: Some(1008), reason: "no hello in time".into() }]);
     assert_eq!(sim.ended(ws), Some(Ended::ByServer));
-    assert!(
-        sim.take(http).is_empty(),
-        "nothing is written to a socket that never sent a request"
-    );
+    assert!(sim.take(http).is_empty(), "nothing is written to a socket that never sent a request");
     assert_eq!(sim.ended(http), Some(Ended::ByServer));
     assert_eq!(sim.ended(line), Some(Ended::ByServer));
     // A welcomed session is not subject to it.
@@ -816,16 +554,10 @@ fn handshake_timeout_closes_1008_after_the_upgrade_and_plainly_before() {
 
 #[test]
 fn a_hello_that_fails_leaves_the_handshake_timer_running() {
-    let config = Config {
-        handshake_timeout: secs(10),
-        ..Config::default()
-    };
+    let config = Config { handshake_timeout: secs(10), ..Config::default() };
     let mut sim = Sim::new(config);
     let c = sim.ws_client();
-    assert_eq!(
-        error_code(&sim.req(c, json!({"type":"hello","name":"bad name"}))),
-        "bad_name"
-    );
+    assert_eq!(error_code(&sim.req(c, json!({"type":"hello","name":"bad name"}))), "bad_name");
     sim.advance(secs(10));
     assert_eq!(sim.close_code(c), Some(1008));
 }
@@ -845,10 +577,7 @@ fn message_frame_len(text: &str) -> usize {
 #[test]
 fn max_queue_closes_a_slow_consumer_with_1008_and_others_get_everything() {
     let len = message_frame_len("xxxx");
-    let config = Config {
-        max_queue: 3 * len,
-        ..Config::default()
-    };
+    let config = Config { max_queue: 3 * len, ..Config::default() };
     let mut sim = Sim::new(config);
     let a = sim.guest("alice");
     let slow = sim.guest("slow");
@@ -865,44 +594,23 @@ fn max_queue_closes_a_slow_consumer_with_1008_and_others_get_everything() {
     assert_eq!(sim.queued(slow), 3 * len, "exactly at the bound is fine");
     assert!(sim.is_open(slow));
     sim.req(a, json!({"type":"send","room":"r","text":"xxxx"}));
-    assert!(
-        sim.queued(slow) < len,
-        "the queue was dropped for the close frame"
-    );
+    assert!(sim.queued(slow) < len, "the queue was dropped for the close frame");
     for _ in 0..5 {
         sim.req(a, json!({"type":"send","room":"r","text":"xxxx"}));
     }
     sim.set_write_mode(slow, WriteMode::Full);
-    assert_eq!(
-        sim.take(slow),
-        [Event::Close {
-            code: Some(1008),
-            reason: "slow consumer".into()
-        }]
-    );
+    assert_eq!(sim.take(slow), [Event::Close { code: Some(1008), reason: "slow consumer".into() }]);
     assert_eq!(sim.ended(slow), Some(Ended::ByServer));
-    let seqs: Vec<u64> = sim
-        .take_kind(fast, "message")
-        .iter()
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect();
+    let seqs: Vec<u64> = sim.take_kind(fast, "message").iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=9).collect::<Vec<_>>());
     assert!(sim.max_queued() <= 3 * len);
-    assert_eq!(
-        sim.metrics()
-            .slow_consumer_closes
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(sim.metrics().slow_consumer_closes.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 #[test]
 fn a_client_that_never_reads_is_dropped_after_the_linger() {
     let len = message_frame_len("xxxx");
-    let config = Config {
-        max_queue: 2 * len,
-        ..Config::default()
-    };
+    let config = Config { max_queue: 2 * len, ..Config::default() };
     let mut sim = Sim::new(config);
     let a = sim.guest("alice");
     let slow = sim.guest("slow");
@@ -920,10 +628,7 @@ fn a_client_that_never_reads_is_dropped_after_the_linger() {
 
 #[test]
 fn max_connections_refuses_with_503_and_a_line() {
-    let config = Config {
-        max_connections: 2,
-        ..Config::default()
-    };
+    let config = Config { max_connections: 2, ..Config::default() };
     let mut sim = Sim::new(config);
     let a = sim.guest("alice");
     let b = sim.line_guest("bob");
@@ -948,18 +653,9 @@ fn shutdown_closes_websockets_with_1012() {
     let l = sim.line_guest("bob");
     let pre = sim.ws_client();
     sim.shutdown();
-    assert_eq!(
-        sim.take(a),
-        [Event::Close {
-            code: Some(1012),
-            reason: "service restart".into()
-        }]
-    );
+    assert_eq!(sim.take(a), [Event::Close { code: Some(1012), reason: "service restart".into() }]);
     assert_eq!(sim.close_code(pre), Some(1012));
-    assert_eq!(
-        sim.lines(l).last().map(String::as_str),
-        Some("* server restarting, bye")
-    );
+    assert_eq!(sim.lines(l).last().map(String::as_str), Some("* server restarting, bye"));
     for c in [a, l, pre] {
         assert_eq!(sim.ended(c), Some(Ended::ByServer));
     }
@@ -976,24 +672,10 @@ fn line_nickname_welcomes_into_the_lobby() {
     let mut sim = line_sim();
     let c = sim.line_client();
     sim.send_line(c, "carol");
-    assert_eq!(
-        sim.lines(c),
-        [
-            "* welcome carol",
-            "* carol joined lobby",
-            "* you are in lobby (1 members)"
-        ]
-    );
+    assert_eq!(sim.lines(c), ["* welcome carol", "* carol joined lobby", "* you are in lobby (1 members)"]);
     let d = sim.line_client();
     sim.send_raw(d, b"dave\r\n");
-    assert_eq!(
-        sim.lines(d),
-        [
-            "* welcome dave",
-            "* dave joined lobby",
-            "* you are in lobby (2 members)"
-        ]
-    );
+    assert_eq!(sim.lines(d), ["* welcome dave", "* dave joined lobby", "* you are in lobby (2 members)"]);
     assert_eq!(sim.lines(c), ["* dave joined lobby"]);
     sim.send_line(c, "hello everyone");
     assert_eq!(sim.lines(c), ["[lobby] carol: hello everyone"]);
@@ -1009,26 +691,12 @@ fn line_first_line_forms_and_their_errors() {
     sim.send_line(c, "/dance");
     assert!(sim.lines(c)[0].starts_with("! bad_request "));
     sim.send_line(c, "alice");
-    assert!(
-        sim.lines(c)[0].starts_with("! name_taken "),
-        "a registered name"
-    );
+    assert!(sim.lines(c)[0].starts_with("! name_taken "), "a registered name");
     sim.send_line(c, "/login alice wrong-password");
     assert!(sim.lines(c)[0].starts_with("! invalid_credentials "));
     sim.send_line(c, "/login alice alice-password");
-    assert_eq!(
-        sim.lines(c),
-        [
-            "* welcome alice",
-            "* alice joined lobby",
-            "* you are in lobby (1 members)"
-        ]
-    );
-    assert_eq!(
-        sim.store().members("lobby"),
-        ["alice"],
-        "a registered user's lobby membership is stored"
-    );
+    assert_eq!(sim.lines(c), ["* welcome alice", "* alice joined lobby", "* you are in lobby (1 members)"]);
+    assert_eq!(sim.store().members("lobby"), ["alice"], "a registered user's lobby membership is stored");
 
     let r = sim.line_client();
     sim.send_line(r, "/register carol correct-horse");
@@ -1049,21 +717,14 @@ fn line_first_line_forms_and_their_errors() {
 #[test]
 fn line_input_right_after_login_waits_for_the_lobby() {
     let mut sim = line_sim();
-    sim.store_mut()
-        .set_latency(Duration::from_millis(20), Duration::ZERO);
-    sim.store_mut()
-        .set_password_latency(Duration::from_millis(50), Duration::ZERO);
+    sim.store_mut().set_latency(Duration::from_millis(20), Duration::ZERO);
+    sim.store_mut().set_password_latency(Duration::from_millis(50), Duration::ZERO);
     let c = sim.line_client();
     sim.send_raw(c, b"/login alice alice-password\nfirst words\n");
     sim.run_until_idle();
     assert_eq!(
         sim.lines(c),
-        [
-            "* welcome alice",
-            "* alice joined lobby",
-            "* you are in lobby (1 members)",
-            "[lobby] alice: first words"
-        ]
+        ["* welcome alice", "* alice joined lobby", "* you are in lobby (1 members)", "[lobby] alice: first words"]
     );
 }
 
@@ -1074,18 +735,10 @@ fn line_text_right_after_join_goes_to_the_new_room() {
     sim.send_line(c, "/login alice alice-password");
     sim.run_until_idle();
     sim.take(c);
-    sim.store_mut()
-        .set_latency(Duration::from_millis(20), Duration::ZERO);
+    sim.store_mut().set_latency(Duration::from_millis(20), Duration::ZERO);
     sim.send_raw(c, b"/join den\nin the den\n");
     sim.run_until_idle();
-    assert_eq!(
-        sim.lines(c),
-        [
-            "* alice joined den",
-            "* you are in den (1 members)",
-            "[den] alice: in the den"
-        ]
-    );
+    assert_eq!(sim.lines(c), ["* alice joined den", "* you are in den (1 members)", "[den] alice: in the den"]);
     sim.send_raw(c, b"/leave den\nafter leaving\n");
     sim.run_until_idle();
     let lines = sim.lines(c);
@@ -1096,10 +749,7 @@ fn line_text_right_after_join_goes_to_the_new_room() {
 
 #[test]
 fn line_guests_disabled() {
-    let config = Config {
-        no_guests: true,
-        ..Config::default()
-    };
+    let config = Config { no_guests: true, ..Config::default() };
     let mut sim = Sim::with_users(config, &users());
     let c = sim.line_client();
     sim.send_line(c, "carol");
@@ -1120,10 +770,7 @@ fn line_commands() {
     sim.take(ws);
 
     sim.send_line(c, "/join den");
-    assert_eq!(
-        sim.lines(c),
-        ["* carol joined den", "* you are in den (1 members)"]
-    );
+    assert_eq!(sim.lines(c), ["* carol joined den", "* you are in den (1 members)"]);
     sim.send_line(c, "in the den");
     assert_eq!(sim.lines(c), ["[den] carol: in the den"]);
     assert!(sim.lines(d).is_empty(), "dave is not in den");
@@ -1148,10 +795,7 @@ fn line_commands() {
     sim.send_line(c, "/leave den");
     assert_eq!(sim.lines(c), ["* carol left den"]);
     sim.send_line(c, "where am i");
-    assert!(
-        sim.lines(c)[0].starts_with("! not_member "),
-        "no current room after leaving it"
-    );
+    assert!(sim.lines(c)[0].starts_with("! not_member "), "no current room after leaving it");
     sim.send_line(c, "/leave den");
     assert!(sim.lines(c)[0].starts_with("! not_member "));
     sim.send_line(c, "/join lobby");
@@ -1160,38 +804,24 @@ fn line_commands() {
     assert_eq!(sim.lines(c), ["[lobby] carol: back"]);
     assert_eq!(sim.lines(d), ["[lobby] carol: back"]);
     assert_eq!(sim.take_kind(ws, "message")[0]["text"], "back");
-    sim.req(
-        ws,
-        json!({"type":"send","room":"lobby","text":"from the browser"}),
-    );
+    sim.req(ws, json!({"type":"send","room":"lobby","text":"from the browser"}));
     assert_eq!(sim.lines(c), ["[lobby] erin: from the browser"]);
     sim.send_line(c, "/history 1");
     assert_eq!(sim.lines(c), ["[lobby] erin: from the browser", "* end"]);
     sim.send_line(c, "/join bad!room");
     assert!(sim.lines(c)[0].starts_with("! bad_name "));
     sim.send_line(c, "still lobby");
-    assert_eq!(
-        sim.lines(c),
-        ["[lobby] carol: still lobby"],
-        "a failed join keeps the current room"
-    );
+    assert_eq!(sim.lines(c), ["[lobby] carol: still lobby"], "a failed join keeps the current room");
     sim.send_line(c, "/help");
     let help = sim.lines(c);
-    assert!(
-        help[0].starts_with("* ") && help.last().unwrap() == "* end",
-        "{help:?}"
-    );
+    assert!(help[0].starts_with("* ") && help.last().unwrap() == "* end", "{help:?}");
     sim.send_line(c, "/dance");
     assert!(sim.lines(c)[0].starts_with("! unknown_type "));
     sim.take(d);
     sim.send_line(c, "/quit");
     assert_eq!(sim.lines(c), ["* bye"]);
     assert_eq!(sim.ended(c), Some(Ended::ByServer));
-    assert_eq!(
-        sim.lines(d),
-        ["* carol left lobby"],
-        "a guest's membership ends with its session"
-    );
+    assert_eq!(sim.lines(d), ["* carol left lobby"], "a guest's membership ends with its session");
 }
 
 #[test]
@@ -1207,10 +837,7 @@ fn line_who_marks_who_is_online() {
 
 #[test]
 fn line_too_long_is_dropped_at_max_line_plus_one() {
-    let config = Config {
-        max_line: 20,
-        ..Config::default()
-    };
+    let config = Config { max_line: 20, ..Config::default() };
     let mut sim = Sim::new(config);
     let c = sim.line_guest("carol");
     let at_limit = "a".repeat(20);
@@ -1235,11 +862,7 @@ fn line_too_long_is_dropped_at_max_line_plus_one() {
 
 #[test]
 fn line_rate_limit() {
-    let config = Config {
-        rate: 1,
-        burst: 2,
-        ..Config::default()
-    };
+    let config = Config { rate: 1, burst: 2, ..Config::default() };
     let mut sim = Sim::new(config);
     let c = sim.line_guest("carol");
     sim.send_raw(c, b"one\ntwo\nthree\n");
@@ -1256,10 +879,7 @@ fn line_rate_limit() {
 
 #[test]
 fn line_idle_says_bye() {
-    let config = Config {
-        line_idle: secs(60),
-        ..Config::default()
-    };
+    let config = Config { line_idle: secs(60), ..Config::default() };
     let mut sim = Sim::new(config);
     let c = sim.line_guest("carol");
     sim.advance(secs(30));
@@ -1276,14 +896,8 @@ fn line_idle_says_bye() {
 fn line_sessions_get_undelivered_private_messages_and_ack_them() {
     let mut sim = line_sim();
     let a = sim.login("alice");
-    assert_eq!(
-        sim.req(a, json!({"type":"send","to":"bob","text":"one"}))["seq"],
-        1
-    );
-    assert_eq!(
-        sim.req(a, json!({"type":"send","to":"bob","text":"two"}))["seq"],
-        2
-    );
+    assert_eq!(sim.req(a, json!({"type":"send","to":"bob","text":"one"}))["seq"], 1);
+    assert_eq!(sim.req(a, json!({"type":"send","to":"bob","text":"two"}))["seq"], 2);
     let b = sim.line_client();
     sim.send_line(b, "/login bob bob-password");
     sim.run_until_idle();
@@ -1291,20 +905,13 @@ fn line_sessions_get_undelivered_private_messages_and_ack_them() {
     assert_eq!(lines[0], "* welcome bob");
     let pms: Vec<&String> = lines.iter().filter(|l| l.starts_with("[pm]")).collect();
     assert_eq!(pms, ["[pm] alice: one", "[pm] alice: two"]);
-    assert_eq!(
-        sim.store().ack("bob", "alice"),
-        2,
-        "a line session acknowledges what it was sent"
-    );
+    assert_eq!(sim.store().ack("bob", "alice"), 2, "a line session acknowledges what it was sent");
     sim.req(a, json!({"type":"send","to":"bob","text":"three"}));
     assert_eq!(sim.lines(b), ["[pm] alice: three"]);
     assert_eq!(sim.store().ack("bob", "alice"), 3);
     sim.disconnect(b);
     let b2 = sim.login("bob");
-    assert!(
-        sim.take_kind(b2, "private").is_empty(),
-        "nothing is delivered twice"
-    );
+    assert!(sim.take_kind(b2, "private").is_empty(), "nothing is delivered twice");
 }
 
 #[test]
@@ -1337,4 +944,21 @@ fn peer_close_of_a_line_session_ends_it() {
     sim.disconnect(c);
     assert_eq!(sim.lines(d), ["* carol left lobby"]);
     assert_eq!(sim.shard().len(), 1);
+}
+
+#[test]
+fn a_slow_consumer_close_keeps_the_101_it_follows() {
+    // Found by fuzz/fuzz_targets/core.rs: the slow-consumer close dropped
+    // everything queued, the unsent `101` too, so a client that had not read
+    // it yet read a close frame where it expected an HTTP response.
+    let mut sim = Sim::new(Config { max_queue: 200, ..Config::default() });
+    sim.set_default_write_mode(WriteMode::Stalled);
+    let c = sim.ws_upgrade("/ws");
+    for _ in 0..3 {
+        sim.send_frame(c, OpCode::Control(Control::Ping), true, &[b'p'; 50]);
+    }
+    sim.set_write_mode(c, WriteMode::Full);
+    let events = sim.take(c);
+    assert!(matches!(&events[0], Event::Http(r) if r.status == 101), "{events:?}");
+    assert_eq!(events.last(), Some(&Event::Close { code: Some(1008), reason: "slow consumer".into() }));
 }

@@ -71,11 +71,7 @@ impl Decoder {
     /// Decodes at most one frame from the front of `buf`. Returns how many
     /// bytes it consumed and the event the frame completed, if any;
     /// `Ok((0, None))` means more bytes are needed.
-    pub(crate) fn decode(
-        &mut self,
-        buf: &[u8],
-        max_message: usize,
-    ) -> Result<(usize, Option<WsEvent>), FrameError> {
+    pub(crate) fn decode(&mut self, buf: &[u8], max_message: usize) -> Result<(usize, Option<WsEvent>), FrameError> {
         let mut cursor = Cursor::new(buf);
         let (header, len) = match FrameHeader::parse(&mut cursor) {
             Ok(Some(h)) => h,
@@ -105,8 +101,11 @@ impl Decoder {
         };
         let len = len as usize;
         if buf.len() < head + len {
-            // Fail a message that will be too big before its last fragment arrives.
-            if self.buffered() + len > max_message {
+            // Fail a message that will be too big before its last fragment
+            // arrives. Only a continuation adds to it: a control frame
+            // between fragments does not (fuzzing).
+            let continuation = matches!(header.opcode, OpCode::Data(Data::Continue));
+            if continuation && self.buffered() + len > max_message {
                 return Err(FrameError::TooBig { limit: max_message });
             }
             self.scan_utf8(header.opcode, &buf[head..], mask)?;
@@ -324,7 +323,10 @@ pub(crate) mod tests {
             assert_eq!(d.decode(&frame[..cut], 1024).unwrap(), (0, None));
         }
         let mut d = Decoder::default();
-        assert_eq!(d.decode(&frame, 1024).unwrap(), (frame.len(), Some(WsEvent::Text(b"{\"type\":\"ping\"}".to_vec()))));
+        assert_eq!(
+            d.decode(&frame, 1024).unwrap(),
+            (frame.len(), Some(WsEvent::Text(b"{\"type\":\"ping\"}".to_vec())))
+        );
     }
 
     #[test]
@@ -423,6 +425,27 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_control_frame_between_fragments_does_not_count_toward_the_limit() {
+        // Found by fuzz/fuzz_targets/ws_frames.rs: with 3 of at most 4 bytes
+        // of a message held, a ping or close of 2 bytes was failed as too big
+        // while it arrived, but passed when it arrived whole.
+        let mut buf = client_frame(TEXT, false, b"abc");
+        let first = buf.len();
+        buf.extend(client_frame(OpCode::Control(Control::Ping), true, b"pi"));
+        let mut d = Decoder::default();
+        assert_eq!(d.decode(&buf, 4), Ok((first, None)));
+        for end in first..buf.len() {
+            assert_eq!(d.decode(&buf[first..end], 4), Ok((0, None)), "{end} bytes");
+        }
+        assert_eq!(d.decode(&buf[first..], 4), Ok((buf.len() - first, Some(WsEvent::Ping(b"pi".to_vec())))));
+        let close = client_frame(OpCode::Control(Control::Close), true, &[0x03, 0xe8]);
+        assert_eq!(d.decode(&close[..close.len() - 1], 4), Ok((0, None)));
+        // A continuation that will not fit fails at once, as before.
+        let cont = client_frame(CONT, true, b"de");
+        assert_eq!(d.decode(&cont[..cont.len() - 1], 4), Err(FrameError::TooBig { limit: 4 }));
+    }
+
+    #[test]
     fn a_new_message_inside_a_fragmented_one_fails_the_same_whole_or_in_parts() {
         // Found by fuzz/fuzz_targets/ws_frames.rs: a text frame with invalid
         // UTF-8 inside a fragmented message was failed with 1007 while it
@@ -467,7 +490,10 @@ pub(crate) mod tests {
         assert_eq!(Decoder::lenient_utf8().decode(&bad, 1024).unwrap().1, Some(WsEvent::Text(vec![0xff, 0xfe])));
         let mut buf = client_frame(TEXT, false, &[b'a', 0xc0]);
         buf.extend(client_frame(CONT, true, b"b"));
-        assert_eq!(decode_all(&mut Decoder::lenient_utf8(), &buf).unwrap(), vec![WsEvent::Text(vec![b'a', 0xc0, b'b'])]);
+        assert_eq!(
+            decode_all(&mut Decoder::lenient_utf8(), &buf).unwrap(),
+            vec![WsEvent::Text(vec![b'a', 0xc0, b'b'])]
+        );
         // A close reason is still checked: the connection ends either way.
         let close = client_frame(OpCode::Control(Control::Close), true, &[0x03, 0xe8, 0xff]);
         assert_eq!(Decoder::lenient_utf8().decode(&close, 1024), Err(FrameError::BadUtf8));
@@ -489,6 +515,7 @@ pub(crate) mod tests {
         assert_eq!(&f[..4], &[0x81, 126, 0, 200]);
         let c = close_frame(CloseCode::Restart, "restart");
         assert_eq!(&c[..4], &[0x88, 9, 0x03, 0xf4]);
-        assert!(String::from_utf8_lossy(&accept_response("dGhlIHNhbXBsZSBub25jZQ==")).contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        assert!(String::from_utf8_lossy(&accept_response("dGhlIHNhbXBsZSBub25jZQ=="))
+            .contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
     }
 }
