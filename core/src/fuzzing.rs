@@ -41,20 +41,7 @@ pub fn http_request(buf: &[u8]) -> Result<Option<HttpRequest>, u16> {
     }
 }
 
-/// A complete message or control frame, as [`WsDecoder::decode`] hands it up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WsEvent {
-    /// A text message.
-    Text(Vec<u8>),
-    /// A binary message.
-    Binary(Vec<u8>),
-    /// A ping and its payload.
-    Ping(Vec<u8>),
-    /// A pong.
-    Pong,
-    /// A close frame and its status code.
-    Close(Option<u16>),
-}
+pub use crate::transport::ws::WsEvent;
 
 /// One connection's WebSocket frame decoder.
 #[derive(Debug, Default)]
@@ -76,15 +63,7 @@ impl WsDecoder {
     /// event it completed; `Ok((0, None))` when more bytes are needed;
     /// `Err(close code)` when the connection fails.
     pub fn decode(&mut self, buf: &[u8], max_message: usize) -> Result<(usize, Option<WsEvent>), u16> {
-        let (n, event) = self.0.decode(buf, max_message).map_err(|e| u16::from(e.close_code()))?;
-        let event = event.map(|e| match e {
-            ws::WsEvent::Text(t) => WsEvent::Text(t),
-            ws::WsEvent::Binary(b) => WsEvent::Binary(b),
-            ws::WsEvent::Ping(p) => WsEvent::Ping(p),
-            ws::WsEvent::Pong => WsEvent::Pong,
-            ws::WsEvent::Close(c) => WsEvent::Close(c),
-        });
-        Ok((n, event))
+        self.0.decode(buf, max_message).map_err(|e| u16::from(e.close_code()))
     }
 }
 

@@ -30,13 +30,18 @@ impl FrameError {
     }
 }
 
-/// A complete message or control frame from the peer.
+/// A complete message or control frame from the peer. Public only through
+/// the `fuzzing` entry points (this module is private).
+#[cfg_attr(not(feature = "fuzzing"), allow(unreachable_pub))]
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum WsEvent {
+pub enum WsEvent {
     /// A text message, UTF-8 checked unless the decoder is lenient.
     Text(Vec<u8>),
+    /// A binary message.
     Binary(Vec<u8>),
+    /// A ping and its payload.
     Ping(Vec<u8>),
+    /// A pong.
     Pong,
     /// The peer started the closing handshake. `None`: no status code.
     Close(Option<u16>),
