@@ -259,7 +259,7 @@ impl Shard {
                 let Some(&key) = msg.sid().and_then(|sid| self.keys.get(&sid)) else { return };
                 let e = &mut self.entries[key];
                 let mut ctx = Ctx { now, config: &self.config, metrics: &self.metrics, to_hub: &mut self.to_hub };
-                e.session.from_hub(&mut ctx, msg);
+                e.session.handle_hub(&mut ctx, msg);
                 self.after(now, key);
             }
         }

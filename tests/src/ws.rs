@@ -167,11 +167,13 @@ impl WsClient {
     }
 
     /// Sends any message (binary, ping, raw frame...).
+    #[allow(clippy::result_large_err)] // tungstenite's own error type
     pub fn send(&mut self, msg: Message) -> tungstenite::Result<()> {
         self.ws.send(msg)
     }
 
     /// Sends one raw data frame (`opcode` Text, Binary or Continue) with the FIN bit as given.
+    #[allow(clippy::result_large_err)] // tungstenite's own error type
     pub fn send_frame(&mut self, opcode: Data, payload: Vec<u8>, fin: bool) -> tungstenite::Result<()> {
         self.ws.send(Message::Frame(Frame::message(payload, OpCode::Data(opcode), fin)))
     }

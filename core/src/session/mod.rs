@@ -278,7 +278,7 @@ impl Session {
         }
     }
 
-    pub(crate) fn from_hub(&mut self, ctx: &mut Ctx<'_>, msg: ToShardInner) {
+    pub(crate) fn handle_hub(&mut self, ctx: &mut Ctx<'_>, msg: ToShardInner) {
         match msg {
             ToShardInner::Deliver { event, .. } => self.deliver(ctx, &event),
             ToShardInner::Reply { tag, result, .. } => match tag {

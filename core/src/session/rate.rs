@@ -39,7 +39,7 @@ mod tests {
 
     #[test]
     fn burst_then_rate() {
-        let t0 = Instant::now();
+        let t0 = crate::sim::epoch();
         let mut r = RateLimit::new(t0, 5);
         assert_eq!((0..6).filter(|_| r.allow(t0, 2, 5)).count(), 5);
         assert!(!r.allow(t0 + Duration::from_millis(400), 2, 5));
