@@ -111,10 +111,7 @@ impl Client {
             let Some(end) = self.rbuf.windows(4).position(|w| w == b"\r\n\r\n") else { return Ok(()) };
             if !self.rbuf.starts_with(b"HTTP/1.1 101") {
                 self.open = false;
-                return Err(io::Error::new(
-                    io::ErrorKind::Other,
-                    String::from_utf8_lossy(&self.rbuf[..end]).into_owned(),
-                ));
+                return Err(io::Error::other(String::from_utf8_lossy(&self.rbuf[..end]).into_owned()));
             }
             self.upgraded = true;
             pos = end + 4;
