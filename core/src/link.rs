@@ -17,16 +17,6 @@ pub struct ToHub(pub(crate) ToHubInner);
 #[derive(Debug)]
 pub struct ToShard(pub(crate) ToShardInner);
 
-impl ToShard {
-    /// How many sessions this message is for (for batching decisions).
-    pub fn fan_out(&self) -> usize {
-        match &self.0 {
-            ToShardInner::Deliver { sessions, .. } => sessions.len(),
-            _ => 1,
-        }
-    }
-}
-
 #[derive(Debug)]
 pub(crate) enum ToHubInner {
     Hello {

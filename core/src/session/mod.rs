@@ -157,13 +157,8 @@ impl Session {
                 self.rbuf.extend_from_slice(&data[used..]);
             }
         } else {
-            let mut buf = std::mem::take(&mut self.rbuf);
-            buf.extend_from_slice(data);
-            let used = self.process(ctx, &buf);
-            buf.drain(..used);
-            if !buf.is_empty() && self.closing.is_none() {
-                self.rbuf = buf;
-            }
+            self.rbuf.extend_from_slice(data);
+            self.process_buffered(ctx);
         }
         // While paused nothing is decoded, so a client that keeps sending
         // could grow the buffer: bound it by the largest message it may send.
@@ -216,12 +211,18 @@ impl Session {
     fn resume(&mut self, ctx: &mut Ctx<'_>) {
         self.paused = false;
         if !self.rbuf.is_empty() && self.closing.is_none() {
-            let mut buf = std::mem::take(&mut self.rbuf);
-            let used = self.process(ctx, &buf);
-            buf.drain(..used);
-            if !buf.is_empty() && self.closing.is_none() {
-                self.rbuf = buf;
-            }
+            self.process_buffered(ctx);
+        }
+    }
+
+    /// Decodes what it can of the buffered input and keeps the rest (none
+    /// once the session is closing).
+    fn process_buffered(&mut self, ctx: &mut Ctx<'_>) {
+        let mut buf = std::mem::take(&mut self.rbuf);
+        let used = self.process(ctx, &buf);
+        buf.drain(..used);
+        if !buf.is_empty() && self.closing.is_none() {
+            self.rbuf = buf;
         }
     }
 
