@@ -123,3 +123,21 @@ pub fn json_request(text: &[u8]) -> JsonRequest {
         send_id,
     }
 }
+
+/// Cuts `stream` into consecutive reads whose sizes cycle through `sizes`
+/// (a size of 0 is an empty read); with no size above 0, one read of it
+/// all. The targets feed a decoder this way to check that how the bytes
+/// arrive changes nothing.
+pub fn split_reads<'a>(mut stream: &'a [u8], sizes: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let any = sizes.iter().any(|&s| s > 0);
+    let mut cycle = sizes.iter().cycle();
+    std::iter::from_fn(move || {
+        if stream.is_empty() {
+            return None;
+        }
+        let size = if any { usize::from(*cycle.next()?) } else { stream.len() };
+        let (read, rest) = stream.split_at(size.min(stream.len()));
+        stream = rest;
+        Some(read)
+    })
+}

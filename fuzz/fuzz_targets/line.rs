@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use natter_core::fuzzing::{Line, LineReader};
+use natter_core::fuzzing::{split_reads, Line, LineReader};
 
 #[derive(Debug, PartialEq, Eq)]
 enum Out {
@@ -54,15 +54,7 @@ fuzz_target!(|data: &[u8]| {
     let mut chunked = Vec::new();
     let mut reader = LineReader::default();
     let mut rbuf: Vec<u8> = Vec::new();
-    let mut sizes = reads.iter().map(|&r| usize::from(r)).cycle();
-    let mut rest = stream;
-    while !rest.is_empty() {
-        let size = match sizes.next() {
-            Some(s) if reads.iter().any(|&r| r > 0) => s,
-            _ => rest.len(),
-        };
-        let (read, tail) = rest.split_at(size.min(rest.len()));
-        rest = tail;
+    for read in split_reads(stream, reads) {
         rbuf.extend_from_slice(read);
         let left = feed(&mut reader, &rbuf, max, &mut chunked);
         // What is held back is an incomplete line of at most max + 1 bytes.

@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use natter_core::fuzzing::{WsDecoder, WsEvent};
+use natter_core::fuzzing::{split_reads, WsDecoder, WsEvent};
 
 /// Decodes what it can of `buf`; returns the bytes left, or the close code.
 fn feed(d: &mut WsDecoder, buf: &[u8], max: usize, lenient: bool, out: &mut Vec<WsEvent>) -> Result<usize, u16> {
@@ -52,26 +52,20 @@ fuzz_target!(|data: &[u8]| {
     let mut chunked_events = Vec::new();
     let mut d = WsDecoder::new(lenient);
     let mut rbuf = Vec::new();
-    let mut sizes = reads.iter().map(|&r| usize::from(r)).cycle();
-    let mut rest = stream;
-    let chunked = loop {
-        let size = match sizes.next() {
-            Some(s) if reads.iter().any(|&r| r > 0) => s,
-            _ => rest.len(),
-        };
-        let (read, tail) = rest.split_at(size.min(rest.len()));
-        rest = tail;
+    let mut chunked = Ok(0);
+    for read in split_reads(stream, reads) {
         rbuf.extend_from_slice(read);
         match feed(&mut d, &rbuf, max, lenient, &mut chunked_events) {
-            Err(code) => break Err(code),
+            Err(code) => {
+                chunked = Err(code);
+                break;
+            }
             Ok(left) => {
                 rbuf.drain(..rbuf.len() - left);
-                if rest.is_empty() {
-                    break Ok(left);
-                }
+                chunked = Ok(left);
             }
         }
-    };
+    }
     assert_eq!(chunked_events, whole_events, "reads and the whole stream decode differently");
     assert_eq!(chunked, whole, "reads and the whole stream end differently");
 });
