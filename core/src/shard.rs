@@ -291,7 +291,10 @@ impl Shard {
         self.keys.remove(&sid);
         let gauge = if e.session.is_line() { &self.metrics.connections_line } else { &self.metrics.connections_http };
         gauge.fetch_sub(1, Relaxed);
-        self.to_hub.push(ToHubInner::Closed { sid });
+        // A session that closed itself told the hub when it began to.
+        if !e.session.is_closing() {
+            self.to_hub.push(ToHubInner::Closed { sid });
+        }
     }
 
     /// Hands what sessions said to the hub: at once when it is local (and

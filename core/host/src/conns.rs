@@ -215,6 +215,10 @@ impl<S: Socket> Conns<S> {
             self.seat.shard.shutdown(now);
             self.drain();
         }
+        // The hub hears of this turn before clients read its writes (a
+        // session's end, say, before its close frame), then of whatever the
+        // writes themselves ended.
+        self.seat.flush_to_hub();
         self.flush(blocked);
         self.seat.flush_to_hub();
         match self.stopping {

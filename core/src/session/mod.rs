@@ -259,8 +259,21 @@ impl Session {
             Phase::Http | Phase::Upgrading => {}
         }
         self.closing = Some(reason);
+        self.ended(ctx);
         self.rbuf = Vec::new();
         self.linger_at = Some(ctx.now.instant + LINGER);
+    }
+
+    /// The session is over for routing: the hub hears it now, before the
+    /// goodbye is written, so nothing the client does after reading its
+    /// goodbye can reach the hub first.
+    fn ended(&mut self, ctx: &mut Ctx<'_>) {
+        ctx.to_hub.push(ToHubInner::Closed { sid: self.id });
+    }
+
+    /// Whether the session is closing (and the hub was told).
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.is_some()
     }
 
     /// An event from the hub's fan-out.

@@ -45,6 +45,7 @@ impl Session {
                 let reply = code.map_or(CloseCode::Normal, CloseCode::from);
                 self.outbox.push_unbounded(close_frame(reply, ""));
                 self.closing = Some(CloseReason::Peer);
+                self.ended(ctx);
                 self.rbuf = Vec::new();
                 self.linger_at = Some(ctx.now.instant + super::LINGER);
             }

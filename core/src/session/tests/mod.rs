@@ -610,14 +610,17 @@ fn max_queue_closes_a_slow_consumer_with_1008_and_others_get_everything() {
 #[test]
 fn a_client_that_never_reads_is_dropped_after_the_linger() {
     let len = message_frame_len("xxxx");
-    let config = Config { max_queue: 2 * len, ..Config::default() };
+    // Room for alice's own turn (her message, its ok, and the `leave` of
+    // the dropped client, which the hub sends at once) but not for five
+    // messages that are never written.
+    let config = Config { max_queue: 3 * len, ..Config::default() };
     let mut sim = Sim::new(config);
     let a = sim.guest("alice");
     let slow = sim.guest("slow");
     sim.req(a, json!({"type":"join","room":"r"}));
     sim.req(slow, json!({"type":"join","room":"r"}));
     sim.set_write_mode(slow, WriteMode::Stalled);
-    for _ in 0..3 {
+    for _ in 0..5 {
         sim.req(a, json!({"type":"send","room":"r","text":"xxxx"}));
     }
     assert!(sim.is_open(slow));
