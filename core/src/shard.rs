@@ -49,7 +49,9 @@ pub enum ShardAction {
 }
 
 struct Entry {
-    session: Session,
+    /// Boxed: the slab then holds small entries, so its spare capacity costs
+    /// little, and an idle session costs only its own size.
+    session: Box<Session>,
     /// The deadline this entry has in the timer heap, if any.
     scheduled: Option<Instant>,
     /// A `Write` was emitted and the outbox has not been emptied since.
@@ -116,7 +118,7 @@ impl Shard {
         if open >= self.config.max_connections as i64 {
             session.refuse(&mut ctx);
         }
-        let key = self.entries.insert(Entry { session, scheduled: None, write_hinted: false });
+        let key = self.entries.insert(Entry { session: Box::new(session), scheduled: None, write_hinted: false });
         self.keys.insert(sid, key);
         self.after(now, key);
         key

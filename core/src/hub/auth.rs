@@ -23,13 +23,15 @@ const LOGIN_WINDOW_MS: u64 = 60_000;
 
 impl Hub {
     pub(super) fn hello(&mut self, now: Now, sid: SessionId, tag: Tag, auth: Auth, line: bool, peer: IpAddr) {
-        let info = self.state.sessions.entry(sid).or_insert_with(|| SessionInfo {
-            peer,
-            line,
-            phase: Phase::New,
-            inbox_pending: false,
-            held_echoes: Vec::new(),
-            replaying: Vec::new(),
+        let info = self.state.sessions.entry(sid).or_insert_with(|| {
+            Box::new(SessionInfo {
+                peer,
+                line,
+                phase: Phase::New,
+                inbox_pending: false,
+                held_echoes: Vec::new(),
+                replaying: Vec::new(),
+            })
         });
         if info.phase != Phase::New {
             let f = Failure::new(ErrorCode::AlreadyAuthenticated, "this session has said hello already");

@@ -36,7 +36,7 @@ use crate::time::Now;
 
 pub use encode::Encoded;
 use pending::{Pending, PendingTable};
-use state::{SessionInfo, State};
+use state::State;
 
 /// An input to the hub.
 #[derive(Debug)]
@@ -133,7 +133,7 @@ impl Hub {
         match msg {
             ToHubInner::Hello { sid, tag, auth, line, peer } => self.hello(now, sid, tag, auth, line, peer),
             ToHubInner::Request { sid, tag, request } => {
-                let Some(user) = self.state.sessions.get(&sid).and_then(SessionInfo::user).map(str::to_owned) else {
+                let Some(user) = self.state.sessions.get(&sid).and_then(|s| s.user()).map(str::to_owned) else {
                     let f = Failure::new(ErrorCode::Unauthenticated, "send hello first");
                     return self.reply(sid, tag, Err(f));
                 };

@@ -68,23 +68,27 @@ impl SessionInfo {
 #[derive(Debug, Default)]
 pub(crate) struct State {
     pub(crate) rooms: HashMap<String, Room>,
-    /// User name → names of its rooms (registered users' from the store,
-    /// guests' while they are online).
-    pub(crate) memberships: HashMap<String, BTreeSet<String>>,
+    /// User name → names of its rooms, sorted (registered users' from the
+    /// store, guests' while they are online). A sorted `Vec`, not a
+    /// `BTreeSet`: most users have a few rooms, and a B-tree's first node
+    /// alone would cost an idle session more than the rest of its state.
+    pub(crate) memberships: HashMap<String, Vec<String>>,
     pub(crate) registered: HashSet<String>,
     /// Names with a registration in flight: not available to guests.
     pub(crate) reserved: HashSet<String>,
     pub(crate) online: HashMap<String, Online>,
-    pub(crate) sessions: HashMap<SessionId, SessionInfo>,
+    /// Boxed: the table keeps spare buckets, and an idle session should not
+    /// pay for them at full size.
+    pub(crate) sessions: HashMap<SessionId, Box<SessionInfo>>,
 }
 
 impl State {
     pub(crate) fn is_member(&self, user: &str, room: &str) -> bool {
-        self.memberships.get(user).is_some_and(|r| r.contains(room))
+        self.memberships.get(user).is_some_and(|r| r.binary_search_by(|x| x.as_str().cmp(room)).is_ok())
     }
 
     pub(crate) fn room_count(&self, user: &str) -> usize {
-        self.memberships.get(user).map_or(0, BTreeSet::len)
+        self.memberships.get(user).map_or(0, Vec::len)
     }
 
     pub(crate) fn room_seq(&self, room: &str) -> u64 {
@@ -97,7 +101,14 @@ impl State {
 
     /// Adds a membership; returns whether it is new.
     pub(crate) fn add_member(&mut self, user: &str, room: &str) -> bool {
-        let new = self.memberships.entry(user.to_string()).or_default().insert(room.to_string());
+        let rooms = self.memberships.entry(user.to_string()).or_default();
+        let new = match rooms.binary_search_by(|x| x.as_str().cmp(room)) {
+            Ok(_) => false,
+            Err(at) => {
+                rooms.insert(at, room.to_string());
+                true
+            }
+        };
         self.rooms.entry(room.to_string()).or_default().members.insert(user.to_string());
         new
     }
@@ -105,7 +116,13 @@ impl State {
     /// Removes a membership; returns whether there was one. An empty room is
     /// kept while its `seq` is not 0, so that `seq` keeps growing.
     pub(crate) fn remove_member(&mut self, user: &str, room: &str) -> bool {
-        let had = self.memberships.get_mut(user).is_some_and(|r| r.remove(room));
+        let had = self.memberships.get_mut(user).is_some_and(|r| match r.binary_search_by(|x| x.as_str().cmp(room)) {
+            Ok(at) => {
+                r.remove(at);
+                true
+            }
+            Err(_) => false,
+        });
         if let Some(r) = self.memberships.get(user) {
             if r.is_empty() {
                 self.memberships.remove(user);

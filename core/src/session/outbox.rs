@@ -21,6 +21,10 @@ pub(crate) struct Outbox {
     sealed: usize,
 }
 
+/// Queue slots kept while empty: what a connection needs that gets a frame
+/// at a time, so steady traffic allocates nothing; more goes back at once.
+const KEEP_CAPACITY: usize = 4;
+
 /// The push would take the queue past its bound; nothing was queued.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Full;
@@ -34,17 +38,25 @@ impl Outbox {
         if self.len + bytes.len() > max {
             return Err(Full);
         }
-        self.len += bytes.len();
-        self.queue.push_back(bytes);
+        self.enqueue(bytes);
         Ok(())
     }
 
     /// Queues `bytes` whatever the bound (a close frame after a reset).
     pub(crate) fn push_unbounded(&mut self, bytes: Bytes) {
         if !bytes.is_empty() {
-            self.len += bytes.len();
-            self.queue.push_back(bytes);
+            self.enqueue(bytes);
         }
+    }
+
+    fn enqueue(&mut self, bytes: Bytes) {
+        if self.queue.capacity() == 0 {
+            // One slot, not the four a first push would take: most idle
+            // sessions only ever hold one frame at a time (a heartbeat).
+            self.queue.reserve_exact(1);
+        }
+        self.len += bytes.len();
+        self.queue.push_back(bytes);
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -113,8 +125,10 @@ impl Outbox {
                 n = 0;
             }
         }
-        if self.queue.is_empty() && self.queue.capacity() > 64 {
-            // Let a burst's allocation go: idle sessions hold no buffers.
+        if self.queue.is_empty() && self.queue.capacity() > KEEP_CAPACITY {
+            // Let a burst's allocation go: an idle session holds no more
+            // than a steady one needs (a burst of presence as a room fills
+            // would otherwise stay with every member for good).
             self.queue = VecDeque::new();
         }
     }
@@ -123,6 +137,20 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_idle_outbox_keeps_one_slot_and_lets_a_burst_go() {
+        let mut o = Outbox::default();
+        o.push(Bytes::from_static(b"ping"), 1 << 20).unwrap();
+        o.advance(4);
+        assert_eq!(o.queue.capacity(), 1, "a frame at a time needs one slot");
+        for _ in 0..100 {
+            o.push(Bytes::from_static(b"presence"), 1 << 20).unwrap();
+        }
+        o.advance(800);
+        assert!(o.is_empty());
+        assert_eq!(o.queue.capacity(), 0, "the burst's slots went back");
+    }
 
     #[test]
     fn bound_is_exact() {

@@ -51,7 +51,9 @@ pub enum WsEvent {
 #[derive(Debug, Default)]
 pub(crate) struct Decoder {
     /// A fragmented message in progress: whether it is text, and its bytes.
-    partial: Option<(bool, Vec<u8>)>,
+    /// Boxed, like `scan`: both are rare, and every idle WebSocket session
+    /// carries a `Decoder`.
+    partial: Option<Box<(bool, Vec<u8>)>>,
     /// Hand up text messages with invalid UTF-8 instead of failing the
     /// connection: PROTOCOL.md answers them with a `bad_json` error on `/ws`
     /// and keeps the connection, while `/echo` (strict, the default) keeps
@@ -59,7 +61,7 @@ pub(crate) struct Decoder {
     lenient_utf8: bool,
     /// A strict text frame whose payload is still arriving: how many of its
     /// payload bytes were checked, and the unfinished character at their end.
-    scan: Option<(usize, Vec<u8>)>,
+    scan: Option<Box<(usize, Vec<u8>)>>,
 }
 
 impl Decoder {
@@ -70,7 +72,7 @@ impl Decoder {
 
     /// Bytes held for a message in progress.
     pub(crate) fn buffered(&self) -> usize {
-        self.partial.as_ref().map_or(0, |(_, b)| b.len())
+        self.partial.as_ref().map_or(0, |p| p.1.len())
     }
 
     /// Decodes at most one frame from the front of `buf`. Returns how many
@@ -128,7 +130,7 @@ impl Decoder {
                 return Err(FrameError::Protocol("reserved opcode"))
             }
             OpCode::Data(Data::Continue) => {
-                let Some((text, mut data)) = self.partial.take() else {
+                let Some((text, mut data)) = self.partial.take().map(|p| *p) else {
                     return Err(FrameError::Protocol("continuation without a message"));
                 };
                 if data.len() + payload.len() > max_message {
@@ -143,7 +145,7 @@ impl Decoder {
                     Some(finish(text, strict, data)?)
                 } else {
                     check_utf8_prefix(strict, &data[unchecked..])?;
-                    self.partial = Some((text, data));
+                    self.partial = Some(Box::new((text, data)));
                     None
                 }
             }
@@ -157,7 +159,7 @@ impl Decoder {
                     Some(finish(text, strict, payload)?)
                 } else {
                     check_utf8_prefix(strict, &payload)?;
-                    self.partial = Some((text, payload));
+                    self.partial = Some(Box::new((text, payload)));
                     None
                 }
             }
@@ -173,16 +175,16 @@ impl Decoder {
             // Not inside a fragmented message: that fails as a protocol
             // error once the frame is whole, whatever its bytes (fuzzing).
             OpCode::Data(Data::Text) => self.partial.is_none(),
-            OpCode::Data(Data::Continue) => self.partial.as_ref().is_some_and(|(text, _)| *text),
+            OpCode::Data(Data::Continue) => self.partial.as_ref().is_some_and(|p| p.0),
             _ => false,
         };
         if !text || self.lenient_utf8 {
             return Ok(());
         }
         let (checked, mut bytes) = match self.scan.take() {
-            Some(scan) => scan,
+            Some(scan) => *scan,
             // A continuation goes on from its message's unfinished character.
-            None => (0, self.partial.as_ref().map_or(Vec::new(), |(_, data)| unfinished_char(data).to_vec())),
+            None => (0, self.partial.as_ref().map_or(Vec::new(), |p| unfinished_char(&p.1).to_vec())),
         };
         let new = arrived.get(checked..).unwrap_or_default();
         let start = bytes.len();
@@ -194,7 +196,7 @@ impl Decoder {
             Err(_) => return Err(FrameError::BadUtf8),
         };
         bytes.drain(..valid);
-        self.scan = Some((checked + new.len(), bytes));
+        self.scan = Some(Box::new((checked + new.len(), bytes)));
         Ok(())
     }
 }
