@@ -3,7 +3,7 @@
 //! contract.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::io::IoSlice;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -65,7 +65,6 @@ pub struct Shard {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     entries: Slab<Entry>,
-    keys: HashMap<SessionId, ConnKey>,
     timers: BinaryHeap<Reverse<(Instant, ConnKey)>>,
     hub: Option<Hub>,
     to_hub: Vec<ToHubInner>,
@@ -81,7 +80,6 @@ impl Shard {
             config,
             metrics,
             entries: Slab::new(),
-            keys: HashMap::new(),
             timers: BinaryHeap::new(),
             hub: None,
             to_hub: Vec::new(),
@@ -108,18 +106,18 @@ impl Shard {
     /// A connection was accepted.
     pub fn open(&mut self, now: Now, transport: Transport, peer: IpAddr) -> ConnKey {
         self.serial += 1;
-        let sid = SessionId::new(self.index, self.serial);
+        let slot = self.entries.vacant_key();
+        let sid = SessionId::new(self.index, slot % SessionId::SLOTS, self.serial);
         let line = transport == Transport::Line;
         let gauge = if line { &self.metrics.connections_line } else { &self.metrics.connections_http };
         let open = self.metrics.connections_http.load(Relaxed) + self.metrics.connections_line.load(Relaxed);
         gauge.fetch_add(1, Relaxed);
         let mut ctx = Ctx { now, config: &self.config, metrics: &self.metrics, to_hub: &mut self.to_hub };
         let mut session = Session::new(&mut ctx, sid, line, peer);
-        if open >= self.config.max_connections as i64 {
+        if open >= self.config.max_connections as i64 || slot >= SessionId::SLOTS {
             session.refuse(&mut ctx);
         }
         let key = self.entries.insert(Entry { session: Box::new(session), scheduled: None, write_hinted: false });
-        self.keys.insert(sid, key);
         self.after(now, key);
         key
     }
@@ -250,7 +248,7 @@ impl Shard {
         match msg {
             ToShardInner::Deliver { sessions, event } => {
                 for sid in sessions {
-                    let Some(&key) = self.keys.get(&sid) else { continue };
+                    let Some(key) = self.key_of(sid) else { continue };
                     let e = &mut self.entries[key];
                     let mut ctx = Ctx { now, config: &self.config, metrics: &self.metrics, to_hub: &mut self.to_hub };
                     e.session.deliver(&mut ctx, &event);
@@ -258,7 +256,7 @@ impl Shard {
                 }
             }
             msg => {
-                let Some(&key) = msg.sid().and_then(|sid| self.keys.get(&sid)) else { return };
+                let Some(key) = msg.sid().and_then(|sid| self.key_of(sid)) else { return };
                 let e = &mut self.entries[key];
                 let mut ctx = Ctx { now, config: &self.config, metrics: &self.metrics, to_hub: &mut self.to_hub };
                 e.session.handle_hub(&mut ctx, msg);
@@ -287,10 +285,15 @@ impl Shard {
         }
     }
 
+    /// The connection of a session that is still open.
+    fn key_of(&self, sid: SessionId) -> Option<ConnKey> {
+        let key = sid.slot();
+        self.entries.get(key).is_some_and(|e| e.session.id() == sid).then_some(key)
+    }
+
     fn remove(&mut self, key: ConnKey) {
         let e = self.entries.remove(key);
         let sid = e.session.id();
-        self.keys.remove(&sid);
         let gauge = if e.session.is_line() { &self.metrics.connections_line } else { &self.metrics.connections_http };
         gauge.fetch_sub(1, Relaxed);
         // A session that closed itself told the hub when it began to.
