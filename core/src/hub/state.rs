@@ -1,7 +1,13 @@
 //! What the hub knows: rooms with their members, users online with their
 //! sessions, and each session's progress.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+
+/// The hub's tables are looked up per member for every message, with
+/// SipHash's cost; foldhash is several times cheaper and still seeded at
+/// random per table, so clients who choose names cannot aim collisions.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::quality::RandomState>;
 use std::net::IpAddr;
 
 use crate::ids::SessionId;
