@@ -2,7 +2,7 @@
 //! environment and file; logging; storage workers; the hub thread; signals;
 //! start-up and the orderly end. A runtime binary adds only its event loop.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod config;
 pub mod conns;

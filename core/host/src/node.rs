@@ -2,7 +2,7 @@
 //! logging, storage, the hub (in the only shard, or on its own thread),
 //! the listeners, the listening line, signals, and the orderly end.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -180,6 +180,7 @@ impl Node {
             Err(ConfigExit::Bad(line)) => return Err(fail(line)),
         };
         crate::logging::init(settings.log.as_deref());
+        return_big_blocks_to_the_system();
         if settings.database.is_some() || settings.redis.is_some() {
             return Err(fail("PostgreSQL and Redis clustering are not available in this build yet; run without --database and --redis to use the embedded SQLite store"));
         }
@@ -189,11 +190,7 @@ impl Node {
         let Some(Ok(StoreValue::Snapshot { users, rooms })) = snapshot else {
             return Err(fail(format_args!("cannot read the database in {}", settings.data.display())));
         };
-        let bind = |addr, what| {
-            TcpListener::bind(addr)
-                .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .map_err(|e| fail(format_args!("cannot listen on --{what} {addr}: {e}")))
-        };
+        let bind = |addr, what| listen(addr).map_err(|e| fail(format_args!("cannot listen on --{what} {addr}: {e}")));
         let http = bind(settings.http, "http")?;
         let line = bind(settings.line, "line")?;
         let metrics = Arc::new(Metrics::default());
@@ -330,4 +327,33 @@ fn spawn_hub(
             }
         }
     })
+}
+
+/// Connections the kernel queues for `accept`: std's 128 drops SYNs in a
+/// connection storm (a reconnect wave after a restart), and each drop costs
+/// its client a one-second retransmit. The kernel caps it at `somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A non-blocking listener on `addr`.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Each argon2 hash takes 19 MiB. glibc raises its mmap threshold to the
+/// size of a freed mmapped block, so from the second hash on those blocks
+/// come from the heap and stay resident: a few dozen logins left the
+/// process at 270 MiB. A fixed threshold keeps big blocks mmapped, and
+/// returned to the system when freed.
+#[allow(unsafe_code)] // The one unsafe call of the crate.
+fn return_big_blocks_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; any value is valid.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
 }
