@@ -224,8 +224,7 @@ impl Hub {
         });
         let first = online.sessions.is_empty();
         online.sessions.push(sid);
-        let rooms: Vec<String> =
-            self.state.memberships.get(&user).map(|r| r.iter().cloned().collect()).unwrap_or_default();
+        let rooms: Vec<String> = self.state.memberships.get(&user).cloned().unwrap_or_default();
         if first {
             for room in &rooms {
                 let targets = self.room_sessions(room, Some(&user), false);
@@ -302,8 +301,7 @@ impl Hub {
         }
         let guest = online.guest;
         self.state.online.remove(&user);
-        let rooms: Vec<String> =
-            self.state.memberships.get(&user).map(|r| r.iter().cloned().collect()).unwrap_or_default();
+        let rooms: Vec<String> = self.state.memberships.get(&user).cloned().unwrap_or_default();
         for room in rooms {
             if guest {
                 let targets = self.room_sessions(&room, Some(&user), false);
