@@ -90,7 +90,7 @@ pub(crate) struct State {
 
 impl State {
     pub(crate) fn is_member(&self, user: &str, room: &str) -> bool {
-        self.memberships.get(user).is_some_and(|r| r.binary_search_by(|x| x.as_str().cmp(room)).is_ok())
+        self.memberships.get(user).is_some_and(|r| find_room(r, room).is_ok())
     }
 
     pub(crate) fn room_count(&self, user: &str) -> usize {
@@ -108,7 +108,7 @@ impl State {
     /// Adds a membership; returns whether it is new.
     pub(crate) fn add_member(&mut self, user: &str, room: &str) -> bool {
         let rooms = self.memberships.entry(user.to_string()).or_default();
-        let new = match rooms.binary_search_by(|x| x.as_str().cmp(room)) {
+        let new = match find_room(rooms, room) {
             Ok(_) => false,
             Err(at) => {
                 rooms.insert(at, room.to_string());
@@ -122,7 +122,7 @@ impl State {
     /// Removes a membership; returns whether there was one. An empty room is
     /// kept while its `seq` is not 0, so that `seq` keeps growing.
     pub(crate) fn remove_member(&mut self, user: &str, room: &str) -> bool {
-        let had = self.memberships.get_mut(user).is_some_and(|r| match r.binary_search_by(|x| x.as_str().cmp(room)) {
+        let had = self.memberships.get_mut(user).is_some_and(|r| match find_room(r, room) {
             Ok(at) => {
                 r.remove(at);
                 true
@@ -155,6 +155,11 @@ impl State {
     pub(crate) fn live_rooms(&self) -> usize {
         self.rooms.values().filter(|r| !r.members.is_empty()).count()
     }
+}
+
+/// Where `room` is in a user's sorted room list, or where it would go.
+fn find_room(rooms: &[String], room: &str) -> Result<usize, usize> {
+    rooms.binary_search_by(|x| x.as_str().cmp(room))
 }
 
 /// The display name in a stored principal (`bob#7` → `bob`).

@@ -467,6 +467,12 @@ fn is_write(op: &StoreOp) -> bool {
     }
 }
 
+/// Whether an operation's error leaves the transaction intact, so that the
+/// operation can fail alone (see the module docs).
+fn fails_alone(conn: &Connection, e: &rusqlite::Error) -> bool {
+    failure_kind(e) == StoreFailure::Other && !conn.is_autocommit()
+}
+
 /// The body of a batch transaction as it nearly always runs: without a
 /// savepoint per operation, which would be two more statements for each.
 /// `None` when an operation failed on its own: the caller rolls back and
@@ -479,7 +485,7 @@ fn run_without_savepoints(
     for op in ops {
         match run_op(conn, op) {
             Ok(value) => out.push(Ok(value)),
-            Err(e) if failure_kind(&e) == StoreFailure::Other && !conn.is_autocommit() => return Ok(None),
+            Err(e) if fails_alone(conn, &e) => return Ok(None),
             Err(e) => return Err(e),
         }
     }
@@ -497,7 +503,7 @@ fn run_in_transaction(conn: &Connection, ops: &[&StoreOp]) -> rusqlite::Result<V
                 conn.prepare_cached("RELEASE op")?.execute([])?;
                 out.push(Ok(value));
             }
-            Err(e) if failure_kind(&e) == StoreFailure::Other && !conn.is_autocommit() => {
+            Err(e) if fails_alone(conn, &e) => {
                 tracing::warn!(error = %e, "storage operation failed, rolled back alone");
                 conn.prepare_cached("ROLLBACK TO op")?.execute([])?;
                 conn.prepare_cached("RELEASE op")?.execute([])?;
