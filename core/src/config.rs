@@ -3,6 +3,18 @@
 
 use std::time::Duration;
 
+use crate::store::InboxBound;
+
+/// A 32-byte key, shown as `GuestSecret(..)` so that it never reaches a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GuestSecret(pub [u8; 32]);
+
+impl std::fmt::Debug for GuestSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GuestSecret(..)")
+    }
+}
+
 /// What the core needs to know about how the server was started.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -36,6 +48,15 @@ pub struct Config {
     pub echo: bool,
     /// Failed logins per client address per minute.
     pub login_rate: u32,
+    /// How many private messages a registered user may have waiting
+    /// unacknowledged, from one sender and from everybody; past either,
+    /// a send is answered `inbox_full`.
+    pub inbox: InboxBound,
+    /// Guests may not send private messages to registered users.
+    pub no_guest_private: bool,
+    /// Signs the `resume` secret a guest gets at `welcome`. Random per
+    /// start (the host's job); never shown in `Debug`.
+    pub guest_secret: GuestSecret,
     /// Storage requests the hub lets wait for completion; past it, requests
     /// are answered `unavailable` at once. Not a flag: a safety bound.
     pub store_backlog: usize,
@@ -59,6 +80,9 @@ impl Default for Config {
             line_idle: Duration::from_secs(600),
             echo: false,
             login_rate: 10,
+            inbox: InboxBound { per_sender: 1_000, per_recipient: 10_000 },
+            no_guest_private: false,
+            guest_secret: GuestSecret([0; 32]),
             store_backlog: 100_000,
         }
     }

@@ -130,6 +130,11 @@ pub(crate) enum LineCommand {
 pub(crate) enum Auth {
     Token(String),
     Guest(String),
+    /// A guest's `hello` with the `resume` secret of an earlier session.
+    Resume {
+        name: String,
+        resume: String,
+    },
     /// Line `/login USER PASSWORD`.
     Password {
         user: String,

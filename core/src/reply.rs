@@ -26,6 +26,8 @@ pub(crate) enum ErrorCode {
     TooLong,
     RateLimited,
     TooManyRooms,
+    InboxFull,
+    Forbidden,
     Unavailable,
 }
 
@@ -47,6 +49,8 @@ impl ErrorCode {
             ErrorCode::TooLong => "too_long",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::InboxFull => "inbox_full",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unavailable => "unavailable",
         }
     }
@@ -89,6 +93,8 @@ pub(crate) enum Reply {
         session: String,
         heartbeat_s: u64,
         rooms: Vec<RoomMark>,
+        /// A guest's secret for coming back as itself (`hub/guest.rs`).
+        resume: Option<String>,
     },
     Joined {
         room: String,
@@ -139,7 +145,7 @@ pub(crate) fn reply_json(reference: Option<&str>, kind: &str, result: &Result<Re
         o.insert("ref".into(), r.into());
     }
     match reply {
-        Reply::Welcome { user, guest, session, heartbeat_s, rooms } => {
+        Reply::Welcome { user, guest, session, heartbeat_s, rooms, resume } => {
             o.insert("user".into(), user.clone().into());
             o.insert("guest".into(), (*guest).into());
             o.insert("session".into(), session.clone().into());
@@ -147,6 +153,9 @@ pub(crate) fn reply_json(reference: Option<&str>, kind: &str, result: &Result<Re
             let rooms: Vec<Value> =
                 rooms.iter().map(|r| json!({"room": r.room, "seq": r.seq, "read": r.read})).collect();
             o.insert("rooms".into(), rooms.into());
+            if let Some(resume) = resume {
+                o.insert("resume".into(), resume.clone().into());
+            }
         }
         Reply::Joined { room, seq, members, recovery } => {
             o.insert("room".into(), room.clone().into());

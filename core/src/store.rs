@@ -66,20 +66,35 @@ pub enum StoreOp {
     /// Ends it: [`StoreValue::Done`].
     Leave { user: String, room: String },
     /// Appends a message, assigning the target's next `seq` in the same
-    /// transaction: [`StoreValue::Appended`]. When `(dedup_key, client_id)`
-    /// was stored before (in any target) and [`NewMessage::repeats`] says it
-    /// still counts, nothing is written and the first message's `seq` comes
-    /// back with `duplicate: true`; otherwise the id now names this message.
+    /// transaction: [`StoreValue::Appended`]. A client id is scoped to its
+    /// sender *and* target: when `(sender, target, client_id)` is remembered
+    /// and the message it names has the same text, nothing is written and the
+    /// first message's `seq` comes back with `duplicate: true`. Otherwise
+    /// (a new id, or the same id with other text) the message is stored and
+    /// the id now names it: a retry is recognised, a reused id is never
+    /// acknowledged as someone else's message.
+    ///
+    /// A new conversation whose two display names already had a
+    /// conversation (a guest's name taken again by someone else) starts its
+    /// `seq` after that one's, so a client that knows the other side by name
+    /// never sees two messages with the same `seq` (see [`display_pair`]).
+    ///
+    /// A private message to a registered user also enters the recipient's
+    /// inbox, within [`NewMessage::inbox`]'s bounds; past them nothing is
+    /// written and the answer is [`StoreValue::InboxFull`].
     Append { target: Target, message: NewMessage },
     /// Messages of a target, oldest first: [`StoreValue::Messages`].
     History { target: Target, range: SeqRange },
-    /// Every private message to `user` whose `seq` is above `user`'s ack for
-    /// that conversation, oldest first per conversation, conversations in the
-    /// order of their oldest such message, at most `limit`:
-    /// [`StoreValue::Inbox`].
-    Inbox { user: UserKey, limit: u32 },
+    /// One page of `user`'s inbox: the private messages to it that it has
+    /// not acknowledged, in the order they were stored (so each
+    /// conversation's in `seq` order), starting after `after` (a cursor from
+    /// an earlier page; 0 for the first), at most `limit`:
+    /// [`StoreValue::Inbox`]. A page costs the same whatever the inbox's
+    /// size, so a huge inbox never holds the store's queue for long.
+    Inbox { user: UserKey, after: u64, limit: u32 },
     /// Raises `user`'s ack of the conversation with `with` to `seq` (never
-    /// lowers it): [`StoreValue::Done`].
+    /// lowers it), and takes what it acknowledges out of `user`'s inbox:
+    /// [`StoreValue::Done`].
     Ack { user: UserKey, with: UserKey, seq: u64 },
     /// Raises `user`'s read mark on a room or a conversation (never lowers
     /// it): [`StoreValue::Done`]. For a conversation, the key of the pair that
@@ -107,29 +122,61 @@ pub struct NewMessage {
     pub client_id: Option<String>,
     /// Server wall clock, ms since the Unix epoch.
     pub ts: u64,
-    /// How long a repeated `client_id` counts as a repeat; `None`: always.
-    /// Guests get a window because their dedup key is their name, which a
-    /// later guest may take (see [`NewMessage::dedup_key`]).
-    pub dedup_window_ms: Option<u64>,
+    /// For a private message to a registered user: how many of its
+    /// messages may wait unacknowledged. `None` for room messages and
+    /// messages to guests, which have no inbox.
+    pub inbox: Option<InboxBound>,
 }
 
-impl NewMessage {
-    /// Under what a repeated `client_id` is recognised: the principal of a
-    /// registered user; for a guest (`name#incarnation`), `name#`, so that a
-    /// guest who reconnects and resends is recognised although every guest
-    /// session is a new principal.
-    pub fn dedup_key(&self) -> &str {
-        match self.sender.find('#') {
-            Some(at) => &self.sender[..=at],
-            None => &self.sender,
+/// How full a registered user's inbox (its unacknowledged private
+/// messages) may get. A guest can open a new conversation with every new
+/// session, so the bound per recipient is what protects the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InboxBound {
+    /// Messages from one sender (one conversation) waiting unacknowledged.
+    pub per_sender: u32,
+    /// Messages from everybody waiting unacknowledged.
+    pub per_recipient: u32,
+}
+
+/// Which bound of an inbox a message did not fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InboxLimit {
+    /// [`InboxBound::per_sender`].
+    PerSender,
+    /// [`InboxBound::per_recipient`].
+    PerRecipient,
+}
+
+/// The scope a client id is remembered in: the room, or the conversation
+/// (by its principals, in either order).
+pub fn id_scope(target: &Target) -> String {
+    match target {
+        Target::Room(room) => format!("r:{room}"),
+        Target::Conversation(a, b) => {
+            let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+            format!("c:{lo} {hi}")
         }
     }
+}
 
-    /// Whether an earlier use of the same key and id, stored at `first_ts`,
-    /// makes this message a repeat.
-    pub fn repeats(&self, first_ts: u64) -> bool {
-        self.dedup_window_ms.is_none_or(|w| first_ts.saturating_add(w) >= self.ts)
+/// The display names of a conversation's two principals, lower-cased and
+/// sorted: what a client calls the conversation. Two principals can share
+/// it (a guest's name, taken again later by another guest).
+pub fn display_pair(a: &str, b: &str) -> String {
+    let name = |key: &str| key.split_once('#').map_or(key, |(name, _)| name).to_ascii_lowercase();
+    let (a, b) = (name(a), name(b));
+    if a <= b {
+        format!("{a} {b}")
+    } else {
+        format!("{b} {a}")
     }
+}
+
+/// Whether a principal is a guest's (`name#incarnation`): guests have no
+/// inbox.
+pub fn is_guest_key(key: &str) -> bool {
+    key.contains('#')
 }
 
 /// Which messages of a target to read.
@@ -218,11 +265,16 @@ pub enum StoreValue {
     Revoked { user: Option<String> },
     /// For `Append`.
     Appended { seq: u64, ts: u64, duplicate: bool },
+    /// For `Append` of a private message: the recipient's inbox is full;
+    /// nothing was written.
+    InboxFull { limit: InboxLimit },
     /// For `History`. `oldest` is the smallest `seq` still stored for the
     /// target (`None` when nothing is).
     Messages { messages: Vec<StoredMessage>, oldest: Option<u64> },
-    /// For `Inbox`.
-    Inbox { messages: Vec<InboxMessage> },
+    /// For `Inbox`: a page, and the cursor after its last message (give it
+    /// as `after` for the next page; equal to the `after` asked when the page
+    /// is empty).
+    Inbox { messages: Vec<InboxMessage>, cursor: u64 },
     /// For `Conversations`.
     Conversations { conversations: Vec<ConversationSummary> },
     /// For `ReadMarks`: `(room, read)` pairs.

@@ -9,6 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::parser::ValueSource;
+use natter_core::store::InboxBound;
+
+use crate::store::{SqliteOptions, SyncMode};
 use clap::{Arg, ArgAction, Command};
 
 /// Everything a runtime binary needs to start.
@@ -30,6 +33,8 @@ pub struct Settings {
     pub log: Option<String>,
     /// What the core enforces.
     pub core: natter_core::Config,
+    /// How the embedded database trades safety for speed.
+    pub sqlite: SqliteOptions,
 }
 
 /// Why parsing stopped.
@@ -69,6 +74,24 @@ const FLAGS: &[(&str, Option<&str>, &str)] = &[
     ("line-idle", Some("SECS"), "silence that closes a line session [default: 600]"),
     ("echo", None, "also serve GET /echo, a WebSocket echo for conformance suites (a test aid)"),
     ("login-rate", Some("N"), "failed logins per client address per minute [default: 10]"),
+    (
+        "inbox-per-sender",
+        Some("N"),
+        "unacknowledged private messages a registered user may hold from one sender [default: 1000]",
+    ),
+    (
+        "inbox-per-recipient",
+        Some("N"),
+        "unacknowledged private messages a registered user may hold in all [default: 10000]",
+    ),
+    ("no-guest-private", None, "guests may not send private messages to registered users"),
+    (
+        "sync",
+        Some("MODE"),
+        "full: an ok survives a power cut; normal: faster, the last commits can be lost if the machine goes down [default: full]",
+    ),
+    ("id-retention", Some("SECS"), "how long client message ids are remembered [default: 86400]"),
+    ("max-ids", Some("N"), "most client message ids remembered; past it the oldest go first [default: 10000000]"),
     ("log", Some("FILTER"), "log level or tracing filter, e.g. info or natter=debug [default: RUST_LOG, else info]"),
 ];
 
@@ -135,7 +158,19 @@ where
         line_idle: secs(&value("line-idle")?, "line-idle", d.line_idle)?,
         echo: switch(&value("echo")?, "echo")?,
         login_rate: number(&value("login-rate")?, "login-rate", d.login_rate)?,
+        inbox: InboxBound {
+            per_sender: number(&value("inbox-per-sender")?, "inbox-per-sender", d.inbox.per_sender)?,
+            per_recipient: number(&value("inbox-per-recipient")?, "inbox-per-recipient", d.inbox.per_recipient)?,
+        },
+        no_guest_private: switch(&value("no-guest-private")?, "no-guest-private")?,
+        guest_secret: d.guest_secret,
         store_backlog: d.store_backlog,
+    };
+    let s = SqliteOptions::default();
+    let sqlite = SqliteOptions {
+        sync: sync_mode(&value("sync")?)?,
+        id_retention: secs(&value("id-retention")?, "id-retention", s.id_retention)?,
+        max_ids: number(&value("max-ids")?, "max-ids", s.max_ids)?,
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let settings = Settings {
@@ -147,6 +182,7 @@ where
         threads: number(&value("threads")?, "threads", cores)?,
         log: value("log")?,
         core,
+        sqlite,
     };
     if settings.threads == 0 || settings.threads > 1024 {
         return Err(ConfigExit::Bad("invalid value for --threads: from 1 to 1024".into()));
@@ -161,6 +197,9 @@ where
         ("max-queue", settings.core.max_queue),
         ("max-line", settings.core.max_line),
         ("heartbeat", settings.core.heartbeat.as_secs() as usize),
+        ("inbox-per-sender", settings.core.inbox.per_sender as usize),
+        ("inbox-per-recipient", settings.core.inbox.per_recipient as usize),
+        ("max-ids", settings.sqlite.max_ids as usize),
     ] {
         if v == 0 {
             return Err(ConfigExit::Bad(format!("invalid value for --{name}: must be at least 1")));
@@ -212,6 +251,14 @@ fn switch(v: &Option<String>, name: &str) -> Result<bool, ConfigExit> {
         Some("1" | "true" | "yes") => Ok(true),
         Some("0" | "false" | "no") => Ok(false),
         Some(_) => Err(bad(name, v.as_deref().unwrap_or_default(), "expected 1, true, yes, 0, false or no")),
+    }
+}
+
+fn sync_mode(v: &Option<String>) -> Result<SyncMode, ConfigExit> {
+    match v.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("full") => Ok(SyncMode::Full),
+        Some("normal") => Ok(SyncMode::Normal),
+        Some(_) => Err(bad("sync", v.as_deref().unwrap_or_default(), "expected full or normal")),
     }
 }
 

@@ -171,7 +171,7 @@ impl Node {
     /// directory or URL: one line on standard error and exit status 2,
     /// before anything is bound.
     pub fn start(binary: &'static str) -> Result<(Node, Vec<Seat>), ExitCode> {
-        let settings = match config::parse(binary, std::env::args_os(), |k| std::env::var(k).ok()) {
+        let mut settings = match config::parse(binary, std::env::args_os(), |k| std::env::var(k).ok()) {
             Ok(s) => s,
             Err(ConfigExit::Info(text)) => {
                 print!("{text}");
@@ -184,7 +184,7 @@ impl Node {
         if settings.database.is_some() || settings.redis.is_some() {
             return Err(fail("PostgreSQL and Redis clustering are not available in this build yet; run without --database and --redis to use the embedded SQLite store"));
         }
-        let mut backend = SqliteBackend::open(&settings.data)
+        let mut backend = SqliteBackend::open_with(&settings.data, settings.sqlite)
             .map_err(|e| fail(format_args!("cannot use --data {}: {e}", settings.data.display())))?;
         let snapshot = backend.execute(&[&StoreOp::LoadAll]).pop();
         let Some(Ok(StoreValue::Snapshot { users, rooms })) = snapshot else {
@@ -194,6 +194,7 @@ impl Node {
         let http = bind(settings.http, "http")?;
         let line = bind(settings.line, "line")?;
         let metrics = Arc::new(Metrics::default());
+        settings.core.guest_secret = crate::store::random_secret();
         let config = Arc::new(settings.core.clone());
         let hub = Hub::new(settings.core.clone(), Arc::clone(&metrics), users, rooms, now());
         let threads = settings.threads;

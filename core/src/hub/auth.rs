@@ -6,19 +6,16 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::json;
 
-use super::encode::{presence, private_message, LineAck, Presence};
+use super::encode::{presence, LineAck, Presence};
 use super::pending::{AuthKind, Pending};
-use super::state::{Online, Phase, SessionInfo};
+use super::state::{InboxRead, Online, Phase, SessionInfo};
 use super::{unavailable, Hub};
 use crate::ids::{is_valid_name, SessionId};
 use crate::link::{ApiCall, ApiResponse, Auth, HubClose, Tag, ToShardInner};
 use crate::reply::{ErrorCode, Failure, Reply, RoomMark};
-use crate::store::{InboxMessage, StoreError, StoreOp, StoreValue};
+use crate::store::{StoreError, StoreOp, StoreValue};
 use crate::time::Now;
 
-/// Most undelivered private messages sent at one `welcome`; the rest come at
-/// the next session (they stay unacknowledged).
-const INBOX_LIMIT: u32 = 1000;
 const LOGIN_WINDOW_MS: u64 = 60_000;
 
 impl Hub {
@@ -28,7 +25,7 @@ impl Hub {
                 peer,
                 line,
                 phase: Phase::New,
-                inbox_pending: false,
+                inbox: InboxRead::Done,
                 held_echoes: Vec::new(),
                 replaying: Vec::new(),
             })
@@ -45,7 +42,11 @@ impl Hub {
             }
             Auth::Guest(name) => match self.guest_name_problem(&name) {
                 Some(f) => self.reply(sid, tag, Err(f)),
-                None => self.welcome_guest(sid, tag, name),
+                None => self.welcome_guest(sid, tag, name, None),
+            },
+            Auth::Resume { name, resume } => match self.guest_name_problem_for_resume(&name, &resume) {
+                Err(f) => self.reply(sid, tag, Err(f)),
+                Ok(key) => self.welcome_guest(sid, tag, name, key),
             },
             Auth::Password { user, password } => {
                 if let Some(retry) = self.login_limited(now, peer) {
@@ -74,7 +75,7 @@ impl Hub {
         }
     }
 
-    fn guest_name_problem(&self, name: &str) -> Option<Failure> {
+    pub(super) fn guest_name_problem(&self, name: &str) -> Option<Failure> {
         if self.config.no_guests {
             return Some(Failure::new(ErrorCode::GuestsDisabled, "this server does not accept guests; log in"));
         }
@@ -106,25 +107,8 @@ impl Hub {
         None
     }
 
-    fn welcome_guest(&mut self, sid: SessionId, tag: Tag, name: String) {
-        self.guests += 1;
-        let key = format!("{name}#{}.{}", self.incarnation, self.guests);
-        self.state.online.insert(name.clone(), Online { key, guest: true, sessions: vec![sid] });
-        let line = self.set_welcomed(sid, &name, None);
-        let welcome = Reply::Welcome {
-            user: name,
-            guest: true,
-            session: sid.get().to_string(),
-            heartbeat_s: self.config.heartbeat.as_secs(),
-            rooms: Vec::new(),
-        };
-        self.reply(sid, tag, Ok(welcome));
-        self.push(sid.shard(), ToShardInner::Welcomed { sid, expires_ms: None });
-        self.count_session(line, 1);
-    }
-
     /// Marks the session welcomed; returns whether it is a line session.
-    fn set_welcomed(&mut self, sid: SessionId, user: &str, token: Option<String>) -> bool {
+    pub(super) fn set_welcomed(&mut self, sid: SessionId, user: &str, token: Option<String>) -> bool {
         match self.state.sessions.get_mut(&sid) {
             Some(info) => {
                 info.phase = Phase::Welcomed { user: user.to_string(), token };
@@ -134,7 +118,7 @@ impl Hub {
         }
     }
 
-    fn count_session(&self, line: bool, delta: i64) {
+    pub(super) fn count_session(&self, line: bool, delta: i64) {
         let gauge = if line { &self.metrics.sessions_line } else { &self.metrics.sessions_ws };
         gauge.fetch_add(delta, Relaxed);
     }
@@ -215,7 +199,7 @@ impl Hub {
             let f = Failure::new(ErrorCode::NameTaken, format!("a guest is online as {user}"));
             return self.reply(sid, tag, Err(f));
         }
-        info.inbox_pending = true;
+        info.inbox = InboxRead::Reading;
         let line = self.set_welcomed(sid, &user, token);
         let online = self.state.online.entry(user.clone()).or_insert_with(|| Online {
             key: user.clone(),
@@ -244,41 +228,12 @@ impl Hub {
             session: sid.get().to_string(),
             heartbeat_s: self.config.heartbeat.as_secs(),
             rooms,
+            resume: None,
         };
         self.reply(sid, tag, Ok(welcome));
         self.push(sid.shard(), ToShardInner::Welcomed { sid, expires_ms });
         self.count_session(line, 1);
-        self.store(now, StoreOp::Inbox { user, limit: INBOX_LIMIT }, Pending::Inbox { sid });
-    }
-
-    pub(super) fn complete_inbox(&mut self, sid: SessionId, result: Result<StoreValue, StoreError>) {
-        let Some(info) = self.state.sessions.get_mut(&sid) else { return };
-        info.inbox_pending = false;
-        let held = std::mem::take(&mut info.held_echoes);
-        let user = info.user().map(str::to_owned);
-        // On failure nothing was acknowledged, so the next session gets
-        // them; the held echoes are live messages and go out regardless.
-        let mut messages = match result {
-            Ok(StoreValue::Inbox { messages }) => messages,
-            _ => Vec::new(),
-        };
-        for echo in held {
-            let at = messages
-                .iter()
-                .position(|m| m.with == echo.with && m.message.seq > echo.message.seq)
-                .unwrap_or(messages.len());
-            messages.insert(at, echo);
-        }
-        let my_key = user.as_deref().and_then(|u| self.state.online.get(u)).map(|o| o.key.clone());
-        for InboxMessage { message, .. } in messages {
-            // Only registered users have an inbox, so the principal is the name.
-            let (to_recipient, echo) = private_message(&message, my_key.as_deref());
-            if my_key.as_deref() == Some(message.sender.as_str()) {
-                self.deliver(&[sid], &echo);
-            } else {
-                self.deliver(&[sid], &to_recipient);
-            }
-        }
+        self.read_inbox(now, sid, 0);
     }
 
     /// A line session wrote a private message: the store learns it was

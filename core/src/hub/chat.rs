@@ -3,23 +3,21 @@
 
 use super::encode::{presence, private_message, read_mark, room_message, typing_in_room, typing_to_user, Presence};
 use super::pending::Pending;
-use super::state::display_name;
+use super::state::{display_name, InboxRead};
 use super::{unavailable, Hub};
 use crate::ids::{is_valid_name, SessionId};
 use crate::link::Tag;
 use crate::reply::{ErrorCode, Failure, Recovery, Reply};
-use crate::store::{InboxMessage, NewMessage, SeqRange, StoreError, StoreOp, StoreValue, StoredMessage, Target};
+use crate::store::{
+    is_guest_key, InboxLimit, InboxMessage, NewMessage, SeqRange, StoreError, StoreOp, StoreValue, StoredMessage,
+    Target,
+};
 use crate::time::Now;
 use crate::transport::request::{ClientRequest, Target as To};
 
 /// Most messages one `since` replay sends; past it the newest are sent and
 /// `recovered` is `false`, so the client fills the rest with `history`.
 const REPLAY_LIMIT: u32 = 1000;
-
-/// How long a guest's message id is remembered: long enough for a client to
-/// reconnect and resend, short enough that a later guest with the same name
-/// and a simple id scheme is not taken for it.
-const GUEST_DEDUP_WINDOW_MS: u64 = 10 * 60 * 1000;
 
 fn limit(given: Option<u64>, default: u64, max: u64) -> u32 {
     given.unwrap_or(default).min(max) as u32
@@ -31,6 +29,15 @@ fn not_member(room: &str) -> Failure {
 
 fn bad_room() -> Failure {
     Failure::new(ErrorCode::BadName, "room names have 1 to 32 of A-Z a-z 0-9 _ - .")
+}
+
+fn inbox_full(to_key: &str, limit: InboxLimit) -> Failure {
+    let to = display_name(to_key);
+    let message = match limit {
+        InboxLimit::PerSender => format!("{to} has too many unread messages from you; wait until they read them"),
+        InboxLimit::PerRecipient => format!("{to} has too many unread messages; try again later"),
+    };
+    Failure::new(ErrorCode::InboxFull, message)
 }
 
 fn no_such_user(user: &str) -> Failure {
@@ -83,7 +90,7 @@ impl Hub {
                         text,
                         client_id: id,
                         ts: now.unix_ms,
-                        dedup_window_ms: guest.then_some(GUEST_DEDUP_WINDOW_MS),
+                        inbox: None,
                     };
                     match to {
                         To::Room(room) if !self.state.is_member(&user, &room) => Err(not_member(&room)),
@@ -93,8 +100,12 @@ impl Hub {
                         }
                         To::User(to) => match self.state.key_of(&to) {
                             None => Err(no_such_user(&to)),
+                            Some(to_key) if guest && self.config.no_guest_private && !is_guest_key(&to_key) => {
+                                Err(Failure::new(ErrorCode::Forbidden, "guests may not message registered users here"))
+                            }
                             Some(to_key) => {
-                                let message = NewMessage { to: Some(to), ..message };
+                                let inbox = (!is_guest_key(&to_key)).then_some(self.config.inbox);
+                                let message = NewMessage { to: Some(to), inbox, ..message };
                                 let target = Target::Conversation(my_key, to_key.clone());
                                 let op = StoreOp::Append { target, message: message.clone() };
                                 return self.store(now, op, Pending::SendPrivate { sid, tag, to_key, message });
@@ -325,10 +336,12 @@ impl Hub {
         message: NewMessage,
         value: StoreValue,
     ) -> Result<u64, Failure> {
-        let StoreValue::Appended { seq, ts, duplicate } = value else { return Err(unavailable()) };
-        if duplicate {
-            return Ok(seq);
-        }
+        let (seq, ts) = match value {
+            StoreValue::Appended { seq, duplicate: true, .. } => return Ok(seq),
+            StoreValue::Appended { seq, ts, .. } => (seq, ts),
+            StoreValue::InboxFull { limit } => return Err(inbox_full(&to_key, limit)),
+            _ => return Err(unavailable()),
+        };
         let from = message.from.clone();
         let to = message.to.clone().unwrap_or_default();
         let stored = stored(message, seq, ts);
@@ -342,7 +355,7 @@ impl Hub {
             let recipients: Vec<SessionId> = self
                 .sessions_of(&to)
                 .into_iter()
-                .filter(|s| self.state.sessions.get(s).is_some_and(|i| !i.inbox_pending))
+                .filter(|s| self.state.sessions.get(s).is_some_and(|i| !i.inbox.holds_live()))
                 .collect();
             self.deliver(&recipients, &to_view);
         }
@@ -351,7 +364,7 @@ impl Hub {
         let mut echoes = Vec::new();
         for s in self.sessions_of(&from).into_iter().filter(|s| *s != sid) {
             match self.state.sessions.get_mut(&s) {
-                Some(info) if info.inbox_pending => {
+                Some(info) if info.inbox == InboxRead::Reading => {
                     info.held_echoes.push(InboxMessage { with: to_key.clone(), message: stored.clone() })
                 }
                 _ if from != to => echoes.push(s),
@@ -369,7 +382,7 @@ impl Hub {
             Pending::Welcome { sid, tag, user, token, expires_ms } => {
                 self.complete_welcome(now, sid, tag, user, token, expires_ms, result)
             }
-            Pending::Inbox { sid } => self.complete_inbox(sid, result),
+            Pending::Inbox { sid, cursor, round } => self.complete_inbox(now, sid, cursor, round, result),
             p @ (Pending::ApiRegister { .. } | Pending::ApiLogin { .. } | Pending::ApiLogout { .. }) => {
                 self.complete_api(now, p, result)
             }
@@ -416,6 +429,9 @@ impl Hub {
                 Err(_) => self.reply(sid, tag, Err(unavailable())),
             },
             Pending::Ack { sid, tag } => {
+                if result.is_ok() {
+                    self.resume_inbox(now, sid);
+                }
                 if let Some(tag) = tag {
                     self.reply(sid, tag, result.map(|_| Reply::Done).map_err(|_| unavailable()));
                 }

@@ -21,6 +21,8 @@ mod state;
 
 mod auth;
 mod chat;
+mod guest;
+mod inbox;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -263,7 +265,7 @@ fn pending_client(p: &Pending) -> (SessionId, Option<Tag>) {
         | Pending::Conversations { sid, tag }
         | Pending::Read { sid, tag, .. } => (*sid, Some(tag.clone())),
         Pending::Ack { sid, tag } => (*sid, tag.clone()),
-        Pending::Inbox { sid }
+        Pending::Inbox { sid, .. }
         | Pending::ApiRegister { sid, .. }
         | Pending::ApiLogin { sid, .. }
         | Pending::ApiLogout { sid, .. } => (*sid, None),

@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use super::inbox::Round;
 use crate::ids::SessionId;
 use crate::link::Tag;
 use crate::store::{NewMessage, StoreReqId};
@@ -41,6 +42,9 @@ pub(crate) enum Pending {
     },
     Inbox {
         sid: SessionId,
+        /// Where this page starts.
+        cursor: u64,
+        round: Round,
     },
     ApiRegister {
         sid: SessionId,

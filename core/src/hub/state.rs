@@ -36,17 +36,36 @@ pub(crate) struct SessionInfo {
     pub(crate) peer: IpAddr,
     pub(crate) line: bool,
     pub(crate) phase: Phase,
-    /// Its private messages arrive from the inbox read; live ones are held
-    /// back until then, because the read returns them too (see `Hub` docs).
-    pub(crate) inbox_pending: bool,
-    /// The user's own private messages that completed while the inbox read
-    /// was in flight. The inbox holds only others' messages, so these are
-    /// merged into it by `seq` and sent with it: each conversation arrives
-    /// in order.
+    /// Where it is in reading its inbox: until `Done`, live private
+    /// messages to it are held back, because a later page returns them too
+    /// (see `hub/inbox.rs`).
+    pub(crate) inbox: InboxRead,
+    /// The user's own private messages that completed while an inbox page
+    /// was read. The inbox holds only others' messages, so these are merged
+    /// into it by `seq` and sent with it: each conversation arrives in
+    /// order.
     pub(crate) held_echoes: Vec<InboxMessage>,
     /// Rooms whose `since` replay is being read; live messages of these
     /// rooms are skipped for this session, as the replay will carry them.
     pub(crate) replaying: Vec<String>,
+}
+
+/// A session's progress through its inbox (`hub/inbox.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InboxRead {
+    /// All sent (or the session has no inbox: a guest, or not welcomed yet).
+    Done,
+    /// A page is being read.
+    Reading,
+    /// A round was sent; the rest, after `cursor`, follows the next `ack`.
+    Paused { cursor: u64 },
+}
+
+impl InboxRead {
+    /// Whether live private messages to the session wait for a page.
+    pub(crate) fn holds_live(self) -> bool {
+        self != InboxRead::Done
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -111,6 +111,7 @@ impl Session {
                 let auth = match auth {
                     HelloAuth::Token(t) => Auth::Token(t),
                     HelloAuth::Guest(n) => Auth::Guest(n),
+                    HelloAuth::Resume { name, resume } => Auth::Resume { name, resume },
                 };
                 ctx.to_hub.push(ToHubInner::Hello { sid: self.id, tag, auth, line: false, peer: self.peer });
             }

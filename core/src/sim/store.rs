@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::rng::Rng;
 use crate::store::{
-    ConversationSummary, InboxMessage, NewMessage, SeqRange, StoreDone, StoreError, StoreFailure, StoreOp,
-    StoreRequest, StoreValue, StoredMessage, StoredRoom, Target,
+    display_pair, id_scope, ConversationSummary, InboxBound, InboxLimit, InboxMessage, NewMessage, SeqRange, StoreDone,
+    StoreError, StoreFailure, StoreOp, StoreRequest, StoreValue, StoredMessage, StoredRoom, Target,
 };
 
 /// Decides whether an operation fails (see [`FakeStore::fail_when`]).
@@ -49,8 +49,14 @@ struct Data {
     conversations: BTreeMap<(String, String), Conversation>,
     /// `(user, peer)` → `(read, ack)`.
     marks: HashMap<(String, String), (u64, u64)>,
-    /// `(sender, client id)` → the first message's `(seq, ts)`.
-    client_ids: HashMap<(String, String), (u64, u64)>,
+    /// `(sender, scope, client id)` → the message's `(seq, ts)`.
+    client_ids: HashMap<(String, String, String), (u64, u64)>,
+    /// Newest `seq` per [`display_pair`], for new conversations to continue.
+    names: HashMap<String, u64>,
+    /// Unacknowledged private messages: `(cursor, user, conversation, seq)`,
+    /// in order of arrival.
+    inbox: Vec<(u64, String, (String, String), u64)>,
+    inbox_cursor: u64,
     tokens_issued: u64,
 }
 
@@ -419,30 +425,27 @@ impl Data {
                 let messages = window[skip..].iter().map(|m| (*m).clone()).collect();
                 StoreValue::Messages { messages, oldest }
             }
-            StoreOp::Inbox { user, limit } => {
-                let mut pending: Vec<(u64, &(String, String), InboxMessage)> = Vec::new();
-                for (key, c) in &self.conversations {
-                    let peer = match key {
-                        (a, b) if a == user => b,
-                        (a, b) if b == user => a,
-                        _ => continue,
-                    };
-                    let ack = self.marks.get(&(user.clone(), peer.clone())).map_or(0, |m| m.1);
-                    let mine: Vec<&StoredMessage> =
-                        c.messages.iter().filter(|m| m.seq > ack && m.sender != *user).collect();
-                    let Some(first) = mine.first() else { continue };
-                    let first_ts = first.ts;
-                    for m in mine {
-                        pending.push((first_ts, key, InboxMessage { with: peer.clone(), message: m.clone() }));
-                    }
-                }
-                pending.sort_by(|a, b| (a.0, a.1, a.2.message.seq).cmp(&(b.0, b.1, b.2.message.seq)));
-                let messages = pending.into_iter().take(*limit as usize).map(|(_, _, m)| m).collect();
-                StoreValue::Inbox { messages }
+            StoreOp::Inbox { user, after, limit } => {
+                let mut cursor = *after;
+                let messages = self
+                    .inbox
+                    .iter()
+                    .filter(|(at, to, ..)| *at > *after && to == user)
+                    .take(*limit as usize)
+                    .filter_map(|(at, _, key, seq)| {
+                        cursor = *at;
+                        let message = self.conversations.get(key)?.messages.iter().find(|m| m.seq == *seq)?;
+                        let with = if key.0 == *user { key.1.clone() } else { key.0.clone() };
+                        Some(InboxMessage { with, message: message.clone() })
+                    })
+                    .collect();
+                StoreValue::Inbox { messages, cursor }
             }
             StoreOp::Ack { user, with, seq } => {
                 let mark = self.marks.entry((user.clone(), with.clone())).or_default();
                 mark.1 = mark.1.max(*seq);
+                let key = pair(user, with);
+                self.inbox.retain(|(_, to, k, s)| !(to == user && *k == key && s <= seq));
                 StoreValue::Done
             }
             StoreOp::Read { user, target, seq } => {
@@ -492,10 +495,12 @@ impl Data {
     }
 
     fn append(&mut self, target: &Target, m: &NewMessage) -> StoreValue {
+        let scope = id_scope(target);
         if let Some(id) = &m.client_id {
-            let first = self.client_ids.get(&(m.dedup_key().to_string(), id.clone()));
-            if let Some(&(seq, ts)) = first.filter(|&&(_, ts)| m.repeats(ts)) {
-                return StoreValue::Appended { seq, ts, duplicate: true };
+            if let Some(&(seq, ts)) = self.client_ids.get(&(m.sender.clone(), scope.clone(), id.clone())) {
+                if self.text_of(target, seq) == Some(m.text.as_str()) {
+                    return StoreValue::Appended { seq, ts, duplicate: true };
+                }
             }
         }
         let (seq, list) = match target {
@@ -505,9 +510,25 @@ impl Data {
                 (r.seq, &mut r.messages)
             }
             Target::Conversation(a, b) => {
-                let c = self.conversations.entry(pair(a, b)).or_default();
+                let key = pair(a, b);
+                let recipient = if m.sender == key.0 { key.1.clone() } else { key.0.clone() };
+                let inboxed = m.inbox.filter(|_| recipient != m.sender);
+                if let Some(limit) = inboxed.and_then(|bound| self.inbox_full(&recipient, &key, bound)) {
+                    return StoreValue::InboxFull { limit };
+                }
+                let names = display_pair(a, b);
+                let known = self.names.get(&names).copied().unwrap_or(0);
+                let c = self
+                    .conversations
+                    .entry(key.clone())
+                    .or_insert_with(|| Conversation { seq: known, ..Default::default() });
                 c.seq += 1;
                 c.last_ts = c.last_ts.max(m.ts);
+                self.names.insert(names, c.seq);
+                if inboxed.is_some() {
+                    self.inbox_cursor += 1;
+                    self.inbox.push((self.inbox_cursor, recipient, key, c.seq));
+                }
                 (c.seq, &mut c.messages)
             }
         };
@@ -521,9 +542,26 @@ impl Data {
             ts: m.ts,
         });
         if let Some(id) = &m.client_id {
-            self.client_ids.insert((m.dedup_key().to_string(), id.clone()), (seq, m.ts));
+            self.client_ids.insert((m.sender.clone(), scope, id.clone()), (seq, m.ts));
         }
         StoreValue::Appended { seq, ts: m.ts, duplicate: false }
+    }
+
+    fn text_of(&self, target: &Target, seq: u64) -> Option<&str> {
+        let messages = match target {
+            Target::Room(room) => &self.rooms.get(room)?.messages,
+            Target::Conversation(a, b) => &self.conversations.get(&pair(a, b))?.messages,
+        };
+        messages.iter().find(|m| m.seq == seq).map(|m| m.text.as_str())
+    }
+
+    fn inbox_full(&self, user: &str, key: &(String, String), bound: InboxBound) -> Option<InboxLimit> {
+        let mine = self.inbox.iter().filter(|(_, to, ..)| to == user);
+        if mine.clone().count() >= bound.per_recipient as usize {
+            return Some(InboxLimit::PerRecipient);
+        }
+        let from_sender = mine.filter(|(_, _, k, _)| k == key).count();
+        (from_sender >= bound.per_sender as usize).then_some(InboxLimit::PerSender)
     }
 }
 
@@ -554,7 +592,7 @@ mod tests {
             text: text.into(),
             client_id: id.map(Into::into),
             ts,
-            dedup_window_ms: None,
+            inbox: None,
         }
     }
 
@@ -566,7 +604,10 @@ mod tests {
     fn pm(s: &mut FakeStore, from: &str, to: &str, ts: u64) -> u64 {
         let op = StoreOp::Append {
             target: Target::Conversation(from.into(), to.into()),
-            message: msg(from, Some(to), &format!("{from}>{to}@{ts}"), None, ts),
+            message: NewMessage {
+                inbox: Some(InboxBound { per_sender: 100, per_recipient: 1000 }),
+                ..msg(from, Some(to), &format!("{from}>{to}@{ts}"), None, ts)
+            },
         };
         match s.run(&op).unwrap() {
             StoreValue::Appended { seq, .. } => seq,
@@ -577,7 +618,7 @@ mod tests {
     fn seqs(v: StoreValue) -> Vec<u64> {
         match v {
             StoreValue::Messages { messages, .. } => messages.iter().map(|m| m.seq).collect(),
-            StoreValue::Inbox { messages } => messages.iter().map(|m| m.message.seq).collect(),
+            StoreValue::Inbox { messages, .. } => messages.iter().map(|m| m.message.seq).collect(),
             v => panic!("{v:?}"),
         }
     }
@@ -588,11 +629,13 @@ mod tests {
         assert_eq!(room_append(&mut s, "a", "x", None), StoreValue::Appended { seq: 1, ts: 1, duplicate: false });
         assert_eq!(room_append(&mut s, "b", "x", Some("c1")), StoreValue::Appended { seq: 1, ts: 1, duplicate: false });
         assert_eq!(room_append(&mut s, "a", "x", Some("c2")), StoreValue::Appended { seq: 2, ts: 1, duplicate: false });
-        // The same id from the same sender, in any target: the first seq.
-        assert_eq!(room_append(&mut s, "a", "x", Some("c1")), StoreValue::Appended { seq: 1, ts: 1, duplicate: true });
+        // The same id from the same sender to the same target: the first seq.
+        assert_eq!(room_append(&mut s, "b", "x", Some("c1")), StoreValue::Appended { seq: 1, ts: 1, duplicate: true });
+        // In another room it names another message.
+        assert_eq!(room_append(&mut s, "a", "x", Some("c1")), StoreValue::Appended { seq: 3, ts: 1, duplicate: false });
         // Another sender may use the same id.
-        assert_eq!(room_append(&mut s, "a", "y", Some("c1")), StoreValue::Appended { seq: 3, ts: 1, duplicate: false });
-        assert_eq!(s.room_seq("a"), 3);
+        assert_eq!(room_append(&mut s, "a", "y", Some("c1")), StoreValue::Appended { seq: 4, ts: 1, duplicate: false });
+        assert_eq!(s.room_seq("a"), 4);
         assert_eq!(pm(&mut s, "x", "y", 5), 1);
         assert_eq!(pm(&mut s, "y", "x", 6), 2);
     }
@@ -619,17 +662,25 @@ mod tests {
     }
 
     #[test]
-    fn inbox_is_unacked_messages_to_the_user_by_oldest_conversation() {
+    fn inbox_is_unacked_messages_to_the_user_in_arrival_order() {
         let mut s = FakeStore::default();
         pm(&mut s, "b", "a", 10); // (a,b) 1
         pm(&mut s, "c", "a", 5); // (a,c) 1
         pm(&mut s, "a", "b", 11); // (a,b) 2: a's own
         pm(&mut s, "b", "a", 12); // (a,b) 3
         pm(&mut s, "b", "c", 13); // not a's
-        let inbox = |s: &mut FakeStore| s.run(&StoreOp::Inbox { user: "a".into(), limit: 10 }).unwrap();
-        let StoreValue::Inbox { messages } = inbox(&mut s) else { panic!() };
+        let inbox = |s: &mut FakeStore| s.run(&StoreOp::Inbox { user: "a".into(), after: 0, limit: 10 }).unwrap();
+        let StoreValue::Inbox { messages, .. } = inbox(&mut s) else { panic!() };
         let got: Vec<(&str, u64)> = messages.iter().map(|m| (m.with.as_str(), m.message.seq)).collect();
-        assert_eq!(got, [("c", 1), ("b", 1), ("b", 3)]);
+        assert_eq!(got, [("b", 1), ("c", 1), ("b", 3)]);
+        let StoreValue::Inbox { messages, cursor } =
+            s.run(&StoreOp::Inbox { user: "a".into(), after: 0, limit: 2 }).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(messages.len(), 2);
+        let next = s.run(&StoreOp::Inbox { user: "a".into(), after: cursor, limit: 2 }).unwrap();
+        assert_eq!(seqs(next), [3], "the next page starts after the cursor");
         s.run(&StoreOp::Ack { user: "a".into(), with: "b".into(), seq: 1 }).unwrap();
         s.run(&StoreOp::Ack { user: "a".into(), with: "b".into(), seq: 0 }).unwrap();
         assert_eq!(seqs(inbox(&mut s)), [1, 3]);

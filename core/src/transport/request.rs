@@ -46,6 +46,12 @@ pub(crate) enum ClientRequest {
 pub(crate) enum HelloAuth {
     Token(String),
     Guest(String),
+    /// A guest who was here before, with the `resume` secret its `welcome`
+    /// gave it.
+    Resume {
+        name: String,
+        resume: String,
+    },
 }
 
 /// A decoded frame: the request, or why not, with what is needed to answer.
@@ -82,7 +88,10 @@ fn parse(o: &Map<String, Value>) -> Result<ClientRequest, RequestError> {
     Ok(match kind {
         "hello" => match (opt_str(o, "token")?, opt_str(o, "name")?) {
             (Some(token), _) => ClientRequest::Hello { auth: HelloAuth::Token(token) },
-            (None, Some(name)) => ClientRequest::Hello { auth: HelloAuth::Guest(name) },
+            (None, Some(name)) => match opt_str(o, "resume")? {
+                Some(resume) => ClientRequest::Hello { auth: HelloAuth::Resume { name, resume } },
+                None => ClientRequest::Hello { auth: HelloAuth::Guest(name) },
+            },
             (None, None) => return Err(RequestError::BadField("token")),
         },
         "join" => ClientRequest::Join { room: str_field(o, "room")?, since: opt_u64(o, "since")? },

@@ -29,8 +29,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use natter_core::metrics::Metrics;
 use natter_core::store::{StoreDone, StoreError, StoreFailure, StoreOp, StoreReqId, StoreRequest, StoreValue};
 
-pub use password::{hash_password, new_token, token_hash, verify_password};
-pub use sqlite::{failure_kind, OpenError, SqliteBackend, DB_FILE, SCHEMA_VERSION};
+pub use password::{hash_password, new_token, random_secret, token_hash, verify_password};
+pub use sqlite::{failure_kind, OpenError, SqliteBackend, SqliteOptions, SyncMode, DB_FILE, SCHEMA_VERSION};
 
 use password::{Finish, LoginTerms, PasswordJob, PasswordPool};
 

@@ -48,6 +48,14 @@ pub fn verify_password(hash: &str, password: &str) -> Result<bool, argon2::passw
     }
 }
 
+/// 32 random bytes from the operating system: the key that signs guests'
+/// `resume` secrets, drawn anew at every start.
+pub fn random_secret() -> natter_core::GuestSecret {
+    let mut key = [0u8; 32];
+    OsRng.fill_bytes(&mut key);
+    natter_core::GuestSecret(key)
+}
+
 /// A new login token (32 random bytes, hex) and its stored form.
 pub fn new_token() -> (String, String) {
     let mut bytes = [0u8; 32];

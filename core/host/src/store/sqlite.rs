@@ -24,11 +24,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use natter_core::store::{
-    ConversationSummary, InboxMessage, NewMessage, SeqRange, StoreError, StoreFailure, StoreOp, StoreValue,
-    StoredMessage, StoredRoom, Target,
+    display_pair, id_scope, ConversationSummary, InboxBound, InboxLimit, InboxMessage, NewMessage, SeqRange,
+    StoreError, StoreFailure, StoreOp, StoreValue, StoredMessage, StoredRoom, Target,
 };
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row};
 
@@ -36,7 +36,7 @@ use super::password::token_hash;
 use super::Backend;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "natter.sqlite3";
@@ -90,10 +90,14 @@ CREATE TABLE IF NOT EXISTS conversations (
     -- Grows by one with every private message in any conversation: orders
     -- conversations by recency even within one millisecond.
     last_order INTEGER NOT NULL,
+    -- `store::display_pair` of lo and hi: a new conversation continues the
+    -- `seq` of an earlier one with the same names.
+    names   TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (lo, hi)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS conversations_by_hi ON conversations(hi, lo);
 CREATE INDEX IF NOT EXISTS conversations_by_order ON conversations(last_order);
+CREATE INDEX IF NOT EXISTS conversations_by_names ON conversations(names, seq);
 
 CREATE TABLE IF NOT EXISTS private_messages (
     lo        TEXT NOT NULL,
@@ -117,12 +121,33 @@ CREATE TABLE IF NOT EXISTS conv_marks (
     PRIMARY KEY (user, peer)
 ) WITHOUT ROWID;
 
+-- A client id names a message within its sender and scope (the room, or
+-- the conversation): see `StoreOp::Append`. `id` is the order of arrival,
+-- which the purge walks from the oldest.
 CREATE TABLE IF NOT EXISTS client_ids (
+    id        INTEGER PRIMARY KEY,
     sender    TEXT NOT NULL,
+    scope     TEXT NOT NULL,
     client_id TEXT NOT NULL,
     seq       INTEGER NOT NULL,
     ts        INTEGER NOT NULL,
-    PRIMARY KEY (sender, client_id)
+    UNIQUE (sender, scope, client_id)
+);
+
+-- Each registered user's unacknowledged private messages, in order of
+-- arrival (`id`, the page cursor), and how many there are.
+CREATE TABLE IF NOT EXISTS inbox (
+    id   INTEGER PRIMARY KEY,
+    user TEXT NOT NULL,
+    lo   TEXT NOT NULL,
+    hi   TEXT NOT NULL,
+    seq  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inbox_by_user ON inbox(user, id);
+CREATE INDEX IF NOT EXISTS inbox_by_conversation ON inbox(user, lo, hi, seq);
+CREATE TABLE IF NOT EXISTS inbox_sizes (
+    user    TEXT PRIMARY KEY,
+    pending INTEGER NOT NULL
 ) WITHOUT ROWID;
 ";
 
@@ -163,7 +188,103 @@ pub struct SqliteBackend {
     path: PathBuf,
     /// `None` after an I/O failure, until the next use reopens it.
     conn: Option<Connection>,
+    options: SqliteOptions,
+    /// When client ids were last purged (see [`SqliteOptions`]).
+    last_purge: Option<Instant>,
     _checkpointer: Checkpointer,
+}
+
+/// How the database trades safety for speed, and how long it remembers
+/// client ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// When a commit reaches the disk.
+    pub sync: SyncMode,
+    /// Client ids younger than this are remembered (PROTOCOL.md: at least
+    /// 24 hours)...
+    pub id_retention: Duration,
+    /// ...unless more than this many are stored: then the oldest go first,
+    /// so the table cannot grow without bound under a flood.
+    pub max_ids: u64,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions { sync: SyncMode::Full, id_retention: Duration::from_secs(86_400), max_ids: 10_000_000 }
+    }
+}
+
+/// SQLite's `synchronous` setting, as `--sync` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Every commit is on the disk before its `ok` goes out: an `ok`
+    /// survives a power cut. One fsync per batch, not per message.
+    Full,
+    /// Commits reach the disk at checkpoints: an `ok` survives the process
+    /// crashing, but the last commits can be lost if the machine goes down.
+    Normal,
+}
+
+impl SyncMode {
+    fn pragma(self) -> &'static str {
+        match self {
+            SyncMode::Full => "FULL",
+            SyncMode::Normal => "NORMAL",
+        }
+    }
+}
+
+/// How often client ids past their retention are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(10);
+
+/// Most client ids one purge deletes: it runs on the batch thread, between
+/// batches, and must stay short.
+const PURGE_BATCH: i64 = 20_000;
+
+/// Creates `dir` (and its parents) if missing; a directory this creates is
+/// the server user's only.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Creates the database file, readable and writable by the server's user
+/// only, or takes group and world access away from one that an older build
+/// created with 0644 (with its WAL files: SQLite gives new ones the
+/// database file's permissions).
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => make_private(path),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(unix)]
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        let Ok(meta) = std::fs::metadata(&file) else { continue };
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::info!(path = %file.display(), "making the database file readable by this user only");
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o700))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn make_private(_: &Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// How often the checkpointer copies the WAL into the database file.
@@ -238,25 +359,40 @@ impl std::fmt::Debug for SqliteBackend {
 
 impl SqliteBackend {
     /// Opens (creating if missing) `dir` and `dir/natter.sqlite3`, sets the
-    /// connection up and creates or checks the schema.
-    pub fn open(dir: &Path) -> Result<Self, OpenError> {
-        std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir { path: dir.to_owned(), source })?;
+    /// connection up and creates, migrates or checks the schema. What this
+    /// creates is readable by the server's user only: the database holds
+    /// password hashes and private messages.
+    pub fn open_with(dir: &Path, options: SqliteOptions) -> Result<Self, OpenError> {
+        create_private_dir(dir).map_err(|source| OpenError::Dir { path: dir.to_owned(), source })?;
         let path = dir.join(DB_FILE);
+        create_private_file(&path).map_err(|source| OpenError::Dir { path: path.clone(), source })?;
         let sqlite = |source| OpenError::Sqlite { path: path.clone(), source };
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&path, flags).map_err(sqlite)?;
-        configure(&conn).map_err(sqlite)?;
+        configure(&conn, options.sync).map_err(sqlite)?;
         let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sqlite)?;
         if found > SCHEMA_VERSION {
             return Err(OpenError::TooNew { path, found, supported: SCHEMA_VERSION });
         }
-        // Migrations from older versions go here, keyed by `found`.
         let tx = conn.unchecked_transaction().map_err(sqlite)?;
+        if found == 1 {
+            migrate::v1_tables(&tx).map_err(sqlite)?;
+        }
         tx.execute_batch(SCHEMA).map_err(sqlite)?;
+        if found == 1 {
+            migrate::v1_rows(&tx, options.id_retention).map_err(sqlite)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sqlite)?;
         tx.commit().map_err(sqlite)?;
         let checkpointer = Checkpointer::start(path.clone());
-        Ok(SqliteBackend { path, conn: Some(conn), _checkpointer: checkpointer })
+        // The first purge waits a round: start-up has enough to do.
+        let last_purge = Some(Instant::now());
+        Ok(SqliteBackend { path, conn: Some(conn), options, last_purge, _checkpointer: checkpointer })
+    }
+
+    /// Opens `dir` with the default [`SqliteOptions`].
+    pub fn open(dir: &Path) -> Result<Self, OpenError> {
+        SqliteBackend::open_with(dir, SqliteOptions::default())
     }
 
     /// The database file.
@@ -272,7 +408,7 @@ impl SqliteBackend {
                 tracing::info!(path = %self.path.display(), "reopening the database");
                 let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
                 let conn = Connection::open_with_flags(&self.path, flags)?;
-                configure(&conn)?;
+                configure(&conn, self.options.sync)?;
                 conn
             }
         };
@@ -333,13 +469,9 @@ impl SqliteBackend {
             self.fail(&e)
         })
     }
-}
 
-impl Backend for SqliteBackend {
-    fn execute(&mut self, ops: &[&StoreOp]) -> Vec<Result<StoreValue, StoreError>> {
-        if ops.is_empty() {
-            return Vec::new();
-        }
+    /// The batch's transaction, and when it fails, its reads alone.
+    fn execute_batch(&mut self, ops: &[&StoreOp]) -> Vec<Result<StoreValue, StoreError>> {
         match self.run_batch(ops) {
             Ok(results) => results,
             Err(e) => {
@@ -365,6 +497,39 @@ impl Backend for SqliteBackend {
                     .collect()
             }
         }
+    }
+
+    /// Runs [`purge_ids`] when it is due, in a transaction of its own.
+    fn purge_when_due(&mut self) {
+        if self.last_purge.is_some_and(|at| at.elapsed() < PURGE_EVERY) {
+            return;
+        }
+        self.last_purge = Some(Instant::now());
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| int(d.as_millis() as u64));
+        let options = self.options;
+        let result = self.conn().and_then(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let n = purge_ids(&tx, now_ms, &options)?;
+            tx.commit()?;
+            Ok(n)
+        });
+        match result {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(ids = n, "forgot old client ids"),
+            Err(e) => tracing::warn!(error = %e, "purging client ids failed"),
+        }
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn execute(&mut self, ops: &[&StoreOp]) -> Vec<Result<StoreValue, StoreError>> {
+        if ops.is_empty() {
+            return Vec::new();
+        }
+        let results = self.execute_batch(ops);
+        self.purge_when_due();
+        results
     }
 
     fn password_hash(&mut self, user: &str) -> Result<Option<String>, StoreError> {
@@ -415,13 +580,13 @@ const CACHE_KIB: i64 = 64 * 1024;
 const CHECKPOINT_PAGES: i64 = 16 * 1024;
 
 /// Connection settings, on every open.
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
+fn configure(conn: &Connection, sync: SyncMode) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(mode, "SQLite refused WAL mode");
     }
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "synchronous", sync.pragma())?;
     conn.pragma_update(None, "foreign_keys", true)?;
     // SQLite's default page cache is 2 MiB: past that, the indexes every
     // message write walks come back through pread. This is a cap, not an
@@ -575,15 +740,8 @@ fn run_op(conn: &Connection, op: &StoreOp) -> rusqlite::Result<StoreValue> {
         }
         StoreOp::Append { target, message } => append(conn, target, message),
         StoreOp::History { target, range } => history(conn, target, *range),
-        StoreOp::Inbox { user, limit } => inbox(conn, user, *limit),
-        StoreOp::Ack { user, with, seq } => {
-            conn.prepare_cached(
-                "INSERT INTO conv_marks (user, peer, read, ack) VALUES (?1, ?2, 0, ?3)
-                 ON CONFLICT (user, peer) DO UPDATE SET ack = max(ack, excluded.ack)",
-            )?
-            .execute(params![user, with, int(*seq)])?;
-            Ok(StoreValue::Done)
-        }
+        StoreOp::Inbox { user, after, limit } => inbox(conn, user, *after, *limit),
+        StoreOp::Ack { user, with, seq } => ack(conn, user, with, *seq),
         StoreOp::Read { user, target, seq } => {
             match target {
                 Target::Room(room) => {
@@ -660,13 +818,10 @@ fn load_all(conn: &Connection) -> rusqlite::Result<StoreValue> {
 }
 
 fn append(conn: &Connection, target: &Target, m: &NewMessage) -> rusqlite::Result<StoreValue> {
+    let scope = id_scope(target);
     if let Some(client_id) = &m.client_id {
-        let first = conn
-            .prepare_cached("SELECT seq, ts FROM client_ids WHERE sender = ?1 AND client_id = ?2")?
-            .query_row([m.dedup_key(), client_id.as_str()], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
-            .optional()?;
-        if let Some((seq, ts)) = first.filter(|&(_, ts)| m.repeats(uint(ts))) {
-            return Ok(StoreValue::Appended { seq: uint(seq), ts: uint(ts), duplicate: true });
+        if let Some((seq, ts)) = repeated(conn, target, &scope, m, client_id)? {
+            return Ok(StoreValue::Appended { seq, ts, duplicate: true });
         }
     }
     let ts = int(m.ts);
@@ -687,31 +842,162 @@ fn append(conn: &Connection, target: &Target, m: &NewMessage) -> rusqlite::Resul
         }
         Target::Conversation(a, b) => {
             let (lo, hi) = pair(a, b);
-            let seq = conn
-                .prepare_cached(
-                    "INSERT INTO conversations (lo, hi, seq, last_ts, last_order)
-                     VALUES (?1, ?2, 1, ?3, (SELECT coalesce(max(last_order), 0) + 1 FROM conversations))
-                     ON CONFLICT (lo, hi) DO UPDATE SET seq = seq + 1, last_ts = max(last_ts, excluded.last_ts),
-                         last_order = excluded.last_order
-                     RETURNING seq",
-                )?
-                .query_row(params![lo, hi, ts], |r| r.get(0))?;
+            let recipient = if m.sender == lo { hi } else { lo };
+            if let Some(bound) = m.inbox.filter(|_| recipient != m.sender) {
+                if let Some(limit) = inbox_full(conn, recipient, (lo, hi), bound)? {
+                    return Ok(StoreValue::InboxFull { limit });
+                }
+            }
+            let seq = next_conversation_seq(conn, lo, hi, ts)?;
             conn.prepare_cached(
                 "INSERT INTO private_messages (lo, hi, seq, sender, from_name, to_name, text, client_id, ts)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![lo, hi, seq, m.sender, m.from, m.to, m.text, m.client_id, ts])?;
+            if m.inbox.is_some() && recipient != m.sender {
+                into_inbox(conn, recipient, (lo, hi), seq)?;
+            }
             seq
         }
     };
     if let Some(client_id) = &m.client_id {
         conn.prepare_cached(
-            // An id whose window passed now names this message.
-            "INSERT OR REPLACE INTO client_ids (sender, client_id, seq, ts) VALUES (?1, ?2, ?3, ?4)",
+            // A reused id (other text) now names this message.
+            "INSERT INTO client_ids (sender, scope, client_id, seq, ts) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (sender, scope, client_id) DO UPDATE SET seq = excluded.seq, ts = excluded.ts",
         )?
-        .execute(params![m.dedup_key(), client_id, seq, ts])?;
+        .execute(params![m.sender, scope, client_id, seq, ts])?;
     }
     Ok(StoreValue::Appended { seq: uint(seq), ts: m.ts, duplicate: false })
+}
+
+/// The `(seq, ts)` of the message `client_id` names in `scope`, when `m`
+/// repeats it: same sender, same target, same text.
+fn repeated(
+    conn: &Connection,
+    target: &Target,
+    scope: &str,
+    m: &NewMessage,
+    client_id: &str,
+) -> rusqlite::Result<Option<(u64, u64)>> {
+    let first = conn
+        .prepare_cached("SELECT seq, ts FROM client_ids WHERE sender = ?1 AND scope = ?2 AND client_id = ?3")?
+        .query_row([m.sender.as_str(), scope, client_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+        .optional()?;
+    let Some((seq, ts)) = first else { return Ok(None) };
+    let text: Option<String> = match target {
+        Target::Room(room) => conn
+            .prepare_cached("SELECT text FROM room_messages WHERE room = ?1 AND seq = ?2")?
+            .query_row(params![room, seq], |r| r.get(0))
+            .optional()?,
+        Target::Conversation(a, b) => {
+            let (lo, hi) = pair(a, b);
+            conn.prepare_cached("SELECT text FROM private_messages WHERE lo = ?1 AND hi = ?2 AND seq = ?3")?
+                .query_row(params![lo, hi, seq], |r| r.get(0))
+                .optional()?
+        }
+    };
+    Ok((text.as_deref() == Some(m.text.as_str())).then(|| (uint(seq), uint(ts))))
+}
+
+/// The next `seq` of the conversation `(lo, hi)`, creating it when new. A
+/// new conversation continues after the newest one between the same
+/// display names (see [`display_pair`]).
+fn next_conversation_seq(conn: &Connection, lo: &str, hi: &str, ts: i64) -> rusqlite::Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO conversations (lo, hi, seq, last_ts, last_order, names)
+         VALUES (?1, ?2,
+                 (SELECT coalesce(max(seq), 0) + 1 FROM conversations WHERE names = ?4),
+                 ?3, (SELECT coalesce(max(last_order), 0) + 1 FROM conversations), ?4)
+         ON CONFLICT (lo, hi) DO UPDATE SET seq = seq + 1, last_ts = max(last_ts, excluded.last_ts),
+             last_order = excluded.last_order
+         RETURNING seq",
+    )?
+    .query_row(params![lo, hi, ts, display_pair(lo, hi)], |r| r.get(0))
+}
+
+/// Which bound of `user`'s inbox one more message from the conversation
+/// `(lo, hi)` would pass, if any.
+fn inbox_full(
+    conn: &Connection,
+    user: &str,
+    (lo, hi): (&str, &str),
+    bound: InboxBound,
+) -> rusqlite::Result<Option<InboxLimit>> {
+    let pending: i64 = conn
+        .prepare_cached("SELECT pending FROM inbox_sizes WHERE user = ?1")?
+        .query_row([user], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    if pending >= i64::from(bound.per_recipient) {
+        return Ok(Some(InboxLimit::PerRecipient));
+    }
+    if pending < i64::from(bound.per_sender) {
+        return Ok(None);
+    }
+    // Counted only when the whole inbox could hold that many: bounded by
+    // the limit, and rare.
+    let from_sender: i64 = conn
+        .prepare_cached("SELECT count(*) FROM (SELECT 1 FROM inbox WHERE user = ?1 AND lo = ?2 AND hi = ?3 LIMIT ?4)")?
+        .query_row(params![user, lo, hi, i64::from(bound.per_sender)], |r| r.get(0))?;
+    Ok((from_sender >= i64::from(bound.per_sender)).then_some(InboxLimit::PerSender))
+}
+
+fn into_inbox(conn: &Connection, user: &str, (lo, hi): (&str, &str), seq: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT INTO inbox (user, lo, hi, seq) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![user, lo, hi, seq])?;
+    conn.prepare_cached(
+        "INSERT INTO inbox_sizes (user, pending) VALUES (?1, 1)
+         ON CONFLICT (user) DO UPDATE SET pending = pending + 1",
+    )?
+    .execute([user])?;
+    Ok(())
+}
+
+/// Raises `user`'s ack of the conversation with `with`, and takes what it
+/// acknowledges out of `user`'s inbox.
+fn ack(conn: &Connection, user: &str, with: &str, seq: u64) -> rusqlite::Result<StoreValue> {
+    conn.prepare_cached(
+        "INSERT INTO conv_marks (user, peer, read, ack) VALUES (?1, ?2, 0, ?3)
+         ON CONFLICT (user, peer) DO UPDATE SET ack = max(ack, excluded.ack)",
+    )?
+    .execute(params![user, with, int(seq)])?;
+    let (lo, hi) = pair(user, with);
+    let gone = conn
+        .prepare_cached("DELETE FROM inbox WHERE user = ?1 AND lo = ?2 AND hi = ?3 AND seq <= ?4")?
+        .execute(params![user, lo, hi, int(seq)])?;
+    if gone > 0 {
+        conn.prepare_cached("UPDATE inbox_sizes SET pending = max(pending - ?2, 0) WHERE user = ?1")?
+            .execute(params![user, gone as i64])?;
+    }
+    Ok(StoreValue::Done)
+}
+
+/// Forgets client ids past the retention, and the oldest past the count
+/// bound, at most [`PURGE_BATCH`] at a time. Returns how many went.
+fn purge_ids(conn: &Connection, now_ms: i64, options: &SqliteOptions) -> rusqlite::Result<usize> {
+    let cutoff = now_ms.saturating_sub(int(options.id_retention.as_millis() as u64));
+    let (newest, count): (Option<i64>, i64) = conn
+        .prepare_cached("SELECT max(id), count(*) FROM client_ids")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let Some(newest) = newest else { return Ok(0) };
+    let over = (count - int(options.max_ids)).max(0);
+    // Ids arrive in time order, so the oldest have the lowest `id`: walk
+    // from there while they are past the retention (or over the bound).
+    let mut st = conn.prepare_cached("SELECT id, ts FROM client_ids ORDER BY id LIMIT ?1")?;
+    let mut rows = st.query([PURGE_BATCH])?;
+    let (mut last, mut n) = (None, 0);
+    while let Some(row) = rows.next()? {
+        let (id, ts): (i64, i64) = (row.get(0)?, row.get(1)?);
+        if ts >= cutoff && n >= over {
+            break;
+        }
+        last = Some(id);
+        n += 1;
+    }
+    drop(rows);
+    let Some(last) = last.filter(|&l| l <= newest) else { return Ok(0) };
+    conn.prepare_cached("DELETE FROM client_ids WHERE id <= ?1")?.execute([last])
 }
 
 /// A message row: `seq, sender, from_name, to_name, text, client_id, ts`
@@ -769,25 +1055,32 @@ fn history(conn: &Connection, target: &Target, range: SeqRange) -> rusqlite::Res
     Ok(StoreValue::Messages { messages, oldest: oldest.map(uint) })
 }
 
-fn inbox(conn: &Connection, user: &str, limit: u32) -> rusqlite::Result<StoreValue> {
-    // Messages to `user` above its ack, per conversation by seq; conversations
-    // ordered by the timestamp of their oldest pending message.
+fn inbox(conn: &Connection, user: &str, after: u64, limit: u32) -> rusqlite::Result<StoreValue> {
     let mut st = conn.prepare_cached(
-        "SELECT p.peer, m.seq, m.sender, m.from_name, m.to_name, m.text, m.client_id, m.ts,
-                first_value(m.ts) OVER (PARTITION BY m.lo, m.hi ORDER BY m.seq) AS first_ts
-         FROM (SELECT lo, hi, CASE WHEN lo = ?1 THEN hi ELSE lo END AS peer
-               FROM conversations WHERE lo = ?1 OR hi = ?1) AS p
-         LEFT JOIN conv_marks AS k ON k.user = ?1 AND k.peer = p.peer
-         JOIN private_messages AS m ON m.lo = p.lo AND m.hi = p.hi AND m.seq > coalesce(k.ack, 0)
-         WHERE m.sender <> ?1
-         ORDER BY first_ts, m.lo, m.hi, m.seq
-         LIMIT ?2",
+        "SELECT i.id, CASE WHEN i.lo = ?1 THEN i.hi ELSE i.lo END,
+                m.seq, m.sender, m.from_name, m.to_name, m.text, m.client_id, m.ts
+         FROM inbox AS i
+         JOIN private_messages AS m ON m.lo = i.lo AND m.hi = i.hi AND m.seq = i.seq
+         WHERE i.user = ?1 AND i.id > ?2
+         ORDER BY i.id
+         LIMIT ?3",
     )?;
+    let mut cursor = after;
     let messages = st
-        .query_map(params![user, i64::from(limit)], |r| Ok(InboxMessage { with: r.get(0)?, message: message(r, 1)? }))?
+        .query_map(params![user, int(after), i64::from(limit)], |r| {
+            Ok((uint(r.get(0)?), InboxMessage { with: r.get(1)?, message: message(r, 2)? }))
+        })?
+        .map(|row| {
+            row.map(|(id, m)| {
+                cursor = id;
+                m
+            })
+        })
         .collect::<rusqlite::Result<_>>()?;
-    Ok(StoreValue::Inbox { messages })
+    Ok(StoreValue::Inbox { messages, cursor })
 }
+
+mod migrate;
 
 #[cfg(test)]
 mod tests;

@@ -65,7 +65,7 @@ fn append(room: &str, text: &str) -> StoreOp {
             text: text.into(),
             client_id: None,
             ts: 1,
-            dedup_window_ms: None,
+            inbox: None,
         },
     }
 }

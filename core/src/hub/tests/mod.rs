@@ -34,7 +34,7 @@ fn seed_room(store: &mut FakeStore, room: &str, from: &str, n: u64) {
             text: format!("old{i}"),
             client_id: None,
             ts: START_UNIX_MS - 1000 + i,
-            dedup_window_ms: None,
+            inbox: None,
         };
         store.execute(&StoreOp::Append { target: Target::Room(room.into()), message });
     }
@@ -70,9 +70,12 @@ fn guest_hello_is_welcomed_with_every_field() {
     let w = sim.req(c, json!({"type":"hello","name":"gus","ref":"h1"}));
     let session = w["session"].as_str().expect("session id is a string").to_string();
     assert!(!session.is_empty());
+    let resume = w["resume"].as_str().expect("a guest gets a resume secret").to_string();
+    assert!(resume.len() > 32, "{resume}");
     assert_eq!(
         w,
-        json!({"type":"welcome","ref":"h1","user":"gus","guest":true,"session":session,"heartbeat_s":30,"rooms":[]})
+        json!({"type":"welcome","ref":"h1","user":"gus","guest":true,"session":session,"heartbeat_s":30,"rooms":[],
+               "resume":resume})
     );
     // Without a ref the welcome has none.
     let d = sim.ws_client();
@@ -348,11 +351,14 @@ fn private_messages_go_to_every_session_of_to_and_echo_to_the_senders_others() {
     assert_eq!(sim.take_kind(g, "private")[0]["text"], "hey");
     sim.disconnect(g);
     assert_eq!(code(&sim.req(a1, json!({"type":"send","to":"gus","text":"hey"}))), "no_such_user");
-    // A later guest with the same name is someone else.
+    // A later guest with the same name is someone else: it sees none of
+    // the first one's messages, and alice, who knows both as "gus", sees
+    // the conversation's seq go on rather than start again.
     let g2 = sim.guest("gus");
-    assert_eq!(sim.req(a1, json!({"type":"send","to":"gus","text":"new"}))["seq"], 1);
+    assert_eq!(sim.req(a1, json!({"type":"send","to":"gus","text":"new"}))["seq"], 2);
     let h = sim.req(g2, json!({"type":"history","with":"alice"}));
     assert_eq!(h["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(h["messages"][0]["seq"], 2);
 }
 
 #[test]

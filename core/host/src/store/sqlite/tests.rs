@@ -25,14 +25,17 @@ fn msg(sender: &str, text: &str, client_id: Option<&str>, ts: u64) -> NewMessage
         text: text.into(),
         client_id: client_id.map(Into::into),
         ts,
-        dedup_window_ms: None,
+        inbox: None,
     }
 }
 
+const BOUND: InboxBound = InboxBound { per_sender: 1_000, per_recipient: 10_000 };
+
+/// A private message to a registered user (it enters the inbox).
 fn pm(sender: &str, to: &str, text: &str, ts: u64) -> Op {
     Op::Append {
         target: Target::Conversation(sender.into(), to.into()),
-        message: NewMessage { to: Some(to.into()), ..msg(sender, text, None, ts) },
+        message: NewMessage { to: Some(to.into()), inbox: Some(BOUND), ..msg(sender, text, None, ts) },
     }
 }
 
@@ -138,9 +141,8 @@ fn duplicate_client_id_returns_the_first_and_writes_nothing() {
     assert_eq!(first, V::Appended { seq: 1, ts: 100, duplicate: false });
     let ops = vec![
         room_append("r", "bob", "other", 101),
-        // Same (sender, id), another target and text: the first comes back.
-        Op::Append { target: conv("alice", "bob"), message: msg("alice", "again", Some("c1"), 102) },
-        Op::Append { target: room("r"), message: msg("alice", "again", Some("c1"), 103) },
+        // The same (sender, id, target, text): the first comes back.
+        Op::Append { target: room("r"), message: msg("alice", "hi", Some("c1"), 102) },
         // Same id from another sender is a new message.
         Op::Append { target: room("r"), message: msg("bob", "mine", Some("c1"), 104) },
         // A duplicate within one batch.
@@ -150,10 +152,9 @@ fn duplicate_client_id_returns_the_first_and_writes_nothing() {
     let out = run(&mut b, ops);
     assert_eq!(out[0], Ok(V::Appended { seq: 2, ts: 101, duplicate: false }));
     assert_eq!(out[1], Ok(V::Appended { seq: 1, ts: 100, duplicate: true }));
-    assert_eq!(out[2], Ok(V::Appended { seq: 1, ts: 100, duplicate: true }));
-    assert_eq!(out[3], Ok(V::Appended { seq: 3, ts: 104, duplicate: false }));
-    assert_eq!(out[4], Ok(V::Appended { seq: 4, ts: 105, duplicate: false }));
-    assert_eq!(out[5], Ok(V::Appended { seq: 4, ts: 105, duplicate: true }));
+    assert_eq!(out[2], Ok(V::Appended { seq: 3, ts: 104, duplicate: false }));
+    assert_eq!(out[3], Ok(V::Appended { seq: 4, ts: 105, duplicate: false }));
+    assert_eq!(out[4], Ok(V::Appended { seq: 4, ts: 105, duplicate: true }));
     match one(&mut b, Op::History { target: room("r"), range: SeqRange::Before { before: None, limit: 50 } }) {
         V::Messages { messages, oldest } => {
             assert_eq!(oldest, Some(1));
@@ -164,13 +165,6 @@ fn duplicate_client_id_returns_the_first_and_writes_nothing() {
         }
         other => panic!("{other:?}"),
     }
-    let (seqs, oldest) = history(&mut b, conv("alice", "bob"), SeqRange::Before { before: None, limit: 50 });
-    assert!(seqs.is_empty());
-    assert_eq!(oldest, None);
-    assert_eq!(
-        one(&mut b, Op::Conversations { user: "alice".into(), limit: 10 }),
-        V::Conversations { conversations: vec![] }
-    );
 }
 
 #[test]
@@ -218,7 +212,7 @@ fn history_limits_and_order() {
                 text: "yo".into(),
                 client_id: Some("k".into()),
                 ts: 5,
-                dedup_window_ms: None,
+                inbox: None,
             },
         },
     );
@@ -240,8 +234,8 @@ fn history_limits_and_order() {
 }
 
 fn inbox(b: &mut SqliteBackend, user: &str, limit: u32) -> Vec<(String, u64, String)> {
-    match one(b, Op::Inbox { user: user.into(), limit }) {
-        V::Inbox { messages } => messages.into_iter().map(|m| (m.with, m.message.seq, m.message.text)).collect(),
+    match one(b, Op::Inbox { user: user.into(), after: 0, limit }) {
+        V::Inbox { messages, .. } => messages.into_iter().map(|m| (m.with, m.message.seq, m.message.text)).collect(),
         other => panic!("{other:?}"),
     }
 }
@@ -266,9 +260,9 @@ fn inbox_respects_ack_and_excludes_own_messages() {
             pm("alice", "dave", "elsewhere", 15),
         ],
     );
-    // Per conversation by seq; conversations by their oldest pending message.
+    // In order of arrival, so each conversation's by seq.
     let all =
-        vec![s("carol", 1, "c1"), s("carol", 2, "c2"), s("alice", 1, "a1"), s("alice", 2, "a2"), s("alice", 4, "a4")];
+        vec![s("carol", 1, "c1"), s("alice", 1, "a1"), s("alice", 2, "a2"), s("alice", 4, "a4"), s("carol", 2, "c2")];
     assert_eq!(inbox(&mut b, "bob", 100), all);
     assert_eq!(inbox(&mut b, "bob", 2), all[..2]);
     assert_eq!(inbox(&mut b, "alice", 100), [s("bob", 3, "own")]);
@@ -283,8 +277,8 @@ fn inbox_respects_ack_and_excludes_own_messages() {
     assert_eq!(inbox(&mut b, "alice", 100), [s("bob", 3, "own")]);
     assert_eq!(inbox(&mut b, "nobody", 100), []);
     // The inbox carries whole messages.
-    match one(&mut b, Op::Inbox { user: "dave".into(), limit: 1 }) {
-        V::Inbox { messages } => assert_eq!(
+    match one(&mut b, Op::Inbox { user: "dave".into(), after: 0, limit: 1 }) {
+        V::Inbox { messages, .. } => assert_eq!(
             messages,
             [InboxMessage {
                 with: "alice".into(),
@@ -646,22 +640,201 @@ fn failure_kinds() {
     assert_eq!(failure_kind(&rusqlite::Error::QueryReturnedNoRows), StoreFailure::Other);
 }
 
+fn send(b: &mut SqliteBackend, target: Target, sender: &str, text: &str, id: &str, ts: u64) -> V {
+    one(b, Op::Append { target, message: msg(sender, text, Some(id), ts) })
+}
+
 #[test]
-fn guest_ids_repeat_across_incarnations_within_their_window_only() {
+fn client_ids_are_scoped_to_their_room_or_conversation() {
     let tmp = tempfile::tempdir().unwrap();
     let mut b = open(tmp.path());
-    let append = |b: &mut SqliteBackend, sender: &str, ts: u64| {
-        let message = NewMessage { dedup_window_ms: Some(600_000), ..msg(sender, "hi", Some("c-1"), ts) };
-        one(b, Op::Append { target: Target::Room("r".into()), message })
+    assert_eq!(send(&mut b, room("lobby"), "ann", "hi", "c-1", 1), V::Appended { seq: 1, ts: 1, duplicate: false });
+    // The same id in another room names another message.
+    assert_eq!(send(&mut b, room("design"), "ann", "yo", "c-1", 2), V::Appended { seq: 1, ts: 2, duplicate: false });
+    // And in a conversation.
+    assert_eq!(
+        send(&mut b, conv("ann", "bob"), "ann", "psst", "c-1", 3),
+        V::Appended { seq: 1, ts: 3, duplicate: false }
+    );
+    // A retry (same target, same text) is the first message.
+    assert_eq!(send(&mut b, room("design"), "ann", "yo", "c-1", 4), V::Appended { seq: 1, ts: 2, duplicate: true });
+    assert_eq!(
+        send(&mut b, conv("bob", "ann"), "ann", "psst", "c-1", 5),
+        V::Appended { seq: 1, ts: 3, duplicate: true }
+    );
+    // The same id with other text is not a retry: stored, and the id names it now.
+    assert_eq!(send(&mut b, room("lobby"), "ann", "other", "c-1", 6), V::Appended { seq: 2, ts: 6, duplicate: false });
+    assert_eq!(send(&mut b, room("lobby"), "ann", "other", "c-1", 7), V::Appended { seq: 2, ts: 6, duplicate: true });
+    let h = one(&mut b, Op::History { target: room("lobby"), range: SeqRange::After { after: 0, limit: 9 } });
+    assert!(matches!(h, V::Messages { ref messages, .. } if messages.len() == 2), "{h:?}");
+}
+
+#[test]
+fn a_guest_incarnation_never_inherits_another_ones_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = open(tmp.path());
+    assert_eq!(send(&mut b, room("r"), "ann#1.1", "hi", "c-1", 1), V::Appended { seq: 1, ts: 1, duplicate: false });
+    // A later guest called ann, moments later: someone else.
+    assert_eq!(send(&mut b, room("r"), "ann#1.2", "hi", "c-1", 2), V::Appended { seq: 2, ts: 2, duplicate: false });
+    // The registered ann too.
+    assert_eq!(send(&mut b, room("r"), "ann", "hi", "c-1", 3), V::Appended { seq: 3, ts: 3, duplicate: false });
+    // The first guest (resumed) is still recognised.
+    assert_eq!(send(&mut b, room("r"), "ann#1.1", "hi", "c-1", 4), V::Appended { seq: 1, ts: 1, duplicate: true });
+}
+
+#[test]
+fn a_guest_name_taken_again_continues_the_conversation_seq() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = open(tmp.path());
+    let to_bob = |sender: &str, text: &str| Op::Append {
+        target: conv(sender, "bob"),
+        message: NewMessage { to: Some("bob".into()), inbox: Some(BOUND), ..msg(sender, text, None, 1) },
     };
-    assert_eq!(append(&mut b, "ann#1.1", 1_000), V::Appended { seq: 1, ts: 1_000, duplicate: false });
-    // The same guest name in a later session, within ten minutes: a repeat.
-    assert_eq!(append(&mut b, "ann#1.2", 2_000), V::Appended { seq: 1, ts: 1_000, duplicate: true });
-    // After the window: a new message, and the id now names it.
-    assert_eq!(append(&mut b, "ann#1.3", 700_000), V::Appended { seq: 2, ts: 700_000, duplicate: false });
-    assert_eq!(append(&mut b, "ann#1.3", 700_500), V::Appended { seq: 2, ts: 700_000, duplicate: true });
-    // A registered user with the same id is someone else.
-    let reg =
-        one(&mut b, Op::Append { target: Target::Room("r".into()), message: msg("ann", "hi", Some("c-1"), 700_600) });
-    assert_eq!(reg, V::Appended { seq: 3, ts: 700_600, duplicate: false });
+    assert_eq!(appended(&run(&mut b, vec![to_bob("gwen#1.1", "one")])[0]), (1, false));
+    assert_eq!(appended(&run(&mut b, vec![to_bob("gwen#1.1", "two")])[0]), (2, false));
+    // Another guest gwen: bob knows this conversation as "gwen", so its seq
+    // goes on rather than starting again at 1.
+    assert_eq!(appended(&run(&mut b, vec![to_bob("Gwen#1.7", "three")])[0]), (3, false));
+    // Its history holds only its own messages.
+    match one(&mut b, Op::History { target: conv("bob", "Gwen#1.7"), range: SeqRange::After { after: 0, limit: 9 } }) {
+        V::Messages { messages, .. } => assert_eq!(messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [3]),
+        other => panic!("{other:?}"),
+    }
+    // Unrelated pairs start at 1.
+    assert_eq!(appended(&run(&mut b, vec![to_bob("gwenda#1.2", "x")])[0]), (1, false));
+}
+
+#[test]
+fn inbox_bounds_per_sender_and_per_recipient() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = open(tmp.path());
+    let bound = InboxBound { per_sender: 3, per_recipient: 5 };
+    let to_bob = |sender: &str, n: u64| Op::Append {
+        target: conv(sender, "bob"),
+        message: NewMessage { to: Some("bob".into()), inbox: Some(bound), ..msg(sender, "x", None, n) },
+    };
+    for n in 1..=3 {
+        assert_eq!(appended(&run(&mut b, vec![to_bob("ann", n)])[0]), (n, false));
+    }
+    assert_eq!(one(&mut b, to_bob("ann", 4)), V::InboxFull { limit: InboxLimit::PerSender });
+    for n in 1..=2 {
+        assert_eq!(appended(&run(&mut b, vec![to_bob("cat", n)])[0]), (n, false));
+    }
+    assert_eq!(one(&mut b, to_bob("dan", 1)), V::InboxFull { limit: InboxLimit::PerRecipient });
+    // Nothing of a refused message was stored.
+    assert_eq!(inbox(&mut b, "bob", 100).len(), 5);
+    // Reading makes room.
+    one(&mut b, Op::Ack { user: "bob".into(), with: "ann".into(), seq: 2 });
+    assert_eq!(appended(&run(&mut b, vec![to_bob("dan", 1)])[0]), (1, false));
+    assert_eq!(appended(&run(&mut b, vec![to_bob("ann", 5)])[0]), (4, false));
+    assert_eq!(one(&mut b, to_bob("eve", 1)), V::InboxFull { limit: InboxLimit::PerRecipient });
+}
+
+#[test]
+fn the_inbox_reads_in_pages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = open(tmp.path());
+    run(&mut b, (0..7).map(|n| pm(&format!("s{}", n % 3), "bob", &n.to_string(), n)).collect());
+    let mut after = 0;
+    let mut texts = Vec::new();
+    loop {
+        let V::Inbox { messages, cursor } = one(&mut b, Op::Inbox { user: "bob".into(), after, limit: 3 }) else {
+            panic!()
+        };
+        if messages.is_empty() {
+            assert_eq!(cursor, after);
+            break;
+        }
+        texts.extend(messages.into_iter().map(|m| m.message.text));
+        after = cursor;
+    }
+    assert_eq!(texts, ["0", "1", "2", "3", "4", "5", "6"]);
+}
+
+#[test]
+fn old_client_ids_are_purged_by_age_and_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = open(tmp.path());
+    for n in 0..10 {
+        send(&mut b, room("r"), "ann", &n.to_string(), &format!("c-{n}"), n * 1_000);
+    }
+    let conn = b.conn().unwrap();
+    let count = |c: &Connection| c.query_row("SELECT count(*) FROM client_ids", [], |r| r.get::<_, i64>(0)).unwrap();
+    let options =
+        SqliteOptions { id_retention: Duration::from_millis(4_500), max_ids: 100, ..SqliteOptions::default() };
+    // At 9.5 s, ids from before 5 s are past the retention.
+    assert_eq!(purge_ids(conn, 9_500, &options).unwrap(), 5);
+    assert_eq!(count(conn), 5);
+    let options = SqliteOptions { max_ids: 2, ..options };
+    assert_eq!(purge_ids(conn, 9_500, &options).unwrap(), 3);
+    assert_eq!(count(conn), 2);
+    // The newest are kept: a retry of the last message is still recognised.
+    assert_eq!(send(&mut b, room("r"), "ann", "9", "c-9", 20_000), V::Appended { seq: 10, ts: 9_000, duplicate: true });
+}
+
+#[cfg(unix)]
+#[test]
+fn the_database_is_readable_by_its_user_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut b = open(&dir);
+    one(&mut b, room_append("r", "ann", "hi", 1));
+    for file in [DB_FILE.to_string(), format!("{DB_FILE}-wal")] {
+        let mode = std::fs::metadata(dir.join(&file)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{file} is {mode:o}");
+    }
+    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o077, 0);
+    // A file an older build made world-readable is tightened at open.
+    drop(b);
+    std::fs::set_permissions(dir.join(DB_FILE), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let _b = open(&dir);
+    assert_eq!(std::fs::metadata(dir.join(DB_FILE)).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn a_version_1_database_is_migrated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join(DB_FILE);
+    {
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(include_str!("v1_schema.sql")).unwrap();
+        c.execute_batch(
+            "INSERT INTO users VALUES ('bob', 'h', 1), ('ann', 'h', 1);
+             INSERT INTO rooms VALUES ('lobby', 1);
+             INSERT INTO room_messages VALUES ('lobby', 1, 'ann', 'ann', 'hi', 'c-1', 1000);
+             INSERT INTO conversations VALUES ('ann', 'bob', 3, 1003, 1), ('bob', 'gwen#1.1', 1, 1004, 2);
+             INSERT INTO private_messages VALUES
+                ('ann', 'bob', 1, 'ann', 'ann', 'bob', 'one', 'c-1', 1001),
+                ('ann', 'bob', 2, 'bob', 'bob', 'ann', 'two', NULL, 1002),
+                ('ann', 'bob', 3, 'ann', 'ann', 'bob', 'three', NULL, 1003),
+                ('bob', 'gwen#1.1', 1, 'gwen#1.1', 'gwen', 'bob', 'g', NULL, 1004);
+             INSERT INTO conv_marks VALUES ('bob', 'ann', 0, 1);
+             INSERT INTO client_ids VALUES ('ann', 'c-1', 1, 1001);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let mut b = open(tmp.path());
+    // What bob has not acknowledged is his inbox, in order.
+    assert_eq!(inbox(&mut b, "bob", 100), [s("ann", 3, "three"), s("gwen#1.1", 1, "g")]);
+    assert_eq!(inbox(&mut b, "ann", 100), [s("bob", 2, "two")]);
+    // Ids are now scoped: c-1 is known in lobby and in ann–bob, separately.
+    assert_eq!(
+        send(&mut b, room("lobby"), "ann", "hi", "c-1", 2000),
+        V::Appended { seq: 1, ts: 1000, duplicate: true }
+    );
+    assert_eq!(
+        send(&mut b, conv("ann", "bob"), "ann", "one", "c-1", 2001),
+        V::Appended { seq: 1, ts: 1001, duplicate: true }
+    );
+    // A new guest gwen continues bob's conversation with "gwen".
+    let next = one(
+        &mut b,
+        Op::Append {
+            target: conv("gwen#2.1", "bob"),
+            message: NewMessage { to: Some("bob".into()), ..msg("gwen#2.1", "again", None, 3000) },
+        },
+    );
+    assert!(matches!(next, V::Appended { seq: 2, .. }), "{next:?}");
 }

@@ -1,0 +1,108 @@
+//! Guests: who they are, and how one comes back.
+//!
+//! Every guest `welcome` makes a new principal, `name#incarnation.n`, and
+//! everything stored for a guest (its messages' client ids, its
+//! conversations) hangs on that principal, never on the bare name: a later
+//! guest who takes the same name is someone else and inherits nothing.
+//!
+//! The `welcome` of a WebSocket guest carries a `resume` secret. A `hello`
+//! with the same name and that secret proves it is the same guest (a page
+//! reload, a dropped connection) and gets the same principal back: a resend
+//! with the same client id is recognised, and its conversations go on. The
+//! secret is an HMAC of the principal under a key the server draws at start,
+//! so it cannot be guessed or made for another name, and it expires with the
+//! server process (a restart makes every guest new).
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::state::Online;
+use super::Hub;
+use crate::ids::SessionId;
+use crate::link::{Tag, ToShardInner};
+use crate::reply::{Failure, Reply, RoomMark};
+
+/// Bytes of the MAC kept in a `resume` secret: 128 bits.
+const MAC_BYTES: usize = 16;
+
+impl Hub {
+    /// Welcomes a guest: a new principal, or `key` when it proved to be an
+    /// earlier one.
+    pub(super) fn welcome_guest(&mut self, sid: SessionId, tag: Tag, name: String, key: Option<String>) {
+        let key = key.unwrap_or_else(|| {
+            self.guests += 1;
+            format!("{name}#{}.{}", self.incarnation, self.guests)
+        });
+        let resume = self.resume_secret(&key);
+        let online =
+            self.state.online.entry(name.clone()).or_insert_with(|| Online { key, guest: true, sessions: Vec::new() });
+        online.sessions.push(sid);
+        let line = self.set_welcomed(sid, &name, None);
+        let rooms = self
+            .state
+            .memberships
+            .get(&name)
+            .map(|rooms| {
+                let mark = |room: &String| RoomMark { room: room.clone(), seq: self.state.room_seq(room), read: 0 };
+                rooms.iter().map(mark).collect()
+            })
+            .unwrap_or_default();
+        let welcome = Reply::Welcome {
+            user: name,
+            guest: true,
+            session: sid.get().to_string(),
+            heartbeat_s: self.config.heartbeat.as_secs(),
+            rooms,
+            resume: (!line).then_some(resume),
+        };
+        self.reply(sid, tag, Ok(welcome));
+        self.push(sid.shard(), ToShardInner::Welcomed { sid, expires_ms: None });
+        self.count_session(line, 1);
+    }
+
+    /// Checks a returning guest's `hello`: `Ok(Some(principal))` when the
+    /// secret proves it, `Ok(None)` when the secret is stale or wrong (the
+    /// guest is welcomed as new), or why the name cannot be had now.
+    pub(super) fn guest_name_problem_for_resume(&self, name: &str, resume: &str) -> Result<Option<String>, Failure> {
+        let Some(key) = self.resumed_key(name, resume) else {
+            return match self.guest_name_problem(name) {
+                Some(f) => Err(f),
+                None => Ok(None),
+            };
+        };
+        // Still online under the same principal: another session of the
+        // same guest (the old connection may not be known dead yet).
+        if self.state.online.get(name).is_some_and(|o| o.guest && o.key == key) {
+            return Ok(Some(key));
+        }
+        match self.guest_name_problem(name) {
+            Some(f) => Err(f),
+            None => Ok(Some(key)),
+        }
+    }
+
+    /// The principal a `resume` secret names, if it is genuine and this
+    /// server process issued it for `name`.
+    fn resumed_key(&self, name: &str, resume: &str) -> Option<String> {
+        let (n, mac) = resume.split_once('.')?;
+        let n: u64 = n.parse().ok()?;
+        let key = format!("{name}#{}.{n}", self.incarnation);
+        let mac = hex::decode(mac).ok()?;
+        let check = self.guest_mac(&key);
+        // Constant time, so the secret cannot be found a byte at a time.
+        check.verify_truncated_left(&mac).ok()?;
+        (mac.len() == MAC_BYTES && n >= 1 && n <= self.guests).then_some(key)
+    }
+
+    fn resume_secret(&self, key: &str) -> String {
+        let n = key.rsplit_once('.').map_or("", |(_, n)| n);
+        let mac = self.guest_mac(key).finalize().into_bytes();
+        format!("{n}.{}", hex::encode(&mac[..MAC_BYTES]))
+    }
+
+    fn guest_mac(&self, key: &str) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.config.guest_secret.0).expect("HMAC takes any key length");
+        mac.update(key.as_bytes());
+        mac
+    }
+}
