@@ -52,6 +52,9 @@ pub struct Config {
     /// unacknowledged, from one sender and from everybody; past either,
     /// a send is answered `inbox_full`.
     pub inbox: InboxBound,
+    /// `rooms`, `who`, `history` and `conversations` per second per
+    /// session (bursts of four times this); past it, `rate_limited`.
+    pub query_rate: u32,
     /// Guests may not send private messages to registered users.
     pub no_guest_private: bool,
     /// Signs the `resume` secret a guest gets at `welcome`. Random per
@@ -81,6 +84,7 @@ impl Default for Config {
             echo: false,
             login_rate: 10,
             inbox: InboxBound { per_sender: 1_000, per_recipient: 10_000 },
+            query_rate: 10,
             no_guest_private: false,
             guest_secret: GuestSecret([0; 32]),
             store_backlog: 100_000,

@@ -34,6 +34,10 @@ pub struct Metrics {
     pub rate_limited: AtomicU64,
     /// Connections refused at the connection cap.
     pub connections_refused: AtomicU64,
+    /// `rooms`, `who`, `history` and `conversations` refused past `--query-rate`.
+    pub queries_limited: AtomicU64,
+    /// Private messages refused because the recipient's inbox was full.
+    pub inbox_full: AtomicU64,
     /// Storage requests queued and not yet completed.
     pub store_queue_depth: AtomicI64,
     /// Storage requests completed.
@@ -112,6 +116,18 @@ impl Metrics {
             "counter",
             "Messages dropped by the per-connection rate limit.",
             &[("", c(&self.rate_limited) as f64)],
+        );
+        metric(
+            "natter_queries_limited_total",
+            "counter",
+            "Listings and history reads refused past the per-session query rate.",
+            &[("", c(&self.queries_limited) as f64)],
+        );
+        metric(
+            "natter_inbox_full_total",
+            "counter",
+            "Private messages refused because the recipient had too many unacknowledged.",
+            &[("", c(&self.inbox_full) as f64)],
         );
         metric(
             "natter_connections_refused_total",

@@ -84,6 +84,7 @@ const FLAGS: &[(&str, Option<&str>, &str)] = &[
         Some("N"),
         "unacknowledged private messages a registered user may hold in all [default: 10000]",
     ),
+    ("query-rate", Some("N"), "rooms, who, history and conversations requests per second per session, bursts of 4x [default: 10]"),
     ("no-guest-private", None, "guests may not send private messages to registered users"),
     (
         "sync",
@@ -162,6 +163,7 @@ where
             per_sender: number(&value("inbox-per-sender")?, "inbox-per-sender", d.inbox.per_sender)?,
             per_recipient: number(&value("inbox-per-recipient")?, "inbox-per-recipient", d.inbox.per_recipient)?,
         },
+        query_rate: number(&value("query-rate")?, "query-rate", d.query_rate)?,
         no_guest_private: switch(&value("no-guest-private")?, "no-guest-private")?,
         guest_secret: d.guest_secret,
         store_backlog: d.store_backlog,
@@ -198,6 +200,7 @@ where
         ("max-line", settings.core.max_line),
         ("heartbeat", settings.core.heartbeat.as_secs() as usize),
         ("inbox-per-sender", settings.core.inbox.per_sender as usize),
+        ("query-rate", settings.core.query_rate as usize),
         ("inbox-per-recipient", settings.core.inbox.per_recipient as usize),
         ("max-ids", settings.sqlite.max_ids as usize),
     ] {

@@ -28,6 +28,7 @@ impl Hub {
                 inbox: InboxRead::Done,
                 held_echoes: Vec::new(),
                 replaying: Vec::new(),
+                queries: None,
             })
         });
         if info.phase != Phase::New {
@@ -201,11 +202,7 @@ impl Hub {
         }
         info.inbox = InboxRead::Reading;
         let line = self.set_welcomed(sid, &user, token);
-        let online = self.state.online.entry(user.clone()).or_insert_with(|| Online {
-            key: user.clone(),
-            guest: false,
-            sessions: Vec::new(),
-        });
+        let online = self.state.add_online(&user, Online { key: user.clone(), guest: false, sessions: Vec::new() });
         let first = online.sessions.is_empty();
         online.sessions.push(sid);
         let rooms: Vec<String> = self.state.memberships.get(&user).cloned().unwrap_or_default();
@@ -255,7 +252,7 @@ impl Hub {
             return;
         }
         let guest = online.guest;
-        self.state.online.remove(&user);
+        self.state.remove_online(&user);
         let rooms: Vec<String> = self.state.memberships.get(&user).cloned().unwrap_or_default();
         for room in rooms {
             if guest {

@@ -8,6 +8,7 @@ use super::{unavailable, Hub};
 use crate::ids::{is_valid_name, SessionId};
 use crate::link::Tag;
 use crate::reply::{ErrorCode, Failure, Recovery, Reply};
+use crate::session::rate::RateLimit;
 use crate::store::{
     is_guest_key, InboxLimit, InboxMessage, NewMessage, SeqRange, StoreError, StoreOp, StoreValue, StoredMessage,
     Target,
@@ -46,6 +47,11 @@ fn no_such_user(user: &str) -> Failure {
 
 impl Hub {
     pub(super) fn chat(&mut self, now: Now, sid: SessionId, tag: Tag, user: String, request: ClientRequest) {
+        if is_query(&request) && !self.query_allowed(now, sid) {
+            let rate = self.config.query_rate;
+            let f = Failure::new(ErrorCode::RateLimited, format!("at most {rate} listings and history reads a second"));
+            return self.reply(sid, tag, Err(f));
+        }
         let my_key = self.state.online.get(&user).map(|o| o.key.clone()).unwrap_or_else(|| user.clone());
         let guest = self.state.online.get(&user).is_some_and(|o| o.guest);
         let result = match request {
@@ -137,24 +143,13 @@ impl Hub {
                     Some(room) => self.state.rooms.get(room).map_or_else(Vec::new, |r| {
                         r.members.iter().take(max).map(|u| (u.clone(), self.state.online.contains_key(u))).collect()
                     }),
-                    None => {
-                        let mut names: Vec<&String> = self.state.online.keys().collect();
-                        names.sort();
-                        names.into_iter().take(max).map(|u| (u.clone(), true)).collect()
-                    }
+                    None => self.state.online_names.iter().take(max).map(|u| (u.clone(), true)).collect(),
                 };
                 Ok(Reply::Users(users))
             }
             ClientRequest::Rooms { limit: given } => {
-                let mut rooms: Vec<(String, usize)> = self
-                    .state
-                    .rooms
-                    .iter()
-                    .filter(|(_, r)| !r.members.is_empty())
-                    .map(|(name, r)| (name.clone(), r.members.len()))
-                    .collect();
-                rooms.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-                rooms.truncate(limit(given, 100, 1000) as usize);
+                let max = limit(given, 100, 1000) as usize;
+                let rooms = self.state.by_size.iter().take(max).map(|(n, name)| (name.clone(), n.0)).collect();
                 Ok(Reply::Rooms(rooms))
             }
             ClientRequest::Conversations { limit: given } => {
@@ -339,7 +334,10 @@ impl Hub {
         let (seq, ts) = match value {
             StoreValue::Appended { seq, duplicate: true, .. } => return Ok(seq),
             StoreValue::Appended { seq, ts, .. } => (seq, ts),
-            StoreValue::InboxFull { limit } => return Err(inbox_full(&to_key, limit)),
+            StoreValue::InboxFull { limit } => {
+                self.metrics.inbox_full.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(inbox_full(&to_key, limit));
+            }
             _ => return Err(unavailable()),
         };
         let from = message.from.clone();
@@ -437,6 +435,32 @@ impl Hub {
                 }
             }
         }
+    }
+}
+
+/// Requests whose cost grows with the server's size or a history's: they
+/// have a budget of their own (`--query-rate`), apart from the message rate.
+fn is_query(request: &ClientRequest) -> bool {
+    matches!(
+        request,
+        ClientRequest::Rooms { .. }
+            | ClientRequest::Who { .. }
+            | ClientRequest::History { .. }
+            | ClientRequest::Conversations { .. }
+    )
+}
+
+impl Hub {
+    /// Takes one of `sid`'s query tokens, if it has one.
+    fn query_allowed(&mut self, now: Now, sid: SessionId) -> bool {
+        let (rate, burst) = (self.config.query_rate, self.config.query_rate.saturating_mul(4));
+        let Some(info) = self.state.sessions.get_mut(&sid) else { return true };
+        let bucket = info.queries.get_or_insert_with(|| RateLimit::new(now.instant, burst));
+        let allowed = bucket.allow(now.instant, rate, burst);
+        if !allowed {
+            self.metrics.queries_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        allowed
     }
 }
 

@@ -34,8 +34,7 @@ impl Hub {
             format!("{name}#{}.{}", self.incarnation, self.guests)
         });
         let resume = self.resume_secret(&key);
-        let online =
-            self.state.online.entry(name.clone()).or_insert_with(|| Online { key, guest: true, sessions: Vec::new() });
+        let online = self.state.add_online(&name, Online { key, guest: true, sessions: Vec::new() });
         online.sessions.push(sid);
         let line = self.set_welcomed(sid, &name, None);
         let rooms = self

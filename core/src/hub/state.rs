@@ -1,6 +1,7 @@
 //! What the hub knows: rooms with their members, users online with their
 //! sessions, and each session's progress.
 
+use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
 /// The hub's tables are looked up per member for every message, with
@@ -11,6 +12,7 @@ type HashSet<K> = std::collections::HashSet<K, foldhash::quality::RandomState>;
 use std::net::IpAddr;
 
 use crate::ids::SessionId;
+use crate::session::rate::RateLimit;
 use crate::store::InboxMessage;
 
 /// A room. Membership belongs to users, by name.
@@ -48,6 +50,9 @@ pub(crate) struct SessionInfo {
     /// Rooms whose `since` replay is being read; live messages of these
     /// rooms are skipped for this session, as the replay will carry them.
     pub(crate) replaying: Vec<String>,
+    /// Its budget for requests whose cost grows with the server
+    /// (`rooms`, `who`, `history`, `conversations`): made at the first.
+    pub(crate) queries: Option<RateLimit>,
 }
 
 /// A session's progress through its inbox (`hub/inbox.rs`).
@@ -105,6 +110,11 @@ pub(crate) struct State {
     /// Boxed: the table keeps spare buckets, and an idle session should not
     /// pay for them at full size.
     pub(crate) sessions: HashMap<SessionId, Box<SessionInfo>>,
+    /// Rooms with members, most members first, then by name: `rooms`
+    /// reads its first `limit` entries instead of sorting every room.
+    pub(crate) by_size: BTreeSet<(Reverse<usize>, String)>,
+    /// Names online, sorted: `who` without a room reads its first `limit`.
+    pub(crate) online_names: BTreeSet<String>,
 }
 
 impl State {
@@ -134,8 +144,37 @@ impl State {
                 true
             }
         };
-        self.rooms.entry(room.to_string()).or_default().members.insert(user.to_string());
+        let r = self.rooms.entry(room.to_string()).or_default();
+        let before = r.members.len();
+        r.members.insert(user.to_string());
+        let after = r.members.len();
+        self.resize(room, before, after);
         new
+    }
+
+    /// Moves `room` in [`State::by_size`] from `before` members to `after`.
+    fn resize(&mut self, room: &str, before: usize, after: usize) {
+        if before == after {
+            return;
+        }
+        if before > 0 {
+            self.by_size.remove(&(Reverse(before), room.to_string()));
+        }
+        if after > 0 {
+            self.by_size.insert((Reverse(after), room.to_string()));
+        }
+    }
+
+    /// A user is online now (its first session was welcomed).
+    pub(crate) fn add_online(&mut self, name: &str, online: Online) -> &mut Online {
+        self.online_names.insert(name.to_string());
+        self.online.entry(name.to_string()).or_insert(online)
+    }
+
+    /// Its last session ended.
+    pub(crate) fn remove_online(&mut self, name: &str) -> Option<Online> {
+        self.online_names.remove(name);
+        self.online.remove(name)
     }
 
     /// Removes a membership; returns whether there was one. An empty room is
@@ -154,10 +193,13 @@ impl State {
             }
         }
         if let Some(r) = self.rooms.get_mut(room) {
+            let before = r.members.len();
             r.members.remove(user);
+            let after = r.members.len();
             if r.members.is_empty() && r.seq == 0 {
                 self.rooms.remove(room);
             }
+            self.resize(room, before, after);
         }
         had
     }
@@ -172,7 +214,7 @@ impl State {
 
     /// Rooms with at least one member.
     pub(crate) fn live_rooms(&self) -> usize {
-        self.rooms.values().filter(|r| !r.members.is_empty()).count()
+        self.by_size.len()
     }
 }
 

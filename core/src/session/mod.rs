@@ -7,7 +7,7 @@ mod close;
 mod http;
 mod line;
 mod outbox;
-mod rate;
+pub(crate) mod rate;
 mod ws;
 
 use std::io::IoSlice;

@@ -544,3 +544,46 @@ fn ping_is_answered_by_pong() {
 }
 
 mod delivery;
+
+#[test]
+fn listings_and_history_reads_have_a_budget_of_their_own() {
+    let mut sim = Sim::new(Config { query_rate: 2, rate: 1000, burst: 1000, ..Config::default() });
+    let a = sim.guest("ann");
+    join(&mut sim, a, "r");
+    // Bursts of four times the rate, whichever of the four kinds.
+    let kinds = [
+        json!({"type":"rooms"}),
+        json!({"type":"who"}),
+        json!({"type":"history","room":"r"}),
+        json!({"type":"who","room":"r"}),
+    ];
+    for (i, kind) in kinds.iter().cycle().take(8).enumerate() {
+        assert_eq!(sim.req(a, kind.clone())["type"], "ok", "query {i}");
+    }
+    assert_eq!(code(&sim.req(a, json!({"type":"rooms"}))), "rate_limited");
+    // Messages are not held back by it.
+    assert_eq!(sim.req(a, json!({"type":"send","room":"r","text":"hi"}))["type"], "ok");
+    sim.advance(Duration::from_millis(600));
+    assert_eq!(sim.req(a, json!({"type":"rooms"}))["type"], "ok", "the budget refills");
+    // Another session has its own.
+    let b = sim.guest("bob");
+    assert_eq!(sim.req(b, json!({"type":"rooms"}))["type"], "ok");
+}
+
+#[test]
+fn rooms_and_who_follow_membership_changes() {
+    let mut sim = sim();
+    let a = sim.guest("gus");
+    let b = sim.guest("gil");
+    join(&mut sim, a, "big");
+    join(&mut sim, b, "big");
+    join(&mut sim, a, "small");
+    let rooms = |sim: &mut Sim, c| sim.req(c, json!({"type":"rooms"}))["rooms"].clone();
+    assert_eq!(rooms(&mut sim, a), json!([{"room":"big","members":2},{"room":"small","members":1}]));
+    sim.req(a, json!({"type":"leave","room":"big"}));
+    sim.req(b, json!({"type":"join","room":"small"}));
+    assert_eq!(rooms(&mut sim, a), json!([{"room":"small","members":2},{"room":"big","members":1}]));
+    sim.disconnect(b);
+    assert_eq!(rooms(&mut sim, a), json!([{"room":"small","members":1}]), "a guest's rooms end with it");
+    assert_eq!(sim.req(a, json!({"type":"who"}))["users"], json!([{"user":"gus","online":true}]));
+}
