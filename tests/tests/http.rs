@@ -30,6 +30,17 @@ fn spray(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
     s
 }
 
+/// Writes `request` on a new connection and reads every response the
+/// server sends before it closes (or goes quiet for two seconds).
+fn responses_to(addr: SocketAddr, request: &[u8]) -> Vec<natter_tests::HttpResponse> {
+    let mut stream = spray(addr, request);
+    let mut out = Vec::new();
+    while let Ok(r) = natter_tests::http::read_response(&mut stream, Duration::from_secs(2)) {
+        out.push(r);
+    }
+    out
+}
+
 /// The sample names in a Prometheus text exposition, checking each sample
 /// line has a well-formed name and a numeric value.
 fn metric_names(body: &str) -> Vec<String> {
@@ -94,6 +105,35 @@ natter_tests::cases! {
         assert!(ct.starts_with("text/html"), "Content-Type {ct:?}");
         let page = r.text().to_ascii_lowercase();
         assert!(page.contains("<!doctype html") || page.contains("<html"), "not an HTML page: {page:?}");
+    }
+
+    fn a_request_with_two_content_lengths_is_refused_and_nothing_after_it_is_read(bin) {
+        let s = Server::start(bin, &[]);
+        // Behind a proxy that reads the other length, the bytes after the
+        // first body would be a second, smuggled request.
+        let smuggle = b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 35\r\n\r\n\
+                        GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+        let got = responses_to(s.http, smuggle);
+        let statuses: Vec<u16> = got.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, vec![400], "one 400 and the connection closed");
+        assert_eq!(got[0].error_code(), "bad_request");
+        let equal = b"GET /healthz HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}";
+        assert_eq!(responses_to(s.http, equal).iter().map(|r| r.status).collect::<Vec<_>>(), vec![400]);
+    }
+
+    fn a_content_length_that_is_not_plain_digits_is_400(bin) {
+        let s = Server::start(bin, &[]);
+        // Each would be answered 200 if its length were read as 2.
+        for value in ["+2", "0x2", "2 2", "-0", "2,2"] {
+            let request = format!("GET /healthz HTTP/1.1\r\nContent-Length: {value}\r\n\r\n{{}}");
+            let got = responses_to(s.http, request.as_bytes());
+            assert_eq!(got.iter().map(|r| r.status).collect::<Vec<_>>(), vec![400], "Content-Length {value:?}");
+        }
+        let both = b"GET /healthz HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n{}";
+        assert_eq!(responses_to(s.http, both).iter().map(|r| r.status).collect::<Vec<_>>(), vec![400]);
+        // A plain one still works.
+        let ok = b"GET /healthz HTTP/1.1\r\nContent-Length: 02\r\nConnection: close\r\n\r\n{}";
+        assert_eq!(responses_to(s.http, ok).iter().map(|r| r.status).collect::<Vec<_>>(), vec![200]);
     }
 
     fn an_unknown_path_is_404(bin) {
