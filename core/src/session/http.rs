@@ -19,8 +19,13 @@ impl Session {
             Ok(None) => 0,
             Ok(Some((request, used))) => {
                 // Keep-alive connections get the handshake time-out again as
-                // their idle limit.
-                self.handshake_at = Some(ctx.now.instant + ctx.config.handshake_timeout);
+                // their idle limit, but an upgrade does not: the upgrade and
+                // its `hello` share one budget, from the moment the
+                // connection opened (or went idle after its last answer), or
+                // a client could stall the upgrade and then `hello` in turn.
+                if !is_upgrade_path(&request.path) {
+                    self.handshake_at = Some(ctx.now.instant + ctx.config.handshake_timeout);
+                }
                 self.route(ctx, request);
                 used
             }
@@ -160,6 +165,11 @@ impl Session {
             self.close(ctx, CloseReason::Done);
         }
     }
+}
+
+/// The paths that turn the connection into a WebSocket.
+fn is_upgrade_path(path: &str) -> bool {
+    matches!(path, "/ws" | "/echo")
 }
 
 /// `{"user":...,"password":...}` from an API body.

@@ -553,6 +553,31 @@ fn handshake_timeout_closes_1008_after_the_upgrade_and_plainly_before() {
 }
 
 #[test]
+fn the_handshake_budget_runs_from_the_connect_through_a_late_upgrade() {
+    let config = Config { handshake_timeout: secs(3), ..Config::default() };
+    let mut sim = Sim::new(config);
+    let c = sim.connect_http();
+    sim.advance(Duration::from_millis(2400));
+    sim.send_upgrade(c, "/ws");
+    assert!(matches!(&sim.take(c)[..], [Event::Http(r)] if r.status == 101));
+    sim.advance(Duration::from_millis(600) - MS);
+    assert!(sim.is_open(c), "closed early");
+    sim.advance(MS);
+    assert_eq!(sim.take(c), [Event::Close { code: Some(1008), reason: "no hello in time".into() }]);
+    assert_eq!(sim.ended(c), Some(Ended::ByServer));
+    // A keep-alive request before the upgrade starts the budget again.
+    let c = sim.connect_http();
+    sim.advance(secs(2));
+    sim.send_raw(c, &crate::sim::wire::request("GET", "/healthz", b"", &[]));
+    sim.advance(secs(2));
+    sim.send_upgrade(c, "/ws");
+    sim.advance(secs(1) - MS);
+    assert!(sim.is_open(c));
+    sim.advance(MS);
+    assert_eq!(sim.close_code(c), Some(1008));
+}
+
+#[test]
 fn a_hello_that_fails_leaves_the_handshake_timer_running() {
     let config = Config { handshake_timeout: secs(10), ..Config::default() };
     let mut sim = Sim::new(config);
