@@ -36,9 +36,23 @@ pub struct Config {
     pub echo: bool,
     /// Failed logins per client address per minute.
     pub login_rate: u32,
+    /// Origins (`scheme://host[:port]`, lower case, no trailing `/`) whose
+    /// pages may open a WebSocket; empty: any. An upgrade without `Origin`
+    /// (not a browser) is always let through.
+    pub allowed_origins: Vec<String>,
     /// Storage requests the hub lets wait for completion; past it, requests
     /// are answered `unavailable` at once. Not a flag: a safety bound.
     pub store_backlog: usize,
+}
+
+impl Config {
+    /// Whether a page from `origin` (an `Origin` header) may open a
+    /// WebSocket. Scheme and host ignore case (RFC 6454 §6.1 serialises
+    /// them in lower case; a client might not).
+    pub(crate) fn origin_allowed(&self, origin: &str) -> bool {
+        let origin = origin.trim().trim_end_matches('/');
+        self.allowed_origins.is_empty() || self.allowed_origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
+    }
 }
 
 impl Default for Config {
@@ -60,6 +74,7 @@ impl Default for Config {
             echo: false,
             login_rate: 10,
             store_backlog: 100_000,
+            allowed_origins: Vec::new(),
         }
     }
 }

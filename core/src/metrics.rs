@@ -34,6 +34,8 @@ pub struct Metrics {
     pub rate_limited: AtomicU64,
     /// Connections refused at the connection cap.
     pub connections_refused: AtomicU64,
+    /// WebSocket upgrades refused for an `Origin` not in `--allowed-origin`.
+    pub origin_refused: AtomicU64,
     /// Storage requests queued and not yet completed.
     pub store_queue_depth: AtomicI64,
     /// Storage requests completed.
@@ -118,6 +120,12 @@ impl Metrics {
             "counter",
             "Connections refused at the connection cap.",
             &[("", c(&self.connections_refused) as f64)],
+        );
+        metric(
+            "natter_origin_refused_total",
+            "counter",
+            "WebSocket upgrades refused (403) for an Origin not in --allowed-origin.",
+            &[("", c(&self.origin_refused) as f64)],
         );
         metric(
             "natter_store_queue_depth",

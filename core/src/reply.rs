@@ -27,6 +27,8 @@ pub(crate) enum ErrorCode {
     RateLimited,
     TooManyRooms,
     Unavailable,
+    /// HTTP 403: a request this server will not serve to this client.
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -48,6 +50,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }

@@ -136,6 +136,29 @@ natter_tests::cases! {
         assert_eq!(responses_to(s.http, ok).iter().map(|r| r.status).collect::<Vec<_>>(), vec![200]);
     }
 
+    fn an_upgrade_from_an_origin_not_allowed_gets_403(bin) {
+        let s = Server::start(bin, &["--allowed-origin", "https://chat.example,http://127.0.0.1:1"]);
+        let upgrade = |extra: &str| {
+            let req = format!(
+                "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Version: 13\r\n{extra}\r\n"
+            );
+            natter_tests::http_raw(s.http, req.as_bytes())
+        };
+        let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+        let r = upgrade(&format!("{key}Origin: https://evil.example\r\n"));
+        assert_eq!((r.status, r.error_code()), (403, "forbidden".to_string()));
+        assert_eq!(upgrade(&format!("{key}Origin: https://chat.example\r\n")).status, 101);
+        assert_eq!(upgrade(key).status, 101, "no Origin: not a browser, let through");
+        let metrics = s.http("GET", "/metrics", &[], b"").text();
+        assert!(metrics.contains("natter_origin_refused_total 1\n"), "{metrics}");
+        // A key that is not base64 of 16 bytes.
+        for bad in ["c2hvcnQ=", "not a key at all", "dGhlIHNhbXBsZSBub25jZQ"] {
+            let r = upgrade(&format!("Sec-WebSocket-Key: {bad}\r\n"));
+            assert_eq!((r.status, r.error_code()), (400, "bad_request".to_string()), "key {bad:?}");
+        }
+    }
+
     fn an_unknown_path_is_404(bin) {
         let s = Server::start(bin, &[]);
         let r = s.http("GET", "/no/such/page", &[], b"");

@@ -69,8 +69,18 @@ const FLAGS: &[(&str, Option<&str>, &str)] = &[
     ("line-idle", Some("SECS"), "silence that closes a line session [default: 600]"),
     ("echo", None, "also serve GET /echo, a WebSocket echo for conformance suites (a test aid)"),
     ("login-rate", Some("N"), "failed logins per client address per minute [default: 10]"),
+    (
+        "allowed-origin",
+        Some("ORIGIN"),
+        "a page origin (scheme://host[:port]) that may open a WebSocket; repeatable, comma-separated in the \
+         environment; an upgrade with another Origin gets 403 [default: any origin]",
+    ),
     ("log", Some("FILTER"), "log level or tracing filter, e.g. info or natter=debug [default: RUST_LOG, else info]"),
 ];
+
+/// Flags that may be given more than once; in the environment their values
+/// are comma-separated, in the file a list or a comma-separated string.
+const REPEATABLE: &[&str] = &["allowed-origin"];
 
 fn command(binary: &'static str) -> Command {
     let mut cmd = Command::new(binary)
@@ -81,6 +91,7 @@ fn command(binary: &'static str) -> Command {
     for &(name, value, help) in FLAGS {
         let arg = Arg::new(name).long(name).help(help);
         cmd = cmd.arg(match value {
+            Some(v) if REPEATABLE.contains(&name) => arg.value_name(v).action(ArgAction::Append),
             Some(v) => arg.value_name(v).action(ArgAction::Set),
             None => arg.action(ArgAction::SetTrue),
         });
@@ -110,6 +121,9 @@ where
     let value = |name: &str| -> Result<Option<String>, ConfigExit> {
         let is_switch = FLAGS.iter().any(|(n, v, _)| *n == name && v.is_none());
         if matches.value_source(name) == Some(ValueSource::CommandLine) {
+            if REPEATABLE.contains(&name) {
+                return Ok(matches.get_many::<String>(name).map(|v| v.cloned().collect::<Vec<_>>().join(",")));
+            }
             return Ok(if is_switch { Some("true".into()) } else { matches.get_one::<String>(name).cloned() });
         }
         let env_name = format!("NATTER_{}", name.to_uppercase().replace('-', "_"));
@@ -136,6 +150,7 @@ where
         echo: switch(&value("echo")?, "echo")?,
         login_rate: number(&value("login-rate")?, "login-rate", d.login_rate)?,
         store_backlog: d.store_backlog,
+        allowed_origins: origins(&value("allowed-origin")?)?,
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let settings = Settings {
@@ -184,6 +199,12 @@ fn read_file(path: &str) -> Result<BTreeMap<String, String>, ConfigExit> {
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
             toml::Value::Float(f) => f.to_string(),
+            toml::Value::Array(items) if REPEATABLE.contains(&key.as_str()) => {
+                let texts: Option<Vec<&str>> = items.iter().map(toml::Value::as_str).collect();
+                texts
+                    .ok_or_else(|| ConfigExit::Bad(format!("bad --config {path}: {key} must be a list of strings")))?
+                    .join(",")
+            }
             other => return Err(ConfigExit::Bad(format!("bad --config {path}: {key} = {other} is not a plain value"))),
         };
         out.insert(key, text);
@@ -221,6 +242,23 @@ fn address(v: &Option<String>, name: &str, default: &str) -> Result<SocketAddr, 
         .ok()
         .and_then(|mut a| a.next())
         .ok_or_else(|| bad(name, text, "expected IP:PORT or HOST:PORT"))
+}
+
+/// `--allowed-origin`: each one `http://` or `https://` and a host with an
+/// optional port, kept in lower case without a trailing `/`.
+fn origins(v: &Option<String>) -> Result<Vec<String>, ConfigExit> {
+    let Some(v) = v else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for origin in v.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        let host = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
+        let plain = |h: &str| !h.is_empty() && !h.contains(['/', '?', '#', '@', ' ', '*']);
+        if !host.is_some_and(plain) {
+            return Err(bad("allowed-origin", &origin, "expected scheme://host[:port], e.g. https://chat.example.com"));
+        }
+        out.push(origin);
+    }
+    Ok(out)
 }
 
 fn url(v: Option<String>, name: &str, schemes: &[&str]) -> Result<Option<String>, ConfigExit> {
@@ -296,6 +334,23 @@ mod tests {
         }
         assert!(matches!(run(&["--config", "/nonexistent/x.toml"], &[]), Err(ConfigExit::Bad(_))));
         assert!(matches!(run(&["--help"], &[]), Err(ConfigExit::Info(_))));
+    }
+
+    #[test]
+    fn allowed_origins_repeat_and_split_on_commas() {
+        assert!(run(&[], &[]).unwrap().core.allowed_origins.is_empty(), "any origin by default");
+        let s = run(&["--allowed-origin", "https://A.example/", "--allowed-origin", "http://b.example:8080"], &[]);
+        assert_eq!(s.unwrap().core.allowed_origins, ["https://a.example", "http://b.example:8080"]);
+        let s = run(&[], &[("NATTER_ALLOWED_ORIGIN", "https://a.example, https://b.example")]).unwrap();
+        assert_eq!(s.core.allowed_origins, ["https://a.example", "https://b.example"]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("n.toml");
+        std::fs::write(&file, "allowed-origin = [\"https://c.example\"]\n").unwrap();
+        let s = run(&["--config", file.to_str().unwrap()], &[]).unwrap();
+        assert_eq!(s.core.allowed_origins, ["https://c.example"]);
+        for bad in ["example.com", "https://", "https://a.example/path", "ftp://a.example", "*"] {
+            assert!(matches!(run(&["--allowed-origin", bad], &[]), Err(ConfigExit::Bad(_))), "{bad}");
+        }
     }
 
     #[test]

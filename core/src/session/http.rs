@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::{Ctx, Phase, Session};
 use crate::link::{ApiCall, Auth, Tag, ToHubInner};
-use crate::reply::{reply_json, Failure, Reply};
+use crate::reply::{reply_json, ErrorCode, Failure, Reply};
 use crate::session::CloseReason;
 use crate::transport::http::{error_body, parse_request, Request, Response};
 use crate::transport::ws::{accept_response, text_frame, Decoder};
@@ -93,6 +93,18 @@ impl Session {
         let Some(key) = req.header("sec-websocket-key").filter(|k| !k.is_empty()).map(str::to_owned) else {
             return self.respond_error(ctx, 400, "bad_request", "Sec-WebSocket-Key is missing", true);
         };
+        // RFC 6455 §4.2.1: the key "when decoded, is 16 bytes in length".
+        if !is_websocket_key(&key) {
+            return self.respond_error(ctx, 400, "bad_request", "Sec-WebSocket-Key is not base64 of 16 bytes", true);
+        }
+        // A page from another site must not act with this user's cookies or
+        // network position (cross-site WebSocket hijacking); clients that
+        // are not browsers send no Origin and are not affected.
+        if let Some(origin) = req.header("origin").filter(|o| !ctx.config.origin_allowed(o)) {
+            ctx.metrics.origin_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let message = format!("pages from {} may not connect here", origin.chars().take(100).collect::<String>());
+            return self.respond_error(ctx, 403, ErrorCode::Forbidden.as_str(), &message, true);
+        }
         match req.query_param("token").filter(|_| !echo) {
             Some(token) if token.is_empty() => {
                 self.respond_error(ctx, 401, "invalid_token", "the token is empty", true);
@@ -138,7 +150,7 @@ impl Session {
                 self.resume(ctx);
             }
             Err(f) => {
-                let status = if f.code == crate::reply::ErrorCode::Unavailable { 503 } else { 401 };
+                let status = if f.code == ErrorCode::Unavailable { 503 } else { 401 };
                 self.phase = Phase::Http;
                 self.respond_error(ctx, status, f.code.as_str(), &f.message, true);
                 self.close(ctx, CloseReason::Done);
@@ -167,6 +179,18 @@ impl Session {
     }
 }
 
+/// Whether `key` is base64 of exactly 16 bytes: 22 characters of the
+/// alphabet, the last of them carrying only 2 bits, then `==`.
+fn is_websocket_key(key: &str) -> bool {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = key.as_bytes();
+    let value = |b: u8| ALPHABET.iter().position(|&a| a == b);
+    bytes.len() == 24
+        && bytes.ends_with(b"==")
+        && bytes[..22].iter().all(|&b| value(b).is_some())
+        && value(bytes[21]).is_some_and(|v| v & 0x0f == 0)
+}
+
 /// The paths that turn the connection into a WebSocket.
 fn is_upgrade_path(path: &str) -> bool {
     matches!(path, "/ws" | "/echo")
@@ -174,12 +198,38 @@ fn is_upgrade_path(path: &str) -> bool {
 
 /// `{"user":...,"password":...}` from an API body.
 fn credentials(body: &[u8]) -> Result<(String, String), Failure> {
-    use crate::reply::ErrorCode;
     let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(body) else {
         return Err(Failure::new(ErrorCode::BadJson, "the body must be a JSON object"));
     };
     match (o.get("user").and_then(Value::as_str), o.get("password").and_then(Value::as_str)) {
         (Some(u), Some(p)) => Ok((u.to_string(), p.to_string())),
         _ => Err(Failure::new(ErrorCode::BadRequest, "user and password are required strings")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_websocket_key_is_base64_of_16_bytes() {
+        assert!(is_websocket_key("dGhlIHNhbXBsZSBub25jZQ=="), "RFC 6455's sample");
+        assert!(is_websocket_key("AAAAAAAAAAAAAAAAAAAAAA=="));
+        assert!(is_websocket_key("/////////////////////w=="));
+        for bad in [
+            "",
+            "x",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZQ=",
+            "dGhlIHNhbXBsZSBub25jZQ===",
+            "dGhlIHNhbXBsZSBub25jZR==",
+            "dGhlIHNhbXBsZSBub25jZ-==",
+            "dGhlIHNhbXBsZSBub25jZQ==dGhl",
+            "dGhlIHNhbXBsZSBub25jZQAA",
+            "dGhlIHNhbXBsZSBub25j",
+            "dGhlIHNhbXBsZSBub25jZQ==\u{0}",
+        ] {
+            assert!(!is_websocket_key(bad), "{bad:?}");
+        }
     }
 }

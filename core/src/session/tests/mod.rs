@@ -99,6 +99,57 @@ fn upgrade_needs_the_websocket_headers() {
     assert_eq!((res.status, res.header("sec-websocket-version")), (426, Some("13")));
     let keyless = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Version", "13")];
     assert_eq!(sim.http("GET", "/ws", "", &keyless).status, 400);
+    let short_key = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "c2hvcnQ="),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    let res = sim.http("GET", "/ws", "", &short_key);
+    assert_eq!((res.status, res.json()["error"].as_str()), (400, Some("bad_request")));
+}
+
+#[test]
+fn upgrades_from_an_origin_not_listed_get_403() {
+    let config = Config { allowed_origins: vec!["https://chat.example".into()], ..Config::default() };
+    let mut sim = Sim::new(config);
+    let upgrade = |origin: Option<&'static str>| {
+        let mut h = vec![
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", crate::sim::wire::WS_KEY),
+            ("Sec-WebSocket-Version", "13"),
+        ];
+        h.extend(origin.map(|o| ("Origin", o)));
+        h
+    };
+    for (origin, status) in [
+        (Some("https://evil.example"), 403),
+        (Some("http://chat.example"), 403),
+        (Some("https://chat.example.evil"), 403),
+        (Some("null"), 403),
+        (Some("https://chat.example"), 101),
+        (Some("HTTPS://Chat.Example/"), 101),
+        (None, 101),
+    ] {
+        let c = sim.connect_http();
+        sim.send_raw(c, &crate::sim::wire::request("GET", "/ws", b"", &upgrade(origin)));
+        let res = sim.take(c).into_iter().find_map(|e| match e {
+            Event::Http(r) => Some(r),
+            _ => None,
+        });
+        let res = res.expect("an answer");
+        assert_eq!(res.status, status, "{origin:?}: {}", res.text());
+        if status == 403 {
+            assert_eq!(res.json()["error"], "forbidden");
+            assert_eq!(sim.ended(c), Some(Ended::ByServer));
+        }
+    }
+    // Without a list, any origin may connect.
+    let mut open = Sim::new(Config::default());
+    let c = open.connect_http();
+    open.send_raw(c, &crate::sim::wire::request("GET", "/ws", b"", &upgrade(Some("https://evil.example"))));
+    assert!(matches!(&open.take(c)[..], [Event::Http(r)] if r.status == 101));
 }
 
 // ---- accounts -------------------------------------------------------------
