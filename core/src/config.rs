@@ -40,9 +40,40 @@ pub struct Config {
     /// pages may open a WebSocket; empty: any. An upgrade without `Origin`
     /// (not a browser) is always let through.
     pub allowed_origins: Vec<String>,
+    /// When set, `GET /metrics` needs `Authorization: Bearer` with it.
+    pub metrics_token: Option<Secret>,
     /// Storage requests the hub lets wait for completion; past it, requests
     /// are answered `unavailable` at once. Not a flag: a safety bound.
     pub store_backlog: usize,
+}
+
+/// A secret from the configuration: it never appears in `Debug` output (so
+/// not in logs), and a candidate is compared with it in constant time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `value`.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// Whether `candidate` is the secret. The time taken depends only on the
+    /// secret's length, never on how much of a guess was right.
+    pub(crate) fn matches(&self, candidate: &[u8]) -> bool {
+        let secret = self.0.as_bytes();
+        let mut diff = secret.len() ^ candidate.len();
+        for (i, &b) in secret.iter().enumerate() {
+            diff |= usize::from(b ^ candidate.get(i).copied().unwrap_or(!b));
+        }
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 impl Config {
@@ -75,6 +106,26 @@ impl Default for Config {
             login_rate: 10,
             store_backlog: 100_000,
             allowed_origins: Vec::new(),
+            // Open: the usual scraper is a Prometheus on the same host or
+            // network, and the counters say nothing about users. A public
+            // server sets a token (README, "Running a server").
+            metrics_token: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_matches_only_itself_and_never_prints() {
+        let s = Secret::new("s3cret-token");
+        assert!(s.matches(b"s3cret-token"));
+        for wrong in [&b""[..], b"s3cret-toke", b"s3cret-token2", b"S3cret-token", b"s3cret-tokem"] {
+            assert!(!s.matches(wrong), "{wrong:?}");
+        }
+        assert!(!Secret::new("").matches(b"x"));
+        assert_eq!(format!("{:?}", Some(s)), "Some(Secret(..))");
     }
 }

@@ -42,7 +42,7 @@ pub mod store;
 mod time;
 mod transport;
 
-pub use config::Config;
+pub use config::{Config, Secret};
 pub use hub::{Encoded, Hub, HubAction, HubInput};
 pub use ids::{is_valid_name, SessionId};
 pub use link::{ToHub, ToShard};

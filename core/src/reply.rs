@@ -27,6 +27,8 @@ pub(crate) enum ErrorCode {
     RateLimited,
     TooManyRooms,
     Unavailable,
+    /// HTTP 401: a request for a protected resource without the right credentials.
+    Unauthorized,
     /// HTTP 403: a request this server will not serve to this client.
     Forbidden,
 }
@@ -50,6 +52,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
         }
     }

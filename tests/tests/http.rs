@@ -97,6 +97,19 @@ natter_tests::cases! {
         );
     }
 
+    fn metrics_with_a_token_answer_401_without_it(bin) {
+        let s = Server::start_with_env(bin, &[], &[("NATTER_METRICS_TOKEN", "scrape-me-7")]);
+        let r = s.http("GET", "/metrics", &[], b"");
+        assert_eq!((r.status, r.error_code()), (401, "unauthorized".to_string()));
+        assert!(!r.text().contains("natter_"), "{}", r.text());
+        let r = s.http("GET", "/metrics", &[("Authorization", "Bearer scrape-me-8")], b"");
+        assert_eq!(r.status, 401);
+        let r = s.http("GET", "/metrics", &[("Authorization", "Bearer scrape-me-7")], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(metric_names(&r.text()).iter().any(|n| n == "natter_connections"));
+        assert!(!s.log_tail(200).contains("scrape-me-7"), "the token is never logged");
+    }
+
     fn the_root_serves_the_web_client(bin) {
         let s = Server::start(bin, &[]);
         let r = s.http("GET", "/", &[], b"");

@@ -70,6 +70,12 @@ const FLAGS: &[(&str, Option<&str>, &str)] = &[
     ("echo", None, "also serve GET /echo, a WebSocket echo for conformance suites (a test aid)"),
     ("login-rate", Some("N"), "failed logins per client address per minute [default: 10]"),
     (
+        "metrics-token",
+        Some("TOKEN"),
+        "GET /metrics then needs Authorization: Bearer TOKEN, else 401 (better from the environment or the file \
+         than on the command line) [default: none, /metrics is open]",
+    ),
+    (
         "allowed-origin",
         Some("ORIGIN"),
         "a page origin (scheme://host[:port]) that may open a WebSocket; repeatable, comma-separated in the \
@@ -151,6 +157,7 @@ where
         login_rate: number(&value("login-rate")?, "login-rate", d.login_rate)?,
         store_backlog: d.store_backlog,
         allowed_origins: origins(&value("allowed-origin")?)?,
+        metrics_token: secret(value("metrics-token")?, "metrics-token")?,
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let settings = Settings {
@@ -242,6 +249,18 @@ fn address(v: &Option<String>, name: &str, default: &str) -> Result<SocketAddr, 
         .ok()
         .and_then(|mut a| a.next())
         .ok_or_else(|| bad(name, text, "expected IP:PORT or HOST:PORT"))
+}
+
+/// A secret flag: printable ASCII without spaces, so that it fits in a
+/// header as sent. A bad value is not echoed in the error.
+fn secret(v: Option<String>, name: &str) -> Result<Option<natter_core::Secret>, ConfigExit> {
+    match v {
+        None => Ok(None),
+        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(natter_core::Secret::new(v))),
+        Some(_) => Err(ConfigExit::Bad(format!(
+            "invalid value for --{name}: expected printable ASCII without spaces (value not shown)"
+        ))),
+    }
 }
 
 /// `--allowed-origin`: each one `http://` or `https://` and a host with an
@@ -350,6 +369,18 @@ mod tests {
         assert_eq!(s.core.allowed_origins, ["https://c.example"]);
         for bad in ["example.com", "https://", "https://a.example/path", "ftp://a.example", "*"] {
             assert!(matches!(run(&["--allowed-origin", bad], &[]), Err(ConfigExit::Bad(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_metrics_token_comes_from_anywhere_and_is_never_shown() {
+        assert_eq!(run(&[], &[]).unwrap().core.metrics_token, None, "open by default");
+        let s = run(&[], &[("NATTER_METRICS_TOKEN", "tok-123")]).unwrap();
+        assert_eq!(s.core.metrics_token, Some(natter_core::Secret::new("tok-123")));
+        assert!(!format!("{s:?}").contains("tok-123"), "Debug output hides it");
+        match run(&["--metrics-token", "has space"], &[]) {
+            Err(ConfigExit::Bad(m)) => assert!(!m.contains("has space"), "{m}"),
+            other => panic!("{other:?}"),
         }
     }
 

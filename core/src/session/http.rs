@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use super::{Ctx, Phase, Session};
+use crate::config::Config;
 use crate::link::{ApiCall, Auth, Tag, ToHubInner};
 use crate::reply::{reply_json, ErrorCode, Failure, Reply};
 use crate::session::CloseReason;
@@ -40,6 +41,11 @@ impl Session {
         let close = req.close;
         match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/healthz") => self.respond(ctx, 200, "application/json", b"{\"status\":\"ok\"}", &[], close),
+            ("GET", "/metrics") if !metrics_allowed(ctx.config, &req) => {
+                let body = error_body(ErrorCode::Unauthorized.as_str(), "send Authorization: Bearer <metrics token>");
+                let challenge = [("WWW-Authenticate", "Bearer realm=\"metrics\"".to_string())];
+                self.respond(ctx, 401, "application/json", &body, &challenge, close)
+            }
             ("GET", "/metrics") => {
                 let text = ctx.metrics.render();
                 self.respond(ctx, 200, "text/plain; version=0.0.4", text.as_bytes(), &[], close)
@@ -177,6 +183,14 @@ impl Session {
             self.close(ctx, CloseReason::Done);
         }
     }
+}
+
+/// Whether `/metrics` may be read: always without `--metrics-token`, else
+/// with `Authorization: Bearer TOKEN` (the scheme ignores case, RFC 9110 §11.1).
+fn metrics_allowed(config: &Config, req: &Request) -> bool {
+    let Some(secret) = &config.metrics_token else { return true };
+    let Some((scheme, token)) = req.header("authorization").and_then(|h| h.split_once(' ')) else { return false };
+    scheme.eq_ignore_ascii_case("bearer") && secret.matches(token.trim().as_bytes())
 }
 
 /// Whether `key` is base64 of exactly 16 bytes: 22 characters of the

@@ -56,6 +56,24 @@ fn healthz_metrics_page_and_unknown_paths() {
 }
 
 #[test]
+fn metrics_with_a_token_need_it_as_a_bearer() {
+    let config = Config { metrics_token: Some(crate::config::Secret::new("m-token")), ..Config::default() };
+    let mut sim = Sim::new(config);
+    for auth in [None, Some("Bearer nope"), Some("Bearer m-toke"), Some("Basic m-token"), Some("m-token")] {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+        let res = sim.http("GET", "/metrics", "", &headers);
+        assert_eq!((res.status, res.json()["error"].as_str()), (401, Some("unauthorized")), "{auth:?}");
+        assert_eq!(res.header("www-authenticate"), Some("Bearer realm=\"metrics\""));
+    }
+    for auth in ["Bearer m-token", "bearer  m-token"] {
+        let res = sim.http("GET", "/metrics", "", &[("Authorization", auth)]);
+        assert_eq!(res.status, 200, "{auth}");
+        assert!(res.text().contains("natter_connections"));
+    }
+    assert_eq!(sim.http("GET", "/healthz", "", &[]).status, 200, "only /metrics is locked");
+}
+
+#[test]
 fn keep_alive_answers_pipelined_requests_in_order() {
     let mut sim = Sim::new(Config::default());
     let c = sim.connect_http();
