@@ -28,6 +28,9 @@ pub struct Config {
     pub max_rooms: usize,
     /// TCP connections per server, both ports together.
     pub max_connections: usize,
+    /// TCP connections from one client address (an IPv6 /64), both ports
+    /// together.
+    pub max_connections_per_ip: usize,
     /// Time allowed from connect to `welcome`.
     pub handshake_timeout: Duration,
     /// Silence that closes a line session.
@@ -100,6 +103,11 @@ impl Default for Config {
             burst: 40,
             max_rooms: 100,
             max_connections: 100_000,
+            // Enough for a household or an office behind one NAT, with
+            // several tabs each; far from what it takes to fill the server.
+            // Loopback is not exempt: behind a local proxy every client is
+            // 127.0.0.1, and that operator must raise it knowingly.
+            max_connections_per_ip: 256,
             handshake_timeout: Duration::from_secs(10),
             line_idle: Duration::from_secs(600),
             echo: false,

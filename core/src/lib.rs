@@ -35,6 +35,7 @@ mod hub;
 mod ids;
 mod link;
 pub mod metrics;
+mod peers;
 mod reply;
 mod session;
 mod shard;

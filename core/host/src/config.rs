@@ -65,6 +65,11 @@ const FLAGS: &[(&str, Option<&str>, &str)] = &[
     ("burst", Some("N"), "burst of the rate limit [default: 40]"),
     ("max-rooms", Some("N"), "rooms per user [default: 100]"),
     ("max-connections", Some("N"), "TCP connections per server, both ports [default: 100000]"),
+    (
+        "max-connections-per-ip",
+        Some("N"),
+        "TCP connections from one client address (an IPv6 /64), both ports; loopback counts too [default: 256]",
+    ),
     ("handshake-timeout", Some("SECS"), "time from connect to welcome [default: 10]"),
     ("line-idle", Some("SECS"), "silence that closes a line session [default: 600]"),
     ("echo", None, "also serve GET /echo, a WebSocket echo for conformance suites (a test aid)"),
@@ -151,6 +156,11 @@ where
         burst: number(&value("burst")?, "burst", d.burst)?,
         max_rooms: number(&value("max-rooms")?, "max-rooms", d.max_rooms)?,
         max_connections: number(&value("max-connections")?, "max-connections", d.max_connections)?,
+        max_connections_per_ip: number(
+            &value("max-connections-per-ip")?,
+            "max-connections-per-ip",
+            d.max_connections_per_ip,
+        )?,
         handshake_timeout: secs(&value("handshake-timeout")?, "handshake-timeout", d.handshake_timeout)?,
         line_idle: secs(&value("line-idle")?, "line-idle", d.line_idle)?,
         echo: switch(&value("echo")?, "echo")?,
@@ -182,6 +192,7 @@ where
         ("max-frame", settings.core.max_frame),
         ("max-queue", settings.core.max_queue),
         ("max-line", settings.core.max_line),
+        ("max-connections-per-ip", settings.core.max_connections_per_ip),
         ("heartbeat", settings.core.heartbeat.as_secs() as usize),
     ] {
         if v == 0 {

@@ -744,6 +744,32 @@ fn max_connections_refuses_with_503_and_a_line() {
 }
 
 #[test]
+fn max_connections_per_ip_refuses_that_address_only() {
+    let config = Config { max_connections_per_ip: 3, ..Config::default() };
+    let mut sim = Sim::new(config);
+    let crowd: IpAddr = Ipv4Addr::new(10, 0, 0, 7).into();
+    sim.set_default_peer(crowd);
+    let a = sim.guest("alice");
+    let b = sim.line_guest("bob");
+    let c = sim.connect_http();
+    let l = sim.line_client();
+    assert_eq!(sim.lines(l), ["! unavailable too many connections from your address"]);
+    assert_eq!(sim.ended(l), Some(Ended::ByServer));
+    let res = sim.http("GET", "/healthz", "", &[]);
+    assert_eq!((res.status, res.json()["error"].as_str()), (503, Some("unavailable")));
+    assert_eq!(res.json()["message"], "too many connections from your address");
+    assert_eq!(sim.metrics().connections_refused_per_address.load(std::sync::atomic::Ordering::Relaxed), 2);
+    // Another address is served; the crowd's own connections are unharmed.
+    let other: IpAddr = Ipv4Addr::new(10, 0, 0, 8).into();
+    assert_eq!(sim.http_from(other, "GET", "/healthz", "", &[]).status, 200);
+    assert!(sim.is_open(a) && sim.is_open(b) && sim.is_open(c));
+    // A slot frees when one of them leaves.
+    sim.disconnect(c);
+    assert_eq!(sim.http("GET", "/healthz", "", &[]).status, 200);
+    assert_eq!(sim.metrics().per_address.count(crowd), 2, "refused and finished connections are uncounted");
+}
+
+#[test]
 fn shutdown_closes_websockets_with_1012() {
     let mut sim = Sim::new(Config::default());
     let a = sim.guest("alice");
