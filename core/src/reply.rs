@@ -238,9 +238,10 @@ pub(crate) fn reply_lines(result: &Result<Reply, Failure>) -> Bytes {
     Bytes::from(out)
 }
 
-/// Text fit for one protocol line: line breaks become spaces.
-pub(crate) fn one_line(s: &str) -> String {
-    s.replace(['\r', '\n'], " ")
+/// Text from users fit for one protocol line: line breaks become spaces and
+/// control characters are shown, not sent (see `visible_line`).
+pub(crate) fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
+    crate::transport::line::visible_line(s)
 }
 
 #[cfg(test)]
