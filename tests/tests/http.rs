@@ -172,6 +172,40 @@ natter_tests::cases! {
         }
     }
 
+    fn the_page_has_a_content_security_policy_and_no_inline_script(bin) {
+        let s = Server::start(bin, &[]);
+        let r = s.http("GET", "/", &[], b"");
+        assert_eq!(r.status, 200);
+        let csp = r.header("content-security-policy").unwrap_or_else(|| panic!("no CSP: {:?}", r.headers));
+        let directive = |name: &str| {
+            csp.split(';').map(str::trim).find(|d| d.split_whitespace().next() == Some(name)).map(str::to_string)
+        };
+        assert_eq!(directive("default-src").as_deref(), Some("default-src 'none'"), "{csp}");
+        assert_eq!(directive("script-src").as_deref(), Some("script-src 'self'"), "{csp}");
+        assert_eq!(directive("frame-ancestors").as_deref(), Some("frame-ancestors 'none'"), "{csp}");
+        let connect = directive("connect-src").unwrap_or_default();
+        assert!(connect.contains(&format!("ws://{}", s.http)) && connect.contains("'self'"), "{csp}");
+        assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
+        assert_eq!(r.header("x-frame-options"), Some("DENY"));
+        // The page needs none of what the policy forbids: its script and
+        // styles are files of their own.
+        let page = r.text().to_ascii_lowercase();
+        assert!(page.contains("<script type=\"module\" src=\"/app.js\"></script>"), "{page}");
+        assert_eq!(page.matches("<script").count(), 1, "one script, by src");
+        assert!(!page.contains("<style") && !page.contains(" style=") && !page.contains(" onclick="));
+        let js = s.http("GET", "/app.js", &[], b"");
+        assert_eq!((js.status, js.header("content-type")), (200, Some("text/javascript; charset=utf-8")));
+        assert!(js.text().contains("new WebSocket("));
+        let css = s.http("GET", "/app.css", &[], b"");
+        assert_eq!((css.status, css.header("content-type")), (200, Some("text/css; charset=utf-8")));
+        // nosniff on every response, errors included.
+        let bad = natter_tests::http_raw(s.http, b"BAD\r\n\r\n");
+        for r in [r, js, css, s.http("GET", "/healthz", &[], b""), s.http("GET", "/nope", &[], b""), bad] {
+            assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "HTTP {} {:?}", r.status, r.headers);
+            assert_eq!(r.header("x-frame-options"), Some("DENY"), "HTTP {}", r.status);
+        }
+    }
+
     fn an_unknown_path_is_404(bin) {
         let s = Server::start(bin, &[]);
         let r = s.http("GET", "/no/such/page", &[], b"");

@@ -11,8 +11,10 @@ use crate::session::CloseReason;
 use crate::transport::http::{error_body, parse_request, Request, Response};
 use crate::transport::ws::{accept_response, text_frame, Decoder};
 
-/// The web client, embedded at build time.
+/// The web client, embedded at build time: the page, its script and its styles.
 const INDEX_HTML: &str = include_str!("../../web/index.html");
+const APP_JS: &str = include_str!("../../web/app.js");
+const APP_CSS: &str = include_str!("../../web/app.css");
 
 impl Session {
     pub(super) fn process_http(&mut self, ctx: &mut Ctx<'_>, buf: &[u8]) -> usize {
@@ -51,8 +53,13 @@ impl Session {
                 self.respond(ctx, 200, "text/plain; version=0.0.4", text.as_bytes(), &[], close)
             }
             ("GET", "/" | "/index.html") => {
-                self.respond(ctx, 200, "text/html; charset=utf-8", INDEX_HTML.as_bytes(), &[], close)
+                let policy = [("Content-Security-Policy", page_policy(req.header("host")))];
+                self.respond(ctx, 200, "text/html; charset=utf-8", INDEX_HTML.as_bytes(), &policy, close)
             }
+            ("GET", "/app.js") => {
+                self.respond(ctx, 200, "text/javascript; charset=utf-8", APP_JS.as_bytes(), &[], close)
+            }
+            ("GET", "/app.css") => self.respond(ctx, 200, "text/css; charset=utf-8", APP_CSS.as_bytes(), &[], close),
             ("GET", "/ws") => self.upgrade(ctx, &req, false),
             ("GET", "/echo") if ctx.config.echo => self.upgrade(ctx, &req, true),
             ("POST", "/api/register" | "/api/login") => match credentials(&req.body) {
@@ -75,9 +82,11 @@ impl Session {
                 }
                 _ => self.respond_error(ctx, 401, "invalid_token", "send Authorization: Bearer <token>", close),
             },
-            (_, "/healthz" | "/metrics" | "/" | "/ws" | "/api/register" | "/api/login" | "/api/logout") => {
-                self.respond_error(ctx, 405, "bad_request", "method not allowed", close)
-            }
+            (
+                _,
+                "/healthz" | "/metrics" | "/" | "/app.js" | "/app.css" | "/ws" | "/api/register" | "/api/login"
+                | "/api/logout",
+            ) => self.respond_error(ctx, 405, "bad_request", "method not allowed", close),
             _ => self.respond_error(ctx, 404, "not_found", "no such path", close),
         }
         if close && self.paused {
@@ -185,6 +194,23 @@ impl Session {
     }
 }
 
+/// The web page's Content-Security-Policy: its script, styles and icon come
+/// from this server only (no inline script or style: the page has none),
+/// it talks only to this server, over HTTP and its own WebSocket, and no
+/// other site may frame it. CSP Level 3 lets `'self'` cover `ws:`/`wss:` to
+/// the same host, but older browsers do not, so the host the page was loaded
+/// from is named too when it is a plain `host[:port]`.
+fn page_policy(host: Option<&str>) -> String {
+    let plain = |h: &str| {
+        !h.is_empty() && h.len() <= 262 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    };
+    let sockets = host.filter(|h| plain(h)).map(|h| format!(" ws://{h} wss://{h}")).unwrap_or_default();
+    format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'{sockets}; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+}
+
 /// Whether `/metrics` may be read: always without `--metrics-token`, else
 /// with `Authorization: Bearer TOKEN` (the scheme ignores case, RFC 9110 §11.1).
 fn metrics_allowed(config: &Config, req: &Request) -> bool {
@@ -224,6 +250,17 @@ fn credentials(body: &[u8]) -> Result<(String, String), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_page_policy_names_only_a_plain_host() {
+        let p = page_policy(Some("chat.example:8080"));
+        assert!(p.contains("connect-src 'self' ws://chat.example:8080 wss://chat.example:8080;"), "{p}");
+        assert!(p.contains("script-src 'self';") && p.contains("frame-ancestors 'none'") && !p.contains("unsafe"));
+        for host in [None, Some("evil.example; script-src *"), Some("a b"), Some("")] {
+            assert!(page_policy(host).contains("connect-src 'self';"), "{host:?}");
+        }
+        assert!(page_policy(Some("[::1]:80")).contains("ws://[::1]:80 "));
+    }
 
     #[test]
     fn a_websocket_key_is_base64_of_16_bytes() {

@@ -199,6 +199,15 @@ impl Response<'_> {
             )
             .as_bytes(),
         );
+        // Every response: no guessing a type other than the one given (a
+        // JSON error body must never run as HTML or script), and no framing
+        // by other sites (clickjacking; X-Frame-Options for browsers without
+        // CSP's frame-ancestors). Responses that are not the page get a
+        // policy that allows nothing at all.
+        out.extend_from_slice(b"X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\n");
+        if !self.extra_headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-security-policy")) {
+            out.extend_from_slice(b"Content-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n");
+        }
         for (name, value) in self.extra_headers {
             out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
         }
@@ -307,6 +316,26 @@ mod tests {
         assert_eq!(req.query_param("b"), None);
         assert!(req.header_has_token("connection", "upgrade"));
         assert!(!req.close, "HTTP/1.0 with keep-alive stays open");
+    }
+
+    #[test]
+    fn every_response_forbids_sniffing_and_framing() {
+        let text = |extra: &[(&str, String)]| {
+            let r = Response {
+                status: 404,
+                content_type: "application/json",
+                body: b"{}",
+                extra_headers: extra,
+                close: false,
+            };
+            String::from_utf8(r.encode().to_vec()).unwrap()
+        };
+        let plain = text(&[]);
+        assert!(plain.contains("\r\nX-Content-Type-Options: nosniff\r\n"), "{plain}");
+        assert!(plain.contains("\r\nX-Frame-Options: DENY\r\n"), "{plain}");
+        assert!(plain.contains("\r\nContent-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n"));
+        let own = text(&[("Content-Security-Policy", "default-src 'self'".to_string())]);
+        assert_eq!(own.matches("Content-Security-Policy").count(), 1, "{own}");
     }
 
     #[test]
