@@ -20,6 +20,9 @@ function el(tag, attrs, ...kids) {
     else if (k === 'text') e.textContent = v;
     else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
     else if (k === 'dataset') Object.assign(e.dataset, v);
+    // Through the CSSOM: a style attribute would be inline style, which the
+    // page's Content-Security-Policy forbids.
+    else if (k === 'style') for (const [p, pv] of Object.entries(v)) e.style.setProperty(p, pv);
     else e.setAttribute(k, v === true ? '' : String(v));
   }
   for (const kid of kids.flat()) if (kid != null && kid !== false) e.append(kid);
@@ -39,7 +42,7 @@ function hue(name) {
 }
 
 function avatar(name, small) {
-  return el('span', { class: small ? 'avatar small' : 'avatar', 'aria-hidden': 'true', style: `--hue:${hue(name)}` },
+  return el('span', { class: small ? 'avatar small' : 'avatar', 'aria-hidden': 'true', style: { '--hue': String(hue(name)) } },
     name.slice(0, 1).toUpperCase());
 }
 
@@ -78,13 +81,15 @@ function fillText(node, text) {
 
 // Control characters other than tab and line breaks (C0, DEL, C1) and the
 // Unicode line and paragraph separators. Browsers draw them as nothing, a
-// box, or a line break; here each is shown as what it is, as the line port does.
+// box, or a line break; here each is shown as what it is, written as the
+// line port writes it, in ASCII (control pictures such as ␛ show as boxes in
+// many fonts).
 const CONTROL_RE = /\r(?!\n)|[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u2028\u2029]/g;
-/** ESC as ␛ (a control picture), DEL as ␡, C1 and U+2028/9 as \u0085 and the like. */
-function controlPicture(c) {
+/** ESC as ^[, CR as ^M, DEL as ^?; C1 and U+2028/9 as \u0085 and the like. */
+function controlEscape(c) {
   const code = c.charCodeAt(0);
-  if (code < 0x20) return String.fromCharCode(0x2400 + code);
-  if (code === 0x7f) return '\u2421';
+  if (code < 0x20) return '^' + String.fromCharCode(code + 0x40);
+  if (code === 0x7f) return '^?';
   return '\\u' + code.toString(16).padStart(4, '0');
 }
 /** Appends `text` to `node`, each control character as a small marked escape. */
@@ -93,7 +98,7 @@ function appendVisible(node, text) {
   for (const m of text.matchAll(CONTROL_RE)) {
     if (m.index > last) node.append(text.slice(last, m.index));
     const code = 'U+' + m[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, '0');
-    node.append(el('span', { class: 'ctl', title: code }, controlPicture(m[0])));
+    node.append(el('span', { class: 'ctl', title: code }, controlEscape(m[0])));
     last = m.index + 1;
   }
   if (last < text.length) node.append(text.slice(last));
@@ -1172,7 +1177,7 @@ function renderDialogLists() {
     $('join-list').replaceChildren(...list.map((r) => el('li', {}, el('button', {
       type: 'button', onclick: () => { $('join-name').value = r.room; submitJoin(); },
     }, el('span', { class: 'label' }, '#' + r.room), el('span', { class: 'count' }, `${r.members} member${r.members === 1 ? '' : 's'}`)))));
-    if (!list.length) $('join-list').append(el('li', { class: 'hint', style: 'padding:10px 4px' }, 'No other rooms yet: type a name to create one.'));
+    if (!list.length) $('join-list').append(el('li', { class: 'hint', style: { padding: '10px 4px' } }, 'No other rooms yet: type a name to create one.'));
   }
   if ($('dlg-dm').open) {
     const users = [...S.online].filter((u) => u !== S.me.user).sort();
@@ -1201,7 +1206,7 @@ function renderMembers() {
   const data = S.memberList;
   const chan = S.active;
   $('members-h').textContent = chan ? `Members of #${chan.name}` : 'Members';
-  if (!data || !chan || data.key !== chan.key) { $('members-list').replaceChildren(el('li', { class: 'hint', style: 'padding:8px' }, 'Loading…')); return; }
+  if (!data || !chan || data.key !== chan.key) { $('members-list').replaceChildren(el('li', { class: 'hint', style: { padding: '8px' } }, 'Loading…')); return; }
   const users = [...data.users].sort((a, b) => (b.online === true) - (a.online === true) || a.user.localeCompare(b.user));
   $('members-list').replaceChildren(...users.map((u) => el('li', {}, el('button', {
     type: 'button', class: u.online ? '' : 'off', onclick: () => activate(chanFor(dmKey(u.user)), { focus: true }),

@@ -123,10 +123,10 @@ test('control characters in messages are shown as visible escapes, not obeyed or
   await line.waitFor(/^\* welcome tty/);
   // ESC [ 2 K, a lone CR, BEL, C1's NEL and CSI, DEL and U+2028.
   line.write('\u001b[2K\rfake\u0007 nel\u0085 csi\u009b1m del\u007f sep\u2028end');
-  const shown = '␛[2K␍fake␇ nel\\u0085 csi\\u009b1m del␡ sep\\u2028end';
+  const shown = '^[[2K^Mfake^G nel\\u0085 csi\\u009b1m del^? sep\\u2028end';
   await waitForText(b.page, shown);
   const marks = await b.page.$$eval('#timeline .msg .text .ctl', (els) => els.map((e) => [e.textContent, e.title]));
-  assert.deepEqual(marks, [['␛', 'U+001B'], ['␍', 'U+000D'], ['␇', 'U+0007'], ['\\u0085', 'U+0085'], ['\\u009b', 'U+009B'], ['␡', 'U+007F'], ['\\u2028', 'U+2028']]);
+  assert.deepEqual(marks, [['^[', 'U+001B'], ['^M', 'U+000D'], ['^G', 'U+0007'], ['\\u0085', 'U+0085'], ['\\u009b', 'U+009B'], ['^?', 'U+007F'], ['\\u2028', 'U+2028']]);
   await shot(b.page, 'control-characters');
   assert.deepEqual(b.errors, []);
 });
