@@ -259,6 +259,24 @@ mod tests {
     }
 
     #[test]
+    fn line_replies_show_control_characters_from_users() {
+        // An error that quotes what the user typed.
+        let f = Failure::new(ErrorCode::UnknownType, "unknown command /x\u{1b}[2J; try /help");
+        assert_eq!(&error_line(&f)[..], b"! unknown_type unknown command /x^[[2J; try /help\n");
+        let m = StoredMessage {
+            seq: 1,
+            from: "eve".into(),
+            to: None,
+            sender: "eve".into(),
+            text: "\u{7}\u{85}\u{2029}".into(),
+            client_id: None,
+            ts: 0,
+        };
+        let history = reply_lines(&Ok(Reply::History { room: Some("r".into()), messages: vec![m] }));
+        assert_eq!(&history[..], b"[r] eve: ^G\\u0085\\u2029\n* end\n");
+    }
+
+    #[test]
     fn ok_replies_render_their_fields() {
         let joined = Ok(Reply::Joined {
             room: "lobby".into(),
