@@ -28,6 +28,9 @@ pub struct Settings {
     pub threads: usize,
     /// Log filter (`--log`), else `RUST_LOG`, else `info`.
     pub log: Option<String>,
+    /// Password hashes that may wait for a hashing thread; more are refused
+    /// at once (503 with `Retry-After`) rather than left waiting long.
+    pub password_queue: usize,
     /// What the core enforces.
     pub core: natter_core::Config,
 }
@@ -68,7 +71,14 @@ const FLAGS: &[(&str, Option<&str>, &str)] = &[
     ("handshake-timeout", Some("SECS"), "time from connect to welcome [default: 10]"),
     ("line-idle", Some("SECS"), "silence that closes a line session [default: 600]"),
     ("echo", None, "also serve GET /echo, a WebSocket echo for conformance suites (a test aid)"),
-    ("login-rate", Some("N"), "failed logins per client address per minute [default: 10]"),
+    ("login-rate", Some("N"), "failed or unfinished logins per client address per minute [default: 10]"),
+    ("account-login-rate", Some("N"), "failed or unfinished logins per account per minute [default: 20]"),
+    ("register-rate", Some("N"), "registrations per client address per minute [default: 10]"),
+    ("name-probe-rate", Some("N"), "guest names refused as taken per client address per minute [default: 20]"),
+    ("user-session-rate", Some("N"), "sessions opened per user per minute [default: 30]"),
+    ("peer-session-rate", Some("N"), "sessions opened per client address per minute [default: 60]"),
+    ("presence-grace", Some("MS"), "a registered user's offline waits this long for a new session [default: 2000]"),
+    ("password-queue", Some("N"), "password hashes that may wait for a hashing thread [default: 16 per thread]"),
     ("log", Some("FILTER"), "log level or tracing filter, e.g. info or natter=debug [default: RUST_LOG, else info]"),
 ];
 
@@ -135,6 +145,12 @@ where
         line_idle: secs(&value("line-idle")?, "line-idle", d.line_idle)?,
         echo: switch(&value("echo")?, "echo")?,
         login_rate: number(&value("login-rate")?, "login-rate", d.login_rate)?,
+        account_login_rate: number(&value("account-login-rate")?, "account-login-rate", d.account_login_rate)?,
+        register_rate: number(&value("register-rate")?, "register-rate", d.register_rate)?,
+        name_probe_rate: number(&value("name-probe-rate")?, "name-probe-rate", d.name_probe_rate)?,
+        user_session_rate: number(&value("user-session-rate")?, "user-session-rate", d.user_session_rate)?,
+        peer_session_rate: number(&value("peer-session-rate")?, "peer-session-rate", d.peer_session_rate)?,
+        presence_grace: millis(&value("presence-grace")?, "presence-grace", d.presence_grace)?,
         store_backlog: d.store_backlog,
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -146,6 +162,7 @@ where
         redis: url(value("redis")?, "redis", &["redis://", "rediss://"])?,
         threads: number(&value("threads")?, "threads", cores)?,
         log: value("log")?,
+        password_queue: number(&value("password-queue")?, "password-queue", crate::store::DEFAULT_PASSWORD_QUEUE)?,
         core,
     };
     if settings.threads == 0 || settings.threads > 1024 {
@@ -204,6 +221,10 @@ fn number<T: std::str::FromStr>(v: &Option<String>, name: &str, default: T) -> R
 
 fn secs(v: &Option<String>, name: &str, default: Duration) -> Result<Duration, ConfigExit> {
     number(v, name, default.as_secs()).map(Duration::from_secs)
+}
+
+fn millis(v: &Option<String>, name: &str, default: Duration) -> Result<Duration, ConfigExit> {
+    number(v, name, default.as_millis() as u64).map(Duration::from_millis)
 }
 
 fn switch(v: &Option<String>, name: &str) -> Result<bool, ConfigExit> {

@@ -19,6 +19,9 @@ pub(crate) enum CloseReason {
     Shutdown,
     /// The token expired or was revoked.
     TokenEnded,
+    /// The user or address opened too many sessions lately; the
+    /// `rate_limited` error came first.
+    TooManySessions,
     /// The peer closed, or asked to (`/quit`, a close frame).
     Peer,
     /// An HTTP exchange is over.
@@ -42,6 +45,7 @@ impl CloseReason {
             ),
             CloseReason::Shutdown => (CloseCode::Restart, "service restart"),
             CloseReason::TokenEnded => (CloseCode::Library(4001), "token expired or revoked"),
+            CloseReason::TooManySessions => (CloseCode::Policy, "too many sessions"),
             CloseReason::Peer | CloseReason::Done => (CloseCode::Normal, ""),
         }
     }
@@ -55,7 +59,7 @@ impl CloseReason {
             CloseReason::Shutdown => "* server restarting, bye\n",
             CloseReason::TokenEnded => "! invalid_token session ended, bye\n",
             CloseReason::Peer => "* bye\n",
-            CloseReason::Frame(_) | CloseReason::Done => "",
+            CloseReason::Frame(_) | CloseReason::Done | CloseReason::TooManySessions => "",
         }
     }
 }

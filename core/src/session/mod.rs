@@ -319,6 +319,9 @@ impl Session {
                 }
             }
             ToShardInner::Close { reason: HubClose::TokenRevoked, .. } => self.close(ctx, CloseReason::TokenEnded),
+            ToShardInner::Close { reason: HubClose::TooManySessions, .. } => {
+                self.close(ctx, CloseReason::TooManySessions)
+            }
         }
     }
 

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use natter_core::store::{StoreError, StoreFailure, StoreReqId, StoreValue};
+use natter_core::store::{Cancel, StoreError, StoreFailure, StoreReqId, StoreValue};
 use rand::rngs::OsRng;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -83,7 +83,7 @@ pub(super) struct LoginTerms {
 /// Work for the pool.
 pub(super) enum PasswordJob {
     /// Hash a new user's password.
-    Hash { id: StoreReqId, submitted: Instant, user: String, password: String },
+    Hash { id: StoreReqId, submitted: Instant, user: String, password: String, cancel: Cancel },
     /// Check a password against the stored hash (`None`: unknown user).
     Verify {
         id: StoreReqId,
@@ -92,13 +92,24 @@ pub(super) enum PasswordJob {
         password: String,
         hash: Option<String>,
         login: Option<LoginTerms>,
+        cancel: Cancel,
     },
+}
+
+impl PasswordJob {
+    fn request(&self) -> (StoreReqId, Instant, &Cancel) {
+        match self {
+            PasswordJob::Hash { id, submitted, cancel, .. } | PasswordJob::Verify { id, submitted, cancel, .. } => {
+                (*id, *submitted, cancel)
+            }
+        }
+    }
 }
 
 /// The database half of a password operation, run by the batch thread.
 pub(super) enum Finish {
     /// Insert the user, unless the name was taken meanwhile.
-    CreateUser { id: StoreReqId, submitted: Instant, user: String, hash: String },
+    CreateUser { id: StoreReqId, submitted: Instant, user: String, hash: String, cancel: Cancel },
     /// Store the token's hash and answer with the token.
     CreateToken { id: StoreReqId, submitted: Instant, user: String, token: String, token_hash: String, expires_ms: u64 },
 }
@@ -166,9 +177,12 @@ fn work(rx: &Mutex<Receiver<PasswordJob>>, shared: &Shared) {
             Ok(job) => job,
             Err(_) => return,
         };
-        let (id, submitted) = match &job {
-            PasswordJob::Hash { id, submitted, .. } | PasswordJob::Verify { id, submitted, .. } => (*id, *submitted),
-        };
+        let (id, submitted, cancel) = job.request();
+        if shared.skip_password(cancel) {
+            // Gone client or shutdown: never start a hash nobody waits for.
+            shared.password_done(id, submitted, Err(StoreError::Overloaded));
+            continue;
+        }
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(job))).unwrap_or_else(|_| {
             tracing::error!("password job panicked");
             Outcome::Done(Err(StoreError::Backend(StoreFailure::Other)))
@@ -182,14 +196,14 @@ fn work(rx: &Mutex<Receiver<PasswordJob>>, shared: &Shared) {
 
 fn run(job: PasswordJob) -> Outcome {
     match job {
-        PasswordJob::Hash { id, submitted, user, password } => match hash_password(&password) {
-            Ok(hash) => Outcome::Finish(Finish::CreateUser { id, submitted, user, hash }),
+        PasswordJob::Hash { id, submitted, user, password, cancel } => match hash_password(&password) {
+            Ok(hash) => Outcome::Finish(Finish::CreateUser { id, submitted, user, hash, cancel }),
             Err(e) => {
                 tracing::error!(error = %e, "password hashing failed");
                 Outcome::Done(Err(StoreError::Backend(StoreFailure::Other)))
             }
         },
-        PasswordJob::Verify { id, submitted, user, password, hash, login } => {
+        PasswordJob::Verify { id, submitted, user, password, hash, login, .. } => {
             let matches = match &hash {
                 Some(hash) => verify_password(hash, &password),
                 None => verify_password(dummy_hash(), &password).map(|_| false),

@@ -258,7 +258,11 @@ fn register_login_verify_tokens() {
     let collector = Arc::new(Collector::default());
     let metrics = Arc::new(Metrics::default());
     let store = spawn_store(sqlite(&tmp), collector.sink(), Arc::clone(&metrics), 1000).unwrap();
-    let register = |user: &str, password: &str| StoreOp::Register { user: user.into(), password: password.into() };
+    let register = |user: &str, password: &str| StoreOp::Register {
+        user: user.into(),
+        password: password.into(),
+        cancel: Default::default(),
+    };
     // The same name twice at once: one wins, decided by the unique key.
     store.submit(vec![
         req(0, register("alice", "password-0")),
@@ -280,8 +284,13 @@ fn register_login_verify_tokens() {
         password: password.into(),
         now_ms: 1000,
         ttl_ms: 500,
+        cancel: Default::default(),
     };
-    let verify = |user: &str, password: &str| StoreOp::Verify { user: user.into(), password: password.into() };
+    let verify = |user: &str, password: &str| StoreOp::Verify {
+        user: user.into(),
+        password: password.into(),
+        cancel: Default::default(),
+    };
     store.submit(vec![
         req(4, login("alice", password)),
         req(5, login("alice", "wrong-password")),
@@ -335,7 +344,8 @@ fn a_full_password_queue_completes_as_overloaded() {
     let collector = Arc::new(Collector::default());
     let config = StoreConfig { password_threads: 1, password_queue: 1, ..StoreConfig::new(100) };
     let store = spawn_store_with(sqlite(&tmp), collector.sink(), Arc::new(Metrics::default()), config).unwrap();
-    let verify = |i| req(i, StoreOp::Verify { user: "nobody".into(), password: "password".into() });
+    let verify =
+        |i| req(i, StoreOp::Verify { user: "nobody".into(), password: "password".into(), cancel: Default::default() });
     store.submit((0..6).map(verify).collect());
     let all = collector.wait(6);
     store.shutdown();
