@@ -590,4 +590,5 @@ fn ping_is_answered_by_pong() {
     assert_eq!(sim.req(a, json!({"type":"ping","ref":"p"})), json!({"type":"pong","ref":"p"}));
 }
 
+mod abuse;
 mod delivery;
