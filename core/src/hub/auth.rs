@@ -81,11 +81,7 @@ impl Hub {
 
     /// Line `/register USER PASSWORD`.
     fn line_register(&mut self, now: Now, sid: SessionId, tag: Tag, peer: IpAddr, user: String, password: String) {
-        if let Err(retry) = self.limits.register_by_peer.take(now.unix_ms, &peer) {
-            Metrics::add(&self.metrics.limited_registrations, 1);
-            return self.reply(sid, tag, Err(too_many("registrations", retry)));
-        }
-        if let Some(f) = self.registration_problem(&user, &password) {
+        if let Err((f, _)) = self.registration_problem(now, peer, &user, &password) {
             return self.reply(sid, tag, Err(f));
         }
         if let Some(retry) = self.limits.open_limited(now.unix_ms, peer, Some(&user)) {
@@ -144,17 +140,32 @@ impl Hub {
         self.state.resolve(name).is_some()
     }
 
-    fn registration_problem(&self, user: &str, password: &str) -> Option<Failure> {
+    /// Why `user` cannot register now, with the seconds to wait when it is
+    /// the rate. A well-formed attempt counts against the address's
+    /// registration limit before the name is looked up, so registering is no
+    /// faster a way to probe names than a guest `hello`, and nothing is hashed
+    /// past the limit.
+    fn registration_problem(
+        &mut self,
+        now: Now,
+        peer: IpAddr,
+        user: &str,
+        password: &str,
+    ) -> Result<(), (Failure, Option<u64>)> {
         if !is_valid_name(user) {
-            return Some(Failure::new(ErrorCode::BadName, "names have 1 to 32 of A-Z a-z 0-9 _ - ."));
+            return Err((Failure::new(ErrorCode::BadName, "names have 1 to 32 of A-Z a-z 0-9 _ - ."), None));
         }
         if !(8..=1024).contains(&password.chars().count()) {
-            return Some(Failure::new(ErrorCode::BadRequest, "a password has 8 to 1024 characters"));
+            return Err((Failure::new(ErrorCode::BadRequest, "a password has 8 to 1024 characters"), None));
+        }
+        if let Err(retry) = self.limits.register_by_peer.take(now.unix_ms, &peer) {
+            Metrics::add(&self.metrics.limited_registrations, 1);
+            return Err((too_many("registrations", retry), Some(retry)));
         }
         if self.name_in_use(user) {
-            return Some(Failure::new(ErrorCode::NameTaken, format!("the name {user} is taken")));
+            return Err((Failure::new(ErrorCode::NameTaken, format!("the name {user} is taken")), None));
         }
-        None
+        Ok(())
     }
 
     fn welcome_guest(&mut self, now: Now, sid: SessionId, tag: Tag, name: String, peer: IpAddr) {
@@ -438,18 +449,14 @@ impl Hub {
     pub(super) fn api(&mut self, now: Now, sid: SessionId, call: ApiCall, peer: IpAddr) {
         match call {
             ApiCall::Register { user, password } => {
-                if let Err(retry) = self.limits.register_by_peer.take(now.unix_ms, &peer) {
-                    Metrics::add(&self.metrics.limited_registrations, 1);
-                    let msg = format!("too many registrations; retry in {retry} s");
-                    return self.api_error(sid, 429, "rate_limited", &msg, Some(retry));
-                }
-                if let Some(f) = self.registration_problem(&user, &password) {
+                if let Err((f, retry)) = self.registration_problem(now, peer, &user, &password) {
                     let (status, code) = match f.code {
+                        ErrorCode::RateLimited => (429, "rate_limited"),
                         ErrorCode::NameTaken => (409, "name_taken"),
                         ErrorCode::BadName => (400, "bad_name"),
                         _ => (400, "bad_password"),
                     };
-                    return self.api_error(sid, status, code, &f.message, None);
+                    return self.api_error(sid, status, code, &f.message, retry);
                 }
                 self.state.reserve(user.clone());
                 let cancel = self.cancel_for(sid);
@@ -482,11 +489,9 @@ impl Hub {
     pub(super) fn settle_api(&mut self, pending: &Pending, result: &Result<StoreValue, StoreError>) {
         match pending {
             Pending::ApiRegister { user, .. } => self.settle_password(&AuthKind::Register(user.clone()), result),
-            Pending::ApiLogin { ticket, .. } => {
-                if !matches!(result, Ok(StoreValue::Rejected)) {
-                    self.limits.release_login(ticket);
-                }
-            }
+            // A wrong password keeps its count (see `settle_password`).
+            Pending::ApiLogin { .. } if matches!(result, Ok(StoreValue::Rejected)) => {}
+            Pending::ApiLogin { ticket, .. } => self.limits.release_login(ticket),
             _ => {}
         }
     }

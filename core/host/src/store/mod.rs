@@ -468,15 +468,13 @@ fn start_password<B: Backend>(
         _ => return answer(Err(StoreError::Backend(StoreFailure::Other))),
     };
     shared.lock().passwords += 1;
-    match pool.try_submit(job) {
-        Ok(()) => None,
-        Err(_) => {
-            shared.lock().passwords -= 1;
-            Metrics::add(&shared.metrics.password_refused, 1);
-            tracing::debug!("password queue full");
-            answer(Err(StoreError::Overloaded))
-        }
+    if pool.try_submit(job) {
+        return None;
     }
+    shared.lock().passwords -= 1;
+    Metrics::add(&shared.metrics.password_refused, 1);
+    tracing::debug!("password queue full");
+    answer(Err(StoreError::Overloaded))
 }
 
 /// The last step of a password operation.

@@ -16,7 +16,7 @@
 //!   itself, or for a login hands a [`Finish::CreateToken`] back: a token of
 //!   32 random bytes, hex, of which only the SHA-256 is stored.
 
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -150,14 +150,9 @@ impl PasswordPool {
         Ok(pool)
     }
 
-    /// Queues `job`, or gives it back when the queue is full.
-    pub(super) fn try_submit(&self, job: PasswordJob) -> Result<(), PasswordJob> {
-        match &self.tx {
-            Some(tx) => tx.try_send(job).map_err(|e| match e {
-                TrySendError::Full(job) | TrySendError::Disconnected(job) => job,
-            }),
-            None => Err(job),
-        }
+    /// Queues `job`; `false` (and the job dropped) when the queue is full.
+    pub(super) fn try_submit(&self, job: PasswordJob) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.try_send(job).is_ok())
     }
 }
 
