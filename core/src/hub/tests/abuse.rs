@@ -197,3 +197,18 @@ fn session_opens_are_limited_per_address() {
     sim.set_default_peer(peer(3));
     sim.guest("g9");
 }
+
+#[test]
+fn a_token_upgrade_past_the_session_limit_is_429_not_401() {
+    let config = Config { user_session_rate: 1, ..Config::default() };
+    let mut sim = Sim::with_users(config, &USERS);
+    sim.login("alice");
+    let token = sim.token("alice");
+    let c = sim.ws_upgrade(&format!("/ws?token={token}"));
+    sim.run_until_idle();
+    let status = sim.take(c).into_iter().find_map(|e| match e {
+        crate::sim::Event::Http(r) => Some(r.status),
+        _ => None,
+    });
+    assert_eq!(status, Some(429));
+}
