@@ -178,6 +178,13 @@ where
         ("max-queue", settings.core.max_queue),
         ("max-line", settings.core.max_line),
         ("heartbeat", settings.core.heartbeat.as_secs() as usize),
+        // A limit of 0 would refuse every login, registration or session.
+        ("login-rate", settings.core.login_rate as usize),
+        ("account-login-rate", settings.core.account_login_rate as usize),
+        ("register-rate", settings.core.register_rate as usize),
+        ("user-session-rate", settings.core.user_session_rate as usize),
+        ("peer-session-rate", settings.core.peer_session_rate as usize),
+        ("password-queue", settings.password_queue),
     ] {
         if v == 0 {
             return Err(ConfigExit::Bad(format!("invalid value for --{name}: must be at least 1")));
@@ -301,12 +308,31 @@ mod tests {
     }
 
     #[test]
+    fn abuse_limits_from_flags_env_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("n.toml");
+        std::fs::write(&file, "register-rate = 3\nname-probe-rate = 4\npassword-queue = 8\n").unwrap();
+        let f = file.to_str().unwrap();
+        let s = run(
+            &["--config", f, "--account-login-rate", "5", "--presence-grace", "250"],
+            &[("NATTER_USER_SESSION_RATE", "6"), ("NATTER_PEER_SESSION_RATE", "7")],
+        )
+        .unwrap();
+        assert_eq!((s.core.register_rate, s.core.name_probe_rate, s.core.account_login_rate), (3, 4, 5),);
+        assert_eq!((s.core.user_session_rate, s.core.peer_session_rate, s.password_queue), (6, 7, 8));
+        assert_eq!(s.core.presence_grace, Duration::from_millis(250));
+        assert_eq!(run(&[], &[]).unwrap().password_queue, crate::store::DEFAULT_PASSWORD_QUEUE);
+    }
+
+    #[test]
     fn bad_input_is_one_line() {
         for args in [
             &["--max-frame", "big"][..],
             &["--nope"],
             &["--http", "nowhere"],
             &["--threads", "0"],
+            &["--user-session-rate", "0"],
+            &["--password-queue", "0"],
             &["--database", "mysql://x"],
             &["--redis", "redis://x"],
         ] {
