@@ -74,6 +74,7 @@ mod tests {
         assert_eq!(code(CloseReason::Idle), 1001);
         assert_eq!(code(CloseReason::SlowConsumer), 1008);
         assert_eq!(code(CloseReason::HandshakeTimeout), 1008);
+        assert_eq!(code(CloseReason::TooManySessions), 1008);
         assert_eq!(code(CloseReason::Frame(FrameError::TooBig { limit: 1 })), 1009);
         assert_eq!(code(CloseReason::Frame(FrameError::BadUtf8)), 1007);
         assert_eq!(code(CloseReason::Frame(FrameError::Protocol("x"))), 1002);
