@@ -70,6 +70,13 @@ impl Hub {
                 } else if guest {
                     return self.apply_join(now, sid, tag, &user, room, since);
                 } else {
+                    if since.is_some() {
+                        // Another session of the user may make it a member
+                        // before this join is stored: from now on this
+                        // session's live messages of the room wait for its
+                        // replay, which the `ok` precedes.
+                        self.mark_replaying(sid, &room);
+                    }
                     let op = StoreOp::Join { user: user.clone(), room: room.clone() };
                     return self.store(now, op, Pending::Join { sid, tag, user, room, since });
                 }
@@ -227,10 +234,22 @@ impl Hub {
         self.joined(now, sid, tag, room, since);
     }
 
-    fn start_replay(&mut self, now: Now, sid: SessionId, tag: Tag, room: String, since: u64) {
+    fn mark_replaying(&mut self, sid: SessionId, room: &str) {
         if let Some(info) = self.state.sessions.get_mut(&sid) {
-            info.replaying.push(room.clone());
+            if !info.replaying.iter().any(|r| r == room) {
+                info.replaying.push(room.to_string());
+            }
         }
+    }
+
+    fn unmark_replaying(&mut self, sid: SessionId, room: &str) {
+        if let Some(info) = self.state.sessions.get_mut(&sid) {
+            info.replaying.retain(|r| r != room);
+        }
+    }
+
+    fn start_replay(&mut self, now: Now, sid: SessionId, tag: Tag, room: String, since: u64) {
+        self.mark_replaying(sid, &room);
         let op = StoreOp::History {
             target: Target::Room(room.clone()),
             range: SeqRange::After { after: since, limit: REPLAY_LIMIT },
@@ -386,7 +405,10 @@ impl Hub {
             }
             Pending::Join { sid, tag, user, room, since } => match result {
                 Ok(_) => self.apply_join(now, sid, tag, &user, room, since),
-                Err(_) => self.reply(sid, tag, Err(unavailable())),
+                Err(_) => {
+                    self.unmark_replaying(sid, &room);
+                    self.reply(sid, tag, Err(unavailable()))
+                }
             },
             Pending::Leave { sid, tag, user, room } => match result {
                 Ok(_) => self.apply_leave(sid, tag, &user, &room),

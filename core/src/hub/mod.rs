@@ -165,13 +165,15 @@ impl Hub {
     fn handle_timeout(&mut self, now: Now) {
         self.end_graces(now);
         for id in self.pending.expire(now.instant) {
-            if let Some(p) = self.pending.get_expired(id) {
-                let (sid, tag) = pending_client(p);
-                if let Some(tag) = tag {
-                    self.reply(sid, tag, Err(unavailable()));
-                } else if let Pending::ApiRegister { .. } | Pending::ApiLogin { .. } | Pending::ApiLogout { .. } = p {
-                    self.api_unavailable(sid);
-                }
+            let Some(p) = self.pending.get_expired(id) else { continue };
+            let (sid, tag) = pending_client(p);
+            let held = held_back(p);
+            let api = matches!(p, Pending::ApiRegister { .. } | Pending::ApiLogin { .. } | Pending::ApiLogout { .. });
+            self.release(sid, held);
+            if let Some(tag) = tag {
+                self.reply(sid, tag, Err(unavailable()));
+            } else if api {
+                self.api_unavailable(sid);
             }
         }
     }
@@ -274,6 +276,44 @@ impl Hub {
 
 fn unavailable() -> Failure {
     Failure::new(ErrorCode::Unavailable, "storage is unavailable; nothing was done")
+}
+
+/// What a pending request holds back for its session until it completes.
+enum Held {
+    Nothing,
+    /// Live messages of a room (a `join` with `since`, or its replay).
+    Room(String),
+    /// Live private messages (an inbox page).
+    Inbox,
+}
+
+fn held_back(p: &Pending) -> Held {
+    match p {
+        Pending::Join { room, since: Some(_), .. } | Pending::Replay { room, .. } => Held::Room(room.clone()),
+        Pending::Inbox { .. } => Held::Inbox,
+        _ => Held::Nothing,
+    }
+}
+
+impl Hub {
+    /// A request that held live messages back for `sid` expired: they flow
+    /// again, or the session would wait for them for ever. (What an expired
+    /// inbox page did not send comes at the next session.)
+    fn release(&mut self, sid: SessionId, held: Held) {
+        let Some(info) = self.state.sessions.get_mut(&sid) else { return };
+        match held {
+            Held::Nothing => {}
+            Held::Room(room) => info.replaying.retain(|r| *r != room),
+            Held::Inbox => {
+                info.inbox = state::InboxRead::Done;
+                let echoes = std::mem::take(&mut info.held_echoes);
+                for echo in echoes {
+                    let (_, event) = encode::private_message(&echo.message, None);
+                    self.deliver(&[sid], &event);
+                }
+            }
+        }
+    }
 }
 
 /// The session and request tag a pending entry answers, if it answers one.
