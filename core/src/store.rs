@@ -149,9 +149,9 @@ pub struct NewMessage {
     pub client_id: Option<String>,
     /// Server wall clock, ms since the Unix epoch.
     pub ts: u64,
-    /// For a private message to a registered user: how many of its
-    /// messages may wait unacknowledged. `None` for room messages and
-    /// messages to guests, which have no inbox.
+    /// For a private message to a registered user: it enters the user's
+    /// inbox, unless that already holds this many unacknowledged messages.
+    /// `None` for room messages and messages to guests, which have no inbox.
     pub inbox: Option<InboxBound>,
 }
 

@@ -10,8 +10,8 @@ use crate::link::Tag;
 use crate::reply::{ErrorCode, Failure, Recovery, Reply};
 use crate::session::rate::RateLimit;
 use crate::store::{
-    is_guest_key, InboxLimit, InboxMessage, NewMessage, SeqRange, StoreError, StoreOp, StoreValue, StoredMessage,
-    Target,
+    is_guest_key, InboxBound, InboxLimit, InboxMessage, NewMessage, SeqRange, StoreError, StoreOp, StoreValue,
+    StoredMessage, Target,
 };
 use crate::time::Now;
 use crate::transport::request::{ClientRequest, Target as To};
@@ -117,7 +117,7 @@ impl Hub {
                                 Err(Failure::new(ErrorCode::Forbidden, "guests may not message registered users here"))
                             }
                             Some(to_key) => {
-                                let inbox = (!is_guest_key(&to_key)).then_some(self.config.inbox);
+                                let inbox = (!is_guest_key(&to_key)).then(|| self.inbox_bound(&to));
                                 let message = NewMessage { to: Some(to), inbox, ..message };
                                 let target = Target::Conversation(my_key, to_key.clone());
                                 let op = StoreOp::Append { target, message: message.clone() };
@@ -456,6 +456,20 @@ impl Hub {
                     self.reply(sid, tag, result.map(|_| Reply::Done).map_err(|_| unavailable()));
                 }
             }
+        }
+    }
+}
+
+impl Hub {
+    /// How full `to`'s inbox may get. The bound protects a user who is away
+    /// (its inbox only fills); one with a session reads as it goes, so its
+    /// senders are not refused because its client acknowledges late or never.
+    fn inbox_bound(&self, to: &str) -> InboxBound {
+        let online = self.state.online.get(to).is_some_and(|o| !o.sessions.is_empty());
+        if online {
+            InboxBound { per_sender: u32::MAX, per_recipient: u32::MAX }
+        } else {
+            self.config.inbox
         }
     }
 }
