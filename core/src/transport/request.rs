@@ -227,4 +227,179 @@ mod tests {
         assert_eq!(d.request, Err(RequestError::BadField("ref")));
         assert_eq!(d.reference, None);
     }
+
+    fn bad(s: &str) -> Option<&'static str> {
+        match req(s) {
+            Err(RequestError::BadField(f)) => Some(f),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn names_each_missing_or_ill_typed_field() {
+        let cases: &[(&str, &str)] = &[
+            (r#"{"ref":"r"}"#, "type"),
+            (r#"{"type":null}"#, "type"),
+            (r#"{"type":["ping"]}"#, "type"),
+            (r#"{"type":"ping","ref":7}"#, "ref"),
+            (r#"{"type":"ping","ref":{"a":1}}"#, "ref"),
+            (r#"{"type":7,"ref":7}"#, "ref"),
+            (r#"{"type":"hello","token":1}"#, "token"),
+            (r#"{"type":"hello","token":"t","name":1}"#, "name"),
+            (r#"{"type":"hello","name":false}"#, "name"),
+            (r#"{"type":"hello","name":"n","resume":1}"#, "resume"),
+            (r#"{"type":"hello","resume":"s"}"#, "token"),
+            (r#"{"type":"join","room":"a","since":1.5}"#, "since"),
+            (r#"{"type":"join","room":"a","since":"3"}"#, "since"),
+            (r#"{"type":"join","room":1,"since":-1}"#, "room"),
+            (r#"{"type":"leave"}"#, "room"),
+            (r#"{"type":"leave","room":[]}"#, "room"),
+            (r#"{"type":"send","text":"x"}"#, "room"),
+            (r#"{"type":"send","room":1,"text":"x"}"#, "room"),
+            (r#"{"type":"send","to":1,"text":"x"}"#, "to"),
+            (r#"{"type":"send","room":"a"}"#, "text"),
+            (r#"{"type":"send","room":"a","text":1}"#, "text"),
+            (r#"{"type":"send","room":"a","text":"x","id":1}"#, "id"),
+            (r#"{"type":"history"}"#, "room"),
+            (r#"{"type":"history","with":1}"#, "with"),
+            (r#"{"type":"history","room":"a","with":"b"}"#, "with"),
+            (r#"{"type":"history","room":"a","before":-1}"#, "before"),
+            (r#"{"type":"history","room":"a","limit":"2"}"#, "limit"),
+            (r#"{"type":"who","room":1}"#, "room"),
+            (r#"{"type":"who","room":"lobby","limit":1.5}"#, "limit"),
+            (r#"{"type":"rooms","limit":-1}"#, "limit"),
+            (r#"{"type":"conversations","limit":true}"#, "limit"),
+            (r#"{"type":"read","room":"a"}"#, "seq"),
+            (r#"{"type":"read","seq":1}"#, "room"),
+            (r#"{"type":"read","room":"a","with":"b","seq":1}"#, "with"),
+            (r#"{"type":"read","with":"b","seq":5.0}"#, "seq"),
+            (r#"{"type":"typing"}"#, "room"),
+            (r#"{"type":"typing","room":"a","to":"b"}"#, "to"),
+            (r#"{"type":"typing","to":{}}"#, "to"),
+            (r#"{"type":"ack","seq":1}"#, "with"),
+            (r#"{"type":"ack","with":1,"seq":1}"#, "with"),
+            (r#"{"type":"ack","with":"b"}"#, "seq"),
+            (r#"{"type":"ack","with":"b","seq":-1}"#, "seq"),
+        ];
+        for (json, field) in cases {
+            assert_eq!(bad(json), Some(*field), "{json}");
+        }
+    }
+
+    #[test]
+    fn counts_are_non_negative_integers_and_floats_are_refused() {
+        let since = |n: &str| req(&format!(r#"{{"type":"join","room":"a","since":{n}}}"#));
+        let join = |since| Ok(ClientRequest::Join { room: "a".into(), since });
+        assert_eq!(since("0"), join(Some(0)));
+        assert_eq!(since("18446744073709551615"), join(Some(u64::MAX)));
+        assert_eq!(since("null"), join(None));
+        for refused in ["18446744073709551616", "5.0", "5e0", "-0", "-1", "1e400"] {
+            let want = if refused == "1e400" { RequestError::BadJson } else { RequestError::BadField("since") };
+            assert_eq!(since(refused), Err(want), "{refused}");
+        }
+    }
+
+    #[test]
+    fn guest_hello_with_resume_and_token_first() {
+        assert_eq!(
+            req(r#"{"type":"hello","name":"gus","resume":"s"}"#),
+            Ok(ClientRequest::Hello { auth: HelloAuth::Resume { name: "gus".into(), resume: "s".into() } })
+        );
+        assert_eq!(
+            req(r#"{"type":"hello","token":"t","name":"gus","resume":7}"#),
+            Ok(ClientRequest::Hello { auth: HelloAuth::Token("t".into()) })
+        );
+        assert_eq!(
+            req(r#"{"type":"hello","name":"gus","resume":null}"#),
+            Ok(ClientRequest::Hello { auth: HelloAuth::Guest("gus".into()) })
+        );
+    }
+
+    #[test]
+    fn null_is_absent_and_other_types_ignore_unknown_fields() {
+        assert_eq!(
+            req(r#"{"type":"send","room":null,"to":"b","text":"x","id":null,"ref":null}"#),
+            Ok(ClientRequest::Send { to: Target::User("b".into()), text: "x".into(), id: None })
+        );
+        assert_eq!(req(r#"{"type":"ping","room":1,"seq":-1,"x":[{"y":null}]}"#), Ok(ClientRequest::Ping));
+        assert_eq!(req(r#"{"type":"leave","room":"a","since":"x"}"#), Ok(ClientRequest::Leave { room: "a".into() }));
+    }
+
+    #[test]
+    fn the_last_of_repeated_keys_counts() {
+        assert_eq!(req(r#"{"type":"ping","type":"leave","room":"a"}"#), Ok(ClientRequest::Leave { room: "a".into() }));
+        assert_eq!(req(r#"{"type":"leave","room":1,"room":"b"}"#), Ok(ClientRequest::Leave { room: "b".into() }));
+        assert_eq!(req(r#"{"type":"leave","room":"b","room":1}"#), Err(RequestError::BadField("room")));
+        let d = decode(br#"{"type":"ping","ref":"a","ref":"b"}"#);
+        assert_eq!(d.reference.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn escapes_in_keys_and_strings_are_decoded() {
+        assert_eq!(
+            req(r#"{"t\u0079pe":"send","room":"a\"b","text":"\u00e9\n"}"#),
+            Ok(ClientRequest::Send { to: Target::Room("a\"b".into()), text: "é\n".into(), id: None })
+        );
+    }
+
+    #[test]
+    fn anything_but_one_json_object_is_bad_json() {
+        let frames: &[&[u8]] = &[
+            b"",
+            b"null",
+            b"\"ping\"",
+            b"3",
+            b"[]",
+            br#"["ping"]"#,
+            br#"{"type":"ping"} x"#,
+            br#"{"type":"ping"}{}"#,
+            br#"{"type":"ping""#,
+            b"{\"type\":\"p\xffng\"}",
+            br#"{"type":"ping","x":"\ud800"}"#,
+            br#"{"type":"ping",}"#,
+        ];
+        for frame in frames {
+            let d = decode(frame);
+            assert_eq!(d, Decoded { reference: None, kind: None, request: Err(RequestError::BadJson) }, "{frame:?}");
+        }
+        assert_eq!(req(" \n{\"type\":\"ping\"}\t "), Ok(ClientRequest::Ping));
+    }
+
+    #[test]
+    fn nesting_is_bounded_even_in_ignored_fields() {
+        let nested = |depth: usize| format!(r#"{{"type":"ping","x":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
+        assert_eq!(req(&nested(126)), Ok(ClientRequest::Ping));
+        assert_eq!(req(&nested(127)), Err(RequestError::BadJson));
+        let in_ref = format!(r#"{{"type":"ping","ref":{}{}}}"#, "[".repeat(127), "]".repeat(127));
+        assert_eq!(req(&in_ref), Err(RequestError::BadJson));
+    }
+
+    #[test]
+    fn kind_and_ref_survive_a_bad_field() {
+        let d = decode(br#"{"type":"join","ref":"r","room":1}"#);
+        assert_eq!((d.reference.as_deref(), d.kind.as_deref()), (Some("r"), Some("join")));
+        assert_eq!(d.request, Err(RequestError::BadField("room")));
+        let d = decode(br#"{"ref":"r"}"#);
+        assert_eq!((d.reference.as_deref(), d.kind), (Some("r"), None));
+        let d = decode(br#"{"type":7,"ref":"r"}"#);
+        assert_eq!((d.reference.as_deref(), d.kind), (Some("r"), None));
+        let d = decode(br#"{"type":"join","ref":7}"#);
+        assert_eq!((d.reference, d.kind.as_deref()), (None, Some("join")));
+    }
+
+    #[test]
+    fn ref_and_id_are_bounded_in_characters() {
+        let at_bound = "é".repeat(MAX_REF);
+        let d = decode(
+            format!(r#"{{"type":"send","room":"a","text":"x","id":"{at_bound}","ref":"{at_bound}"}}"#).as_bytes(),
+        );
+        assert_eq!(d.reference.as_deref(), Some(at_bound.as_str()));
+        assert_eq!(
+            d.request,
+            Ok(ClientRequest::Send { to: Target::Room("a".into()), text: "x".into(), id: Some(at_bound) })
+        );
+        let over = "é".repeat(MAX_REF + 1);
+        assert_eq!(bad(&format!(r#"{{"type":"ping","ref":"{over}"}}"#)), Some("ref"));
+        assert_eq!(bad(&format!(r#"{{"type":"send","room":"a","text":"x","id":"{over}"}}"#)), Some("id"));
+    }
 }
