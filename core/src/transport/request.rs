@@ -278,12 +278,16 @@ impl<'a> Fields<'a> {
         std::mem::take(&mut self.0[field as usize])
     }
 
-    fn opt_text(&mut self, field: Field) -> Result<Option<String>, RequestError> {
+    fn opt_str(&mut self, field: Field) -> Result<Option<Cow<'a, str>>, RequestError> {
         match self.take(field) {
             Scalar::Absent => Ok(None),
-            Scalar::Str(s) => Ok(Some(s.into_owned())),
+            Scalar::Str(s) => Ok(Some(s)),
             Scalar::Count(_) | Scalar::Other => Err(RequestError::BadField(field.name())),
         }
+    }
+
+    fn opt_text(&mut self, field: Field) -> Result<Option<String>, RequestError> {
+        Ok(self.opt_str(field)?.map(Cow::into_owned))
     }
 
     fn text(&mut self, field: Field) -> Result<String, RequestError> {
@@ -292,9 +296,9 @@ impl<'a> Fields<'a> {
 
     /// A `ref` or `id`: at most `MAX_REF` characters.
     fn opt_bounded_text(&mut self, field: Field) -> Result<Option<String>, RequestError> {
-        match self.opt_text(field)? {
+        match self.opt_str(field)? {
             Some(s) if s.chars().count() > MAX_REF => Err(RequestError::BadField(field.name())),
-            s => Ok(s),
+            s => Ok(s.map(Cow::into_owned)),
         }
     }
 
