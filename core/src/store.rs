@@ -160,7 +160,8 @@ pub struct NewMessage {
 /// session, so the bound per recipient is what protects the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InboxBound {
-    /// Messages from one sender (one conversation) waiting unacknowledged.
+    /// Messages in one conversation since the recipient last acknowledged
+    /// it: the sender's waiting ones, and the few the recipient sent since.
     pub per_sender: u32,
     /// Messages from everybody waiting unacknowledged.
     pub per_recipient: u32,

@@ -557,11 +557,15 @@ impl Data {
 
     fn inbox_full(&self, user: &str, key: &(String, String), bound: InboxBound) -> Option<InboxLimit> {
         let mine = self.inbox.iter().filter(|(_, to, ..)| to == user);
-        if mine.clone().count() >= bound.per_recipient as usize {
+        if mine.count() >= bound.per_recipient as usize {
             return Some(InboxLimit::PerRecipient);
         }
-        let from_sender = mine.filter(|(_, _, k, _)| k == key).count();
-        (from_sender >= bound.per_sender as usize).then_some(InboxLimit::PerSender)
+        // As the contract says: the conversation's messages since `user`
+        // last acknowledged it.
+        let seq = self.conversations.get(key).map_or(0, |c| c.seq);
+        let peer = if key.0 == user { &key.1 } else { &key.0 };
+        let ack = self.marks.get(&(user.to_string(), peer.clone())).map_or(0, |m| m.1);
+        (seq.saturating_sub(ack) >= u64::from(bound.per_sender)).then_some(InboxLimit::PerSender)
     }
 }
 

@@ -962,12 +962,22 @@ fn inbox_full(
     if pending < i64::from(bound.per_sender) {
         return Ok(None);
     }
-    // Counted only when the whole inbox could hold that many: bounded by
-    // the limit, and rare.
-    let from_sender: i64 = conn
-        .prepare_cached("SELECT count(*) FROM (SELECT 1 FROM inbox WHERE user = ?1 AND lo = ?2 AND hi = ?3 LIMIT ?4)")?
-        .query_row(params![user, lo, hi, i64::from(bound.per_sender)], |r| r.get(0))?;
-    Ok((from_sender >= i64::from(bound.per_sender)).then_some(InboxLimit::PerSender))
+    // The conversation's messages since `user` last acknowledged it: the
+    // sender's unacknowledged ones, and `user`'s own after its ack, which
+    // are few. Two key lookups, where counting the inbox rows would cost
+    // as many as there are, on every message of a flood.
+    let peer = if user == lo { hi } else { lo };
+    let seq: i64 = conn
+        .prepare_cached("SELECT seq FROM conversations WHERE lo = ?1 AND hi = ?2")?
+        .query_row([lo, hi], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let ack: i64 = conn
+        .prepare_cached("SELECT ack FROM conv_marks WHERE user = ?1 AND peer = ?2")?
+        .query_row([user, peer], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    Ok((seq - ack >= i64::from(bound.per_sender)).then_some(InboxLimit::PerSender))
 }
 
 fn into_inbox(conn: &Connection, user: &str, id: i64, (lo, hi): (&str, &str), seq: i64) -> rusqlite::Result<()> {
