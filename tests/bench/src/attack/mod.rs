@@ -66,7 +66,7 @@ pub(crate) enum Kind {
     /// 1000000` (the senders send as fast as the server answers).
     Inbox(inbox::InboxArgs),
     /// 50 guests in `lobby` while one user's sessions open and close in a
-    /// loop, then line-port guests do (needs --line).
+    /// loop (4 at once), then line-port guests do (needs --line).
     Presence(presence::PresenceArgs),
     /// 300 concurrent registrations from one address while a user logs in
     /// once a second.

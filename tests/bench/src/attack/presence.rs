@@ -31,6 +31,9 @@ pub(crate) struct PresenceArgs {
     /// Seconds of each loop (the token's, then the line port's).
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
+    /// Loops the attacker runs at once (one client, several connections).
+    #[arg(long, default_value_t = 4)]
+    loops: usize,
 }
 
 /// The sessions one loop asked for.
@@ -53,9 +56,9 @@ pub(crate) fn run(a: &AttackArgs, k: &PresenceArgs) -> Outcome {
     join_lobby(a, &token);
     let listeners = Listeners::start(a, k, &prefix);
     let (by, usage) = bystander_then_attack(a, &["token flaps", "line flaps"]);
-    let token_flaps = listeners.count(|| flap_token(a, k, &token));
+    let token_flaps = listeners.count(|| in_parallel(k.loops, |_| flap_token(a, k, &token)));
     by.next_phase();
-    let line_flaps = listeners.count(|| flap_line(line, k, &prefix));
+    let line_flaps = listeners.count(|| in_parallel(k.loops, |n| flap_line(line, k, &format!("{prefix}{n}"))));
     let window = usage.until(&Usage::now(a.target.pid));
     let bystander = by.finish();
     let (ready, lost) = listeners.stop();
@@ -69,8 +72,8 @@ pub(crate) fn run(a: &AttackArgs, k: &PresenceArgs) -> Outcome {
     counts.extend(cpu_counts(&window));
     Outcome {
         title: format!(
-            "presence: {} guests in lobby; one user's sessions open and close in a loop for {} s, then line guests' for {} s",
-            k.guests, k.seconds, k.seconds
+            "presence: {} guests in lobby; one user's sessions open and close in {} loops for {} s, then line guests' for {} s",
+            k.guests, k.loops, k.seconds, k.seconds
         ),
         bystander,
         counts,
@@ -155,6 +158,23 @@ impl Listeners {
         self.stop.store(true, Ordering::Relaxed);
         (self.ready, self.thread.join().expect("the listeners' thread panicked"))
     }
+}
+
+/// Runs `loops` flap loops at once (loop `n` gets `n`); their sums.
+fn in_parallel(loops: usize, flap: impl Fn(usize) -> Flaps + Sync) -> Flaps {
+    let flap = &flap;
+    let all: Vec<Flaps> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..loops.max(1)).map(|n| s.spawn(move || flap(n))).collect();
+        handles.into_iter().map(|h| h.join().expect("a flap loop panicked")).collect()
+    });
+    let mut sum = Flaps::default();
+    for f in all {
+        sum.opened += f.opened;
+        for (why, n) in f.refused {
+            *sum.refused.entry(why).or_default() += n;
+        }
+    }
+    sum
 }
 
 /// The attacker's sessions with its token, one after another: open, close.
