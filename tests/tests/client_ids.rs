@@ -67,14 +67,11 @@ natter_tests::cases! {
 
     fn a_later_guest_with_the_same_name_inherits_no_ids(bin) {
         let s = Server::start(bin, &[]);
-        let (_, mut b) = s.user("bob");
-        let room = uniq("r");
-        b.join(&room);
+        let (mut b, room) = watcher(&s);
         let name = uniq("gwen");
         let mut g1 = WsClient::connect(&s);
         assert_eq!(ty(&g1.hello_guest(&name)), "welcome");
-        g1.join(&room);
-        let first = seq(&g1.ok("send", json!({"room": room, "text": "hi", "id": "c-1"})));
+        let first = say_c1(&mut g1, &room);
         g1.disconnect();
         b.wait_for(|v| is_message_in(v, &room));
         // Someone else takes the name a moment later and numbers its ids
@@ -82,8 +79,7 @@ natter_tests::cases! {
         let mut g2 = WsClient::connect(&s);
         let w = eventually_welcome(&mut g2, &name);
         assert_eq!(w["guest"], true);
-        g2.join(&room);
-        let second = seq(&g2.ok("send", json!({"room": room, "text": "hi", "id": "c-1"})));
+        let second = say_c1(&mut g2, &room);
         assert_ne!(second, first, "not acknowledged as the earlier guest's message");
         let m = b.wait_for(|v| is_message_in(v, &room));
         assert_eq!(m["seq"], second, "and delivered: {m}");
@@ -91,23 +87,19 @@ natter_tests::cases! {
 
     fn a_guest_who_comes_back_with_its_resume_secret_is_recognised(bin) {
         let s = Server::start(bin, &[]);
-        let (_, mut b) = s.user("bob");
-        let room = uniq("r");
-        b.join(&room);
+        let (mut b, room) = watcher(&s);
         let name = uniq("gwen");
         let mut g1 = WsClient::connect(&s);
         let w = g1.hello_guest(&name);
         let resume = w["resume"].as_str().expect("a guest's welcome carries resume").to_string();
-        g1.join(&room);
-        let first = seq(&g1.ok("send", json!({"room": room, "text": "hi", "id": "c-1"})));
+        let first = say_c1(&mut g1, &room);
         g1.disconnect();
         // The page reloads: same name, its secret, and the unacknowledged
         // message resent.
         let mut g2 = WsClient::connect(&s);
         let w = g2.request("hello", json!({"name": name, "resume": resume}));
         assert_eq!(ty(&w), "welcome", "{w}");
-        g2.join(&room);
-        let again = seq(&g2.ok("send", json!({"room": room, "text": "hi", "id": "c-1"})));
+        let again = say_c1(&mut g2, &room);
         assert_eq!(again, first, "recognised as the same guest's retry");
         b.collect(1, |v| is_message_in(v, &room));
         b.expect_none(QUIET, |v| is_message_in(v, &room));
@@ -133,6 +125,20 @@ natter_tests::cases! {
         let texts: Vec<&Value> = h["messages"].as_array().unwrap().iter().map(|m| &m["text"]).collect();
         assert_eq!(texts, [&json!("second gwen")]);
     }
+}
+
+/// Bob, in a new room: the one who sees what is delivered.
+fn watcher(s: &Server) -> (WsClient, String) {
+    let (_, mut b) = s.user("bob");
+    let room = uniq("r");
+    b.join(&room);
+    (b, room)
+}
+
+/// Joins `room` and sends "hi" with id `c-1`; returns its seq.
+fn say_c1(c: &mut WsClient, room: &str) -> u64 {
+    c.join(room);
+    seq(&c.ok("send", json!({"room": room, "text": "hi", "id": "c-1"})))
 }
 
 /// A guest `hello` for `name`, retried while the previous holder's close is
