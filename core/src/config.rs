@@ -40,6 +40,9 @@ pub struct Config {
     pub max_rooms: usize,
     /// TCP connections per server, both ports together.
     pub max_connections: usize,
+    /// TCP connections from one client address (an IPv6 /64), both ports
+    /// together.
+    pub max_connections_per_ip: usize,
     /// Time allowed from connect to `welcome`.
     pub handshake_timeout: Duration,
     /// Silence that closes a line session.
@@ -60,9 +63,54 @@ pub struct Config {
     /// Signs the `resume` secret a guest gets at `welcome`. Random per
     /// start (the host's job); never shown in `Debug`.
     pub guest_secret: GuestSecret,
+    /// Origins (`scheme://host[:port]`, lower case, no trailing `/`) whose
+    /// pages may open a WebSocket; empty: any. An upgrade without `Origin`
+    /// (not a browser) is always let through.
+    pub allowed_origins: Vec<String>,
+    /// When set, `GET /metrics` needs `Authorization: Bearer` with it.
+    pub metrics_token: Option<Secret>,
     /// Storage requests the hub lets wait for completion; past it, requests
     /// are answered `unavailable` at once. Not a flag: a safety bound.
     pub store_backlog: usize,
+}
+
+/// A secret from the configuration: it never appears in `Debug` output (so
+/// not in logs), and a candidate is compared with it in constant time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `value`.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// Whether `candidate` is the secret. The time taken depends only on the
+    /// secret's length, never on how much of a guess was right.
+    pub(crate) fn matches(&self, candidate: &[u8]) -> bool {
+        let secret = self.0.as_bytes();
+        let mut diff = secret.len() ^ candidate.len();
+        for (i, &b) in secret.iter().enumerate() {
+            diff |= usize::from(b ^ candidate.get(i).copied().unwrap_or(!b));
+        }
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Config {
+    /// Whether a page from `origin` (an `Origin` header) may open a
+    /// WebSocket. Scheme and host ignore case (RFC 6454 §6.1 serialises
+    /// them in lower case; a client might not).
+    pub(crate) fn origin_allowed(&self, origin: &str) -> bool {
+        let origin = origin.trim().trim_end_matches('/');
+        self.allowed_origins.is_empty() || self.allowed_origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
+    }
 }
 
 impl Default for Config {
@@ -79,6 +127,11 @@ impl Default for Config {
             burst: 40,
             max_rooms: 100,
             max_connections: 100_000,
+            // Enough for a household or an office behind one NAT, with
+            // several tabs each; far from what it takes to fill the server.
+            // Loopback is not exempt: behind a local proxy every client is
+            // 127.0.0.1, and that operator must raise it knowingly.
+            max_connections_per_ip: 256,
             handshake_timeout: Duration::from_secs(10),
             line_idle: Duration::from_secs(600),
             echo: false,
@@ -88,6 +141,27 @@ impl Default for Config {
             no_guest_private: false,
             guest_secret: GuestSecret([0; 32]),
             store_backlog: 100_000,
+            allowed_origins: Vec::new(),
+            // Open: the usual scraper is a Prometheus on the same host or
+            // network, and the counters say nothing about users. A public
+            // server sets a token (README, "Running a server").
+            metrics_token: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_matches_only_itself_and_never_prints() {
+        let s = Secret::new("s3cret-token");
+        assert!(s.matches(b"s3cret-token"));
+        for wrong in [&b""[..], b"s3cret-toke", b"s3cret-token2", b"S3cret-token", b"s3cret-tokem"] {
+            assert!(!s.matches(wrong), "{wrong:?}");
+        }
+        assert!(!Secret::new("").matches(b"x"));
+        assert_eq!(format!("{:?}", Some(s)), "Some(Secret(..))");
     }
 }

@@ -35,6 +35,7 @@ mod hub;
 mod ids;
 mod link;
 pub mod metrics;
+mod peers;
 mod reply;
 mod session;
 mod shard;
@@ -42,7 +43,7 @@ pub mod store;
 mod time;
 mod transport;
 
-pub use config::{Config, GuestSecret};
+pub use config::{Config, GuestSecret, Secret};
 pub use hub::{Encoded, Hub, HubAction, HubInput};
 pub use ids::{is_valid_name, SessionId};
 pub use link::{ToHub, ToShard};

@@ -7,6 +7,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
+use crate::peers::PeerConns;
+
 /// Every metric of a node.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -38,6 +40,13 @@ pub struct Metrics {
     pub queries_limited: AtomicU64,
     /// Private messages refused because the recipient's inbox was full.
     pub inbox_full: AtomicU64,
+    /// Connections refused at the per-address cap.
+    pub connections_refused_per_address: AtomicU64,
+    /// Open connections by client address, for `--max-connections-per-ip`.
+    /// Not rendered: addresses are the users'.
+    pub(crate) per_address: PeerConns,
+    /// WebSocket upgrades refused for an `Origin` not in `--allowed-origin`.
+    pub origin_refused: AtomicU64,
     /// Storage requests queued and not yet completed.
     pub store_queue_depth: AtomicI64,
     /// Storage requests completed.
@@ -134,6 +143,18 @@ impl Metrics {
             "counter",
             "Connections refused at the connection cap.",
             &[("", c(&self.connections_refused) as f64)],
+        );
+        metric(
+            "natter_connections_refused_per_address_total",
+            "counter",
+            "Connections refused because their address had --max-connections-per-ip open.",
+            &[("", c(&self.connections_refused_per_address) as f64)],
+        );
+        metric(
+            "natter_origin_refused_total",
+            "counter",
+            "WebSocket upgrades refused (403) for an Origin not in --allowed-origin.",
+            &[("", c(&self.origin_refused) as f64)],
         );
         metric(
             "natter_store_queue_depth",

@@ -27,8 +27,11 @@ pub(crate) enum ErrorCode {
     RateLimited,
     TooManyRooms,
     InboxFull,
-    Forbidden,
     Unavailable,
+    /// HTTP 401: a request for a protected resource without the right credentials.
+    Unauthorized,
+    /// HTTP 403: a request this server will not serve to this client.
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -50,8 +53,9 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::InboxFull => "inbox_full",
-            ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }
@@ -241,9 +245,10 @@ pub(crate) fn reply_lines(result: &Result<Reply, Failure>) -> Bytes {
     Bytes::from(out)
 }
 
-/// Text fit for one protocol line: line breaks become spaces.
-pub(crate) fn one_line(s: &str) -> String {
-    s.replace(['\r', '\n'], " ")
+/// Text from users fit for one protocol line: line breaks become spaces and
+/// control characters are shown, not sent (see `visible_line`).
+pub(crate) fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
+    crate::transport::line::visible_line(s)
 }
 
 #[cfg(test)]
@@ -258,6 +263,24 @@ mod tests {
         let without: Value = serde_json::from_slice(&reply_json(None, "send", &f)).unwrap();
         assert_eq!(without, json!({"type":"error","request":"send","code":"not_member","message":"join first"}));
         assert_eq!(&error_line(&Failure::new(ErrorCode::TooLong, "a\nb"))[..], b"! too_long a b\n");
+    }
+
+    #[test]
+    fn line_replies_show_control_characters_from_users() {
+        // An error that quotes what the user typed.
+        let f = Failure::new(ErrorCode::UnknownType, "unknown command /x\u{1b}[2J; try /help");
+        assert_eq!(&error_line(&f)[..], b"! unknown_type unknown command /x^[[2J; try /help\n");
+        let m = StoredMessage {
+            seq: 1,
+            from: "eve".into(),
+            to: None,
+            sender: "eve".into(),
+            text: "\u{7}\u{85}\u{2029}".into(),
+            client_id: None,
+            ts: 0,
+        };
+        let history = reply_lines(&Ok(Reply::History { room: Some("r".into()), messages: vec![m] }));
+        assert_eq!(&history[..], b"[r] eve: ^G\\u0085\\u2029\n* end\n");
     }
 
     #[test]

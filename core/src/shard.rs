@@ -17,7 +17,7 @@ use crate::hub::{Hub, HubAction, HubInput};
 use crate::ids::SessionId;
 use crate::link::{ToHub, ToHubInner, ToShard, ToShardInner};
 use crate::metrics::Metrics;
-use crate::session::{Ctx, Session};
+use crate::session::{Ctx, Refusal, Session};
 use crate::store::{StoreDone, StoreRequest};
 use crate::time::{earliest, Now};
 
@@ -114,8 +114,12 @@ impl Shard {
         gauge.fetch_add(1, Relaxed);
         let mut ctx = Ctx { now, config: &self.config, metrics: &self.metrics, to_hub: &mut self.to_hub };
         let mut session = Session::new(&mut ctx, sid, line, peer);
+        // Counted for its address even when refused, until `remove`.
+        let address_ok = self.metrics.per_address.opened(peer, self.config.max_connections_per_ip);
         if open >= self.config.max_connections as i64 || slot >= SessionId::SLOTS {
-            session.refuse(&mut ctx);
+            session.refuse(&mut ctx, Refusal::ServerFull);
+        } else if !address_ok {
+            session.refuse(&mut ctx, Refusal::PerAddress);
         }
         let key = self.entries.insert(Entry { session: Box::new(session), scheduled: None, write_hinted: false });
         self.after(now, key);
@@ -296,6 +300,7 @@ impl Shard {
         let sid = e.session.id();
         let gauge = if e.session.is_line() { &self.metrics.connections_line } else { &self.metrics.connections_http };
         gauge.fetch_sub(1, Relaxed);
+        self.metrics.per_address.closed(e.session.peer());
         // A session that closed itself told the hub when it began to.
         if !e.session.is_closing() {
             self.to_hub.push(ToHubInner::Closed { sid });

@@ -82,6 +82,9 @@ impl Knobs {
             burst: 1 + u32::from(self.burst % 50),
             max_rooms: 1 + usize::from(self.max_rooms % 4),
             max_connections: 1 + usize::from(self.max_connections % 12),
+            // Connections come from 4 addresses: from 1 to 6 each reaches
+            // the per-address cap before, or after, the server's.
+            max_connections_per_ip: 1 + usize::from(self.max_connections / 16 % 6),
             handshake_timeout: Duration::from_secs(10),
             line_idle: Duration::from_secs(120),
             echo: true,

@@ -110,3 +110,23 @@ test('a message with HTML in it is shown as text', { timeout: 60000 }, async (t)
   await shot(b.page, 'html-as-text');
   assert.deepEqual(b.errors, []);
 });
+
+test('control characters in messages are shown as visible escapes, not obeyed or dropped', { timeout: 60000 }, async (t) => {
+  const server = await startServer();
+  t.after(() => server.stop());
+  const b = await openBrowser();
+  t.after(() => b.close());
+  await signIn(b.page, server, { mode: 'guest', user: 'bob' });
+  await b.page.waitForSelector('#timeline[data-key="r:lobby"]');
+  const line = await lineClient(server, 'tty');
+  t.after(() => line.close());
+  await line.waitFor(/^\* welcome tty/);
+  // ESC [ 2 K, a lone CR, BEL, C1's NEL and CSI, DEL and U+2028.
+  line.write('\u001b[2K\rfake\u0007 nel\u0085 csi\u009b1m del\u007f sep\u2028end');
+  const shown = '^[[2K^Mfake^G nel\\u0085 csi\\u009b1m del^? sep\\u2028end';
+  await waitForText(b.page, shown);
+  const marks = await b.page.$$eval('#timeline .msg .text .ctl', (els) => els.map((e) => [e.textContent, e.title]));
+  assert.deepEqual(marks, [['^[', 'U+001B'], ['^M', 'U+000D'], ['^G', 'U+0007'], ['\\u0085', 'U+0085'], ['\\u009b', 'U+009B'], ['^?', 'U+007F'], ['\\u2028', 'U+2028']]);
+  await shot(b.page, 'control-characters');
+  assert.deepEqual(b.errors, []);
+});

@@ -68,3 +68,71 @@ test('a private message to a signed-out registered user appears when they sign i
   await shot(d.page, 'offline-dm');
   assert.deepEqual(d.errors, []);
 });
+
+test('a guest who reloads is the same guest, and a new guest with the name continues the conversation', { timeout: 60000 }, async (t) => {
+  const server = await startServer();
+  t.after(() => server.stop());
+  await register(server, 'rita');
+  const r = await openBrowser();
+  t.after(() => r.close());
+  await signIn(r.page, server, { mode: 'login', user: 'rita' });
+
+  // A guest writes to rita, reloads its tab, and writes again: the same
+  // guest, the same conversation.
+  const g = await openBrowser();
+  t.after(() => g.close());
+  await signIn(g.page, server, { mode: 'guest', user: 'gwen' });
+  const resume = await g.page.evaluate(() => sessionStorage.getItem('natter.resume.gwen'));
+  assert.ok(resume, 'the page keeps its resume secret');
+  await g.page.click('#btn-dm');
+  await g.page.fill('#dm-name', 'rita');
+  await g.page.press('#dm-name', 'Enter');
+  await send(g.page, 'first from gwen');
+  await g.page.waitForSelector('#timeline .msg[data-seq="1"]');
+  await g.page.reload();
+  await waitConnected(g.page);
+  await openChanIfNeeded(g.page, 'd:rita');
+  await send(g.page, 'after my reload');
+  await g.page.waitForSelector('#timeline .msg[data-seq="2"]');
+  const history = await g.page.evaluate(async () => {
+    const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws');
+    await new Promise((resolve) => { ws.onopen = resolve; });
+    const got = [];
+    ws.onmessage = (e) => {
+      const m = JSON.parse(e.data);
+      got.push(m);
+      if (m.type === 'welcome') ws.send(JSON.stringify({ type: 'history', with: 'rita', ref: 'h' }));
+    };
+    ws.send(JSON.stringify({ type: 'hello', name: 'gwen', resume: sessionStorage.getItem('natter.resume.gwen') }));
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    ws.close();
+    return got.find((m) => m.ref === 'h');
+  });
+  assert.deepEqual(history.messages.map((m) => m.text), ['first from gwen', 'after my reload']);
+
+  // gwen signs out; someone else takes the name and writes: rita's page
+  // shows it (its seq goes on), and reading it clears the badge.
+  await g.page.click('#btn-signout');
+  const h = await openBrowser();
+  t.after(() => h.close());
+  await signIn(h.page, server, { mode: 'guest', user: 'gwen' });
+  await h.page.click('#btn-dm');
+  await h.page.fill('#dm-name', 'rita');
+  await h.page.press('#dm-name', 'Enter');
+  await send(h.page, 'a different gwen');
+  await h.page.waitForSelector('#timeline .msg[data-seq="3"]');
+  await r.page.waitForSelector('.sidebar [data-key="d:gwen"] .badge');
+  await r.page.click('.sidebar [data-key="d:gwen"]');
+  await waitForText(r.page, 'a different gwen');
+  assert.deepEqual((await timeline(r.page)).map((m) => [m.seq, m.text]),
+    [[1, 'first from gwen'], [2, 'after my reload'], [3, 'a different gwen']]);
+  await r.page.waitForSelector('.sidebar [data-key="d:gwen"] .badge', { state: 'detached' });
+  await shot(r.page, 'offline-guest-name-again');
+});
+
+/** Opens the channel `key` unless it is already the one shown. */
+async function openChanIfNeeded(page, key) {
+  const shown = await page.$(`#timeline[data-key="${key}"]`);
+  if (!shown) await page.click(`.sidebar [data-key="${key}"]`);
+  await page.waitForSelector(`#timeline[data-key="${key}"]`);
+}

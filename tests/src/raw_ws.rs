@@ -83,7 +83,14 @@ impl RawWs {
     /// Connects and upgrades `GET path`, checking the 101 answer and its
     /// `Sec-WebSocket-Accept` (RFC 6455 §1.3 sample key).
     pub fn connect(addr: SocketAddr, path: &str) -> RawWs {
-        let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+        RawWs::upgrade(stream, path)
+    }
+
+    /// Upgrades `GET path` on a connection opened earlier, checking the 101
+    /// as [`RawWs::connect`] does.
+    pub fn upgrade(mut stream: TcpStream, path: &str) -> RawWs {
+        let addr = stream.peer_addr().expect("a connected stream");
         let _ = stream.set_nodelay(true);
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\

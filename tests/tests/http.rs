@@ -30,6 +30,17 @@ fn spray(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
     s
 }
 
+/// Writes `request` on a new connection and reads every response the
+/// server sends before it closes (or goes quiet for two seconds).
+fn responses_to(addr: SocketAddr, request: &[u8]) -> Vec<natter_tests::HttpResponse> {
+    let mut stream = spray(addr, request);
+    let mut out = Vec::new();
+    while let Ok(r) = natter_tests::http::read_response(&mut stream, Duration::from_secs(2)) {
+        out.push(r);
+    }
+    out
+}
+
 /// The sample names in a Prometheus text exposition, checking each sample
 /// line has a well-formed name and a numeric value.
 fn metric_names(body: &str) -> Vec<String> {
@@ -86,6 +97,19 @@ natter_tests::cases! {
         );
     }
 
+    fn metrics_with_a_token_answer_401_without_it(bin) {
+        let s = Server::start_with_env(bin, &[], &[("NATTER_METRICS_TOKEN", "scrape-me-7")]);
+        let r = s.http("GET", "/metrics", &[], b"");
+        assert_eq!((r.status, r.error_code()), (401, "unauthorized".to_string()));
+        assert!(!r.text().contains("natter_"), "{}", r.text());
+        let r = s.http("GET", "/metrics", &[("Authorization", "Bearer scrape-me-8")], b"");
+        assert_eq!(r.status, 401);
+        let r = s.http("GET", "/metrics", &[("Authorization", "Bearer scrape-me-7")], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(metric_names(&r.text()).iter().any(|n| n == "natter_connections"));
+        assert!(!s.log_tail(200).contains("scrape-me-7"), "the token is never logged");
+    }
+
     fn the_root_serves_the_web_client(bin) {
         let s = Server::start(bin, &[]);
         let r = s.http("GET", "/", &[], b"");
@@ -94,6 +118,92 @@ natter_tests::cases! {
         assert!(ct.starts_with("text/html"), "Content-Type {ct:?}");
         let page = r.text().to_ascii_lowercase();
         assert!(page.contains("<!doctype html") || page.contains("<html"), "not an HTML page: {page:?}");
+    }
+
+    fn a_request_with_two_content_lengths_is_refused_and_nothing_after_it_is_read(bin) {
+        let s = Server::start(bin, &[]);
+        // Behind a proxy that reads the other length, the bytes after the
+        // first body would be a second, smuggled request.
+        let smuggle = b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 35\r\n\r\n\
+                        GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+        let got = responses_to(s.http, smuggle);
+        let statuses: Vec<u16> = got.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, vec![400], "one 400 and the connection closed");
+        assert_eq!(got[0].error_code(), "bad_request");
+        let equal = b"GET /healthz HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}";
+        assert_eq!(responses_to(s.http, equal).iter().map(|r| r.status).collect::<Vec<_>>(), vec![400]);
+    }
+
+    fn a_content_length_that_is_not_plain_digits_is_400(bin) {
+        let s = Server::start(bin, &[]);
+        // Each would be answered 200 if its length were read as 2.
+        for value in ["+2", "0x2", "2 2", "-0", "2,2"] {
+            let request = format!("GET /healthz HTTP/1.1\r\nContent-Length: {value}\r\n\r\n{{}}");
+            let got = responses_to(s.http, request.as_bytes());
+            assert_eq!(got.iter().map(|r| r.status).collect::<Vec<_>>(), vec![400], "Content-Length {value:?}");
+        }
+        let both = b"GET /healthz HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n{}";
+        assert_eq!(responses_to(s.http, both).iter().map(|r| r.status).collect::<Vec<_>>(), vec![400]);
+        // A plain one still works.
+        let ok = b"GET /healthz HTTP/1.1\r\nContent-Length: 02\r\nConnection: close\r\n\r\n{}";
+        assert_eq!(responses_to(s.http, ok).iter().map(|r| r.status).collect::<Vec<_>>(), vec![200]);
+    }
+
+    fn an_upgrade_from_an_origin_not_allowed_gets_403(bin) {
+        let s = Server::start(bin, &["--allowed-origin", "https://chat.example,http://127.0.0.1:1"]);
+        let upgrade = |extra: &str| {
+            let req = format!(
+                "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Version: 13\r\n{extra}\r\n"
+            );
+            natter_tests::http_raw(s.http, req.as_bytes())
+        };
+        let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+        let r = upgrade(&format!("{key}Origin: https://evil.example\r\n"));
+        assert_eq!((r.status, r.error_code()), (403, "forbidden".to_string()));
+        assert_eq!(upgrade(&format!("{key}Origin: https://chat.example\r\n")).status, 101);
+        assert_eq!(upgrade(key).status, 101, "no Origin: not a browser, let through");
+        let metrics = s.http("GET", "/metrics", &[], b"").text();
+        assert!(metrics.contains("natter_origin_refused_total 1\n"), "{metrics}");
+        // A key that is not base64 of 16 bytes.
+        for bad in ["c2hvcnQ=", "not a key at all", "dGhlIHNhbXBsZSBub25jZQ"] {
+            let r = upgrade(&format!("Sec-WebSocket-Key: {bad}\r\n"));
+            assert_eq!((r.status, r.error_code()), (400, "bad_request".to_string()), "key {bad:?}");
+        }
+    }
+
+    fn the_page_has_a_content_security_policy_and_no_inline_script(bin) {
+        let s = Server::start(bin, &[]);
+        let r = s.http("GET", "/", &[], b"");
+        assert_eq!(r.status, 200);
+        let csp = r.header("content-security-policy").unwrap_or_else(|| panic!("no CSP: {:?}", r.headers));
+        let directive = |name: &str| {
+            csp.split(';').map(str::trim).find(|d| d.split_whitespace().next() == Some(name)).map(str::to_string)
+        };
+        assert_eq!(directive("default-src").as_deref(), Some("default-src 'none'"), "{csp}");
+        assert_eq!(directive("script-src").as_deref(), Some("script-src 'self'"), "{csp}");
+        assert_eq!(directive("frame-ancestors").as_deref(), Some("frame-ancestors 'none'"), "{csp}");
+        let connect = directive("connect-src").unwrap_or_default();
+        assert!(connect.contains(&format!("ws://{}", s.http)) && connect.contains("'self'"), "{csp}");
+        assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
+        assert_eq!(r.header("x-frame-options"), Some("DENY"));
+        // The page needs none of what the policy forbids: its script and
+        // styles are files of their own.
+        let page = r.text().to_ascii_lowercase();
+        assert!(page.contains("<script type=\"module\" src=\"/app.js\"></script>"), "{page}");
+        assert_eq!(page.matches("<script").count(), 1, "one script, by src");
+        assert!(!page.contains("<style") && !page.contains(" style=") && !page.contains(" onclick="));
+        let js = s.http("GET", "/app.js", &[], b"");
+        assert_eq!((js.status, js.header("content-type")), (200, Some("text/javascript; charset=utf-8")));
+        assert!(js.text().contains("new WebSocket("));
+        let css = s.http("GET", "/app.css", &[], b"");
+        assert_eq!((css.status, css.header("content-type")), (200, Some("text/css; charset=utf-8")));
+        // nosniff on every response, errors included.
+        let bad = natter_tests::http_raw(s.http, b"BAD\r\n\r\n");
+        for r in [r, js, css, s.http("GET", "/healthz", &[], b""), s.http("GET", "/nope", &[], b""), bad] {
+            assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "HTTP {} {:?}", r.status, r.headers);
+            assert_eq!(r.header("x-frame-options"), Some("DENY"), "HTTP {}", r.status);
+        }
     }
 
     fn an_unknown_path_is_404(bin) {

@@ -96,7 +96,7 @@ natter_tests::cases! {
     fn a_line_session_reads_a_big_inbox_to_the_end(bin) {
         let s = Server::start(bin, &["--rate", "100000", "--burst", "100000", "--inbox-per-sender", "5000"]);
         let bob = s.account("bob");
-        let (ann_account, mut ann) = s.user("ann");
+        let (_, mut ann) = s.user("ann");
         tell_many(&mut ann, &bob.name, "m", 1200);
         // A line session acknowledges what it is written, so the rounds
         // follow each other.

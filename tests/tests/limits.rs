@@ -402,6 +402,30 @@ natter_tests::cases! {
         });
     }
 
+    fn past_max_connections_per_ip_one_address_is_refused_on_both_ports(bin) {
+        // Loopback is not exempt: every test client is 127.0.0.1.
+        let s = Server::start(bin, &["--max-connections-per-ip", "5", "--threads", "2"]);
+        let _w1 = s.guest("w1");
+        let _w2 = s.guest("w2");
+        let _l1 = s.line_guest("l1");
+        let _l2 = s.line_guest("l2");
+        let w5 = s.guest("w5");
+        let r = s.http("GET", "/healthz", &[], b"");
+        assert_eq!(r.status, 503, "the 6th connection from one address: {}", r.text());
+        assert_eq!(r.error_code(), "unavailable");
+        assert_eq!(r.json()["message"], "too many connections from your address");
+        let mut refused = LineClient::connect(&s);
+        let lines = refused.expect_closed(Duration::from_secs(5));
+        assert_eq!(lines, vec!["! unavailable too many connections from your address".to_string()]);
+        // A slot frees when one leaves; the refusals were counted.
+        w5.disconnect();
+        let metrics = eventually(Duration::from_secs(5), "a free connection slot", || {
+            let r = s.http("GET", "/metrics", &[], b"");
+            (r.status == 200).then(|| r.text())
+        });
+        assert!(metrics.contains("natter_connections_refused_per_address_total 2\n"), "{metrics}");
+    }
+
     fn past_max_connections_a_line_client_gets_unavailable_server_full(bin) {
         let s = Server::start(bin, &["--max-connections", "5"]);
         let _l1 = s.line_guest("l1");

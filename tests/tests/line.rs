@@ -262,4 +262,35 @@ natter_tests::cases! {
         let bob = s.account("bob");
         LineClient::login(&s, &bob);
     }
+
+    fn control_characters_from_users_reach_terminals_visibly_and_websockets_exactly(bin) {
+        let s = Server::start(bin, &[]);
+        let room = uniq("tty");
+        let mut w = ws_in(&s, "web", &room);
+        let mut line = s.line_guest("term");
+        line.send_line(&format!("/join {room}"));
+        line.wait_line(|l| l.starts_with("* you are in"));
+        let mut sender = s.line_guest("sender");
+        sender.send_line(&format!("/join {room}"));
+        sender.wait_line(|l| l.starts_with("* you are in"));
+        // From a WebSocket: erase the line, go back to its start, print a lie.
+        let attack = "\u{1b}[2K\rfake";
+        w.say(&room, attack);
+        let shown = format!("[{room}] {}: ^[[2K^Mfake", w.user);
+        line.wait_exact(&shown);
+        // From the line port: a bell, C1's NEL and CSI, and U+2028.
+        sender.send_line("bell\u{7} nel\u{85} csi\u{9b}31m sep\u{2028}end");
+        let m = w.wait_for(|v| is_message_in(v, &room) && v["from"] == sender.name.as_str());
+        assert_eq!(m["text"], "bell\u{7} nel\u{85} csi\u{9b}31m sep\u{2028}end", "WebSocket gets the text as sent");
+        let shown2 = format!("[{room}] {}: bell^G nel\\u0085 csi\\u009b31m sep\\u2028end", sender.name);
+        line.wait_exact(&shown2);
+        // A private message, and the history on the line port.
+        w.ok("send", json!({"to": line.name, "text": "\u{1b}]0;pwned\u{7}"}));
+        line.wait_exact(&format!("[pm] {}: ^[]0;pwned^G", w.user));
+        let history = line.history(Some(10));
+        assert!(history.contains(&shown) && history.contains(&shown2), "{history:?}");
+        let raw = w.ok("history", json!({"room": room}));
+        let texts: Vec<&str> = raw["messages"].as_array().unwrap().iter().filter_map(|m| m["text"].as_str()).collect();
+        assert!(texts.contains(&attack), "stored as sent: {raw}");
+    }
 }

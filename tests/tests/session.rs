@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use natter_tests::ws::assert_error_shape;
-use natter_tests::{eventually, is_message_in, json, ty, uniq, Server, Value, WsClient};
+use natter_tests::{eventually, is_message_in, json, ty, uniq, RawWs, Server, Value, WsClient};
 use tungstenite::protocol::frame::coding::Data;
 use tungstenite::Message;
 
@@ -360,5 +360,18 @@ natter_tests::cases! {
             }
         }
         guest.expect_no_message(QUIET);
+    }
+
+    fn the_handshake_timeout_counts_from_the_connect_not_from_a_late_upgrade(bin) {
+        let s = Server::start(bin, &["--handshake-timeout", "2"]);
+        let connected = Instant::now();
+        let stream = std::net::TcpStream::connect(s.http).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut ws = RawWs::upgrade(stream, "/ws");
+        let ending = ws.read_until_closed(Duration::from_secs(5));
+        let after = connected.elapsed();
+        assert_eq!(ending.close_code(), Some(1008), "{ending:?}");
+        // Counted from the upgrade, the close would come 3.5 s after the connect.
+        assert!(after < Duration::from_millis(3200), "closed {after:?} after the connect");
     }
 }

@@ -70,6 +70,11 @@ const FLAGS: &[(&str, Option<&str>, &str)] = &[
     ("burst", Some("N"), "burst of the rate limit [default: 40]"),
     ("max-rooms", Some("N"), "rooms per user [default: 100]"),
     ("max-connections", Some("N"), "TCP connections per server, both ports [default: 100000]"),
+    (
+        "max-connections-per-ip",
+        Some("N"),
+        "TCP connections from one client address (an IPv6 /64), both ports; loopback counts too [default: 256]",
+    ),
     ("handshake-timeout", Some("SECS"), "time from connect to welcome [default: 10]"),
     ("line-idle", Some("SECS"), "silence that closes a line session [default: 600]"),
     ("echo", None, "also serve GET /echo, a WebSocket echo for conformance suites (a test aid)"),
@@ -93,8 +98,24 @@ const FLAGS: &[(&str, Option<&str>, &str)] = &[
     ),
     ("id-retention", Some("SECS"), "how long client message ids are remembered [default: 86400]"),
     ("max-ids", Some("N"), "most client message ids remembered; past it the oldest go first [default: 10000000]"),
+    (
+        "metrics-token",
+        Some("TOKEN"),
+        "GET /metrics then needs Authorization: Bearer TOKEN, else 401 (better from the environment or the file \
+         than on the command line) [default: none, /metrics is open]",
+    ),
+    (
+        "allowed-origin",
+        Some("ORIGIN"),
+        "a page origin (scheme://host[:port]) that may open a WebSocket; repeatable, comma-separated in the \
+         environment; an upgrade with another Origin gets 403 [default: any origin]",
+    ),
     ("log", Some("FILTER"), "log level or tracing filter, e.g. info or natter=debug [default: RUST_LOG, else info]"),
 ];
+
+/// Flags that may be given more than once; in the environment their values
+/// are comma-separated, in the file a list or a comma-separated string.
+const REPEATABLE: &[&str] = &["allowed-origin"];
 
 fn command(binary: &'static str) -> Command {
     let mut cmd = Command::new(binary)
@@ -105,6 +126,7 @@ fn command(binary: &'static str) -> Command {
     for &(name, value, help) in FLAGS {
         let arg = Arg::new(name).long(name).help(help);
         cmd = cmd.arg(match value {
+            Some(v) if REPEATABLE.contains(&name) => arg.value_name(v).action(ArgAction::Append),
             Some(v) => arg.value_name(v).action(ArgAction::Set),
             None => arg.action(ArgAction::SetTrue),
         });
@@ -134,6 +156,9 @@ where
     let value = |name: &str| -> Result<Option<String>, ConfigExit> {
         let is_switch = FLAGS.iter().any(|(n, v, _)| *n == name && v.is_none());
         if matches.value_source(name) == Some(ValueSource::CommandLine) {
+            if REPEATABLE.contains(&name) {
+                return Ok(matches.get_many::<String>(name).map(|v| v.cloned().collect::<Vec<_>>().join(",")));
+            }
             return Ok(if is_switch { Some("true".into()) } else { matches.get_one::<String>(name).cloned() });
         }
         let env_name = format!("NATTER_{}", name.to_uppercase().replace('-', "_"));
@@ -155,6 +180,11 @@ where
         burst: number(&value("burst")?, "burst", d.burst)?,
         max_rooms: number(&value("max-rooms")?, "max-rooms", d.max_rooms)?,
         max_connections: number(&value("max-connections")?, "max-connections", d.max_connections)?,
+        max_connections_per_ip: number(
+            &value("max-connections-per-ip")?,
+            "max-connections-per-ip",
+            d.max_connections_per_ip,
+        )?,
         handshake_timeout: secs(&value("handshake-timeout")?, "handshake-timeout", d.handshake_timeout)?,
         line_idle: secs(&value("line-idle")?, "line-idle", d.line_idle)?,
         echo: switch(&value("echo")?, "echo")?,
@@ -167,6 +197,8 @@ where
         no_guest_private: switch(&value("no-guest-private")?, "no-guest-private")?,
         guest_secret: d.guest_secret,
         store_backlog: d.store_backlog,
+        allowed_origins: origins(&value("allowed-origin")?)?,
+        metrics_token: secret(value("metrics-token")?, "metrics-token")?,
     };
     let s = SqliteOptions::default();
     let sqlite = SqliteOptions {
@@ -198,6 +230,7 @@ where
         ("max-frame", settings.core.max_frame),
         ("max-queue", settings.core.max_queue),
         ("max-line", settings.core.max_line),
+        ("max-connections-per-ip", settings.core.max_connections_per_ip),
         ("heartbeat", settings.core.heartbeat.as_secs() as usize),
         ("inbox-per-sender", settings.core.inbox.per_sender as usize),
         ("query-rate", settings.core.query_rate as usize),
@@ -226,6 +259,12 @@ fn read_file(path: &str) -> Result<BTreeMap<String, String>, ConfigExit> {
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
             toml::Value::Float(f) => f.to_string(),
+            toml::Value::Array(items) if REPEATABLE.contains(&key.as_str()) => {
+                let texts: Option<Vec<&str>> = items.iter().map(toml::Value::as_str).collect();
+                texts
+                    .ok_or_else(|| ConfigExit::Bad(format!("bad --config {path}: {key} must be a list of strings")))?
+                    .join(",")
+            }
             other => return Err(ConfigExit::Bad(format!("bad --config {path}: {key} = {other} is not a plain value"))),
         };
         out.insert(key, text);
@@ -271,6 +310,35 @@ fn address(v: &Option<String>, name: &str, default: &str) -> Result<SocketAddr, 
         .ok()
         .and_then(|mut a| a.next())
         .ok_or_else(|| bad(name, text, "expected IP:PORT or HOST:PORT"))
+}
+
+/// A secret flag: printable ASCII without spaces, so that it fits in a
+/// header as sent. A bad value is not echoed in the error.
+fn secret(v: Option<String>, name: &str) -> Result<Option<natter_core::Secret>, ConfigExit> {
+    match v {
+        None => Ok(None),
+        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(natter_core::Secret::new(v))),
+        Some(_) => Err(ConfigExit::Bad(format!(
+            "invalid value for --{name}: expected printable ASCII without spaces (value not shown)"
+        ))),
+    }
+}
+
+/// `--allowed-origin`: each one `http://` or `https://` and a host with an
+/// optional port, kept in lower case without a trailing `/`.
+fn origins(v: &Option<String>) -> Result<Vec<String>, ConfigExit> {
+    let Some(v) = v else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for origin in v.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        let host = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
+        let plain = |h: &str| !h.is_empty() && !h.contains(['/', '?', '#', '@', ' ', '*']);
+        if !host.is_some_and(plain) {
+            return Err(bad("allowed-origin", &origin, "expected scheme://host[:port], e.g. https://chat.example.com"));
+        }
+        out.push(origin);
+    }
+    Ok(out)
 }
 
 fn url(v: Option<String>, name: &str, schemes: &[&str]) -> Result<Option<String>, ConfigExit> {
@@ -346,6 +414,35 @@ mod tests {
         }
         assert!(matches!(run(&["--config", "/nonexistent/x.toml"], &[]), Err(ConfigExit::Bad(_))));
         assert!(matches!(run(&["--help"], &[]), Err(ConfigExit::Info(_))));
+    }
+
+    #[test]
+    fn allowed_origins_repeat_and_split_on_commas() {
+        assert!(run(&[], &[]).unwrap().core.allowed_origins.is_empty(), "any origin by default");
+        let s = run(&["--allowed-origin", "https://A.example/", "--allowed-origin", "http://b.example:8080"], &[]);
+        assert_eq!(s.unwrap().core.allowed_origins, ["https://a.example", "http://b.example:8080"]);
+        let s = run(&[], &[("NATTER_ALLOWED_ORIGIN", "https://a.example, https://b.example")]).unwrap();
+        assert_eq!(s.core.allowed_origins, ["https://a.example", "https://b.example"]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("n.toml");
+        std::fs::write(&file, "allowed-origin = [\"https://c.example\"]\n").unwrap();
+        let s = run(&["--config", file.to_str().unwrap()], &[]).unwrap();
+        assert_eq!(s.core.allowed_origins, ["https://c.example"]);
+        for bad in ["example.com", "https://", "https://a.example/path", "ftp://a.example", "*"] {
+            assert!(matches!(run(&["--allowed-origin", bad], &[]), Err(ConfigExit::Bad(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_metrics_token_comes_from_anywhere_and_is_never_shown() {
+        assert_eq!(run(&[], &[]).unwrap().core.metrics_token, None, "open by default");
+        let s = run(&[], &[("NATTER_METRICS_TOKEN", "tok-123")]).unwrap();
+        assert_eq!(s.core.metrics_token, Some(natter_core::Secret::new("tok-123")));
+        assert!(!format!("{s:?}").contains("tok-123"), "Debug output hides it");
+        match run(&["--metrics-token", "has space"], &[]) {
+            Err(ConfigExit::Bad(m)) => assert!(!m.contains("has space"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

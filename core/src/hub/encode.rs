@@ -177,6 +177,20 @@ mod tests {
     }
 
     #[test]
+    fn line_views_show_control_characters_and_the_frame_keeps_them() {
+        let mut m = msg();
+        m.text = "\u{1b}[2K\rfake\u{9b}".into();
+        let e = room_message("lobby", &m);
+        assert_eq!(&e.line[..], b"[lobby] alice: ^[[2K^Mfake\\u009b\n");
+        let v: Value = serde_json::from_slice(&e.ws[2..]).unwrap();
+        assert_eq!(v["text"], "\u{1b}[2K\rfake\u{9b}");
+        m.to = Some("bob".into());
+        let (to, echo) = private_message(&m, None);
+        assert_eq!(&to.line[..], b"[pm] alice: ^[[2K^Mfake\\u009b\n");
+        assert_eq!(&echo.line[..], b"[pm to bob] alice: ^[[2K^Mfake\\u009b\n");
+    }
+
+    #[test]
     fn presence_lines_only_for_join_and_leave() {
         assert_eq!(&presence("r", "u", Presence::Join).line[..], b"* u joined r\n");
         assert_eq!(&presence("r", "u", Presence::Leave).line[..], b"* u left r\n");

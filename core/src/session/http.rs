@@ -4,14 +4,17 @@
 use serde_json::Value;
 
 use super::{Ctx, Phase, Session};
+use crate::config::Config;
 use crate::link::{ApiCall, Auth, Tag, ToHubInner};
-use crate::reply::{reply_json, Failure, Reply};
+use crate::reply::{reply_json, ErrorCode, Failure, Reply};
 use crate::session::CloseReason;
 use crate::transport::http::{error_body, parse_request, Request, Response};
 use crate::transport::ws::{accept_response, text_frame, Decoder};
 
-/// The web client, embedded at build time.
+/// The web client, embedded at build time: the page, its script and its styles.
 const INDEX_HTML: &str = include_str!("../../web/index.html");
+const APP_JS: &str = include_str!("../../web/app.js");
+const APP_CSS: &str = include_str!("../../web/app.css");
 
 impl Session {
     pub(super) fn process_http(&mut self, ctx: &mut Ctx<'_>, buf: &[u8]) -> usize {
@@ -19,8 +22,13 @@ impl Session {
             Ok(None) => 0,
             Ok(Some((request, used))) => {
                 // Keep-alive connections get the handshake time-out again as
-                // their idle limit.
-                self.handshake_at = Some(ctx.now.instant + ctx.config.handshake_timeout);
+                // their idle limit, but an upgrade does not: the upgrade and
+                // its `hello` share one budget, from the moment the
+                // connection opened (or went idle after its last answer), or
+                // a client could stall the upgrade and then `hello` in turn.
+                if !is_upgrade_path(&request.path) {
+                    self.handshake_at = Some(ctx.now.instant + ctx.config.handshake_timeout);
+                }
                 self.route(ctx, request);
                 used
             }
@@ -35,13 +43,23 @@ impl Session {
         let close = req.close;
         match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/healthz") => self.respond(ctx, 200, "application/json", b"{\"status\":\"ok\"}", &[], close),
+            ("GET", "/metrics") if !metrics_allowed(ctx.config, &req) => {
+                let body = error_body(ErrorCode::Unauthorized.as_str(), "send Authorization: Bearer <metrics token>");
+                let challenge = [("WWW-Authenticate", "Bearer realm=\"metrics\"".to_string())];
+                self.respond(ctx, 401, "application/json", &body, &challenge, close)
+            }
             ("GET", "/metrics") => {
                 let text = ctx.metrics.render();
                 self.respond(ctx, 200, "text/plain; version=0.0.4", text.as_bytes(), &[], close)
             }
             ("GET", "/" | "/index.html") => {
-                self.respond(ctx, 200, "text/html; charset=utf-8", INDEX_HTML.as_bytes(), &[], close)
+                let policy = [("Content-Security-Policy", page_policy(req.header("host")))];
+                self.respond(ctx, 200, "text/html; charset=utf-8", INDEX_HTML.as_bytes(), &policy, close)
             }
+            ("GET", "/app.js") => {
+                self.respond(ctx, 200, "text/javascript; charset=utf-8", APP_JS.as_bytes(), &[], close)
+            }
+            ("GET", "/app.css") => self.respond(ctx, 200, "text/css; charset=utf-8", APP_CSS.as_bytes(), &[], close),
             ("GET", "/ws") => self.upgrade(ctx, &req, false),
             ("GET", "/echo") if ctx.config.echo => self.upgrade(ctx, &req, true),
             ("POST", "/api/register" | "/api/login") => match credentials(&req.body) {
@@ -64,9 +82,11 @@ impl Session {
                 }
                 _ => self.respond_error(ctx, 401, "invalid_token", "send Authorization: Bearer <token>", close),
             },
-            (_, "/healthz" | "/metrics" | "/" | "/ws" | "/api/register" | "/api/login" | "/api/logout") => {
-                self.respond_error(ctx, 405, "bad_request", "method not allowed", close)
-            }
+            (
+                _,
+                "/healthz" | "/metrics" | "/" | "/app.js" | "/app.css" | "/ws" | "/api/register" | "/api/login"
+                | "/api/logout",
+            ) => self.respond_error(ctx, 405, "bad_request", "method not allowed", close),
             _ => self.respond_error(ctx, 404, "not_found", "no such path", close),
         }
         if close && self.paused {
@@ -88,6 +108,18 @@ impl Session {
         let Some(key) = req.header("sec-websocket-key").filter(|k| !k.is_empty()).map(str::to_owned) else {
             return self.respond_error(ctx, 400, "bad_request", "Sec-WebSocket-Key is missing", true);
         };
+        // RFC 6455 §4.2.1: the key "when decoded, is 16 bytes in length".
+        if !is_websocket_key(&key) {
+            return self.respond_error(ctx, 400, "bad_request", "Sec-WebSocket-Key is not base64 of 16 bytes", true);
+        }
+        // A page from another site must not act with this user's cookies or
+        // network position (cross-site WebSocket hijacking); clients that
+        // are not browsers send no Origin and are not affected.
+        if let Some(origin) = req.header("origin").filter(|o| !ctx.config.origin_allowed(o)) {
+            ctx.metrics.origin_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let message = format!("pages from {} may not connect here", origin.chars().take(100).collect::<String>());
+            return self.respond_error(ctx, 403, ErrorCode::Forbidden.as_str(), &message, true);
+        }
         match req.query_param("token").filter(|_| !echo) {
             Some(token) if token.is_empty() => {
                 self.respond_error(ctx, 401, "invalid_token", "the token is empty", true);
@@ -133,7 +165,7 @@ impl Session {
                 self.resume(ctx);
             }
             Err(f) => {
-                let status = if f.code == crate::reply::ErrorCode::Unavailable { 503 } else { 401 };
+                let status = if f.code == ErrorCode::Unavailable { 503 } else { 401 };
                 self.phase = Phase::Http;
                 self.respond_error(ctx, status, f.code.as_str(), &f.message, true);
                 self.close(ctx, CloseReason::Done);
@@ -162,14 +194,93 @@ impl Session {
     }
 }
 
+/// The web page's Content-Security-Policy: its script, styles and icon come
+/// from this server only (no inline script or style: the page has none),
+/// it talks only to this server, over HTTP and its own WebSocket, and no
+/// other site may frame it. CSP Level 3 lets `'self'` cover `ws:`/`wss:` to
+/// the same host, but older browsers do not, so the host the page was loaded
+/// from is named too when it is a plain `host[:port]`.
+fn page_policy(host: Option<&str>) -> String {
+    let plain = |h: &str| {
+        !h.is_empty() && h.len() <= 262 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    };
+    let sockets = host.filter(|h| plain(h)).map(|h| format!(" ws://{h} wss://{h}")).unwrap_or_default();
+    format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'{sockets}; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+}
+
+/// Whether `/metrics` may be read: always without `--metrics-token`, else
+/// with `Authorization: Bearer TOKEN` (the scheme ignores case, RFC 9110 §11.1).
+fn metrics_allowed(config: &Config, req: &Request) -> bool {
+    let Some(secret) = &config.metrics_token else { return true };
+    let Some((scheme, token)) = req.header("authorization").and_then(|h| h.split_once(' ')) else { return false };
+    scheme.eq_ignore_ascii_case("bearer") && secret.matches(token.trim().as_bytes())
+}
+
+/// Whether `key` is base64 of exactly 16 bytes: 22 characters of the
+/// alphabet, the last of them carrying only 2 bits, then `==`.
+fn is_websocket_key(key: &str) -> bool {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = key.as_bytes();
+    let value = |b: u8| ALPHABET.iter().position(|&a| a == b);
+    bytes.len() == 24
+        && bytes.ends_with(b"==")
+        && bytes[..22].iter().all(|&b| value(b).is_some())
+        && value(bytes[21]).is_some_and(|v| v & 0x0f == 0)
+}
+
+/// The paths that turn the connection into a WebSocket.
+fn is_upgrade_path(path: &str) -> bool {
+    matches!(path, "/ws" | "/echo")
+}
+
 /// `{"user":...,"password":...}` from an API body.
 fn credentials(body: &[u8]) -> Result<(String, String), Failure> {
-    use crate::reply::ErrorCode;
     let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(body) else {
         return Err(Failure::new(ErrorCode::BadJson, "the body must be a JSON object"));
     };
     match (o.get("user").and_then(Value::as_str), o.get("password").and_then(Value::as_str)) {
         (Some(u), Some(p)) => Ok((u.to_string(), p.to_string())),
         _ => Err(Failure::new(ErrorCode::BadRequest, "user and password are required strings")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_policy_names_only_a_plain_host() {
+        let p = page_policy(Some("chat.example:8080"));
+        assert!(p.contains("connect-src 'self' ws://chat.example:8080 wss://chat.example:8080;"), "{p}");
+        assert!(p.contains("script-src 'self';") && p.contains("frame-ancestors 'none'") && !p.contains("unsafe"));
+        for host in [None, Some("evil.example; script-src *"), Some("a b"), Some("")] {
+            assert!(page_policy(host).contains("connect-src 'self';"), "{host:?}");
+        }
+        assert!(page_policy(Some("[::1]:80")).contains("ws://[::1]:80 "));
+    }
+
+    #[test]
+    fn a_websocket_key_is_base64_of_16_bytes() {
+        assert!(is_websocket_key("dGhlIHNhbXBsZSBub25jZQ=="), "RFC 6455's sample");
+        assert!(is_websocket_key("AAAAAAAAAAAAAAAAAAAAAA=="));
+        assert!(is_websocket_key("/////////////////////w=="));
+        for bad in [
+            "",
+            "x",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZQ=",
+            "dGhlIHNhbXBsZSBub25jZQ===",
+            "dGhlIHNhbXBsZSBub25jZR==",
+            "dGhlIHNhbXBsZSBub25jZ-==",
+            "dGhlIHNhbXBsZSBub25jZQ==dGhl",
+            "dGhlIHNhbXBsZSBub25jZQAA",
+            "dGhlIHNhbXBsZSBub25j",
+            "dGhlIHNhbXBsZSBub25jZQ==\u{0}",
+        ] {
+            assert!(!is_websocket_key(bad), "{bad:?}");
+        }
     }
 }

@@ -69,6 +69,15 @@ enum LineLogin {
     In,
 }
 
+/// Which cap refused a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// `--max-connections`.
+    ServerFull,
+    /// `--max-connections-per-ip`.
+    PerAddress,
+}
+
 /// One connection's protocol state.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -134,15 +143,27 @@ impl Session {
         matches!(self.phase, Phase::Line { .. })
     }
 
-    /// The server is full: say so and close.
-    pub(crate) fn refuse(&mut self, ctx: &mut Ctx<'_>) {
-        ctx.metrics.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// A cap on connections is reached: say which and close.
+    pub(crate) fn refuse(&mut self, ctx: &mut Ctx<'_>, why: Refusal) {
+        let (counter, message) = match why {
+            Refusal::ServerFull => (&ctx.metrics.connections_refused, "server full"),
+            Refusal::PerAddress => {
+                (&ctx.metrics.connections_refused_per_address, "too many connections from your address")
+            }
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let code = crate::reply::ErrorCode::Unavailable.as_str();
         if self.is_line() {
-            self.outbox.push_unbounded(Bytes::from_static(b"! unavailable server full\n"));
+            self.outbox.push_unbounded(Bytes::from(format!("! {code} {message}\n")));
         } else {
-            self.respond_error(ctx, 503, "unavailable", "server full", true);
+            self.respond_error(ctx, 503, code, message, true);
         }
         self.close(ctx, CloseReason::Done);
+    }
+
+    /// The client address the connection came from.
+    pub(crate) fn peer(&self) -> IpAddr {
+        self.peer
     }
 
     pub(crate) fn received(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) {

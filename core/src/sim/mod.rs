@@ -323,10 +323,16 @@ impl Sim {
     /// until idle; the response (101 or an error) is the first event.
     pub fn ws_upgrade(&mut self, path: &str) -> Client {
         let c = self.connect_http();
+        self.send_upgrade(c, path);
+        c
+    }
+
+    /// Sends an upgrade request for `path` on an open HTTP connection and
+    /// runs until idle; the response (101 or an error) is the next event.
+    pub fn send_upgrade(&mut self, c: Client, path: &str) {
         self.state(c).kind = Kind::Http { upgrading: true };
         self.send_raw(c, &wire::upgrade(path));
         self.run_until_idle();
-        c
     }
 
     /// A guest WebSocket session named `name`, welcomed.

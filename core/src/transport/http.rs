@@ -113,21 +113,42 @@ pub(crate) fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, Http
     } else if version == 0 && request.header_has_token("connection", "keep-alive") {
         request.close = false;
     }
-    if request.header("transfer-encoding").is_some() {
-        return Err(HttpError::Chunked);
-    }
-    let body_len = match request.header("content-length") {
-        None => 0,
-        Some(v) => v.parse::<usize>().map_err(|_| HttpError::Malformed)?,
-    };
-    if body_len > MAX_BODY {
-        return Err(HttpError::BodyTooLarge);
-    }
+    let body_len = body_length(&request)?;
     if buf.len() < head_len + body_len {
         return Ok(None);
     }
     request.body = buf[head_len..head_len + body_len].to_vec();
     Ok(Some((request, head_len + body_len)))
+}
+
+/// The body's length from `Content-Length`. Anything a proxy in front of us
+/// might read differently is refused, so that the two never disagree on where
+/// a request ends (request smuggling, RFC 9112 §6.3): several
+/// `Content-Length` headers (even equal ones), a value that is not plain
+/// digits, and `Transfer-Encoding` beside `Content-Length`.
+fn body_length(request: &Request) -> Result<usize, HttpError> {
+    let mut lengths = request.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("content-length"));
+    let length = lengths.next();
+    if lengths.next().is_some() {
+        return Err(HttpError::Malformed);
+    }
+    let chunked = request.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"));
+    let value = match (length, chunked) {
+        (Some(_), true) => return Err(HttpError::Malformed),
+        (None, true) => return Err(HttpError::Chunked),
+        (None, false) => return Ok(0),
+        (Some((_, value)), false) => value.trim_ascii(),
+    };
+    // RFC 9110 §8.6: `Content-Length = 1*DIGIT`; Rust's parser would also take a `+`.
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return Err(HttpError::Malformed);
+    }
+    // All digits: a value that does not parse is too large for any bound.
+    let len = std::str::from_utf8(value).ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(usize::MAX);
+    if len > MAX_BODY {
+        return Err(HttpError::BodyTooLarge);
+    }
+    Ok(len)
 }
 
 fn percent_decode(s: &str) -> String {
@@ -178,6 +199,15 @@ impl Response<'_> {
             )
             .as_bytes(),
         );
+        // Every response: no guessing a type other than the one given (a
+        // JSON error body must never run as HTML or script), and no framing
+        // by other sites (clickjacking; X-Frame-Options for browsers without
+        // CSP's frame-ancestors). Responses that are not the page get a
+        // policy that allows nothing at all.
+        out.extend_from_slice(b"X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\n");
+        if !self.extra_headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-security-policy")) {
+            out.extend_from_slice(b"Content-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n");
+        }
         for (name, value) in self.extra_headers {
             out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
         }
@@ -256,6 +286,28 @@ mod tests {
     }
 
     #[test]
+    fn content_length_is_one_header_of_plain_digits() {
+        let with = |headers: &str| parse_request(format!("POST / HTTP/1.1\r\n{headers}\r\n12345").as_bytes());
+        for bad in [
+            "Content-Length: 5\r\nContent-Length: 0\r\n",
+            "Content-Length: 5\r\ncontent-length: 5\r\n",
+            "Content-Length: +5\r\n",
+            "Content-Length: -5\r\n",
+            "Content-Length: 0x5\r\n",
+            "Content-Length: 5 5\r\n",
+            "Content-Length: 5,5\r\n",
+            "Content-Length: \r\n",
+            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: identity\r\nContent-Length: 5\r\n",
+        ] {
+            assert_eq!(with(bad), Err(HttpError::Malformed), "{bad:?}");
+        }
+        assert_eq!(with("Content-Length: 99999999999999999999999\r\n"), Err(HttpError::BodyTooLarge));
+        let (req, used) = with("Content-Length:  005 \r\n").unwrap().unwrap();
+        assert_eq!((req.body.as_slice(), used), (&b"12345"[..], 47));
+    }
+
+    #[test]
     fn reads_query_parameters_and_headers() {
         let raw = b"GET /ws?a=1&token=ab%2Bc+d HTTP/1.0\r\nConnection: Upgrade, keep-alive\r\n\r\n";
         let (req, _) = parse_request(raw).unwrap().unwrap();
@@ -264,6 +316,26 @@ mod tests {
         assert_eq!(req.query_param("b"), None);
         assert!(req.header_has_token("connection", "upgrade"));
         assert!(!req.close, "HTTP/1.0 with keep-alive stays open");
+    }
+
+    #[test]
+    fn every_response_forbids_sniffing_and_framing() {
+        let text = |extra: &[(&str, String)]| {
+            let r = Response {
+                status: 404,
+                content_type: "application/json",
+                body: b"{}",
+                extra_headers: extra,
+                close: false,
+            };
+            String::from_utf8(r.encode().to_vec()).unwrap()
+        };
+        let plain = text(&[]);
+        assert!(plain.contains("\r\nX-Content-Type-Options: nosniff\r\n"), "{plain}");
+        assert!(plain.contains("\r\nX-Frame-Options: DENY\r\n"), "{plain}");
+        assert!(plain.contains("\r\nContent-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n"));
+        let own = text(&[("Content-Security-Policy", "default-src 'self'".to_string())]);
+        assert_eq!(own.matches("Content-Security-Policy").count(), 1, "{own}");
     }
 
     #[test]

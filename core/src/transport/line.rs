@@ -1,4 +1,44 @@
-//! Splitting the line port's byte stream into lines, with a bound.
+//! Splitting the line port's byte stream into lines, with a bound; and
+//! rendering text from users so that a terminal shows it rather than obeys it.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+/// `text` as one line a terminal shows as written: line breaks (`\n`,
+/// `\r\n`) become spaces, as ever; every other control character is shown
+/// rather than sent raw, so that nobody can move another user's cursor,
+/// erase their screen or retitle their window (`ESC [ 2 K`, `\r`...).
+/// C0 and DEL in caret notation (`^[` for ESC, `^M` for a lone CR, `^?`),
+/// C1 (U+0080 to U+009F: `CSI` and `NEL` among them) and the Unicode line
+/// and paragraph separators as `\u009b`, `\u2028`. Tab stays. The stored
+/// text, and what WebSocket clients get, is unchanged.
+pub(crate) fn visible_line(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' => out.push(' '),
+            '\r' if chars.peek() == Some(&'\n') => {}
+            c if (c as u32) < 0x20 && c != '\t' => {
+                out.push('^');
+                out.push(char::from(c as u8 + 0x40));
+            }
+            '\u{7f}' => out.push_str("^?"),
+            c if needs_escape(c) => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    (c.is_control() && c != '\t') || c == '\u{2028}' || c == '\u{2029}'
+}
 
 /// One result of [`LineReader::next_line`].
 #[derive(Debug, PartialEq, Eq)]
@@ -48,6 +88,22 @@ impl LineReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_shown_not_sent() {
+        assert!(matches!(visible_line("plain text, tab\there, ünïcödé"), Cow::Borrowed(_)));
+        assert_eq!(visible_line("\u{1b}[2K\rfake"), "^[[2K^Mfake");
+        assert_eq!(visible_line("two\nlines\r\nthree"), "two lines three");
+        assert_eq!(visible_line("\u{0}\u{7}\u{8}\u{1f}\u{7f}"), "^@^G^H^_^?");
+        assert_eq!(visible_line("\u{9b}31m\u{85}\u{80}\u{9f}"), "\\u009b31m\\u0085\\u0080\\u009f");
+        assert_eq!(visible_line("a\u{2028}b\u{2029}c"), "a\\u2028b\\u2029c");
+        assert_eq!(visible_line("\u{a0}\u{200b}"), "\u{a0}\u{200b}", "printable, if odd, is kept");
+        // Every C0 but tab and the line breaks, and C1, come out printable.
+        for c in (0u32..0x20).chain([0x7f]).chain(0x80..0xa0).filter_map(char::from_u32) {
+            let shown = visible_line(&c.to_string()).into_owned();
+            assert!(shown.chars().all(|s| s == '\t' || s == ' ' || !s.is_control()), "{c:?} -> {shown:?}");
+        }
+    }
 
     #[test]
     fn splits_lines_with_either_ending() {

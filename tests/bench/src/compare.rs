@@ -151,6 +151,9 @@ impl Comparison<'_> {
             "1000000",
             "--log",
             "warn",
+            // Every load generator connection comes from loopback.
+            "--max-connections-per-ip",
+            "1000000",
         ]
         .map(str::to_owned)
         .into();

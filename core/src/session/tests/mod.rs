@@ -56,6 +56,24 @@ fn healthz_metrics_page_and_unknown_paths() {
 }
 
 #[test]
+fn metrics_with_a_token_need_it_as_a_bearer() {
+    let config = Config { metrics_token: Some(crate::config::Secret::new("m-token")), ..Config::default() };
+    let mut sim = Sim::new(config);
+    for auth in [None, Some("Bearer nope"), Some("Bearer m-toke"), Some("Basic m-token"), Some("m-token")] {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+        let res = sim.http("GET", "/metrics", "", &headers);
+        assert_eq!((res.status, res.json()["error"].as_str()), (401, Some("unauthorized")), "{auth:?}");
+        assert_eq!(res.header("www-authenticate"), Some("Bearer realm=\"metrics\""));
+    }
+    for auth in ["Bearer m-token", "bearer  m-token"] {
+        let res = sim.http("GET", "/metrics", "", &[("Authorization", auth)]);
+        assert_eq!(res.status, 200, "{auth}");
+        assert!(res.text().contains("natter_connections"));
+    }
+    assert_eq!(sim.http("GET", "/healthz", "", &[]).status, 200, "only /metrics is locked");
+}
+
+#[test]
 fn keep_alive_answers_pipelined_requests_in_order() {
     let mut sim = Sim::new(Config::default());
     let c = sim.connect_http();
@@ -99,6 +117,57 @@ fn upgrade_needs_the_websocket_headers() {
     assert_eq!((res.status, res.header("sec-websocket-version")), (426, Some("13")));
     let keyless = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Version", "13")];
     assert_eq!(sim.http("GET", "/ws", "", &keyless).status, 400);
+    let short_key = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "c2hvcnQ="),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    let res = sim.http("GET", "/ws", "", &short_key);
+    assert_eq!((res.status, res.json()["error"].as_str()), (400, Some("bad_request")));
+}
+
+#[test]
+fn upgrades_from_an_origin_not_listed_get_403() {
+    let config = Config { allowed_origins: vec!["https://chat.example".into()], ..Config::default() };
+    let mut sim = Sim::new(config);
+    let upgrade = |origin: Option<&'static str>| {
+        let mut h = vec![
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", crate::sim::wire::WS_KEY),
+            ("Sec-WebSocket-Version", "13"),
+        ];
+        h.extend(origin.map(|o| ("Origin", o)));
+        h
+    };
+    for (origin, status) in [
+        (Some("https://evil.example"), 403),
+        (Some("http://chat.example"), 403),
+        (Some("https://chat.example.evil"), 403),
+        (Some("null"), 403),
+        (Some("https://chat.example"), 101),
+        (Some("HTTPS://Chat.Example/"), 101),
+        (None, 101),
+    ] {
+        let c = sim.connect_http();
+        sim.send_raw(c, &crate::sim::wire::request("GET", "/ws", b"", &upgrade(origin)));
+        let res = sim.take(c).into_iter().find_map(|e| match e {
+            Event::Http(r) => Some(r),
+            _ => None,
+        });
+        let res = res.expect("an answer");
+        assert_eq!(res.status, status, "{origin:?}: {}", res.text());
+        if status == 403 {
+            assert_eq!(res.json()["error"], "forbidden");
+            assert_eq!(sim.ended(c), Some(Ended::ByServer));
+        }
+    }
+    // Without a list, any origin may connect.
+    let mut open = Sim::new(Config::default());
+    let c = open.connect_http();
+    open.send_raw(c, &crate::sim::wire::request("GET", "/ws", b"", &upgrade(Some("https://evil.example"))));
+    assert!(matches!(&open.take(c)[..], [Event::Http(r)] if r.status == 101));
 }
 
 // ---- accounts -------------------------------------------------------------
@@ -553,6 +622,31 @@ fn handshake_timeout_closes_1008_after_the_upgrade_and_plainly_before() {
 }
 
 #[test]
+fn the_handshake_budget_runs_from_the_connect_through_a_late_upgrade() {
+    let config = Config { handshake_timeout: secs(3), ..Config::default() };
+    let mut sim = Sim::new(config);
+    let c = sim.connect_http();
+    sim.advance(Duration::from_millis(2400));
+    sim.send_upgrade(c, "/ws");
+    assert!(matches!(&sim.take(c)[..], [Event::Http(r)] if r.status == 101));
+    sim.advance(Duration::from_millis(600) - MS);
+    assert!(sim.is_open(c), "closed early");
+    sim.advance(MS);
+    assert_eq!(sim.take(c), [Event::Close { code: Some(1008), reason: "no hello in time".into() }]);
+    assert_eq!(sim.ended(c), Some(Ended::ByServer));
+    // A keep-alive request before the upgrade starts the budget again.
+    let c = sim.connect_http();
+    sim.advance(secs(2));
+    sim.send_raw(c, &crate::sim::wire::request("GET", "/healthz", b"", &[]));
+    sim.advance(secs(2));
+    sim.send_upgrade(c, "/ws");
+    sim.advance(secs(1) - MS);
+    assert!(sim.is_open(c));
+    sim.advance(MS);
+    assert_eq!(sim.close_code(c), Some(1008));
+}
+
+#[test]
 fn a_hello_that_fails_leaves_the_handshake_timer_running() {
     let config = Config { handshake_timeout: secs(10), ..Config::default() };
     let mut sim = Sim::new(config);
@@ -647,6 +741,32 @@ fn max_connections_refuses_with_503_and_a_line() {
     assert!(sim.is_open(a) && sim.is_open(b), "the others are unharmed");
     sim.disconnect(b);
     assert_eq!(sim.http("GET", "/healthz", "", &[]).status, 200);
+}
+
+#[test]
+fn max_connections_per_ip_refuses_that_address_only() {
+    let config = Config { max_connections_per_ip: 3, ..Config::default() };
+    let mut sim = Sim::new(config);
+    let crowd: IpAddr = Ipv4Addr::new(10, 0, 0, 7).into();
+    sim.set_default_peer(crowd);
+    let a = sim.guest("alice");
+    let b = sim.line_guest("bob");
+    let c = sim.connect_http();
+    let l = sim.line_client();
+    assert_eq!(sim.lines(l), ["! unavailable too many connections from your address"]);
+    assert_eq!(sim.ended(l), Some(Ended::ByServer));
+    let res = sim.http("GET", "/healthz", "", &[]);
+    assert_eq!((res.status, res.json()["error"].as_str()), (503, Some("unavailable")));
+    assert_eq!(res.json()["message"], "too many connections from your address");
+    assert_eq!(sim.metrics().connections_refused_per_address.load(std::sync::atomic::Ordering::Relaxed), 2);
+    // Another address is served; the crowd's own connections are unharmed.
+    let other: IpAddr = Ipv4Addr::new(10, 0, 0, 8).into();
+    assert_eq!(sim.http_from(other, "GET", "/healthz", "", &[]).status, 200);
+    assert!(sim.is_open(a) && sim.is_open(b) && sim.is_open(c));
+    // A slot frees when one of them leaves.
+    sim.disconnect(c);
+    assert_eq!(sim.http("GET", "/healthz", "", &[]).status, 200);
+    assert_eq!(sim.metrics().per_address.count(crowd), 2, "refused and finished connections are uncounted");
 }
 
 #[test]
