@@ -57,6 +57,9 @@ struct Reconnects {
     failed: BTreeMap<String, usize>,
     /// `private` frames read after `welcome`, over all reconnects.
     privates: u64,
+    /// Sessions the server closed within the read, by reason (a slow
+    /// consumer: more queued for it than `--max-queue`).
+    closed: BTreeMap<String, usize>,
     /// Connect to `welcome`.
     welcome: Histogram,
 }
@@ -82,6 +85,7 @@ pub(crate) fn run(a: &AttackArgs, k: &InboxArgs) -> Outcome {
         ("reconnects done (welcome)".into(), re.done.to_string()),
         ("reconnects refused".into(), counted(&re.failed)),
         ("private messages read after welcome".into(), re.privates.to_string()),
+        ("reconnected sessions the server closed".into(), counted(&re.closed)),
         ("connect to welcome p50/max ms".into(), format!("{:.1}/{:.1}", w.p50, w.max)),
     ];
     counts.extend(cpu_counts(&window));
@@ -189,6 +193,9 @@ fn reconnect(a: &AttackArgs, k: &InboxArgs, token: &[String]) -> Reconnects {
                 r.privates += u64::from(scan(t).kind == b"private");
             }
         });
+        for (why, n) in std::mem::take(&mut fleet.gone) {
+            *r.closed.entry(why).or_default() += n;
+        }
     }
     r
 }

@@ -157,7 +157,9 @@ pub(crate) fn cpu_counts(w: &Window) -> Vec<(String, String)> {
     if let Some(s) = w.server_cpu_s {
         out.push(("server CPU during the attack".into(), format!("{s:.1} s of {:.1} s", w.seconds)));
     }
-    out.push(("load generator CPU".into(), format!("{:.0}%", w.own_share() * 100.0)));
+    // Past the limit the generator, not the server, may set the attack's pace.
+    let saturated = if w.generator_saturated() { " (saturated)" } else { "" };
+    out.push(("load generator CPU".into(), format!("{:.0}%{saturated}", w.own_share() * 100.0)));
     out
 }
 
