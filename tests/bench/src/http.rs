@@ -43,7 +43,9 @@ impl Conn {
         );
         self.reader.get_mut().write_all(req.as_bytes())?;
         let mut line = String::new();
-        self.reader.read_line(&mut line)?;
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed without an answer"));
+        }
         let status = parse_status(&line).ok_or_else(|| io::Error::other(format!("bad status line {line:?}")))?;
         let mut length = 0usize;
         loop {
