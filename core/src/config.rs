@@ -49,7 +49,8 @@ pub struct Config {
     pub line_idle: Duration,
     /// Serve `GET /echo` (a conformance-suite aid).
     pub echo: bool,
-    /// Failed logins per client address per minute.
+    /// Login attempts per client address per minute that failed or are
+    /// still being checked (counted before the password is hashed).
     pub login_rate: u32,
     /// How many private messages a registered user may have waiting
     /// unacknowledged, from one sender and from everybody; past either,
@@ -69,6 +70,20 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// When set, `GET /metrics` needs `Authorization: Bearer` with it.
     pub metrics_token: Option<Secret>,
+    /// The same per account.
+    pub account_login_rate: u32,
+    /// Registrations per client address per minute (counted before hashing).
+    pub register_rate: u32,
+    /// `name_taken` answers to guest names per client address per minute;
+    /// past it every guest name from the address is `rate_limited`.
+    pub name_probe_rate: u32,
+    /// Sessions opened (`welcome`s) per user per minute.
+    pub user_session_rate: u32,
+    /// Sessions opened per client address per minute.
+    pub peer_session_rate: u32,
+    /// How long a registered user whose last session closed still counts as
+    /// online: a session opening within it cancels the `offline`.
+    pub presence_grace: Duration,
     /// Storage requests the hub lets wait for completion; past it, requests
     /// are answered `unavailable` at once. Not a flag: a safety bound.
     pub store_backlog: usize,
@@ -140,6 +155,12 @@ impl Default for Config {
             query_rate: 10,
             no_guest_private: false,
             guest_secret: GuestSecret([0; 32]),
+            account_login_rate: 20,
+            register_rate: 10,
+            name_probe_rate: 20,
+            user_session_rate: 30,
+            peer_session_rate: 60,
+            presence_grace: Duration::from_secs(2),
             store_backlog: 100_000,
             allowed_origins: Vec::new(),
             // Open: the usual scraper is a Prometheus on the same host or

@@ -90,6 +90,8 @@ impl ToShardInner {
 pub(crate) enum HubClose {
     /// Its token was revoked (close 4001).
     TokenRevoked,
+    /// Its `hello` was refused by the session-open limit (close 1008).
+    TooManySessions,
 }
 
 /// What the session needs to render the answer to a request: the client's

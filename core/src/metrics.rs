@@ -47,6 +47,22 @@ pub struct Metrics {
     pub(crate) per_address: PeerConns,
     /// WebSocket upgrades refused for an `Origin` not in `--allowed-origin`.
     pub origin_refused: AtomicU64,
+    /// Logins refused by the per-address or per-account login limit.
+    pub limited_logins: AtomicU64,
+    /// Registrations refused by the per-address limit.
+    pub limited_registrations: AtomicU64,
+    /// Guest names refused by the per-address name-probe limit.
+    pub limited_name_probes: AtomicU64,
+    /// Session opens refused by the per-user or per-address limit.
+    pub limited_session_opens: AtomicU64,
+    /// `offline`/`online` pairs never sent because the user came back
+    /// within the presence grace.
+    pub presence_coalesced: AtomicU64,
+    /// Password operations refused because the hashing queue was full.
+    pub password_refused: AtomicU64,
+    /// Password operations dropped before their next step because their
+    /// client was gone or the server was stopping.
+    pub password_cancelled: AtomicU64,
     /// Storage requests queued and not yet completed.
     pub store_queue_depth: AtomicI64,
     /// Storage requests completed.
@@ -155,6 +171,32 @@ impl Metrics {
             "counter",
             "WebSocket upgrades refused (403) for an Origin not in --allowed-origin.",
             &[("", c(&self.origin_refused) as f64)],
+        );
+        metric(
+            "natter_abuse_limited_total",
+            "counter",
+            "Requests refused by an abuse limit, by limit.",
+            &[
+                ("{limit=\"login\"}", c(&self.limited_logins) as f64),
+                ("{limit=\"register\"}", c(&self.limited_registrations) as f64),
+                ("{limit=\"name_probe\"}", c(&self.limited_name_probes) as f64),
+                ("{limit=\"session_open\"}", c(&self.limited_session_opens) as f64),
+            ],
+        );
+        metric(
+            "natter_presence_coalesced_total",
+            "counter",
+            "Offline and online events not sent because the user came back within the grace.",
+            &[("", c(&self.presence_coalesced) as f64)],
+        );
+        metric(
+            "natter_password_jobs_dropped_total",
+            "counter",
+            "Password operations not run, by reason.",
+            &[
+                ("{reason=\"queue_full\"}", c(&self.password_refused) as f64),
+                ("{reason=\"cancelled\"}", c(&self.password_cancelled) as f64),
+            ],
         );
         metric(
             "natter_store_queue_depth",

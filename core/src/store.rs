@@ -22,6 +22,33 @@ pub struct StoreRequest {
     pub op: StoreOp,
 }
 
+/// Set by the hub when the client that asked for a password operation is
+/// gone: storage then skips whatever of it has not started (the lookup, the
+/// hash, the write) and completes it as [`StoreError::Overloaded`]. Shared
+/// with the store thread as a one-way flag, like a metric.
+#[derive(Clone, Debug, Default)]
+pub struct Cancel(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancel {
+    /// Whether the client is gone.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The client is gone.
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A request is identified by its id; whether it was cancelled is not part
+/// of what it asks.
+impl PartialEq for Cancel {
+    fn eq(&self, _: &Cancel) -> bool {
+        true
+    }
+}
+
 /// A stored principal: a registered user's name, or for a guest
 /// `name#incarnation`, so that a later guest with the same name never sees an
 /// earlier one's conversations. `#` is not allowed in names, so the two never
@@ -47,14 +74,14 @@ pub enum StoreOp {
     LoadAll,
     /// Creates an account with an argon2id hash of `password`:
     /// [`StoreValue::Registered`], or [`StoreValue::NameTaken`].
-    Register { user: String, password: String },
+    Register { user: String, password: String, cancel: Cancel },
     /// Checks a password and issues a token valid until `now_ms + ttl_ms`:
     /// [`StoreValue::Token`], or [`StoreValue::Rejected`] (unknown user or
     /// wrong password, indistinguishably).
-    Login { user: String, password: String, now_ms: u64, ttl_ms: u64 },
+    Login { user: String, password: String, now_ms: u64, ttl_ms: u64, cancel: Cancel },
     /// Checks a password without issuing a token (line-protocol `/login`):
     /// [`StoreValue::Verified`], or [`StoreValue::Rejected`].
-    Verify { user: String, password: String },
+    Verify { user: String, password: String, cancel: Cancel },
     /// [`StoreValue::TokenUser`] when the token exists, is not revoked and
     /// `now_ms` is before its expiry; else [`StoreValue::Rejected`].
     CheckToken { token: String, now_ms: u64 },
@@ -122,9 +149,9 @@ pub struct NewMessage {
     pub client_id: Option<String>,
     /// Server wall clock, ms since the Unix epoch.
     pub ts: u64,
-    /// For a private message to a registered user: how many of its
-    /// messages may wait unacknowledged. `None` for room messages and
-    /// messages to guests, which have no inbox.
+    /// For a private message to a registered user: it enters the user's
+    /// inbox, unless that already holds this many unacknowledged messages.
+    /// `None` for room messages and messages to guests, which have no inbox.
     pub inbox: Option<InboxBound>,
 }
 

@@ -53,6 +53,23 @@ natter_tests::cases! {
         assert!(metrics.contains("natter_inbox_full_total 2"), "{metrics}");
     }
 
+    fn the_bound_is_for_users_who_are_away_not_for_slow_acknowledgers(bin) {
+        let s = Server::start(bin, &["--inbox-per-sender", "3", "--inbox-per-recipient", "5"]);
+        let (bob, mut b) = s.user("bob");
+        let (_, mut ann) = s.user("ann");
+        // Bob is online and reads, but his client never acknowledges.
+        for i in 0..8 {
+            assert_eq!(ann.tell(&bob.name, &format!("m{i}")), i + 1);
+        }
+        assert_eq!(privates(&mut b, 8).len(), 8);
+        // Once he is away, what he left unacknowledged counts.
+        b.disconnect();
+        natter_tests::eventually(Duration::from_secs(5), "bob to be away", || {
+            let reply = ann.request("send", json!({"to": bob.name, "text": "later"}));
+            (reply["code"] == "inbox_full").then_some(())
+        });
+    }
+
     fn guests_can_be_kept_from_messaging_registered_users(bin) {
         let s = Server::start(bin, &["--no-guest-private"]);
         let (bob, mut b) = s.user("bob");

@@ -124,7 +124,8 @@ natter_tests::cases! {
     }
 
     fn who_lists_the_current_rooms_members(bin) {
-        let s = Server::start(bin, &[]);
+        // No presence grace: bob is offline as soon as his session ends.
+        let s = Server::start(bin, &["--presence-grace", "0"]);
         let (bob, mut b) = s.user("bob");
         b.join(LOBBY);
         b.disconnect();

@@ -301,7 +301,8 @@ natter_tests::cases! {
     }
 
     fn who_lists_room_members_with_their_online_flag(bin) {
-        let s = Server::start(bin, &[]);
+        // No presence grace: bob is offline as soon as his session ends.
+        let s = Server::start(bin, &["--presence-grace", "0"]);
         let room = uniq("room");
         let (alice, mut a) = s.user("alice");
         let (bob, mut b) = s.user("bob");
@@ -327,7 +328,8 @@ natter_tests::cases! {
     }
 
     fn who_without_room_lists_the_users_online_now(bin) {
-        let s = Server::start(bin, &[]);
+        // No presence grace: bob is offline as soon as his session ends.
+        let s = Server::start(bin, &["--presence-grace", "0"]);
         let room = uniq("room");
         let (alice, mut a) = s.user("alice");
         let (bob, mut b) = s.user("bob");

@@ -31,6 +31,9 @@ pub struct Settings {
     pub threads: usize,
     /// Log filter (`--log`), else `RUST_LOG`, else `info`.
     pub log: Option<String>,
+    /// Password hashes that may wait for a hashing thread; more are refused
+    /// at once (503 with `Retry-After`) rather than left waiting long.
+    pub password_queue: usize,
     /// What the core enforces.
     pub core: natter_core::Config,
     /// How the embedded database trades safety for speed.
@@ -78,7 +81,14 @@ const FLAGS: &[(&str, Option<&str>, &str)] = &[
     ("handshake-timeout", Some("SECS"), "time from connect to welcome [default: 10]"),
     ("line-idle", Some("SECS"), "silence that closes a line session [default: 600]"),
     ("echo", None, "also serve GET /echo, a WebSocket echo for conformance suites (a test aid)"),
-    ("login-rate", Some("N"), "failed logins per client address per minute [default: 10]"),
+    ("login-rate", Some("N"), "failed or unfinished logins per client address per minute [default: 10]"),
+    ("account-login-rate", Some("N"), "failed or unfinished logins per account per minute [default: 20]"),
+    ("register-rate", Some("N"), "registrations per client address per minute [default: 10]"),
+    ("name-probe-rate", Some("N"), "guest names refused as taken per client address per minute [default: 20]"),
+    ("user-session-rate", Some("N"), "sessions opened per user per minute [default: 30]"),
+    ("peer-session-rate", Some("N"), "sessions opened per client address per minute [default: 60]"),
+    ("presence-grace", Some("MS"), "a registered user's offline waits this long for a new session [default: 2000]"),
+    ("password-queue", Some("N"), "password hashes that may wait for a hashing thread [default: 16 per thread]"),
     (
         "inbox-per-sender",
         Some("N"),
@@ -196,6 +206,12 @@ where
         query_rate: number(&value("query-rate")?, "query-rate", d.query_rate)?,
         no_guest_private: switch(&value("no-guest-private")?, "no-guest-private")?,
         guest_secret: d.guest_secret,
+        account_login_rate: number(&value("account-login-rate")?, "account-login-rate", d.account_login_rate)?,
+        register_rate: number(&value("register-rate")?, "register-rate", d.register_rate)?,
+        name_probe_rate: number(&value("name-probe-rate")?, "name-probe-rate", d.name_probe_rate)?,
+        user_session_rate: number(&value("user-session-rate")?, "user-session-rate", d.user_session_rate)?,
+        peer_session_rate: number(&value("peer-session-rate")?, "peer-session-rate", d.peer_session_rate)?,
+        presence_grace: millis(&value("presence-grace")?, "presence-grace", d.presence_grace)?,
         store_backlog: d.store_backlog,
         allowed_origins: origins(&value("allowed-origin")?)?,
         metrics_token: secret(value("metrics-token")?, "metrics-token")?,
@@ -215,6 +231,7 @@ where
         redis: url(value("redis")?, "redis", &["redis://", "rediss://"])?,
         threads: number(&value("threads")?, "threads", cores)?,
         log: value("log")?,
+        password_queue: number(&value("password-queue")?, "password-queue", crate::store::DEFAULT_PASSWORD_QUEUE)?,
         core,
         sqlite,
     };
@@ -236,6 +253,13 @@ where
         ("query-rate", settings.core.query_rate as usize),
         ("inbox-per-recipient", settings.core.inbox.per_recipient as usize),
         ("max-ids", settings.sqlite.max_ids as usize),
+        // A limit of 0 would refuse every login, registration or session.
+        ("login-rate", settings.core.login_rate as usize),
+        ("account-login-rate", settings.core.account_login_rate as usize),
+        ("register-rate", settings.core.register_rate as usize),
+        ("user-session-rate", settings.core.user_session_rate as usize),
+        ("peer-session-rate", settings.core.peer_session_rate as usize),
+        ("password-queue", settings.password_queue),
     ] {
         if v == 0 {
             return Err(ConfigExit::Bad(format!("invalid value for --{name}: must be at least 1")));
@@ -285,6 +309,10 @@ fn number<T: std::str::FromStr>(v: &Option<String>, name: &str, default: T) -> R
 
 fn secs(v: &Option<String>, name: &str, default: Duration) -> Result<Duration, ConfigExit> {
     number(v, name, default.as_secs()).map(Duration::from_secs)
+}
+
+fn millis(v: &Option<String>, name: &str, default: Duration) -> Result<Duration, ConfigExit> {
+    number(v, name, default.as_millis() as u64).map(Duration::from_millis)
 }
 
 fn switch(v: &Option<String>, name: &str) -> Result<bool, ConfigExit> {
@@ -398,12 +426,31 @@ mod tests {
     }
 
     #[test]
+    fn abuse_limits_from_flags_env_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("n.toml");
+        std::fs::write(&file, "register-rate = 3\nname-probe-rate = 4\npassword-queue = 8\n").unwrap();
+        let f = file.to_str().unwrap();
+        let s = run(
+            &["--config", f, "--account-login-rate", "5", "--presence-grace", "250"],
+            &[("NATTER_USER_SESSION_RATE", "6"), ("NATTER_PEER_SESSION_RATE", "7")],
+        )
+        .unwrap();
+        assert_eq!((s.core.register_rate, s.core.name_probe_rate, s.core.account_login_rate), (3, 4, 5),);
+        assert_eq!((s.core.user_session_rate, s.core.peer_session_rate, s.password_queue), (6, 7, 8));
+        assert_eq!(s.core.presence_grace, Duration::from_millis(250));
+        assert_eq!(run(&[], &[]).unwrap().password_queue, crate::store::DEFAULT_PASSWORD_QUEUE);
+    }
+
+    #[test]
     fn bad_input_is_one_line() {
         for args in [
             &["--max-frame", "big"][..],
             &["--nope"],
             &["--http", "nowhere"],
             &["--threads", "0"],
+            &["--user-session-rate", "0"],
+            &["--password-queue", "0"],
             &["--database", "mysql://x"],
             &["--redis", "redis://x"],
         ] {

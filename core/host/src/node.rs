@@ -14,7 +14,7 @@ use natter_core::{Hub, HubAction, HubInput, Metrics, Now, Shard, ToHub, ToShard}
 
 use crate::config::{self, ConfigExit, Settings};
 use crate::mailbox::Mailbox;
-use crate::store::{spawn_store, Backend, SqliteBackend, StoreHandle};
+use crate::store::{spawn_store_with, Backend, SqliteBackend, StoreConfig, StoreHandle};
 
 /// How long shutdown waits for clients to take their close frames.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -107,7 +107,8 @@ impl Seat {
         let sink_inbox = Arc::clone(&inbox);
         let sink = Arc::new(move |done: Vec<StoreDone>| sink_inbox.push(ShardMail::Store(done)));
         let backend = SqliteBackend::open(dir).expect("a database in a temporary directory");
-        let store = spawn_store(backend, sink, Arc::clone(&metrics), STORE_QUEUE).expect("a store thread");
+        let store = spawn_store_with(backend, sink, Arc::clone(&metrics), StoreConfig::new(STORE_QUEUE))
+            .expect("a store thread");
         let hub = Hub::new(config.clone(), Arc::clone(&metrics), Vec::new(), Vec::new(), now());
         let shard = Shard::with_hub(Arc::new(config), metrics, hub);
         Seat { shard, inbox, link: Link::Local(Arc::new(store)) }
@@ -200,10 +201,11 @@ impl Node {
         let threads = settings.threads;
         let inboxes: Vec<Arc<Mailbox<ShardMail>>> = (0..threads).map(|_| Arc::default()).collect();
         let (store, seats, hub_thread);
+        let store_config = StoreConfig { password_queue: settings.password_queue, ..StoreConfig::new(STORE_QUEUE) };
         if threads == 1 {
             let inbox = Arc::clone(&inboxes[0]);
             let sink = Arc::new(move |done: Vec<StoreDone>| inbox.push(ShardMail::Store(done)));
-            store = Arc::new(spawn_store(backend, sink, Arc::clone(&metrics), STORE_QUEUE).map_err(fail)?);
+            store = Arc::new(spawn_store_with(backend, sink, Arc::clone(&metrics), store_config).map_err(fail)?);
             let shard = Shard::with_hub(Arc::clone(&config), Arc::clone(&metrics), hub);
             seats = vec![Seat { shard, inbox: Arc::clone(&inboxes[0]), link: Link::Local(Arc::clone(&store)) }];
             hub_thread = None;
@@ -211,7 +213,7 @@ impl Node {
             let hub_inbox: Arc<Mailbox<HubMail>> = Arc::default();
             let sink_inbox = Arc::clone(&hub_inbox);
             let sink = Arc::new(move |done: Vec<StoreDone>| sink_inbox.push(HubMail::Store(done)));
-            store = Arc::new(spawn_store(backend, sink, Arc::clone(&metrics), STORE_QUEUE).map_err(fail)?);
+            store = Arc::new(spawn_store_with(backend, sink, Arc::clone(&metrics), store_config).map_err(fail)?);
             let thread = spawn_hub(hub, Arc::clone(&hub_inbox), inboxes.clone(), Arc::clone(&store)).map_err(fail)?;
             seats = inboxes
                 .iter()

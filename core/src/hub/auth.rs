@@ -12,11 +12,10 @@ use super::state::{InboxRead, Online, Phase, SessionInfo};
 use super::{unavailable, Hub};
 use crate::ids::{is_valid_name, SessionId};
 use crate::link::{ApiCall, ApiResponse, Auth, HubClose, Tag, ToShardInner};
+use crate::metrics::Metrics;
 use crate::reply::{ErrorCode, Failure, Reply, RoomMark};
-use crate::store::{StoreError, StoreOp, StoreValue};
+use crate::store::{Cancel, StoreError, StoreOp, StoreValue};
 use crate::time::Now;
-
-const LOGIN_WINDOW_MS: u64 = 60_000;
 
 impl Hub {
     pub(super) fn hello(&mut self, now: Now, sid: SessionId, tag: Tag, auth: Auth, line: bool, peer: IpAddr) {
@@ -35,39 +34,77 @@ impl Hub {
             let f = Failure::new(ErrorCode::AlreadyAuthenticated, "this session has said hello already");
             return self.reply(sid, tag, Err(f));
         }
+        // Before any work: a client opening sessions in a loop costs us a
+        // check, not a token lookup or a hash.
+        if let Some(retry) = self.limits.open_limited(now.unix_ms, peer, None) {
+            return self.refuse_open(sid, tag, retry);
+        }
         match auth {
             Auth::Token(token) => {
                 self.set_phase(sid, Phase::Welcoming);
                 let op = StoreOp::CheckToken { token: token.clone(), now_ms: now.unix_ms };
                 self.store(now, op, Pending::Authenticate { sid, tag, how: AuthKind::Token(token) });
             }
-            Auth::Guest(name) => match self.guest_name_problem(&name) {
+            Auth::Guest(name) => match self.guest_name_problem(now, peer, &name) {
                 Some(f) => self.reply(sid, tag, Err(f)),
-                None => self.welcome_guest(sid, tag, name, None),
+                None => self.open_guest(now, sid, tag, peer, name, None),
             },
-            Auth::Resume { name, resume } => match self.guest_name_problem_for_resume(&name, &resume) {
+            Auth::Resume { name, resume } => match self.guest_name_problem_for_resume(now, peer, &name, &resume) {
                 Err(f) => self.reply(sid, tag, Err(f)),
-                Ok(key) => self.welcome_guest(sid, tag, name, key),
+                Ok(key) => self.open_guest(now, sid, tag, peer, name, key),
             },
-            Auth::Password { user, password } => {
-                if let Some(retry) = self.login_limited(now, peer) {
-                    let f = Failure::new(ErrorCode::RateLimited, format!("too many failed logins; retry in {retry} s"));
-                    return self.reply(sid, tag, Err(f));
-                }
-                self.set_phase(sid, Phase::Welcoming);
-                let op = StoreOp::Verify { user: user.clone(), password };
-                self.store(now, op, Pending::Authenticate { sid, tag, how: AuthKind::Password(user) });
-            }
-            Auth::Register { user, password } => {
-                if let Some(f) = self.registration_problem(&user, &password) {
-                    return self.reply(sid, tag, Err(f));
-                }
-                self.set_phase(sid, Phase::Welcoming);
-                self.state.reserved.insert(user.clone());
-                let op = StoreOp::Register { user: user.clone(), password };
-                self.store(now, op, Pending::Authenticate { sid, tag, how: AuthKind::Register(user) });
-            }
+            Auth::Password { user, password } => self.line_login(now, sid, tag, peer, user, password),
+            Auth::Register { user, password } => self.line_register(now, sid, tag, peer, user, password),
         }
+    }
+
+    /// Line `/login USER PASSWORD`.
+    fn line_login(&mut self, now: Now, sid: SessionId, tag: Tag, peer: IpAddr, user: String, password: String) {
+        let user = self.state.canonical(user);
+        if let Some(retry) = self.limits.open_limited(now.unix_ms, peer, Some(&user)) {
+            return self.refuse_open(sid, tag, retry);
+        }
+        let ticket = match self.limits.reserve_login(now.unix_ms, peer, &user) {
+            Ok(ticket) => ticket,
+            Err(retry) => {
+                Metrics::add(&self.metrics.limited_logins, 1);
+                return self.reply(sid, tag, Err(too_many("failed logins", retry)));
+            }
+        };
+        self.set_phase(sid, Phase::Welcoming);
+        let cancel = self.cancel_for(sid);
+        let op = StoreOp::Verify { user: user.clone(), password, cancel };
+        self.store(now, op, Pending::Authenticate { sid, tag, how: AuthKind::Password(user, ticket) });
+    }
+
+    /// Line `/register USER PASSWORD`.
+    fn line_register(&mut self, now: Now, sid: SessionId, tag: Tag, peer: IpAddr, user: String, password: String) {
+        if let Err((f, _)) = self.registration_problem(now, peer, &user, &password) {
+            return self.reply(sid, tag, Err(f));
+        }
+        if let Some(retry) = self.limits.open_limited(now.unix_ms, peer, Some(&user)) {
+            return self.refuse_open(sid, tag, retry);
+        }
+        self.set_phase(sid, Phase::Welcoming);
+        self.state.reserve(user.clone());
+        let cancel = self.cancel_for(sid);
+        let op = StoreOp::Register { user: user.clone(), password, cancel };
+        self.store(now, op, Pending::Authenticate { sid, tag, how: AuthKind::Register(user) });
+    }
+
+    /// A cancel flag for `sid`'s password operation, raised if it closes.
+    fn cancel_for(&mut self, sid: SessionId) -> Cancel {
+        let cancel = Cancel::default();
+        self.cancels.insert(sid, cancel.clone());
+        cancel
+    }
+
+    /// Refuses a `hello` past the session-open limit and closes the session.
+    pub(super) fn refuse_open(&mut self, sid: SessionId, tag: Tag, retry: u64) {
+        Metrics::add(&self.metrics.limited_session_opens, 1);
+        self.set_phase(sid, Phase::New);
+        self.reply(sid, tag, Err(too_many("sessions opened", retry)));
+        self.push(sid.shard(), ToShardInner::Close { sid, reason: HubClose::TooManySessions });
     }
 
     fn set_phase(&mut self, sid: SessionId, phase: Phase) {
@@ -76,36 +113,57 @@ impl Hub {
         }
     }
 
-    pub(super) fn guest_name_problem(&self, name: &str) -> Option<Failure> {
+    pub(super) fn guest_name_problem(&mut self, now: Now, peer: IpAddr, name: &str) -> Option<Failure> {
         if self.config.no_guests {
             return Some(Failure::new(ErrorCode::GuestsDisabled, "this server does not accept guests; log in"));
         }
         if !is_valid_name(name) {
             return Some(Failure::new(ErrorCode::BadName, "names have 1 to 32 of A-Z a-z 0-9 _ - ."));
         }
+        // Past the limit every name is refused, free or not: otherwise the
+        // answers would still tell which names are registered.
+        if let Some(retry) = self.limits.probes_by_peer.limited(now.unix_ms, &peer) {
+            Metrics::add(&self.metrics.limited_name_probes, 1);
+            return Some(too_many("names refused as taken", retry));
+        }
         if self.name_in_use(name) {
+            self.limits.probes_by_peer.hit(now.unix_ms, &peer);
             return Some(Failure::new(ErrorCode::NameTaken, format!("the name {name} is taken")));
         }
         None
     }
 
+    /// Whether `name` is registered, being registered or online, in any case.
     fn name_in_use(&self, name: &str) -> bool {
-        self.state.registered.contains(name)
-            || self.state.reserved.contains(name)
-            || self.state.online.contains_key(name)
+        self.state.resolve(name).is_some()
     }
 
-    fn registration_problem(&self, user: &str, password: &str) -> Option<Failure> {
+    /// Why `user` cannot register now, with the seconds to wait when it is
+    /// the rate. A well-formed attempt counts against the address's
+    /// registration limit before the name is looked up, so registering is no
+    /// faster a way to probe names than a guest `hello`, and nothing is hashed
+    /// past the limit.
+    fn registration_problem(
+        &mut self,
+        now: Now,
+        peer: IpAddr,
+        user: &str,
+        password: &str,
+    ) -> Result<(), (Failure, Option<u64>)> {
         if !is_valid_name(user) {
-            return Some(Failure::new(ErrorCode::BadName, "names have 1 to 32 of A-Z a-z 0-9 _ - ."));
+            return Err((Failure::new(ErrorCode::BadName, "names have 1 to 32 of A-Z a-z 0-9 _ - ."), None));
         }
         if !(8..=1024).contains(&password.chars().count()) {
-            return Some(Failure::new(ErrorCode::BadRequest, "a password has 8 to 1024 characters"));
+            return Err((Failure::new(ErrorCode::BadRequest, "a password has 8 to 1024 characters"), None));
+        }
+        if let Err(retry) = self.limits.register_by_peer.take(now.unix_ms, &peer) {
+            Metrics::add(&self.metrics.limited_registrations, 1);
+            return Err((too_many("registrations", retry), Some(retry)));
         }
         if self.name_in_use(user) {
-            return Some(Failure::new(ErrorCode::NameTaken, format!("the name {user} is taken")));
+            return Err((Failure::new(ErrorCode::NameTaken, format!("the name {user} is taken")), None));
         }
-        None
+        Ok(())
     }
 
     /// Marks the session welcomed; returns whether it is a line session.
@@ -132,45 +190,57 @@ impl Hub {
         how: AuthKind,
         result: Result<StoreValue, StoreError>,
     ) {
-        if let AuthKind::Register(user) = &how {
-            self.state.reserved.remove(user);
-            if result == Ok(StoreValue::Registered) {
-                self.state.registered.insert(user.clone());
-            }
-        }
-        if !self.state.sessions.contains_key(&sid) {
-            return;
-        }
+        self.cancels.remove(&sid);
+        self.settle_password(&how, &result);
+        let Some(peer) = self.state.sessions.get(&sid).map(|i| i.peer) else { return };
         let outcome = match (how, result) {
             (AuthKind::Token(token), Ok(StoreValue::TokenUser { user, expires_ms })) => {
                 Ok((user, Some(token), Some(expires_ms)))
             }
-            (AuthKind::Password(user), Ok(StoreValue::Verified))
+            (AuthKind::Password(user, _), Ok(StoreValue::Verified))
             | (AuthKind::Register(user), Ok(StoreValue::Registered)) => Ok((user, None, None)),
             (AuthKind::Token(_), Ok(_)) => {
                 Err(Failure::new(ErrorCode::InvalidToken, "the token is unknown, expired or revoked"))
             }
-            (AuthKind::Password(_), Ok(_)) => {
-                let peer = self.state.sessions[&sid].peer;
-                self.login_failed(now, peer);
+            (AuthKind::Password(..), Ok(_)) => {
                 Err(Failure::new(ErrorCode::InvalidCredentials, "wrong user name or password"))
             }
             (AuthKind::Register(user), Ok(_)) => {
                 Err(Failure::new(ErrorCode::NameTaken, format!("the name {user} is taken")))
             }
+            (_, Err(StoreError::Overloaded)) => Err(busy()),
             (_, Err(_)) => Err(unavailable()),
         };
         match outcome {
-            Ok((user, token, expires_ms)) => {
-                let op = StoreOp::ReadMarks { user: user.clone() };
-                self.store(now, op, Pending::Welcome { sid, tag, user, token, expires_ms });
-            }
-            Err(f) => {
-                if let Some(info) = self.state.sessions.get_mut(&sid) {
-                    info.phase = Phase::New;
+            Ok((user, token, expires_ms)) => match self.limits.open_limited(now.unix_ms, peer, Some(&user)) {
+                Some(retry) => self.refuse_open(sid, tag, retry),
+                None => {
+                    let op = StoreOp::ReadMarks { user: user.clone() };
+                    self.store(now, op, Pending::Welcome { sid, tag, user, token, expires_ms });
                 }
+            },
+            Err(f) => {
+                self.set_phase(sid, Phase::New);
                 self.reply(sid, tag, Err(f));
             }
+        }
+    }
+
+    /// What a finished password operation changes whether or not its client
+    /// is still there: the name reservation and the login count.
+    pub(super) fn settle_password(&mut self, how: &AuthKind, result: &Result<StoreValue, StoreError>) {
+        match (how, result) {
+            (AuthKind::Register(user), result) => {
+                self.state.unreserve(user);
+                if *result == Ok(StoreValue::Registered) {
+                    self.state.register(user.clone());
+                }
+            }
+            // A wrong password keeps its count; a right one or one never
+            // checked gives it back.
+            (AuthKind::Password(_, _), Ok(StoreValue::Rejected)) => {}
+            (AuthKind::Password(_, ticket), _) => self.limits.release_login(ticket),
+            (AuthKind::Token(_), _) => {}
         }
     }
 
@@ -186,25 +256,30 @@ impl Hub {
         expires_ms: Option<u64>,
         result: Result<StoreValue, StoreError>,
     ) {
-        let Some(info) = self.state.sessions.get_mut(&sid) else { return };
+        if !self.state.sessions.contains_key(&sid) {
+            return;
+        }
         let marks = match result {
             Ok(StoreValue::ReadMarks { marks }) => marks,
             _ => {
-                info.phase = Phase::New;
+                self.set_phase(sid, Phase::New);
                 return self.reply(sid, tag, Err(unavailable()));
             }
         };
-        if self.state.online.get(&user).is_some_and(|o| o.guest) {
+        let guest_twin =
+            self.state.resolve(&user).and_then(|name| self.state.online.get(name)).is_some_and(|o| o.guest);
+        if guest_twin {
             // A guest took the name while the account did not exist yet.
-            info.phase = Phase::New;
+            self.set_phase(sid, Phase::New);
             let f = Failure::new(ErrorCode::NameTaken, format!("a guest is online as {user}"));
             return self.reply(sid, tag, Err(f));
         }
+        let Some(info) = self.state.sessions.get_mut(&sid) else { return };
         info.inbox = InboxRead::Reading;
+        let peer = info.peer;
+        self.limits.opened(now.unix_ms, peer, &user);
         let line = self.set_welcomed(sid, &user, token);
-        let online = self.state.add_online(&user, Online { key: user.clone(), guest: false, sessions: Vec::new() });
-        let first = online.sessions.is_empty();
-        online.sessions.push(sid);
+        let first = self.add_registered_session(&user, sid);
         let rooms: Vec<String> = self.state.memberships.get(&user).cloned().unwrap_or_default();
         if first {
             for room in &rooms {
@@ -240,9 +315,33 @@ impl Hub {
         self.store(now, op, Pending::Ack { sid, tag: None });
     }
 
+    /// Adds a session of registered `user`; returns whether it is the first
+    /// (`online` is due). A session opening within the presence grace after
+    /// the last one closed cancels the pending `offline`, and sends no
+    /// `online` either: the user never stopped being online to others.
+    fn add_registered_session(&mut self, user: &str, sid: SessionId) -> bool {
+        if !self.state.online.contains_key(user) {
+            let online = Online { key: user.to_string(), guest: false, sessions: Vec::new(), gone: None };
+            self.state.set_online(user.to_string(), online);
+        }
+        let Some(online) = self.state.online.get_mut(user) else { return false };
+        let back = online.gone.take().is_some();
+        let first = online.sessions.is_empty() && !back;
+        online.sessions.push(sid);
+        if back {
+            Metrics::add(&self.metrics.presence_coalesced, 1);
+        }
+        first
+    }
+
     /// A session ended: presence for its user's last session, and a guest's
-    /// memberships end with it.
-    pub(super) fn closed(&mut self, sid: SessionId) {
+    /// memberships end with it. A registered user's `offline` waits for the
+    /// presence grace (see [`Hub::end_graces`]); until then it still counts
+    /// as online, in `who` too, so presence and `who` agree.
+    pub(super) fn closed(&mut self, now: Now, sid: SessionId) {
+        if let Some(cancel) = self.cancels.remove(&sid) {
+            cancel.cancel();
+        }
         let Some(info) = self.state.sessions.remove(&sid) else { return };
         let Phase::Welcomed { user, .. } = info.phase else { return };
         self.count_session(info.line, -1);
@@ -251,22 +350,49 @@ impl Hub {
         if !online.sessions.is_empty() {
             return;
         }
-        let guest = online.guest;
-        self.state.remove_online(&user);
-        let rooms: Vec<String> = self.state.memberships.get(&user).cloned().unwrap_or_default();
-        for room in rooms {
-            if guest {
-                let targets = self.room_sessions(&room, Some(&user), false);
-                self.deliver(&targets, &presence(&room, &user, Presence::Leave));
-                self.state.remove_member(&user, &room);
-            } else {
-                let targets = self.room_sessions(&room, Some(&user), false);
-                self.deliver(&targets, &presence(&room, &user, Presence::Offline));
+        if online.guest {
+            return self.guest_gone(&user);
+        }
+        if self.config.presence_grace.is_zero() {
+            return self.registered_gone(&user);
+        }
+        let due = now.instant + self.config.presence_grace;
+        online.gone = Some(due);
+        self.grace.push_back((due, user));
+    }
+
+    /// Sends the `offline`s whose grace is over.
+    pub(super) fn end_graces(&mut self, now: Now) {
+        while let Some((due, _)) = self.grace.front() {
+            if *due > now.instant {
+                break;
+            }
+            let Some((due, user)) = self.grace.pop_front() else { break };
+            let still_gone = self.state.online.get(&user).is_some_and(|o| o.gone == Some(due) && o.sessions.is_empty());
+            if still_gone {
+                self.registered_gone(&user);
             }
         }
-        if guest {
-            self.update_room_gauge();
+    }
+
+    fn registered_gone(&mut self, user: &str) {
+        self.state.remove_online(user);
+        let rooms: Vec<String> = self.state.memberships.get(user).cloned().unwrap_or_default();
+        for room in rooms {
+            let targets = self.room_sessions(&room, Some(user), false);
+            self.deliver(&targets, &presence(&room, user, Presence::Offline));
         }
+    }
+
+    fn guest_gone(&mut self, user: &str) {
+        self.state.remove_online(user);
+        let rooms: Vec<String> = self.state.memberships.get(user).cloned().unwrap_or_default();
+        for room in rooms {
+            let targets = self.room_sessions(&room, Some(user), false);
+            self.deliver(&targets, &presence(&room, user, Presence::Leave));
+            self.state.remove_member(user, &room);
+        }
+        self.update_room_gauge();
     }
 
     // ---- the HTTP account API ---------------------------------------------
@@ -274,26 +400,34 @@ impl Hub {
     pub(super) fn api(&mut self, now: Now, sid: SessionId, call: ApiCall, peer: IpAddr) {
         match call {
             ApiCall::Register { user, password } => {
-                if let Some(f) = self.registration_problem(&user, &password) {
+                if let Err((f, retry)) = self.registration_problem(now, peer, &user, &password) {
                     let (status, code) = match f.code {
+                        ErrorCode::RateLimited => (429, "rate_limited"),
                         ErrorCode::NameTaken => (409, "name_taken"),
                         ErrorCode::BadName => (400, "bad_name"),
                         _ => (400, "bad_password"),
                     };
-                    return self.api_error(sid, status, code, &f.message, None);
+                    return self.api_error(sid, status, code, &f.message, retry);
                 }
-                self.state.reserved.insert(user.clone());
-                let op = StoreOp::Register { user: user.clone(), password };
+                self.state.reserve(user.clone());
+                let cancel = self.cancel_for(sid);
+                let op = StoreOp::Register { user: user.clone(), password, cancel };
                 self.store(now, op, Pending::ApiRegister { sid, user });
             }
             ApiCall::Login { user, password } => {
-                if let Some(retry) = self.login_limited(now, peer) {
-                    let msg = format!("too many failed logins; retry in {retry} s");
-                    return self.api_error(sid, 429, "rate_limited", &msg, Some(retry));
-                }
+                let user = self.state.canonical(user);
+                let ticket = match self.limits.reserve_login(now.unix_ms, peer, &user) {
+                    Ok(ticket) => ticket,
+                    Err(retry) => {
+                        Metrics::add(&self.metrics.limited_logins, 1);
+                        let msg = format!("too many failed logins; retry in {retry} s");
+                        return self.api_error(sid, 429, "rate_limited", &msg, Some(retry));
+                    }
+                };
                 let ttl_ms = self.config.token_ttl.as_millis() as u64;
-                let op = StoreOp::Login { user: user.clone(), password, now_ms: now.unix_ms, ttl_ms };
-                self.store(now, op, Pending::ApiLogin { sid, peer, user });
+                let cancel = self.cancel_for(sid);
+                let op = StoreOp::Login { user: user.clone(), password, now_ms: now.unix_ms, ttl_ms, cancel };
+                self.store(now, op, Pending::ApiLogin { sid, ticket, user });
             }
             ApiCall::Logout { token } => {
                 self.store(now, StoreOp::Revoke { token: token.clone() }, Pending::ApiLogout { sid, token });
@@ -301,27 +435,37 @@ impl Hub {
         }
     }
 
-    pub(super) fn complete_api(&mut self, now: Now, pending: Pending, result: Result<StoreValue, StoreError>) {
+    /// What a finished HTTP register or login changes whether or not its
+    /// client is still there.
+    pub(super) fn settle_api(&mut self, pending: &Pending, result: &Result<StoreValue, StoreError>) {
+        match pending {
+            Pending::ApiRegister { user, .. } => self.settle_password(&AuthKind::Register(user.clone()), result),
+            // A wrong password keeps its count (see `settle_password`).
+            Pending::ApiLogin { .. } if matches!(result, Ok(StoreValue::Rejected)) => {}
+            Pending::ApiLogin { ticket, .. } => self.limits.release_login(ticket),
+            _ => {}
+        }
+    }
+
+    pub(super) fn complete_api(&mut self, _now: Now, pending: Pending, result: Result<StoreValue, StoreError>) {
+        if let Pending::ApiRegister { sid, .. } | Pending::ApiLogin { sid, .. } = &pending {
+            self.cancels.remove(sid);
+        }
+        self.settle_api(&pending, &result);
         match (pending, result) {
-            (Pending::ApiRegister { sid, user }, result) => {
-                self.state.reserved.remove(&user);
-                match result {
-                    Ok(StoreValue::Registered) => {
-                        self.state.registered.insert(user.clone());
-                        self.api_json(sid, 201, json!({ "user": user }));
-                    }
-                    Ok(_) => self.api_error(sid, 409, "name_taken", &format!("the name {user} is taken"), None),
-                    Err(_) => self.api_unavailable(sid),
-                }
+            (Pending::ApiRegister { sid, .. } | Pending::ApiLogin { sid, .. }, Err(StoreError::Overloaded)) => {
+                self.api_error(sid, 503, "unavailable", "the server is busy; retry shortly", Some(BUSY_RETRY_S));
             }
-            (Pending::ApiLogin { sid, peer, user }, result) => match result {
+            (Pending::ApiRegister { sid, user }, result) => match result {
+                Ok(StoreValue::Registered) => self.api_json(sid, 201, json!({ "user": user })),
+                Ok(_) => self.api_error(sid, 409, "name_taken", &format!("the name {user} is taken"), None),
+                Err(_) => self.api_unavailable(sid),
+            },
+            (Pending::ApiLogin { sid, user, .. }, result) => match result {
                 Ok(StoreValue::Token { token, expires_ms }) => {
                     self.api_json(sid, 200, json!({ "token": token, "user": user, "expires_ms": expires_ms }))
                 }
-                Ok(_) => {
-                    self.login_failed(now, peer);
-                    self.api_error(sid, 401, "invalid_credentials", "wrong user name or password", None);
-                }
+                Ok(_) => self.api_error(sid, 401, "invalid_credentials", "wrong user name or password", None),
                 Err(_) => self.api_unavailable(sid),
             },
             (Pending::ApiLogout { sid, token }, result) => match result {
@@ -361,25 +505,15 @@ impl Hub {
     pub(super) fn api_unavailable(&mut self, sid: SessionId) {
         self.api_error(sid, 503, "unavailable", "storage is unavailable; nothing was done", None);
     }
+}
 
-    // ---- failed-login limit -------------------------------------------------
+/// `Retry-After` when the password queue is full, seconds.
+const BUSY_RETRY_S: u64 = 1;
 
-    /// `Some(seconds to wait)` when `peer` used up its failed logins.
-    fn login_limited(&self, now: Now, peer: IpAddr) -> Option<u64> {
-        let &(start, count) = self.login_failures.get(&peer)?;
-        let end = start + LOGIN_WINDOW_MS;
-        (now.unix_ms < end && count >= self.config.login_rate).then(|| (end - now.unix_ms).div_ceil(1000).max(1))
-    }
+fn busy() -> Failure {
+    Failure::new(ErrorCode::Unavailable, "the server is busy; retry shortly")
+}
 
-    fn login_failed(&mut self, now: Now, peer: IpAddr) {
-        if self.login_failures.len() > 100_000 {
-            // Bounded: forget windows that are over.
-            self.login_failures.retain(|_, (start, _)| now.unix_ms < *start + LOGIN_WINDOW_MS);
-        }
-        let entry = self.login_failures.entry(peer).or_insert((now.unix_ms, 0));
-        if now.unix_ms >= entry.0 + LOGIN_WINDOW_MS {
-            *entry = (now.unix_ms, 0);
-        }
-        entry.1 += 1;
-    }
+fn too_many(what: &str, retry: u64) -> Failure {
+    Failure::new(ErrorCode::RateLimited, format!("too many {what}; retry in {retry} s"))
 }

@@ -10,8 +10,8 @@ use crate::link::Tag;
 use crate::reply::{ErrorCode, Failure, Recovery, Reply};
 use crate::session::rate::RateLimit;
 use crate::store::{
-    is_guest_key, InboxLimit, InboxMessage, NewMessage, SeqRange, StoreError, StoreOp, StoreValue, StoredMessage,
-    Target,
+    is_guest_key, InboxBound, InboxLimit, InboxMessage, NewMessage, SeqRange, StoreError, StoreOp, StoreValue,
+    StoredMessage, Target,
 };
 use crate::time::Now;
 use crate::transport::request::{ClientRequest, Target as To};
@@ -70,6 +70,13 @@ impl Hub {
                 } else if guest {
                     return self.apply_join(now, sid, tag, &user, room, since);
                 } else {
+                    if since.is_some() {
+                        // Another session of the user may make it a member
+                        // before this join is stored: from now on this
+                        // session's live messages of the room wait for its
+                        // replay, which the `ok` precedes.
+                        self.mark_replaying(sid, &room);
+                    }
                     let op = StoreOp::Join { user: user.clone(), room: room.clone() };
                     return self.store(now, op, Pending::Join { sid, tag, user, room, since });
                 }
@@ -110,7 +117,7 @@ impl Hub {
                                 Err(Failure::new(ErrorCode::Forbidden, "guests may not message registered users here"))
                             }
                             Some(to_key) => {
-                                let inbox = (!is_guest_key(&to_key)).then_some(self.config.inbox);
+                                let inbox = (!is_guest_key(&to_key)).then(|| self.inbox_bound(&to));
                                 let message = NewMessage { to: Some(to), inbox, ..message };
                                 let target = Target::Conversation(my_key, to_key.clone());
                                 let op = StoreOp::Append { target, message: message.clone() };
@@ -227,10 +234,22 @@ impl Hub {
         self.joined(now, sid, tag, room, since);
     }
 
-    fn start_replay(&mut self, now: Now, sid: SessionId, tag: Tag, room: String, since: u64) {
+    fn mark_replaying(&mut self, sid: SessionId, room: &str) {
         if let Some(info) = self.state.sessions.get_mut(&sid) {
-            info.replaying.push(room.clone());
+            if !info.replaying.iter().any(|r| r == room) {
+                info.replaying.push(room.to_string());
+            }
         }
+    }
+
+    fn unmark_replaying(&mut self, sid: SessionId, room: &str) {
+        if let Some(info) = self.state.sessions.get_mut(&sid) {
+            info.replaying.retain(|r| r != room);
+        }
+    }
+
+    fn start_replay(&mut self, now: Now, sid: SessionId, tag: Tag, room: String, since: u64) {
+        self.mark_replaying(sid, &room);
         let op = StoreOp::History {
             target: Target::Room(room.clone()),
             range: SeqRange::After { after: since, limit: REPLAY_LIMIT },
@@ -386,7 +405,10 @@ impl Hub {
             }
             Pending::Join { sid, tag, user, room, since } => match result {
                 Ok(_) => self.apply_join(now, sid, tag, &user, room, since),
-                Err(_) => self.reply(sid, tag, Err(unavailable())),
+                Err(_) => {
+                    self.unmark_replaying(sid, &room);
+                    self.reply(sid, tag, Err(unavailable()))
+                }
             },
             Pending::Leave { sid, tag, user, room } => match result {
                 Ok(_) => self.apply_leave(sid, tag, &user, &room),
@@ -434,6 +456,20 @@ impl Hub {
                     self.reply(sid, tag, result.map(|_| Reply::Done).map_err(|_| unavailable()));
                 }
             }
+        }
+    }
+}
+
+impl Hub {
+    /// How full `to`'s inbox may get. The bound protects a user who is away
+    /// (its inbox only fills); one with a session reads as it goes, so its
+    /// senders are not refused because its client acknowledges late or never.
+    fn inbox_bound(&self, to: &str) -> InboxBound {
+        let online = self.state.online.get(to).is_some_and(|o| !o.sessions.is_empty());
+        if online {
+            InboxBound { per_sender: u32::MAX, per_recipient: u32::MAX }
+        } else {
+            self.config.inbox
         }
     }
 }

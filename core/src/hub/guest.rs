@@ -13,6 +13,8 @@
 //! so it cannot be guessed or made for another name, and it expires with the
 //! server process (a restart makes every guest new).
 
+use std::net::IpAddr;
+
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -21,21 +23,43 @@ use super::Hub;
 use crate::ids::SessionId;
 use crate::link::{Tag, ToShardInner};
 use crate::reply::{Failure, Reply, RoomMark};
+use crate::time::Now;
 
 /// Bytes of the MAC kept in a `resume` secret: 128 bits.
 const MAC_BYTES: usize = 16;
 
 impl Hub {
-    /// Welcomes a guest: a new principal, or `key` when it proved to be an
-    /// earlier one.
-    pub(super) fn welcome_guest(&mut self, sid: SessionId, tag: Tag, name: String, key: Option<String>) {
+    /// A guest whose name is free: welcomed, unless it opened too many
+    /// sessions lately. `key` is its principal when it proved to be an
+    /// earlier guest.
+    pub(super) fn open_guest(
+        &mut self,
+        now: Now,
+        sid: SessionId,
+        tag: Tag,
+        peer: IpAddr,
+        name: String,
+        key: Option<String>,
+    ) {
+        match self.limits.open_limited(now.unix_ms, peer, Some(&name)) {
+            Some(retry) => self.refuse_open(sid, tag, retry),
+            None => {
+                self.limits.opened(now.unix_ms, peer, &name);
+                self.welcome_guest(sid, tag, name, key);
+            }
+        }
+    }
+
+    fn welcome_guest(&mut self, sid: SessionId, tag: Tag, name: String, key: Option<String>) {
         let key = key.unwrap_or_else(|| {
             self.guests += 1;
             format!("{name}#{}.{}", self.incarnation, self.guests)
         });
         let resume = self.resume_secret(&key);
-        let online = self.state.add_online(&name, Online { key, guest: true, sessions: Vec::new() });
-        online.sessions.push(sid);
+        match self.state.online.get_mut(&name) {
+            Some(online) => online.sessions.push(sid),
+            None => self.state.set_online(name.clone(), Online { key, guest: true, sessions: vec![sid], gone: None }),
+        }
         let line = self.set_welcomed(sid, &name, None);
         let rooms = self
             .state
@@ -62,9 +86,15 @@ impl Hub {
     /// Checks a returning guest's `hello`: `Ok(Some(principal))` when the
     /// secret proves it, `Ok(None)` when the secret is stale or wrong (the
     /// guest is welcomed as new), or why the name cannot be had now.
-    pub(super) fn guest_name_problem_for_resume(&self, name: &str, resume: &str) -> Result<Option<String>, Failure> {
+    pub(super) fn guest_name_problem_for_resume(
+        &mut self,
+        now: Now,
+        peer: IpAddr,
+        name: &str,
+        resume: &str,
+    ) -> Result<Option<String>, Failure> {
         let Some(key) = self.resumed_key(name, resume) else {
-            return match self.guest_name_problem(name) {
+            return match self.guest_name_problem(now, peer, name) {
                 Some(f) => Err(f),
                 None => Ok(None),
             };
@@ -74,7 +104,7 @@ impl Hub {
         if self.state.online.get(name).is_some_and(|o| o.guest && o.key == key) {
             return Ok(Some(key));
         }
-        match self.guest_name_problem(name) {
+        match self.guest_name_problem(now, peer, name) {
             Some(f) => Err(f),
             None => Ok(Some(key)),
         }

@@ -23,8 +23,8 @@ mod auth;
 mod chat;
 mod guest;
 mod inbox;
+mod limits;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -71,7 +71,15 @@ pub struct Hub {
     /// Makes guest principals unique across restarts: the start time.
     incarnation: u64,
     guests: u64,
-    login_failures: std::collections::HashMap<IpAddr, (u64, u32)>,
+    limits: limits::Limits,
+    /// The cancel flag of each session's password operation in flight
+    /// (at most one per session: a hello, or one HTTP request at a time).
+    cancels: std::collections::HashMap<SessionId, crate::store::Cancel>,
+    /// Registered users whose last session closed, by when their `offline`
+    /// is due, oldest first (the grace is constant, so this is sorted). A
+    /// user may appear more than once; only an entry matching `Online::gone`
+    /// counts.
+    grace: std::collections::VecDeque<(Instant, String)>,
     out: Vec<Vec<ToShard>>,
     dirty: Vec<u16>,
     store_out: Vec<StoreRequest>,
@@ -80,7 +88,7 @@ pub struct Hub {
 impl Hub {
     /// A hub over what storage holds (`StoreOp::LoadAll`'s snapshot).
     pub fn new(config: Config, metrics: Arc<Metrics>, users: Vec<String>, rooms: Vec<StoredRoom>, now: Now) -> Hub {
-        let mut state = State { registered: users.into_iter().collect(), ..State::default() };
+        let mut state = State::with_users(users);
         for room in rooms {
             let entry = state.rooms.entry(room.name.clone()).or_default();
             entry.seq = room.seq;
@@ -90,13 +98,15 @@ impl Hub {
         }
         metrics.rooms.store(state.live_rooms() as i64, std::sync::atomic::Ordering::Relaxed);
         Hub {
+            limits: limits::Limits::new(&config),
             config,
             metrics,
             state,
             pending: PendingTable::default(),
             incarnation: now.unix_ms,
             guests: 0,
-            login_failures: Default::default(),
+            cancels: Default::default(),
+            grace: Default::default(),
             out: Vec::new(),
             dirty: Vec::new(),
             store_out: Vec::new(),
@@ -123,7 +133,11 @@ impl Hub {
 
     /// When to call with [`HubInput::Timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.pending.next_deadline()
+        let grace = self.grace.front().map(|(at, _)| *at);
+        match (self.pending.next_deadline(), grace) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Storage requests waiting for completion.
@@ -139,23 +153,27 @@ impl Hub {
                     let f = Failure::new(ErrorCode::Unauthenticated, "send hello first");
                     return self.reply(sid, tag, Err(f));
                 };
+                let request = self.state.resolve_names(request);
                 self.chat(now, sid, tag, user, request);
             }
             ToHubInner::Api { sid, call, peer } => self.api(now, sid, call, peer),
             ToHubInner::LineAck { sid, ack } => self.line_ack(now, sid, &ack),
-            ToHubInner::Closed { sid } => self.closed(sid),
+            ToHubInner::Closed { sid } => self.closed(now, sid),
         }
     }
 
     fn handle_timeout(&mut self, now: Now) {
+        self.end_graces(now);
         for id in self.pending.expire(now.instant) {
-            if let Some(p) = self.pending.get_expired(id) {
-                let (sid, tag) = pending_client(p);
-                if let Some(tag) = tag {
-                    self.reply(sid, tag, Err(unavailable()));
-                } else if let Pending::ApiRegister { .. } | Pending::ApiLogin { .. } | Pending::ApiLogout { .. } = p {
-                    self.api_unavailable(sid);
-                }
+            let Some(p) = self.pending.get_expired(id) else { continue };
+            let (sid, tag) = pending_client(p);
+            let held = held_back(p);
+            let api = matches!(p, Pending::ApiRegister { .. } | Pending::ApiLogin { .. } | Pending::ApiLogout { .. });
+            self.release(sid, held);
+            if let Some(tag) = tag {
+                self.reply(sid, tag, Err(unavailable()));
+            } else if api {
+                self.api_unavailable(sid);
             }
         }
     }
@@ -164,9 +182,18 @@ impl Hub {
         let Some((pending, expired)) = self.pending.take(done.id) else { return };
         if expired {
             // The client was told `unavailable`; only what keeps other
-            // clients' view whole is still applied.
-            if let (Pending::SendRoom { room, message, .. }, Ok(value)) = (pending, done.result) {
-                let _ = self.deliver_room_message(&room, message, value);
+            // clients' view whole is still applied, and what the hub holds
+            // for the request (a reserved name, a login count) is settled.
+            match (pending, done.result) {
+                (Pending::SendRoom { room, message, .. }, Ok(value)) => {
+                    let _ = self.deliver_room_message(&room, message, value);
+                }
+                (Pending::Authenticate { sid, how, .. }, result) => {
+                    self.cancels.remove(&sid);
+                    self.settle_password(&how, &result);
+                }
+                (p @ (Pending::ApiRegister { .. } | Pending::ApiLogin { .. }), result) => self.settle_api(&p, &result),
+                _ => {}
             }
             return;
         }
@@ -249,6 +276,44 @@ impl Hub {
 
 fn unavailable() -> Failure {
     Failure::new(ErrorCode::Unavailable, "storage is unavailable; nothing was done")
+}
+
+/// What a pending request holds back for its session until it completes.
+enum Held {
+    Nothing,
+    /// Live messages of a room (a `join` with `since`, or its replay).
+    Room(String),
+    /// Live private messages (an inbox page).
+    Inbox,
+}
+
+fn held_back(p: &Pending) -> Held {
+    match p {
+        Pending::Join { room, since: Some(_), .. } | Pending::Replay { room, .. } => Held::Room(room.clone()),
+        Pending::Inbox { .. } => Held::Inbox,
+        _ => Held::Nothing,
+    }
+}
+
+impl Hub {
+    /// A request that held live messages back for `sid` expired: they flow
+    /// again, or the session would wait for them for ever. (What an expired
+    /// inbox page did not send comes at the next session.)
+    fn release(&mut self, sid: SessionId, held: Held) {
+        let Some(info) = self.state.sessions.get_mut(&sid) else { return };
+        match held {
+            Held::Nothing => {}
+            Held::Room(room) => info.replaying.retain(|r| *r != room),
+            Held::Inbox => {
+                info.inbox = state::InboxRead::Done;
+                let echoes = std::mem::take(&mut info.held_echoes);
+                for echo in echoes {
+                    let (_, event) = encode::private_message(&echo.message, None);
+                    self.deliver(&[sid], &event);
+                }
+            }
+        }
+    }
 }
 
 /// The session and request tag a pending entry answers, if it answers one.

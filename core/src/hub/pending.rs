@@ -2,10 +2,10 @@
 //! deadline so that a stalled store turns into `unavailable`, not silence.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::inbox::Round;
+use super::limits::LoginTicket;
 use crate::ids::SessionId;
 use crate::link::Tag;
 use crate::store::{NewMessage, StoreReqId};
@@ -18,8 +18,9 @@ pub(crate) const STORE_DEADLINE: Duration = Duration::from_secs(20);
 #[derive(Debug)]
 pub(crate) enum AuthKind {
     Token(String),
-    /// Line `/login`: the user whose password is being checked.
-    Password(String),
+    /// Line `/login`: the user whose password is being checked, and the
+    /// attempt counted against the login limits.
+    Password(String, LoginTicket),
     /// Line `/register`: the name reserved for it.
     Register(String),
 }
@@ -52,7 +53,7 @@ pub(crate) enum Pending {
     },
     ApiLogin {
         sid: SessionId,
-        peer: IpAddr,
+        ticket: LoginTicket,
         user: String,
     },
     ApiLogout {

@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use crate::ids::SessionId;
 use crate::session::rate::RateLimit;
 use crate::store::InboxMessage;
+use crate::transport::request::{ClientRequest, Target};
 
 /// A room. Membership belongs to users, by name.
 #[derive(Debug, Default)]
@@ -30,6 +31,9 @@ pub(crate) struct Online {
     pub(crate) key: String,
     pub(crate) guest: bool,
     pub(crate) sessions: Vec<SessionId>,
+    /// A registered user whose last session closed: when its `offline` is
+    /// due. Until then it still counts as online (see `Hub::closed`).
+    pub(crate) gone: Option<std::time::Instant>,
 }
 
 /// A session the hub has heard from.
@@ -103,10 +107,21 @@ pub(crate) struct State {
     /// `BTreeSet`: most users have a few rooms, and a B-tree's first node
     /// alone would cost an idle session more than the rest of its state.
     pub(crate) memberships: HashMap<String, Vec<String>>,
-    pub(crate) registered: HashSet<String>,
+    /// Registered names, as spelled at registration. Private: every change
+    /// goes through [`State::register`], which keeps `folded` whole.
+    registered: HashSet<String>,
     /// Names with a registration in flight: not available to guests.
-    pub(crate) reserved: HashSet<String>,
+    reserved: HashSet<String>,
+    /// Users with a session, and registered users within the presence grace
+    /// after their last one (then with no sessions). Read freely; insert and
+    /// remove only through [`State::set_online`] and [`State::remove_online`],
+    /// which keep `folded` whole.
     pub(crate) online: HashMap<String, Online>,
+    /// Lower-case name → its spelling, for the registered, reserved and
+    /// online names that have an upper-case letter (a lower-case one is its
+    /// own key). User names ignore case (PROTOCOL.md), and this is where
+    /// they are folded: see [`State::resolve`].
+    folded: HashMap<String, String>,
     /// Boxed: the table keeps spare buckets, and an idle session should not
     /// pay for them at full size.
     pub(crate) sessions: HashMap<SessionId, Box<SessionInfo>>,
@@ -117,7 +132,112 @@ pub(crate) struct State {
     pub(crate) online_names: BTreeSet<String>,
 }
 
+/// The case-folded form of a user name (names are ASCII by the rules).
+pub(crate) fn fold(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
 impl State {
+    /// A state knowing `users` as registered.
+    pub(crate) fn with_users(users: impl IntoIterator<Item = String>) -> State {
+        let mut state = State::default();
+        for user in users {
+            state.register(user);
+        }
+        state
+    }
+
+    /// The spelling in use of the registered, reserved or online user `name`
+    /// is, ignoring case; `None` when there is no such user. Every name a
+    /// client gives for a user goes through this.
+    pub(crate) fn resolve(&self, name: &str) -> Option<&str> {
+        if let Some(found) = self.exact(name) {
+            return Some(found);
+        }
+        let folded = fold(name);
+        self.exact(&folded).or_else(|| self.folded.get(&folded).map(String::as_str))
+    }
+
+    fn exact(&self, name: &str) -> Option<&str> {
+        if let Some((key, _)) = self.online.get_key_value(name) {
+            return Some(key);
+        }
+        self.registered.get(name).or_else(|| self.reserved.get(name)).map(String::as_str)
+    }
+
+    /// `name`, or the spelling in use of the user it names.
+    pub(crate) fn canonical(&self, name: String) -> String {
+        match self.resolve(&name) {
+            Some(found) if found != name => found.to_string(),
+            _ => name,
+        }
+    }
+
+    /// `request` with every user name in it (`to`, `with`) replaced by the
+    /// spelling in use, so the handlers look users up by their one key.
+    pub(crate) fn resolve_names(&self, request: ClientRequest) -> ClientRequest {
+        let user = |t: Target| match t {
+            Target::User(name) => Target::User(self.canonical(name)),
+            room => room,
+        };
+        match request {
+            ClientRequest::Send { to, text, id } => ClientRequest::Send { to: user(to), text, id },
+            ClientRequest::History { of, before, limit } => ClientRequest::History { of: user(of), before, limit },
+            ClientRequest::Read { of, seq } => ClientRequest::Read { of: user(of), seq },
+            ClientRequest::Typing { to } => ClientRequest::Typing { to: user(to) },
+            ClientRequest::Ack { with, seq } => ClientRequest::Ack { with: self.canonical(with), seq },
+            other => other,
+        }
+    }
+
+    pub(crate) fn is_registered(&self, name: &str) -> bool {
+        self.registered.contains(name)
+    }
+
+    pub(crate) fn register(&mut self, name: String) {
+        self.index(&name);
+        self.registered.insert(name);
+    }
+
+    pub(crate) fn reserve(&mut self, name: String) {
+        self.index(&name);
+        self.reserved.insert(name);
+    }
+
+    pub(crate) fn unreserve(&mut self, name: &str) {
+        self.reserved.remove(name);
+        self.unindex(name);
+    }
+
+    pub(crate) fn set_online(&mut self, name: String, online: Online) {
+        self.index(&name);
+        self.online_names.insert(name.clone());
+        self.online.insert(name, online);
+    }
+
+    pub(crate) fn remove_online(&mut self, name: &str) -> Option<Online> {
+        let online = self.online.remove(name);
+        self.online_names.remove(name);
+        self.unindex(name);
+        online
+    }
+
+    fn index(&mut self, name: &str) {
+        let folded = fold(name);
+        if folded != name {
+            self.folded.entry(folded).or_insert_with(|| name.to_string());
+        }
+    }
+
+    fn unindex(&mut self, name: &str) {
+        if self.exact(name).is_none() {
+            let folded = fold(name);
+            if self.folded.get(&folded).is_some_and(|n| n == name) {
+                self.folded.remove(&folded);
+            }
+        }
+    }
+
     pub(crate) fn is_member(&self, user: &str, room: &str) -> bool {
         self.memberships.get(user).is_some_and(|r| find_room(r, room).is_ok())
     }
@@ -165,18 +285,6 @@ impl State {
         }
     }
 
-    /// A user is online now (its first session was welcomed).
-    pub(crate) fn add_online(&mut self, name: &str, online: Online) -> &mut Online {
-        self.online_names.insert(name.to_string());
-        self.online.entry(name.to_string()).or_insert(online)
-    }
-
-    /// Its last session ended.
-    pub(crate) fn remove_online(&mut self, name: &str) -> Option<Online> {
-        self.online_names.remove(name);
-        self.online.remove(name)
-    }
-
     /// Removes a membership; returns whether there was one. An empty room is
     /// kept while its `seq` is not 0, so that `seq` keeps growing.
     pub(crate) fn remove_member(&mut self, user: &str, room: &str) -> bool {
@@ -208,7 +316,7 @@ impl State {
     pub(crate) fn key_of(&self, user: &str) -> Option<String> {
         match self.online.get(user) {
             Some(o) => Some(o.key.clone()),
-            None => self.registered.contains(user).then(|| user.to_string()),
+            None => self.is_registered(user).then(|| user.to_string()),
         }
     }
 

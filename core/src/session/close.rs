@@ -19,6 +19,9 @@ pub(crate) enum CloseReason {
     Shutdown,
     /// The token expired or was revoked.
     TokenEnded,
+    /// The user or address opened too many sessions lately; the
+    /// `rate_limited` error came first.
+    TooManySessions,
     /// The peer closed, or asked to (`/quit`, a close frame).
     Peer,
     /// An HTTP exchange is over.
@@ -42,6 +45,7 @@ impl CloseReason {
             ),
             CloseReason::Shutdown => (CloseCode::Restart, "service restart"),
             CloseReason::TokenEnded => (CloseCode::Library(4001), "token expired or revoked"),
+            CloseReason::TooManySessions => (CloseCode::Policy, "too many sessions"),
             CloseReason::Peer | CloseReason::Done => (CloseCode::Normal, ""),
         }
     }
@@ -55,7 +59,7 @@ impl CloseReason {
             CloseReason::Shutdown => "* server restarting, bye\n",
             CloseReason::TokenEnded => "! invalid_token session ended, bye\n",
             CloseReason::Peer => "* bye\n",
-            CloseReason::Frame(_) | CloseReason::Done => "",
+            CloseReason::Frame(_) | CloseReason::Done | CloseReason::TooManySessions => "",
         }
     }
 }
@@ -70,6 +74,7 @@ mod tests {
         assert_eq!(code(CloseReason::Idle), 1001);
         assert_eq!(code(CloseReason::SlowConsumer), 1008);
         assert_eq!(code(CloseReason::HandshakeTimeout), 1008);
+        assert_eq!(code(CloseReason::TooManySessions), 1008);
         assert_eq!(code(CloseReason::Frame(FrameError::TooBig { limit: 1 })), 1009);
         assert_eq!(code(CloseReason::Frame(FrameError::BadUtf8)), 1007);
         assert_eq!(code(CloseReason::Frame(FrameError::Protocol("x"))), 1002);

@@ -165,7 +165,12 @@ impl Session {
                 self.resume(ctx);
             }
             Err(f) => {
-                let status = if f.code == ErrorCode::Unavailable { 503 } else { 401 };
+                let status = match f.code {
+                    ErrorCode::Unavailable => 503,
+                    // Too many sessions opened lately: not a bad token.
+                    ErrorCode::RateLimited => 429,
+                    _ => 401,
+                };
                 self.phase = Phase::Http;
                 self.respond_error(ctx, status, f.code.as_str(), &f.message, true);
                 self.close(ctx, CloseReason::Done);

@@ -340,6 +340,9 @@ impl Session {
                 }
             }
             ToShardInner::Close { reason: HubClose::TokenRevoked, .. } => self.close(ctx, CloseReason::TokenEnded),
+            ToShardInner::Close { reason: HubClose::TooManySessions, .. } => {
+                self.close(ctx, CloseReason::TooManySessions)
+            }
         }
     }
 

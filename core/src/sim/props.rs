@@ -866,3 +866,29 @@ fn the_strategy_exercises_the_invariants() {
         assert!(got >= n, "only {got} {what} in 64 runs: {count:?}");
     }
 }
+
+/// A case proptest found (and shrank) where a room's message arrived
+/// between a `join` with `since` and its `ok`.
+#[test]
+fn regression_a_message_before_the_ok_of_a_join_with_since() {
+    let connect = |user| Op::Connect { user, line: false };
+    let ops = [
+        Op::Latency { ms: 0, jitter: 1 },
+        connect(3),
+        Op::Reconnect { client: 0 },
+        connect(0),
+        Op::Join { client: 2, room: 2, since: false },
+        Op::Disconnect { client: 5 },
+        connect(0),
+        connect(2),
+        connect(2),
+        Op::Reconnect { client: 2 },
+        Op::Reconnect { client: 2 },
+        Op::Join { client: 3, room: 2, since: false },
+        connect(0),
+        Op::Say { client: 0, room: 0, id: None },
+        Op::Join { client: 7, room: 2, since: true },
+        Op::Advance { ms: 0 },
+    ];
+    run(0, &ops).unwrap();
+}

@@ -361,7 +361,7 @@ impl Data {
                     .collect();
                 StoreValue::Snapshot { users, rooms }
             }
-            StoreOp::Register { user, password } => {
+            StoreOp::Register { user, password, .. } => {
                 if self.users.contains_key(user) {
                     StoreValue::NameTaken
                 } else {
@@ -369,7 +369,7 @@ impl Data {
                     StoreValue::Registered
                 }
             }
-            StoreOp::Login { user, password, now_ms, ttl_ms } => {
+            StoreOp::Login { user, password, now_ms, ttl_ms, .. } => {
                 if self.users.get(user) != Some(password) {
                     return StoreValue::Rejected;
                 }
@@ -379,7 +379,7 @@ impl Data {
                 self.tokens.insert(token.clone(), Token { user: user.clone(), expires_ms, revoked: false });
                 StoreValue::Token { token, expires_ms }
             }
-            StoreOp::Verify { user, password } => {
+            StoreOp::Verify { user, password, .. } => {
                 if self.users.get(user) == Some(password) {
                     StoreValue::Verified
                 } else {
@@ -712,10 +712,16 @@ mod tests {
     #[test]
     fn accounts_tokens_and_memberships() {
         let mut s = FakeStore::default();
-        let reg = StoreOp::Register { user: "a".into(), password: "password1".into() };
+        let reg = StoreOp::Register { user: "a".into(), password: "password1".into(), cancel: Default::default() };
         assert_eq!(s.run(&reg), Ok(StoreValue::Registered));
         assert_eq!(s.run(&reg), Ok(StoreValue::NameTaken));
-        let login = |pw: &str| StoreOp::Login { user: "a".into(), password: pw.into(), now_ms: 100, ttl_ms: 50 };
+        let login = |pw: &str| StoreOp::Login {
+            user: "a".into(),
+            password: pw.into(),
+            now_ms: 100,
+            ttl_ms: 50,
+            cancel: Default::default(),
+        };
         assert_eq!(s.run(&login("nope")), Ok(StoreValue::Rejected));
         let Ok(StoreValue::Token { token, expires_ms: 150 }) = s.run(&login("password1")) else { panic!() };
         let check = |now_ms| StoreOp::CheckToken { token: token.clone(), now_ms };
@@ -728,11 +734,11 @@ mod tests {
         assert_eq!(s.run(&check(100)), Ok(StoreValue::Rejected));
         assert_eq!(s.run(&StoreOp::Revoke { token: "x".into() }), Ok(StoreValue::Revoked { user: None }));
         assert_eq!(
-            s.run(&StoreOp::Verify { user: "a".into(), password: "password1".into() }),
+            s.run(&StoreOp::Verify { user: "a".into(), password: "password1".into(), cancel: Default::default() }),
             Ok(StoreValue::Verified)
         );
         assert_eq!(
-            s.run(&StoreOp::Verify { user: "b".into(), password: "password1".into() }),
+            s.run(&StoreOp::Verify { user: "b".into(), password: "password1".into(), cancel: Default::default() }),
             Ok(StoreValue::Rejected)
         );
         s.run(&StoreOp::Join { user: "a".into(), room: "r".into() }).unwrap();
@@ -758,7 +764,7 @@ mod tests {
         let mut reqs = Vec::new();
         for i in 0..40 {
             let op = if i % 5 == 0 {
-                StoreOp::Verify { user: "a".into(), password: "p".into() }
+                StoreOp::Verify { user: "a".into(), password: "p".into(), cancel: Default::default() }
             } else {
                 StoreOp::Join { user: "a".into(), room: format!("r{i}") }
             };

@@ -149,6 +149,14 @@ impl Comparison<'_> {
             "1000000",
             "--burst",
             "1000000",
+            // Every load client comes from 127.0.0.1: the per-address abuse
+            // limits would measure themselves, not the server.
+            "--peer-session-rate",
+            "1000000000",
+            "--user-session-rate",
+            "1000000000",
+            "--register-rate",
+            "1000000000",
             "--log",
             "warn",
             // Every load generator connection comes from loopback.

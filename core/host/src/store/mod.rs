@@ -22,12 +22,13 @@ mod sqlite;
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use natter_core::metrics::Metrics;
-use natter_core::store::{StoreDone, StoreError, StoreFailure, StoreOp, StoreReqId, StoreRequest, StoreValue};
+use natter_core::store::{Cancel, StoreDone, StoreError, StoreFailure, StoreOp, StoreReqId, StoreRequest, StoreValue};
 
 pub use password::{hash_password, new_token, random_secret, token_hash, verify_password};
 pub use sqlite::{failure_kind, OpenError, SqliteBackend, SqliteOptions, SyncMode, DB_FILE, SCHEMA_VERSION};
@@ -62,6 +63,12 @@ pub trait Backend: Send + 'static {
     fn create_token(&mut self, token_hash: &str, user: &str, expires_ms: u64) -> Result<(), StoreError>;
 }
 
+/// Password operations that may wait for a hashing thread, by default. An
+/// argon2id hash takes some 50 ms on one core: 32 waiting for 2 threads is
+/// under a second of wait. A deeper queue only makes every login behind a
+/// flood slower; past it, refusing at once (503 with `Retry-After`) is kinder.
+pub const DEFAULT_PASSWORD_QUEUE: usize = 32;
+
 /// Tuning of the worker.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -79,7 +86,7 @@ pub struct StoreConfig {
 impl StoreConfig {
     /// The defaults with a queue of `queue_bound`.
     pub fn new(queue_bound: usize) -> Self {
-        StoreConfig { queue_bound, max_batch: 1024, password_threads: 2, password_queue: 256 }
+        StoreConfig { queue_bound, max_batch: 1024, password_threads: 2, password_queue: DEFAULT_PASSWORD_QUEUE }
     }
 }
 
@@ -112,6 +119,7 @@ pub fn spawn_store_with<B: Backend>(
         sink,
         metrics,
         bound: config.queue_bound,
+        stopping: AtomicBool::new(false),
     });
     let pool = PasswordPool::spawn(config.password_threads, config.password_queue, Arc::clone(&shared))?;
     let batch_shared = Arc::clone(&shared);
@@ -171,13 +179,16 @@ impl StoreHandle {
     }
 
     /// Refuses new requests, lets the worker complete everything queued
-    /// (password operations included), then joins its threads.
+    /// (password operations not yet started complete as
+    /// [`StoreError::Overloaded`] without hashing: shutdown waits for at most
+    /// the hashes in progress), then joins its threads.
     pub fn shutdown(mut self) {
         self.stop();
     }
 
     fn stop(&mut self) {
         if let Some(thread) = self.thread.take() {
+            self.shared.stopping.store(true, Ordering::Relaxed);
             self.shared.lock().closed = true;
             self.shared.wake.notify_all();
             if thread.join().is_err() {
@@ -221,9 +232,21 @@ struct Shared {
     sink: Sink,
     metrics: Arc<Metrics>,
     bound: usize,
+    /// Shutdown began: password work not started is skipped.
+    stopping: AtomicBool,
 }
 
 impl Shared {
+    /// Whether a password operation should be dropped before its next step:
+    /// its client is gone or the server is stopping.
+    fn skip_password(&self, cancel: &Cancel) -> bool {
+        let skip = cancel.is_cancelled() || self.stopping.load(Ordering::Relaxed);
+        if skip {
+            Metrics::add(&self.metrics.password_cancelled, 1);
+        }
+        skip
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -401,7 +424,7 @@ fn process<B: Backend>(backend: &mut B, shared: &Shared, pool: &PasswordPool, ba
             Job::Finish(finish) => {
                 shared.lock().passwords -= 1;
                 let (id, submitted) = finish.request();
-                let result = finish_password(backend, finish);
+                let result = finish_password(backend, shared, finish);
                 done.push((StoreDone { id, result }, submitted));
             }
         }
@@ -421,37 +444,47 @@ fn start_password<B: Backend>(
     let id = request.id;
     let answer = |result| Some(StoreDone { id, result });
     let job = match request.op {
-        StoreOp::Register { user, password } => match guarded(|| backend.password_hash(&user)) {
+        StoreOp::Register { cancel, .. } | StoreOp::Login { cancel, .. } | StoreOp::Verify { cancel, .. }
+            if shared.skip_password(&cancel) =>
+        {
+            return answer(Err(StoreError::Overloaded));
+        }
+        StoreOp::Register { user, password, cancel } => match guarded(|| backend.password_hash(&user)) {
             Err(e) => return answer(Err(e)),
             Ok(Some(_)) => return answer(Ok(StoreValue::NameTaken)),
-            Ok(None) => PasswordJob::Hash { id, submitted, user, password },
+            Ok(None) => PasswordJob::Hash { id, submitted, user, password, cancel },
         },
-        StoreOp::Login { user, password, now_ms, ttl_ms } => match guarded(|| backend.password_hash(&user)) {
+        StoreOp::Login { user, password, now_ms, ttl_ms, cancel } => match guarded(|| backend.password_hash(&user)) {
             Err(e) => return answer(Err(e)),
             Ok(hash) => {
-                PasswordJob::Verify { id, submitted, user, password, hash, login: Some(LoginTerms { now_ms, ttl_ms }) }
+                let login = Some(LoginTerms { now_ms, ttl_ms });
+                PasswordJob::Verify { id, submitted, user, password, hash, login, cancel }
             }
         },
-        StoreOp::Verify { user, password } => match guarded(|| backend.password_hash(&user)) {
+        StoreOp::Verify { user, password, cancel } => match guarded(|| backend.password_hash(&user)) {
             Err(e) => return answer(Err(e)),
-            Ok(hash) => PasswordJob::Verify { id, submitted, user, password, hash, login: None },
+            Ok(hash) => PasswordJob::Verify { id, submitted, user, password, hash, login: None, cancel },
         },
         _ => return answer(Err(StoreError::Backend(StoreFailure::Other))),
     };
     shared.lock().passwords += 1;
-    match pool.try_submit(job) {
-        Ok(()) => None,
-        Err(_) => {
-            shared.lock().passwords -= 1;
-            tracing::debug!("password queue full");
-            answer(Err(StoreError::Overloaded))
-        }
+    if pool.try_submit(job) {
+        return None;
     }
+    shared.lock().passwords -= 1;
+    Metrics::add(&shared.metrics.password_refused, 1);
+    tracing::debug!("password queue full");
+    answer(Err(StoreError::Overloaded))
 }
 
 /// The last step of a password operation.
-fn finish_password<B: Backend>(backend: &mut B, finish: Finish) -> Result<StoreValue, StoreError> {
+fn finish_password<B: Backend>(backend: &mut B, shared: &Shared, finish: Finish) -> Result<StoreValue, StoreError> {
     match finish {
+        // Nobody would learn of the account: a retry must not find it taken.
+        Finish::CreateUser { cancel, .. } if cancel.is_cancelled() => {
+            Metrics::add(&shared.metrics.password_cancelled, 1);
+            Err(StoreError::Overloaded)
+        }
         Finish::CreateUser { user, hash, .. } => {
             guarded(|| backend.create_user(&user, &hash, now_ms())).map(|created| {
                 if created {

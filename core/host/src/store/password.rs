@@ -16,14 +16,14 @@
 //!   itself, or for a login hands a [`Finish::CreateToken`] back: a token of
 //!   32 random bytes, hex, of which only the SHA-256 is stored.
 
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use natter_core::store::{StoreError, StoreFailure, StoreReqId, StoreValue};
+use natter_core::store::{Cancel, StoreError, StoreFailure, StoreReqId, StoreValue};
 use rand::rngs::OsRng;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -91,7 +91,7 @@ pub(super) struct LoginTerms {
 /// Work for the pool.
 pub(super) enum PasswordJob {
     /// Hash a new user's password.
-    Hash { id: StoreReqId, submitted: Instant, user: String, password: String },
+    Hash { id: StoreReqId, submitted: Instant, user: String, password: String, cancel: Cancel },
     /// Check a password against the stored hash (`None`: unknown user).
     Verify {
         id: StoreReqId,
@@ -100,13 +100,24 @@ pub(super) enum PasswordJob {
         password: String,
         hash: Option<String>,
         login: Option<LoginTerms>,
+        cancel: Cancel,
     },
+}
+
+impl PasswordJob {
+    fn request(&self) -> (StoreReqId, Instant, &Cancel) {
+        match self {
+            PasswordJob::Hash { id, submitted, cancel, .. } | PasswordJob::Verify { id, submitted, cancel, .. } => {
+                (*id, *submitted, cancel)
+            }
+        }
+    }
 }
 
 /// The database half of a password operation, run by the batch thread.
 pub(super) enum Finish {
     /// Insert the user, unless the name was taken meanwhile.
-    CreateUser { id: StoreReqId, submitted: Instant, user: String, hash: String },
+    CreateUser { id: StoreReqId, submitted: Instant, user: String, hash: String, cancel: Cancel },
     /// Store the token's hash and answer with the token.
     CreateToken { id: StoreReqId, submitted: Instant, user: String, token: String, token_hash: String, expires_ms: u64 },
 }
@@ -147,14 +158,9 @@ impl PasswordPool {
         Ok(pool)
     }
 
-    /// Queues `job`, or gives it back when the queue is full.
-    pub(super) fn try_submit(&self, job: PasswordJob) -> Result<(), PasswordJob> {
-        match &self.tx {
-            Some(tx) => tx.try_send(job).map_err(|e| match e {
-                TrySendError::Full(job) | TrySendError::Disconnected(job) => job,
-            }),
-            None => Err(job),
-        }
+    /// Queues `job`; `false` (and the job dropped) when the queue is full.
+    pub(super) fn try_submit(&self, job: PasswordJob) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.try_send(job).is_ok())
     }
 }
 
@@ -174,9 +180,12 @@ fn work(rx: &Mutex<Receiver<PasswordJob>>, shared: &Shared) {
             Ok(job) => job,
             Err(_) => return,
         };
-        let (id, submitted) = match &job {
-            PasswordJob::Hash { id, submitted, .. } | PasswordJob::Verify { id, submitted, .. } => (*id, *submitted),
-        };
+        let (id, submitted, cancel) = job.request();
+        if shared.skip_password(cancel) {
+            // Gone client or shutdown: never start a hash nobody waits for.
+            shared.password_done(id, submitted, Err(StoreError::Overloaded));
+            continue;
+        }
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(job))).unwrap_or_else(|_| {
             tracing::error!("password job panicked");
             Outcome::Done(Err(StoreError::Backend(StoreFailure::Other)))
@@ -190,14 +199,14 @@ fn work(rx: &Mutex<Receiver<PasswordJob>>, shared: &Shared) {
 
 fn run(job: PasswordJob) -> Outcome {
     match job {
-        PasswordJob::Hash { id, submitted, user, password } => match hash_password(&password) {
-            Ok(hash) => Outcome::Finish(Finish::CreateUser { id, submitted, user, hash }),
+        PasswordJob::Hash { id, submitted, user, password, cancel } => match hash_password(&password) {
+            Ok(hash) => Outcome::Finish(Finish::CreateUser { id, submitted, user, hash, cancel }),
             Err(e) => {
                 tracing::error!(error = %e, "password hashing failed");
                 Outcome::Done(Err(StoreError::Backend(StoreFailure::Other)))
             }
         },
-        PasswordJob::Verify { id, submitted, user, password, hash, login } => {
+        PasswordJob::Verify { id, submitted, user, password, hash, login, .. } => {
             let matches = match &hash {
                 Some(hash) => verify_password(hash, &password),
                 None => verify_password(dummy_hash(), &password).map(|_| false),

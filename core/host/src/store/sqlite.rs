@@ -32,10 +32,14 @@ use natter_core::store::{
 };
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row};
 
+mod migrate;
+
 use super::password::token_hash;
 use super::Backend;
 
-/// The schema version this build writes (`PRAGMA user_version`).
+/// The schema version this build writes (`PRAGMA user_version`). Version 2:
+/// user names unique ignoring case, client ids scoped to their room or
+/// conversation, the inbox table (see `sqlite/migrate.rs`).
 pub const SCHEMA_VERSION: i64 = 2;
 
 /// The database file inside the data directory.
@@ -376,12 +380,14 @@ impl SqliteBackend {
         }
         let tx = conn.unchecked_transaction().map_err(sqlite)?;
         if found == 1 {
+            migrate::settle_case_twins(&tx).map_err(sqlite)?;
             migrate::v1_tables(&tx).map_err(sqlite)?;
         }
         tx.execute_batch(SCHEMA).map_err(sqlite)?;
         if found == 1 {
             migrate::v1_rows(&tx, options.id_retention).map_err(sqlite)?;
         }
+        tx.execute_batch(migrate::USERS_NOCASE_INDEX).map_err(sqlite)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sqlite)?;
         tx.commit().map_err(sqlite)?;
         let checkpointer = Checkpointer::start(path.clone());
@@ -534,7 +540,11 @@ impl Backend for SqliteBackend {
 
     fn password_hash(&mut self, user: &str) -> Result<Option<String>, StoreError> {
         let result = self.conn().and_then(|conn| {
-            conn.prepare_cached("SELECT hash FROM users WHERE name = ?1")?.query_row([user], |r| r.get(0)).optional()
+            // The hub passes the registered spelling; ignoring case here too
+            // keeps a login right if it ever does not.
+            conn.prepare_cached("SELECT hash FROM users WHERE name = ?1 COLLATE NOCASE")?
+                .query_row([user], |r| r.get(0))
+                .optional()
         });
         result.map_err(|e| {
             tracing::warn!(error = %e, "password hash lookup failed");
@@ -545,7 +555,9 @@ impl Backend for SqliteBackend {
     fn create_user(&mut self, user: &str, hash: &str, created_ms: u64) -> Result<bool, StoreError> {
         let result = self.conn().and_then(|conn| {
             conn.prepare_cached(
-                "INSERT INTO users (name, hash, created_ms) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
+                // No conflict target: a twin in another case hits the
+                // `users_name_nocase` index, and that is a taken name too.
+                "INSERT INTO users (name, hash, created_ms) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
             )?
             .execute(params![user, hash, int(created_ms)])
         });
@@ -1079,8 +1091,6 @@ fn inbox(conn: &Connection, user: &str, after: u64, limit: u32) -> rusqlite::Res
         .collect::<rusqlite::Result<_>>()?;
     Ok(StoreValue::Inbox { messages, cursor })
 }
-
-mod migrate;
 
 #[cfg(test)]
 mod tests;

@@ -258,7 +258,11 @@ fn register_login_verify_tokens() {
     let collector = Arc::new(Collector::default());
     let metrics = Arc::new(Metrics::default());
     let store = spawn_store(sqlite(&tmp), collector.sink(), Arc::clone(&metrics), 1000).unwrap();
-    let register = |user: &str, password: &str| StoreOp::Register { user: user.into(), password: password.into() };
+    let register = |user: &str, password: &str| StoreOp::Register {
+        user: user.into(),
+        password: password.into(),
+        cancel: Default::default(),
+    };
     // The same name twice at once: one wins, decided by the unique key.
     store.submit(vec![
         req(0, register("alice", "password-0")),
@@ -280,8 +284,13 @@ fn register_login_verify_tokens() {
         password: password.into(),
         now_ms: 1000,
         ttl_ms: 500,
+        cancel: Default::default(),
     };
-    let verify = |user: &str, password: &str| StoreOp::Verify { user: user.into(), password: password.into() };
+    let verify = |user: &str, password: &str| StoreOp::Verify {
+        user: user.into(),
+        password: password.into(),
+        cancel: Default::default(),
+    };
     store.submit(vec![
         req(4, login("alice", password)),
         req(5, login("alice", "wrong-password")),
@@ -311,22 +320,23 @@ fn register_login_verify_tokens() {
     assert_eq!(collector.result(11), Ok(StoreValue::Rejected));
     assert_eq!(collector.result(12), Ok(StoreValue::Revoked { user: Some("alice".into()) }));
     assert_eq!(collector.result(13), Ok(StoreValue::Rejected));
-    // Shutdown waits for password work in flight.
+    // Shutdown completes password work in flight, and what has not
+    // started yet as overloaded without hashing it.
     store.submit(vec![req(14, register("bob", "password-b")), req(15, verify("alice", password))]);
     store.shutdown();
     let all = collector.calls().into_iter().flatten().collect::<Vec<_>>();
     assert_eq!(all.len(), 16);
-    assert!(all.contains(&StoreDone { id: StoreReqId(14), result: Ok(StoreValue::Registered) }));
-    assert!(all.contains(&StoreDone { id: StoreReqId(15), result: Ok(StoreValue::Verified) }));
+    let result = |id| all.iter().find(|d| d.id == StoreReqId(id)).map(|d| d.result.clone()).unwrap();
+    assert!(matches!(result(14), Ok(StoreValue::Registered) | Err(StoreError::Overloaded)), "{all:?}");
+    assert!(matches!(result(15), Ok(StoreValue::Verified) | Err(StoreError::Overloaded)), "{all:?}");
     assert_eq!(metrics.store_completed.load(Relaxed), 16);
-    assert_eq!(metrics.store_failed.load(Relaxed), 0);
     assert_eq!(metrics.store_queue_depth.load(Relaxed), 0);
-    // Stored: bob and alice, with argon2id hashes.
+    // Stored: alice with an argon2id hash, and bob only if he was answered so.
     let mut b = sqlite(&tmp);
     let hash = b.password_hash("alice").unwrap().unwrap();
     assert!(hash.starts_with("$argon2id$"));
     assert!(verify_password(&hash, password).unwrap());
-    assert!(b.password_hash("bob").unwrap().is_some());
+    assert_eq!(b.password_hash("bob").unwrap().is_some(), result(14) == Ok(StoreValue::Registered));
 }
 
 #[test]
@@ -335,7 +345,8 @@ fn a_full_password_queue_completes_as_overloaded() {
     let collector = Arc::new(Collector::default());
     let config = StoreConfig { password_threads: 1, password_queue: 1, ..StoreConfig::new(100) };
     let store = spawn_store_with(sqlite(&tmp), collector.sink(), Arc::new(Metrics::default()), config).unwrap();
-    let verify = |i| req(i, StoreOp::Verify { user: "nobody".into(), password: "password".into() });
+    let verify =
+        |i| req(i, StoreOp::Verify { user: "nobody".into(), password: "password".into(), cancel: Default::default() });
     store.submit((0..6).map(verify).collect());
     let all = collector.wait(6);
     store.shutdown();
@@ -343,4 +354,45 @@ fn a_full_password_queue_completes_as_overloaded() {
     assert!(count(Ok(StoreValue::Rejected)) >= 1, "{all:?}");
     assert!(count(Err(StoreError::Overloaded)) >= 3, "{all:?}");
     assert_eq!(count(Ok(StoreValue::Rejected)) + count(Err(StoreError::Overloaded)), 6);
+}
+
+#[test]
+fn a_cancelled_registration_is_neither_hashed_nor_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Arc::new(Collector::default());
+    let metrics = Arc::new(Metrics::default());
+    let store = spawn_store(sqlite(&tmp), collector.sink(), Arc::clone(&metrics), 100).unwrap();
+    let cancel = natter_core::store::Cancel::default();
+    cancel.cancel();
+    let op = StoreOp::Register { user: "gone".into(), password: "password-1".into(), cancel };
+    store.submit(vec![req(0, op)]);
+    assert_eq!(collector.result(0), Err(StoreError::Overloaded));
+    store.shutdown();
+    assert_eq!(metrics.password_cancelled.load(Relaxed), 1);
+    assert_eq!(sqlite(&tmp).password_hash("gone"), Ok(None), "a retry must not find the name taken");
+}
+
+#[test]
+fn shutdown_does_not_wait_for_queued_hashes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Arc::new(Collector::default());
+    let metrics = Arc::new(Metrics::default());
+    let config = StoreConfig { password_threads: 1, password_queue: 200, ..StoreConfig::new(1000) };
+    let store = spawn_store_with(sqlite(&tmp), collector.sink(), Arc::clone(&metrics), config).unwrap();
+    let register = |i: u64| {
+        let op = StoreOp::Register { user: format!("u{i}"), password: "password-1".into(), cancel: Default::default() };
+        req(i, op)
+    };
+    store.submit((0..200).map(register).collect());
+    // Let the batch thread hand them all to the pool.
+    while store.waiting() > 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    store.shutdown();
+    // Every one completed; at most those in progress were hashed, the rest
+    // are unavailable. 200 hashes on one thread would take seconds.
+    let all = collector.wait(200);
+    let done = all.iter().filter(|d| d.result == Ok(StoreValue::Registered)).count();
+    assert!(done <= 5, "{done} hashed after shutdown began");
+    assert!(metrics.password_cancelled.load(Relaxed) >= 195);
 }

@@ -459,3 +459,24 @@ fn a_returning_guest_can_open_a_second_session_while_the_first_lingers() {
     let c = sim.ws_client();
     assert_eq!(code(&sim.req(c, json!({"type":"hello","name":"ann"}))), "name_taken");
 }
+
+#[test]
+fn a_join_with_since_that_storage_never_answers_holds_nothing_back_for_ever() {
+    let mut sim = sim();
+    let a = sim.login("alice");
+    let b = sim.login("bob");
+    join(&mut sim, a, "r");
+    join(&mut sim, b, "r");
+    say(&mut sim, a, "r", "one");
+    sim.take(b);
+    // Storage stalls past the hub's deadline while bob's session replays.
+    sim.store_mut().set_latency(Duration::from_secs(30), Duration::ZERO);
+    let reply = sim.req(b, json!({"type":"join","room":"r","since":0}));
+    assert_eq!(code(&reply), "unavailable", "{reply}");
+    sim.store_mut().set_latency(Duration::ZERO, Duration::ZERO);
+    sim.advance(Duration::from_secs(15));
+    // Live messages reach bob's session again.
+    say(&mut sim, a, "r", "two");
+    let texts: Vec<Value> = sim.take_kind(b, "message").iter().map(|m| m["text"].clone()).collect();
+    assert!(texts.contains(&json!("two")), "{texts:?}");
+}

@@ -224,6 +224,7 @@ fn registered_memberships_last_across_sessions() {
     join(&mut sim, a, "r");
     say(&mut sim, a, "r", "one");
     sim.disconnect(a);
+    sim.advance(GRACE);
     let g = sim.guest("gus");
     join(&mut sim, g, "r");
     assert_eq!(
@@ -255,12 +256,63 @@ fn online_and_offline_for_registered_members_leave_for_guests() {
     sim.disconnect(a1);
     assert!(sim.take_kind(b, "presence").is_empty(), "not the last session");
     sim.disconnect(a2);
+    assert!(sim.take_kind(b, "presence").is_empty(), "offline waits for the grace");
+    sim.advance(GRACE);
     assert_eq!(sim.take_kind(b, "presence"), [json!({"type":"presence","room":"r","user":"alice","state":"offline"})]);
     let g = sim.guest("gus");
     join(&mut sim, g, "r");
     sim.take(b);
     sim.disconnect(g);
     assert_eq!(sim.take_kind(b, "presence"), [json!({"type":"presence","room":"r","user":"gus","state":"leave"})]);
+}
+
+/// The default presence grace.
+const GRACE: Duration = Duration::from_secs(2);
+
+#[test]
+fn a_registered_user_back_within_the_grace_sends_neither_offline_nor_online() {
+    let mut store = store_with_users();
+    store.add_member("alice", "r");
+    store.add_member("bob", "r");
+    let mut sim = Sim::with_store(Config::default(), store);
+    let b = sim.login("bob");
+    let mut a = sim.login("alice");
+    sim.take(b);
+    let both_online = json!([{"user":"alice","online":true},{"user":"bob","online":true}]);
+    for _ in 0..10 {
+        sim.disconnect(a);
+        sim.advance(GRACE / 4);
+        // Within the grace alice still counts as online, in `who` too.
+        assert_eq!(sim.req(b, json!({"type":"who","room":"r"}))["users"], both_online);
+        a = sim.login("alice");
+    }
+    sim.advance(GRACE * 2);
+    assert!(sim.take_kind(b, "presence").is_empty(), "flaps are not news");
+    sim.disconnect(a);
+    sim.advance(GRACE - Duration::from_millis(1));
+    assert!(sim.take_kind(b, "presence").is_empty(), "not before the grace is over");
+    sim.advance(Duration::from_millis(1));
+    let offline = json!({"type":"presence","room":"r","user":"alice","state":"offline"});
+    assert_eq!(sim.take_kind(b, "presence"), [offline]);
+    let who = sim.req(b, json!({"type":"who","room":"r"}));
+    assert_eq!(who["users"], json!([{"user":"alice","online":false},{"user":"bob","online":true}]));
+    // After the grace, a new session is news again.
+    sim.login("alice");
+    assert_eq!(sim.take_kind(b, "presence"), [json!({"type":"presence","room":"r","user":"alice","state":"online"})]);
+}
+
+#[test]
+fn with_no_grace_offline_is_at_once() {
+    let mut store = store_with_users();
+    store.add_member("alice", "r");
+    store.add_member("bob", "r");
+    let config = Config { presence_grace: Duration::ZERO, ..Config::default() };
+    let mut sim = Sim::with_store(config, store);
+    let b = sim.login("bob");
+    let a = sim.login("alice");
+    sim.take(b);
+    sim.disconnect(a);
+    assert_eq!(sim.take_kind(b, "presence"), [json!({"type":"presence","room":"r","user":"alice","state":"offline"})]);
 }
 
 // ---- send ---------------------------------------------------------------------
@@ -431,6 +483,7 @@ fn who_lists_members_or_users_online() {
     join(&mut sim, a, "r");
     join(&mut sim, b, "r");
     sim.disconnect(b);
+    sim.advance(GRACE);
     let who = sim.req(g, json!({"type":"who","room":"r"}));
     assert_eq!(who["users"], json!([{"user":"alice","online":true},{"user":"bob","online":false}]));
     let who = sim.req(g, json!({"type":"who"}));
@@ -543,6 +596,7 @@ fn ping_is_answered_by_pong() {
     assert_eq!(sim.req(a, json!({"type":"ping","ref":"p"})), json!({"type":"pong","ref":"p"}));
 }
 
+mod abuse;
 mod delivery;
 
 #[test]

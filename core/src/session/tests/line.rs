@@ -171,6 +171,8 @@ fn line_who_marks_who_is_online() {
     let a = sim.login("alice");
     sim.req(a, json!({"type":"join","room":"lobby"}));
     sim.disconnect(a);
+    // A registered user is online until the presence grace is over.
+    sim.advance(std::time::Duration::from_secs(2));
     let c = sim.line_guest("carol");
     sim.send_line(c, "/who");
     assert_eq!(sim.lines(c), ["* alice", "* carol (online)", "* end"]);

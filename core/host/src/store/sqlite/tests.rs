@@ -97,6 +97,82 @@ fn newer_schema_is_refused() {
 }
 
 #[test]
+fn user_names_are_unique_ignoring_case() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = open(tmp.path());
+    assert_eq!(b.create_user("Carol", "h1", 1), Ok(true));
+    assert_eq!(b.create_user("carol", "h2", 2), Ok(false), "a twin in another case is a taken name");
+    assert_eq!(b.create_user("CAROL", "h3", 3), Ok(false));
+    assert_eq!(b.password_hash("cArOl"), Ok(Some("h1".to_string())));
+}
+
+/// A version 1 database whose users are `Carol` (oldest), `carol` and
+/// `CAROL`, and `dave`; `carol` has a token, a membership, a conversation
+/// with `dave` and a read mark in it.
+fn version_1_database_with_case_twins(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let c = Connection::open(dir.join(DB_FILE)).unwrap();
+    c.execute_batch(include_str!("v1_schema.sql")).unwrap();
+    c.execute_batch(
+        "INSERT INTO users VALUES ('dave', 'hd', 50), ('carol', 'h2', 200), ('Carol', 'h1', 100), ('CAROL', 'h3', 300);
+         INSERT INTO rooms VALUES ('lobby', 0);
+         INSERT INTO members VALUES ('lobby', 'carol', 0);
+         INSERT INTO conversations VALUES ('carol', 'dave', 2, 2, 2), ('Carol', 'dave', 1, 3, 3);
+         INSERT INTO private_messages VALUES
+            ('carol', 'dave', 1, 'carol', 'carol', 'dave', 'hi dave', NULL, 1),
+            ('carol', 'dave', 2, 'dave', 'dave', 'carol', 'hi carol', NULL, 2),
+            ('Carol', 'dave', 1, 'Carol', 'Carol', 'dave', 'I am the other one', NULL, 3);
+         INSERT INTO conv_marks VALUES ('carol', 'dave', 2, 0);
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    c.execute(
+        "INSERT INTO tokens (hash, user, expires_ms, revoked) VALUES (?1, 'carol', 10000, 0)",
+        [token_hash("carols-token")],
+    )
+    .unwrap();
+}
+
+#[test]
+fn version_1_case_twins_are_renamed_keeping_their_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    version_1_database_with_case_twins(tmp.path());
+    let mut b = open(tmp.path());
+    let version: i64 = b.conn().unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(version, 2);
+    // The oldest keeps the name; the others get the first free NAME-n.
+    let V::Snapshot { mut users, rooms } = one(&mut b, Op::LoadAll) else { panic!("snapshot") };
+    users.sort();
+    assert_eq!(users, ["CAROL-3", "Carol", "carol-2", "dave"]);
+    assert_eq!(b.password_hash("Carol"), Ok(Some("h1".to_string())));
+    assert_eq!(b.password_hash("carol-2"), Ok(Some("h2".to_string())));
+    assert_eq!(b.password_hash("CAROL-3"), Ok(Some("h3".to_string())));
+    // Nothing was revoked: the token now names the renamed account.
+    match one(&mut b, Op::CheckToken { token: "carols-token".into(), now_ms: 1 }) {
+        V::TokenUser { user, .. } => assert_eq!(user, "carol-2"),
+        other => panic!("{other:?}"),
+    }
+    let lobby = rooms.iter().find(|r| r.name == "lobby").expect("lobby");
+    assert_eq!(lobby.members, ["carol-2"]);
+    // The conversation moved with its messages and read mark.
+    let (seqs, _) = history(&mut b, conv("carol-2", "dave"), SeqRange::Before { before: None, limit: 10 });
+    assert_eq!(seqs, [1, 2]);
+    let (seqs, _) = history(&mut b, conv("Carol", "dave"), SeqRange::Before { before: None, limit: 10 });
+    assert_eq!(seqs, [1]);
+    match one(&mut b, Op::Conversations { user: "carol-2".into(), limit: 10 }) {
+        V::Conversations { conversations } => {
+            assert_eq!(conversations.len(), 1);
+            assert_eq!((conversations[0].with.as_str(), conversations[0].read), ("dave", 2));
+        }
+        other => panic!("{other:?}"),
+    }
+    // And from now on the twins cannot come back.
+    assert_eq!(b.create_user("CaRoL", "h4", 400), Ok(false));
+    drop(b);
+    open(tmp.path());
+}
+
+#[test]
 fn open_fails_cleanly_on_a_file_as_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("f");
@@ -442,7 +518,7 @@ fn password_ops_are_refused_in_a_batch() {
         &mut b,
         vec![
             room_append("r", "a", "1", 1),
-            Op::Verify { user: "a".into(), password: "p".into() },
+            Op::Verify { user: "a".into(), password: "p".into(), cancel: Default::default() },
             room_append("r", "a", "2", 2),
         ],
     );
