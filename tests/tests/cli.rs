@@ -66,6 +66,30 @@ natter_tests::cases! {
         expect_bad_flag(bin, &[], &[("NATTER_HEARTBEAT", "soon")]);
     }
 
+    fn durability_and_bounds_flags_are_checked(bin) {
+        expect_bad_flag(bin, &["--sync", "sometimes"], &[]);
+        expect_bad_flag(bin, &["--inbox-per-sender", "0"], &[]);
+        expect_bad_flag(bin, &["--query-rate", "-1"], &[]);
+        expect_bad_flag(bin, &[], &[("NATTER_SYNC", "fast")]);
+        // Both modes run, and the database they write is the server user's only.
+        for mode in ["normal", "full"] {
+            let s = Server::start(bin, &["--sync", mode]);
+            let (_, mut a) = s.user("ann");
+            a.join(&uniq("r"));
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let dir = s.data_dir();
+                assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o077, 0, "{}", dir.display());
+                for entry in std::fs::read_dir(&dir).unwrap() {
+                    let path = entry.unwrap().path();
+                    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+                    assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+                }
+            }
+        }
+    }
+
     fn a_bad_config_file_exits_2(bin) {
         let dir = tempfile::tempdir().unwrap();
         let bad_value = config_file(&dir, "max-frame = \"big\"\n");

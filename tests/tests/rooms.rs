@@ -42,6 +42,25 @@ fn users_of(ok: &Value) -> BTreeMap<String, bool> {
 }
 
 natter_tests::cases! {
+    fn listings_have_a_budget_of_their_own_and_messages_go_on(bin) {
+        let s = Server::start(bin, &["--query-rate", "2"]);
+        let (_, mut a) = s.user("ann");
+        let room = uniq("r");
+        a.join(&room);
+        // Four times the rate in a burst, whatever the listing.
+        for kind in ["rooms", "who", "conversations", "rooms", "who", "rooms", "who", "rooms"] {
+            a.ok(kind, json!({}));
+        }
+        assert_eq!(a.error("rooms", json!({})), "rate_limited");
+        assert_eq!(a.error("history", json!({"room": room})), "rate_limited");
+        // Sending is not held back by it.
+        a.say(&room, "still here");
+        std::thread::sleep(Duration::from_millis(600));
+        a.ok("rooms", json!({}));
+        let metrics = s.http("GET", "/metrics", &[], b"").text();
+        assert!(metrics.contains("natter_queries_limited_total 2"), "{metrics}");
+    }
+
     fn join_answers_the_room_seq_and_member_count(bin) {
         let s = Server::start(bin, &[]);
         let room = uniq("room");

@@ -376,23 +376,27 @@ impl Hub {
     }
 
     fn registered_gone(&mut self, user: &str) {
-        self.state.remove_online(user);
-        let rooms: Vec<String> = self.state.memberships.get(user).cloned().unwrap_or_default();
-        for room in rooms {
-            let targets = self.room_sessions(&room, Some(user), false);
-            self.deliver(&targets, &presence(&room, user, Presence::Offline));
-        }
+        self.gone(user, Presence::Offline);
     }
 
+    /// A guest's memberships end with its last session.
     fn guest_gone(&mut self, user: &str) {
+        self.gone(user, Presence::Leave);
+        self.update_room_gauge();
+    }
+
+    /// `user` is offline now: its rooms hear `presence`, and on `Leave` it is
+    /// no member of them any more.
+    fn gone(&mut self, user: &str, presence_now: Presence) {
         self.state.remove_online(user);
         let rooms: Vec<String> = self.state.memberships.get(user).cloned().unwrap_or_default();
         for room in rooms {
             let targets = self.room_sessions(&room, Some(user), false);
-            self.deliver(&targets, &presence(&room, user, Presence::Leave));
-            self.state.remove_member(user, &room);
+            self.deliver(&targets, &presence(&room, user, presence_now));
+            if presence_now == Presence::Leave {
+                self.state.remove_member(user, &room);
+            }
         }
-        self.update_room_gauge();
     }
 
     // ---- the HTTP account API ---------------------------------------------

@@ -182,35 +182,21 @@ fn fill_client_ids(conn: &Connection, id_retention: Duration) -> rusqlite::Resul
         "INSERT INTO client_ids (sender, scope, client_id, seq, ts) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (sender, scope, client_id) DO UPDATE SET seq = excluded.seq, ts = excluded.ts",
     )?;
-    let mut rooms = conn.prepare(
-        "SELECT room, sender, client_id, seq, ts FROM room_messages
-         WHERE client_id IS NOT NULL AND ts >= ?1 ORDER BY ts, room, seq",
+    // A room message has no second key: `hi` is NULL.
+    let mut messages = conn.prepare(
+        "SELECT room, NULL, sender, client_id, seq, ts FROM room_messages WHERE client_id IS NOT NULL AND ts >= ?1
+         UNION ALL
+         SELECT lo, hi, sender, client_id, seq, ts FROM private_messages WHERE client_id IS NOT NULL AND ts >= ?1
+         ORDER BY 6",
     )?;
-    let mut rows = rooms.query([since])?;
+    let mut rows = messages.query([since])?;
     while let Some(r) = rows.next()? {
-        let scope = id_scope(&Target::Room(r.get(0)?));
-        insert.execute(params![
-            r.get::<_, String>(1)?,
-            scope,
-            r.get::<_, String>(2)?,
-            r.get::<_, i64>(3)?,
-            r.get::<_, i64>(4)?
-        ])?;
-    }
-    let mut private = conn.prepare(
-        "SELECT lo, hi, sender, client_id, seq, ts FROM private_messages
-         WHERE client_id IS NOT NULL AND ts >= ?1 ORDER BY ts, lo, hi, seq",
-    )?;
-    let mut rows = private.query([since])?;
-    while let Some(r) = rows.next()? {
-        let scope = id_scope(&Target::Conversation(r.get(0)?, r.get(1)?));
-        insert.execute(params![
-            r.get::<_, String>(2)?,
-            scope,
-            r.get::<_, String>(3)?,
-            r.get::<_, i64>(4)?,
-            r.get::<_, i64>(5)?
-        ])?;
+        let target = match r.get::<_, Option<String>>(1)? {
+            None => Target::Room(r.get(0)?),
+            Some(hi) => Target::Conversation(r.get(0)?, hi),
+        };
+        let (sender, client_id, seq, ts): (String, String, i64, i64) = (r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?);
+        insert.execute(params![sender, id_scope(&target), client_id, seq, ts])?;
     }
     Ok(())
 }
