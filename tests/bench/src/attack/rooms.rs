@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::fleet::{Event, Fleet, Hello, Plan};
+use crate::fleet::{summary, Event, Fleet, Hello, Plan};
 use crate::name_prefix;
 use crate::phase::Schedule;
 use crate::proc::Usage;
@@ -91,6 +91,7 @@ pub(crate) fn run(a: &AttackArgs, k: &RoomsArgs) -> Outcome {
     let answers = ask(&mut askers, k);
     let window = usage.until(&Usage::now(a.target.pid));
     let bystander = by.finish();
+    let askers_lost = summary(&askers.gone);
     drop((askers, holders));
 
     let l = answers.latency.ms();
@@ -103,6 +104,7 @@ pub(crate) fn run(a: &AttackArgs, k: &RoomsArgs) -> Outcome {
         ("answered rate_limited".into(), answers.errors.get("rate_limited").copied().unwrap_or(0).to_string()),
         ("other answers".into(), other_than(&answers.errors, "rate_limited")),
         ("unanswered".into(), (answers.sent - answers.settled()).to_string()),
+        ("asking connections lost".into(), askers_lost),
         ("listing ok p50/p99/max ms".into(), format!("{:.1}/{:.1}/{:.1}", l.p50, l.p99, l.max)),
     ];
     counts.extend(cpu_counts(&window));
