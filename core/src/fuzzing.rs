@@ -118,7 +118,7 @@ pub fn json_request(text: &[u8]) -> JsonRequest {
     };
     JsonRequest {
         reference: d.reference,
-        kind: d.kind,
+        kind: d.kind.map(std::borrow::Cow::into_owned),
         request: d.request.map(|r| format!("{r:?}")).map_err(|e| e.to_string()),
         send_id,
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::hub::encode::{Encoded, LineAck};
 use crate::ids::SessionId;
 use crate::reply::{Failure, Reply};
-use crate::transport::request::ClientRequest;
+use crate::transport::request::{ClientRequest, RequestKind};
 
 /// From a session to the hub.
 #[derive(Debug)]
@@ -100,7 +100,7 @@ pub(crate) enum HubClose {
 pub(crate) enum Tag {
     Ws {
         reference: Option<String>,
-        kind: &'static str,
+        kind: RequestKind,
     },
     /// The `?token=` upgrade waits for the hub before answering 101 or 401.
     Upgrade {

@@ -166,6 +166,11 @@ pub struct InboxBound {
     pub per_recipient: u32,
 }
 
+impl InboxBound {
+    /// No bound: for a user who reads as it goes (see `Hub::inbox_bound`).
+    pub const UNBOUNDED: InboxBound = InboxBound { per_sender: u32::MAX, per_recipient: u32::MAX };
+}
+
 /// Which bound of an inbox a message did not fit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InboxLimit {

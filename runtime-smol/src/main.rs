@@ -1,14 +1,14 @@
-//! `natter-smol`: Natter on smol's parts, one `LocalExecutor` per I/O thread.
+//! `natter-smol`: Natter on smol, one `LocalExecutor` per I/O thread.
 //!
 //! Each of `--threads` OS threads runs its seat's driver future under
-//! `async_io::block_on(executor.run(..))`; the seat lives in an
+//! `smol::block_on(executor.run(..))`; the seat lives in an
 //! `Rc<RefCell<..>>`, so nothing is locked and every task of a seat runs on
 //! its thread. Like natter-mio, each thread accepts on its own clone of both
 //! listeners, and the shard and socket logic is `natter_host::Conns`. How
 //! this differs from natter-mio:
 //! - Sleeping: the driver awaits a bounded(1) channel (the mailbox waker,
 //!   readers, the signal), a `Timer` at `poll_timeout`, or a listener's
-//!   readiness, whichever is first, instead of `Poll::poll`. async-io's one
+//!   readiness, whichever is first, instead of `Poll::poll`. smol's one
 //!   reactor serves every thread: whichever thread is idle polls it and
 //!   wakes the others' tasks.
 //! - Reading: one task per connection awaits `readable()`, then borrows the
@@ -26,12 +26,10 @@ use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::Instant;
 
-use async_channel::{Receiver, Sender};
-use async_executor::{LocalExecutor, Task};
-use async_io::{Async, Timer};
-use futures_lite::future;
 use natter_core::{ConnKey, Transport};
 use natter_host::{Conns, Node, Read, Seat, Shutdown, Socket, Turn, ACCEPT_PAUSE};
+use smol::channel::{Receiver, Sender};
+use smol::{future, Async, LocalExecutor, Task, Timer};
 
 type Executor = LocalExecutor<'static>;
 type Cell = Rc<RefCell<Conns<Conn>>>;
@@ -41,7 +39,7 @@ fn main() -> ExitCode {
 }
 
 fn run(seat: Seat, http: TcpListener, line: TcpListener, shutdown: &Shutdown) -> io::Result<()> {
-    let (wake, woken) = async_channel::bounded(1);
+    let (wake, woken) = smol::channel::bounded(1);
     let w = wake.clone();
     seat.inbox.set_waker(move || {
         let _ = w.try_send(());
@@ -56,7 +54,7 @@ fn run(seat: Seat, http: TcpListener, line: TcpListener, shutdown: &Shutdown) ->
     // and then the seat goes.
     let ex = Executor::new();
     let driver = Driver { ex: &ex, cell: &cell, wake, shutdown };
-    async_io::block_on(ex.run(driver.run(woken, listeners)));
+    smol::block_on(ex.run(driver.run(woken, listeners)));
     Ok(())
 }
 

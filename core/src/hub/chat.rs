@@ -467,7 +467,7 @@ impl Hub {
     fn inbox_bound(&self, to: &str) -> InboxBound {
         let online = self.state.online.get(to).is_some_and(|o| !o.sessions.is_empty());
         if online {
-            InboxBound { per_sender: u32::MAX, per_recipient: u32::MAX }
+            InboxBound::UNBOUNDED
         } else {
             self.config.inbox
         }

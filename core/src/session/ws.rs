@@ -10,7 +10,7 @@ use super::{Ctx, Phase, Session};
 use crate::link::{Auth, Tag, ToHubInner};
 use crate::reply::{reply_json, ErrorCode, Failure, Reply};
 use crate::session::CloseReason;
-use crate::transport::request::{self, ClientRequest, HelloAuth, RequestError};
+use crate::transport::request::{self, ClientRequest, HelloAuth, RequestError, RequestKind};
 use crate::transport::ws::{close_frame, encode_frame, text_frame, WsEvent};
 
 /// The heartbeat ping, the same bytes for every session.
@@ -55,7 +55,7 @@ impl Session {
                 ctx.metrics.messages_received.fetch_add(1, Relaxed);
                 if self.rate_ok(ctx) {
                     let f = Failure::new(ErrorCode::BadJson, "binary frames are not accepted; send JSON text");
-                    self.ws_reply(ctx, None, "binary", &Err(f));
+                    self.ws_refuse(ctx, None, "binary", f);
                 } else {
                     self.rate_limited(ctx, None, "binary");
                 }
@@ -68,12 +68,13 @@ impl Session {
         self.rate.allow(ctx.now.instant, ctx.config.rate, ctx.config.burst)
     }
 
-    fn rate_limited(&mut self, ctx: &mut Ctx<'_>, reference: Option<&str>, kind: &str) {
+    /// Before decoding: `request` is the frame's `type` text, whatever it is.
+    fn rate_limited(&mut self, ctx: &mut Ctx<'_>, reference: Option<&str>, request: &str) {
         ctx.metrics.rate_limited.fetch_add(1, Relaxed);
         let rate = ctx.config.rate;
         let f =
             Failure::new(ErrorCode::RateLimited, format!("more than {rate} messages a second; this one was dropped"));
-        self.ws_reply(ctx, reference, kind, &Err(f));
+        self.ws_refuse(ctx, reference, request, f);
     }
 
     fn ws_request(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) {
@@ -96,10 +97,10 @@ impl Session {
                         Failure::new(ErrorCode::UnknownType, format!("unknown request type {kind_text}"))
                     }
                 };
-                return self.ws_reply(ctx, reference, kind_text, &Err(f));
+                return self.ws_refuse(ctx, reference, kind_text, f);
             }
         };
-        let kind = kind_of(&request);
+        let kind = request.kind();
         let tag = Tag::Ws { reference: decoded.reference.clone(), kind };
         match request {
             ClientRequest::Hello { auth } => {
@@ -132,17 +133,24 @@ impl Session {
         }
     }
 
+    /// The answer to a decoded request; a refused `hello` may be sent again.
     pub(super) fn ws_reply(
         &mut self,
         ctx: &mut Ctx<'_>,
         reference: Option<&str>,
-        kind: &str,
+        kind: RequestKind,
         result: &Result<Reply, Failure>,
     ) {
-        if kind == "hello" && result.is_err() {
+        if kind == RequestKind::Hello && result.is_err() {
             self.hello_pending = false;
         }
-        self.send(ctx, text_frame(&reply_json(reference, kind, result)));
+        self.send(ctx, text_frame(&reply_json(reference, kind.as_str(), result)));
+    }
+
+    /// The error for a frame that is no request (or is refused before it is
+    /// decoded): it changes no state, whatever `type` text the client chose.
+    fn ws_refuse(&mut self, ctx: &mut Ctx<'_>, reference: Option<&str>, request: &str, failure: Failure) {
+        self.send(ctx, text_frame(&reply_json(reference, request, &Err(failure))));
     }
 
     /// A reply from the hub to a WebSocket request; the answer to a `join`
@@ -151,29 +159,12 @@ impl Session {
         &mut self,
         ctx: &mut Ctx<'_>,
         reference: Option<&str>,
-        kind: &str,
+        kind: RequestKind,
         result: &Result<Reply, Failure>,
     ) {
         self.ws_reply(ctx, reference, kind, result);
-        if self.paused && matches!(kind, "join" | "leave") {
+        if self.paused && matches!(kind, RequestKind::Join | RequestKind::Leave) {
             self.resume(ctx);
         }
-    }
-}
-
-fn kind_of(r: &ClientRequest) -> &'static str {
-    match r {
-        ClientRequest::Hello { .. } => "hello",
-        ClientRequest::Join { .. } => "join",
-        ClientRequest::Leave { .. } => "leave",
-        ClientRequest::Send { .. } => "send",
-        ClientRequest::History { .. } => "history",
-        ClientRequest::Who { .. } => "who",
-        ClientRequest::Rooms { .. } => "rooms",
-        ClientRequest::Conversations { .. } => "conversations",
-        ClientRequest::Read { .. } => "read",
-        ClientRequest::Typing { .. } => "typing",
-        ClientRequest::Ack { .. } => "ack",
-        ClientRequest::Ping => "ping",
     }
 }

@@ -101,7 +101,7 @@ CREATE TABLE IF NOT EXISTS conversations (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS conversations_by_hi ON conversations(hi, lo);
 CREATE INDEX IF NOT EXISTS conversations_by_order ON conversations(last_order);
-CREATE INDEX IF NOT EXISTS conversations_by_names ON conversations(names, seq);
+CREATE INDEX IF NOT EXISTS conversations_by_names ON conversations(names);
 
 CREATE TABLE IF NOT EXISTS private_messages (
     lo        TEXT NOT NULL,
@@ -139,16 +139,17 @@ CREATE TABLE IF NOT EXISTS client_ids (
 );
 
 -- Each registered user's unacknowledged private messages, in order of
--- arrival (`id`, the page cursor), and how many there are.
+-- arrival (`id`: the conversation's `last_order` when it arrived, which
+-- grows with every private message; the page cursor), and how many there
+-- are.
 CREATE TABLE IF NOT EXISTS inbox (
-    id   INTEGER PRIMARY KEY,
     user TEXT NOT NULL,
+    id   INTEGER NOT NULL,
     lo   TEXT NOT NULL,
     hi   TEXT NOT NULL,
-    seq  INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS inbox_by_user ON inbox(user, id);
-CREATE INDEX IF NOT EXISTS inbox_by_conversation ON inbox(user, lo, hi, seq);
+    seq  INTEGER NOT NULL,
+    PRIMARY KEY (user, id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS inbox_sizes (
     user    TEXT PRIMARY KEY,
     pending INTEGER NOT NULL
@@ -855,19 +856,20 @@ fn append(conn: &Connection, target: &Target, m: &NewMessage) -> rusqlite::Resul
         Target::Conversation(a, b) => {
             let (lo, hi) = pair(a, b);
             let recipient = if m.sender == lo { hi } else { lo };
-            if let Some(bound) = m.inbox.filter(|_| recipient != m.sender) {
+            let bounded = m.inbox.filter(|b| recipient != m.sender && *b != InboxBound::UNBOUNDED);
+            if let Some(bound) = bounded {
                 if let Some(limit) = inbox_full(conn, recipient, (lo, hi), bound)? {
                     return Ok(StoreValue::InboxFull { limit });
                 }
             }
-            let seq = next_conversation_seq(conn, lo, hi, ts)?;
+            let (seq, order) = next_conversation_seq(conn, lo, hi, ts)?;
             conn.prepare_cached(
                 "INSERT INTO private_messages (lo, hi, seq, sender, from_name, to_name, text, client_id, ts)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![lo, hi, seq, m.sender, m.from, m.to, m.text, m.client_id, ts])?;
             if m.inbox.is_some() && recipient != m.sender {
-                into_inbox(conn, recipient, (lo, hi), seq)?;
+                into_inbox(conn, recipient, order, (lo, hi), seq)?;
             }
             seq
         }
@@ -912,20 +914,33 @@ fn repeated(
     Ok((text.as_deref() == Some(m.text.as_str())).then(|| (uint(seq), uint(ts))))
 }
 
-/// The next `seq` of the conversation `(lo, hi)`, creating it when new. A
-/// new conversation continues after the newest one between the same
-/// display names (see [`display_pair`]).
-fn next_conversation_seq(conn: &Connection, lo: &str, hi: &str, ts: i64) -> rusqlite::Result<i64> {
+/// The next `seq` of the conversation `(lo, hi)`, and its new place in the
+/// order of all private messages, creating it when new. A new conversation
+/// continues after the newest one between the same display names (see
+/// [`display_pair`]); an existing one, nearly every message, costs one
+/// statement.
+fn next_conversation_seq(conn: &Connection, lo: &str, hi: &str, ts: i64) -> rusqlite::Result<(i64, i64)> {
+    let row = |r: &Row<'_>| Ok((r.get(0)?, r.get(1)?));
+    let bumped = conn
+        .prepare_cached(
+            "UPDATE conversations SET seq = seq + 1, last_ts = max(last_ts, ?3),
+                 last_order = (SELECT coalesce(max(last_order), 0) + 1 FROM conversations)
+             WHERE lo = ?1 AND hi = ?2
+             RETURNING seq, last_order",
+        )?
+        .query_row(params![lo, hi, ts], row)
+        .optional()?;
+    if let Some(found) = bumped {
+        return Ok(found);
+    }
     conn.prepare_cached(
         "INSERT INTO conversations (lo, hi, seq, last_ts, last_order, names)
          VALUES (?1, ?2,
                  (SELECT coalesce(max(seq), 0) + 1 FROM conversations WHERE names = ?4),
                  ?3, (SELECT coalesce(max(last_order), 0) + 1 FROM conversations), ?4)
-         ON CONFLICT (lo, hi) DO UPDATE SET seq = seq + 1, last_ts = max(last_ts, excluded.last_ts),
-             last_order = excluded.last_order
-         RETURNING seq",
+         RETURNING seq, last_order",
     )?
-    .query_row(params![lo, hi, ts, display_pair(lo, hi)], |r| r.get(0))
+    .query_row(params![lo, hi, ts, display_pair(lo, hi)], row)
 }
 
 /// Which bound of `user`'s inbox one more message from the conversation
@@ -955,9 +970,9 @@ fn inbox_full(
     Ok((from_sender >= i64::from(bound.per_sender)).then_some(InboxLimit::PerSender))
 }
 
-fn into_inbox(conn: &Connection, user: &str, (lo, hi): (&str, &str), seq: i64) -> rusqlite::Result<()> {
-    conn.prepare_cached("INSERT INTO inbox (user, lo, hi, seq) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![user, lo, hi, seq])?;
+fn into_inbox(conn: &Connection, user: &str, id: i64, (lo, hi): (&str, &str), seq: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT INTO inbox (user, id, lo, hi, seq) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![user, id, lo, hi, seq])?;
     conn.prepare_cached(
         "INSERT INTO inbox_sizes (user, pending) VALUES (?1, 1)
          ON CONFLICT (user) DO UPDATE SET pending = pending + 1",
@@ -989,11 +1004,13 @@ fn ack(conn: &Connection, user: &str, with: &str, seq: u64) -> rusqlite::Result<
 /// bound, at most [`PURGE_BATCH`] at a time. Returns how many went.
 fn purge_ids(conn: &Connection, now_ms: i64, options: &SqliteOptions) -> rusqlite::Result<usize> {
     let cutoff = now_ms.saturating_sub(int(options.id_retention.as_millis() as u64));
-    let (newest, count): (Option<i64>, i64) = conn
-        .prepare_cached("SELECT max(id), count(*) FROM client_ids")?
+    // Ids are deleted oldest first, so the rows are about the span of ids
+    // (a `count(*)` would read the whole table).
+    let (oldest, newest): (Option<i64>, Option<i64>) = conn
+        .prepare_cached("SELECT min(id), max(id) FROM client_ids")?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let Some(newest) = newest else { return Ok(0) };
-    let over = (count - int(options.max_ids)).max(0);
+    let (Some(oldest), Some(newest)) = (oldest, newest) else { return Ok(0) };
+    let over = (newest - oldest + 1 - int(options.max_ids)).max(0);
     // Ids arrive in time order, so the oldest have the lowest `id`: walk
     // from there while they are past the retention (or over the bound).
     let mut st = conn.prepare_cached("SELECT id, ts FROM client_ids ORDER BY id LIMIT ?1")?;

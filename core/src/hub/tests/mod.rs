@@ -165,6 +165,25 @@ fn a_second_hello_while_the_first_is_in_flight_is_already_authenticated() {
     assert_eq!((&got[1]["ref"], &got[1]["type"]), (&json!("1"), &json!("welcome")));
 }
 
+/// A malformed `hello` is refused before decoding and changes nothing: the
+/// first is still in flight, so the next is already authenticated too.
+#[test]
+fn a_malformed_hello_while_one_is_in_flight_lets_no_second_through() {
+    let mut sim = sim();
+    sim.store_mut().set_latency(Duration::from_millis(50), Duration::ZERO);
+    let token = sim.token("alice");
+    let c = sim.ws_client();
+    sim.send_json(c, json!({"type":"hello","token":token,"ref":"1"}));
+    sim.send_json(c, json!({"type":"hello","ref":"x"}));
+    sim.send_json(c, json!({"type":"hello","name":"gus","ref":"2"}));
+    sim.run_until_idle();
+    let got: Vec<(Value, Value)> = sim.take_json(c).iter().map(|r| (r["ref"].clone(), r["code"].clone())).collect();
+    assert_eq!(
+        got,
+        [(json!("x"), json!("bad_request")), (json!("2"), json!("already_authenticated")), (json!("1"), Value::Null)]
+    );
+}
+
 // ---- join and leave, presence ---------------------------------------------------
 
 #[test]

@@ -151,10 +151,12 @@ fn fill_names(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Every private message to a registered user above its ack, oldest first.
+/// They take the ids 1..=N, and every conversation's `last_order` moves up by
+/// N, so that the messages after the upgrade come after them.
 fn fill_inbox(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
-        "INSERT INTO inbox (user, lo, hi, seq)
-         SELECT p.recipient, p.lo, p.hi, p.seq
+        "INSERT INTO inbox (user, id, lo, hi, seq)
+         SELECT p.recipient, row_number() OVER (ORDER BY p.ts, p.lo, p.hi, p.seq), p.lo, p.hi, p.seq
          FROM (SELECT m.lo, m.hi, m.seq, m.ts,
                       CASE WHEN m.sender = m.lo THEN m.hi ELSE m.lo END AS recipient
                FROM private_messages AS m) AS p
@@ -163,6 +165,7 @@ fn fill_inbox(conn: &Connection) -> rusqlite::Result<()> {
                 ON k.user = p.recipient AND k.peer = CASE WHEN p.recipient = p.lo THEN p.hi ELSE p.lo END
          WHERE p.lo <> p.hi AND p.seq > coalesce(k.ack, 0)
          ORDER BY p.ts, p.lo, p.hi, p.seq;
+         UPDATE conversations SET last_order = last_order + (SELECT count(*) FROM inbox);
          INSERT INTO inbox_sizes (user, pending) SELECT user, count(*) FROM inbox GROUP BY user;",
     )
 }
