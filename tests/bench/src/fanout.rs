@@ -86,6 +86,7 @@ impl Rig {
             rooms: Some(&rooms),
             count: clients,
             sources: sources_for(clients, o.sources),
+            local: None,
             in_flight: o.in_flight,
             session_timeout: Duration::from_secs(30),
         };

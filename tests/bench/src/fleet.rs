@@ -10,7 +10,7 @@
 //! back-off rather than the server.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -77,6 +77,8 @@ pub struct Plan<'a> {
     pub count: usize,
     /// Loopback source addresses to spread over (1: the default address).
     pub sources: usize,
+    /// Every client from this source address instead (`sources` is then unused).
+    pub local: Option<IpAddr>,
     pub in_flight: usize,
     /// A session not through its set-up after this long has failed.
     pub session_timeout: Duration,
@@ -215,7 +217,7 @@ impl Fleet {
                 let i = fleet.clients.len();
                 p.started.push(Instant::now());
                 p.stage.push(Stage::Welcome);
-                match Client::connect(plan.http, local_addr_for(i, plan.sources)) {
+                match Client::connect(plan.http, plan.local.or_else(|| local_addr_for(i, plan.sources))) {
                     Ok(mut c) => {
                         fleet
                             .poll

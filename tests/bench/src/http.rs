@@ -4,7 +4,7 @@
 //! over a few keep-alive connections in parallel, and is not measured.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -17,9 +17,21 @@ struct Conn {
 }
 
 impl Conn {
-    fn open(addr: SocketAddr) -> io::Result<Conn> {
-        let stream = TcpStream::connect(addr)?;
-        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    /// Connects from `local` when given (a loopback source address), with
+    /// `timeout` on every read.
+    fn open(addr: SocketAddr, local: Option<IpAddr>, timeout: Duration) -> io::Result<Conn> {
+        let stream = match local {
+            None => TcpStream::connect(addr)?,
+            Some(ip) => {
+                let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+                let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+                socket.set_reuse_address(true)?;
+                socket.bind(&SocketAddr::new(ip, 0).into())?;
+                socket.connect(&addr.into())?;
+                socket.into()
+            }
+        };
+        stream.set_read_timeout(Some(timeout))?;
         Ok(Conn { reader: BufReader::new(stream) })
     }
 
@@ -31,7 +43,9 @@ impl Conn {
         );
         self.reader.get_mut().write_all(req.as_bytes())?;
         let mut line = String::new();
-        self.reader.read_line(&mut line)?;
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed without an answer"));
+        }
         let status = parse_status(&line).ok_or_else(|| io::Error::other(format!("bad status line {line:?}")))?;
         let mut length = 0usize;
         loop {
@@ -55,6 +69,18 @@ impl Conn {
     }
 }
 
+/// One request on a connection of its own, from `local` when given: its
+/// status and body. The attacks' requests, each its own client.
+pub fn post_once(
+    addr: SocketAddr,
+    local: Option<IpAddr>,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> io::Result<(u16, Vec<u8>)> {
+    Conn::open(addr, local, timeout)?.post(path, body)
+}
+
 fn parse_status(line: &str) -> Option<u16> {
     let mut parts = line.split_whitespace();
     parts.next().filter(|v| v.starts_with("HTTP/1."))?;
@@ -69,7 +95,8 @@ pub fn accounts(addr: SocketAddr, names: &[String], password: &str, parallel: us
     std::thread::scope(|s| {
         for _ in 0..parallel.max(1) {
             s.spawn(|| {
-                let mut conn = Conn::open(addr).unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+                let mut conn = Conn::open(addr, None, Duration::from_secs(60))
+                    .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(name) = names.get(i) else { return };

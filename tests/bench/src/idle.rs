@@ -134,6 +134,7 @@ pub(crate) fn hold(target: &Target, sessions: usize, room_size: usize, hold_s: f
         rooms: Some(&rooms),
         count: sessions,
         sources,
+        local: None,
         in_flight: open.in_flight,
         session_timeout: Duration::from_secs(30),
     };

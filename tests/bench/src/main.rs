@@ -10,6 +10,7 @@
 //! quietly lower load. The server must run with `--rate`/`--burst` above
 //! the senders' rate (`compare` passes `--rate 1000000 --burst 1000000`).
 
+mod attack;
 mod compare;
 mod fanout;
 mod fleet;
@@ -53,6 +54,9 @@ enum Command {
     Storm(storm::StormArgs),
     /// About 19,000 sessions from several source addresses, held.
     Scale(scale::ScaleArgs),
+    /// A bounded attack while a bystander sends a room message every 50 ms:
+    /// the bystander's `ok` latency alone, then during the attack.
+    Attack(attack::AttackArgs),
     /// Starts each runtime binary in turn, runs the scenarios against it and
     /// prints one table per scenario with ratios against the first binary.
     Compare(compare::CompareArgs),
@@ -114,6 +118,7 @@ fn main() {
         Command::Idle(a) => single(&a, &a.target, idle::run),
         Command::Storm(a) => single(&a, &a.target, storm::run),
         Command::Scale(a) => single(&a, &a.target, scale::run),
+        Command::Attack(a) => attack::run(&a),
         Command::Compare(a) => compare::run(&a),
     };
     std::process::exit(status);

@@ -225,6 +225,7 @@ pub(crate) fn run(a: &PrivateArgs) -> Report {
         rooms: None,
         count: n,
         sources: sources_for(n, a.open.sources),
+        local: None,
         in_flight: a.open.in_flight,
         session_timeout: Duration::from_secs(30),
     };

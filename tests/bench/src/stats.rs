@@ -55,6 +55,11 @@ fn bucket_high(b: usize) -> u64 {
 }
 
 impl Histogram {
+    /// Samples recorded.
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
     pub fn record(&mut self, us: u64) {
         self.counts[bucket(us)] += 1;
         self.total += 1;

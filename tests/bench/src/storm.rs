@@ -128,6 +128,7 @@ pub(crate) fn run(a: &StormArgs) -> Report {
         rooms: Some(&rooms),
         count: a.sessions,
         sources: sources_for(a.sessions, a.open.sources),
+        local: None,
         in_flight: a.open.in_flight,
         session_timeout: Duration::from_secs_f64(a.session_timeout),
     };
