@@ -14,7 +14,7 @@ use crate::scan::{number, scan};
 use crate::stats::Histogram;
 use crate::{http, name_prefix};
 
-use super::{bystander_then_attack, counted, cpu_counts, AttackArgs, Outcome, ATTACKER, PASSWORD};
+use super::{attacker_session, bystander_then_attack, counted, cpu_counts, AttackArgs, Outcome, PASSWORD};
 
 #[derive(clap::Args, Clone, Debug)]
 pub(crate) struct InboxArgs {
@@ -166,16 +166,7 @@ fn reconnect(a: &AttackArgs, k: &InboxArgs, token: &[String]) -> Reconnects {
     let mut r = Reconnects::default();
     let end = Instant::now() + Duration::from_secs_f64(k.seconds);
     while Instant::now() < end {
-        let plan = Plan {
-            http: a.target.http,
-            hello: Hello::Token(token),
-            rooms: None,
-            count: 1,
-            sources: 1,
-            local: Some(ATTACKER),
-            in_flight: 1,
-            session_timeout: Duration::from_secs(5),
-        };
+        let plan = attacker_session(a, token);
         let (mut fleet, opened) = Fleet::open(&plan);
         if opened.ready == 0 {
             for (why, n) in opened.failed {

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::fleet::{Event, Fleet};
+use crate::fleet::{Event, Fleet, Hello, Plan};
 use crate::proc::{Usage, Window};
 use crate::report::{col, text, Cell, Table};
 use crate::scan::scan;
@@ -144,6 +144,35 @@ pub(crate) fn run(a: &AttackArgs) -> i32 {
 /// Starts the bystander and lets it run alone for the baseline; returns it
 /// in its first attack phase, the server's and this process's CPU readings
 /// taken as the attack starts.
+/// `count` guests named `prefix` + index, from the set-up addresses: what
+/// an attack builds before it starts.
+pub(crate) fn guest_plan<'a>(a: &AttackArgs, prefix: &'a str, count: usize, sources: usize) -> Plan<'a> {
+    Plan {
+        http: a.target.http,
+        hello: Hello::Guest(prefix),
+        rooms: None,
+        count,
+        sources,
+        local: None,
+        in_flight: 50,
+        session_timeout: Duration::from_secs(15),
+    }
+}
+
+/// One session of the attacker's, opened with `token`.
+pub(crate) fn attacker_session<'a>(a: &AttackArgs, token: &'a [String]) -> Plan<'a> {
+    Plan {
+        http: a.target.http,
+        hello: Hello::Token(token),
+        rooms: None,
+        count: 1,
+        sources: 1,
+        local: Some(ATTACKER),
+        in_flight: 1,
+        session_timeout: Duration::from_secs(5),
+    }
+}
+
 pub(crate) fn bystander_then_attack(a: &AttackArgs, phases: &[&str]) -> (Bystander, Usage) {
     let by = Bystander::start(a.target.http, phases);
     std::thread::sleep(Duration::from_secs_f64(a.baseline));

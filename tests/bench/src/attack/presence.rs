@@ -18,7 +18,10 @@ use crate::proc::Usage;
 use crate::scan::scan;
 use crate::{http, name_prefix};
 
-use super::{bystander_then_attack, counted, cpu_counts, join_all, AttackArgs, Outcome, ATTACKER, PASSWORD};
+use super::{
+    attacker_session, bystander_then_attack, counted, cpu_counts, guest_plan, join_all, AttackArgs, Outcome, ATTACKER,
+    PASSWORD,
+};
 
 #[derive(clap::Args, Clone, Debug)]
 pub(crate) struct PresenceArgs {
@@ -110,16 +113,7 @@ struct Listeners {
 impl Listeners {
     fn start(a: &AttackArgs, k: &PresenceArgs, prefix: &str) -> Listeners {
         let guests = format!("{prefix}g");
-        let plan = Plan {
-            http: a.target.http,
-            hello: Hello::Guest(&guests),
-            rooms: None,
-            count: k.guests,
-            sources: k.sources,
-            local: None,
-            in_flight: 50,
-            session_timeout: Duration::from_secs(15),
-        };
+        let plan = guest_plan(a, &guests, k.guests, k.sources);
         let (mut fleet, opened) = Fleet::open(&plan);
         let (ready, errors) = join_all(&mut fleet, k.guests, |_| vec!["lobby".into()], Duration::from_secs(15));
         assert!(errors.is_empty(), "guests could not join lobby: {}", summary(&errors));
@@ -182,16 +176,7 @@ fn flap_token(a: &AttackArgs, k: &PresenceArgs, token: &[String]) -> Flaps {
     let mut f = Flaps::default();
     let end = Instant::now() + Duration::from_secs_f64(k.seconds);
     while Instant::now() < end {
-        let plan = Plan {
-            http: a.target.http,
-            hello: Hello::Token(token),
-            rooms: None,
-            count: 1,
-            sources: 1,
-            local: Some(ATTACKER),
-            in_flight: 1,
-            session_timeout: Duration::from_secs(5),
-        };
+        let plan = attacker_session(a, token);
         let (_, opened) = Fleet::open(&plan);
         f.opened += opened.ready as u64;
         refused(&mut f, opened.failed);

@@ -13,7 +13,7 @@ use crate::proc::Usage;
 use crate::scan::{numbers, scan};
 use crate::stats::Histogram;
 
-use super::{bystander_then_attack, counted, cpu_counts, join_all, AttackArgs, Outcome, ATTACKER};
+use super::{bystander_then_attack, counted, cpu_counts, guest_plan, join_all, AttackArgs, Outcome, ATTACKER};
 
 #[derive(clap::Args, Clone, Debug)]
 pub(crate) struct RoomsArgs {
@@ -58,16 +58,7 @@ impl Answers {
 
 pub(crate) fn run(a: &AttackArgs, k: &RoomsArgs) -> Outcome {
     let prefix = name_prefix('r');
-    let holders = Plan {
-        http: a.target.http,
-        hello: Hello::Guest(&prefix),
-        rooms: None,
-        count: k.guests,
-        sources: k.sources,
-        local: None,
-        in_flight: 50,
-        session_timeout: Duration::from_secs(15),
-    };
+    let holders = guest_plan(a, &prefix, k.guests, k.sources);
     let began = Instant::now();
     let (mut holders, opened) = Fleet::open(&holders);
     let room_names = |i: usize| (0..k.rooms_each).map(|j| format!("{prefix}r{i}x{j}")).collect();
