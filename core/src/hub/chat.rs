@@ -7,6 +7,7 @@ use super::state::{display_name, InboxRead};
 use super::{unavailable, Hub};
 use crate::ids::{is_valid_name, SessionId};
 use crate::link::Tag;
+use crate::metrics::Metrics;
 use crate::reply::{ErrorCode, Failure, Recovery, Reply};
 use crate::session::rate::RateLimit;
 use crate::store::{
@@ -242,7 +243,7 @@ impl Hub {
         }
     }
 
-    fn unmark_replaying(&mut self, sid: SessionId, room: &str) {
+    pub(super) fn unmark_replaying(&mut self, sid: SessionId, room: &str) {
         if let Some(info) = self.state.sessions.get_mut(&sid) {
             info.replaying.retain(|r| r != room);
         }
@@ -265,10 +266,8 @@ impl Hub {
         since: u64,
         result: Result<StoreValue, StoreError>,
     ) {
-        let Some(info) = self.state.sessions.get_mut(&sid) else { return };
-        if let Some(i) = info.replaying.iter().position(|r| *r == room) {
-            info.replaying.swap_remove(i);
-        }
+        self.unmark_replaying(sid, &room);
+        let Some(info) = self.state.sessions.get(&sid) else { return };
         let user = info.user().map(str::to_owned);
         let Ok(StoreValue::Messages { mut messages, oldest }) = result else {
             return self.reply(sid, tag, Err(unavailable()));
@@ -354,7 +353,7 @@ impl Hub {
             StoreValue::Appended { seq, duplicate: true, .. } => return Ok(seq),
             StoreValue::Appended { seq, ts, .. } => (seq, ts),
             StoreValue::InboxFull { limit } => {
-                self.metrics.inbox_full.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Metrics::add(&self.metrics.inbox_full, 1);
                 return Err(inbox_full(&to_key, limit));
             }
             _ => return Err(unavailable()),
@@ -494,7 +493,7 @@ impl Hub {
         let bucket = info.queries.get_or_insert_with(|| RateLimit::new(now.instant, burst));
         let allowed = bucket.allow(now.instant, rate, burst);
         if !allowed {
-            self.metrics.queries_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Metrics::add(&self.metrics.queries_limited, 1);
         }
         allowed
     }

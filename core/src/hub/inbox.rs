@@ -56,6 +56,15 @@ impl Hub {
         }
     }
 
+    /// Sends `sid`'s held echoes now: no page will take them in.
+    pub(super) fn send_held_echoes(&mut self, sid: SessionId) {
+        let Some(info) = self.state.sessions.get_mut(&sid) else { return };
+        for echo in std::mem::take(&mut info.held_echoes) {
+            let (_, event) = private_message(&echo.message, None);
+            self.deliver(&[sid], &event);
+        }
+    }
+
     pub(super) fn complete_inbox(
         &mut self,
         now: Now,
@@ -90,11 +99,7 @@ impl Hub {
             info.inbox = InboxRead::Paused { cursor: next };
             // Echoes go live from here: holding them until an `ack` that
             // may never come would lose them for this session.
-            let held = std::mem::take(&mut info.held_echoes);
-            for echo in held {
-                let (_, event) = private_message(&echo.message, None);
-                self.deliver(&[sid], &event);
-            }
+            self.send_held_echoes(sid);
         } else {
             self.request_page(now, sid, user, next, round);
         }

@@ -300,17 +300,14 @@ impl Hub {
     /// again, or the session would wait for them for ever. (What an expired
     /// inbox page did not send comes at the next session.)
     fn release(&mut self, sid: SessionId, held: Held) {
-        let Some(info) = self.state.sessions.get_mut(&sid) else { return };
         match held {
             Held::Nothing => {}
-            Held::Room(room) => info.replaying.retain(|r| *r != room),
+            Held::Room(room) => self.unmark_replaying(sid, &room),
             Held::Inbox => {
-                info.inbox = state::InboxRead::Done;
-                let echoes = std::mem::take(&mut info.held_echoes);
-                for echo in echoes {
-                    let (_, event) = encode::private_message(&echo.message, None);
-                    self.deliver(&[sid], &event);
+                if let Some(info) = self.state.sessions.get_mut(&sid) {
+                    info.inbox = state::InboxRead::Done;
                 }
+                self.send_held_echoes(sid);
             }
         }
     }
