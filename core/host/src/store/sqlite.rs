@@ -831,9 +831,10 @@ fn load_all(conn: &Connection) -> rusqlite::Result<StoreValue> {
 }
 
 fn append(conn: &Connection, target: &Target, m: &NewMessage) -> rusqlite::Result<StoreValue> {
-    let scope = id_scope(target);
-    if let Some(client_id) = &m.client_id {
-        if let Some((seq, ts)) = repeated(conn, target, &scope, m, client_id)? {
+    // Only a message with a client id needs its scope.
+    let id = m.client_id.as_deref().map(|client_id| (client_id, id_scope(target)));
+    if let Some((client_id, scope)) = &id {
+        if let Some((seq, ts)) = repeated(conn, target, scope, m, client_id)? {
             return Ok(StoreValue::Appended { seq, ts, duplicate: true });
         }
     }
@@ -874,7 +875,7 @@ fn append(conn: &Connection, target: &Target, m: &NewMessage) -> rusqlite::Resul
             seq
         }
     };
-    if let Some(client_id) = &m.client_id {
+    if let Some((client_id, scope)) = id {
         conn.prepare_cached(
             // A reused id (other text) now names this message.
             "INSERT INTO client_ids (sender, scope, client_id, seq, ts) VALUES (?1, ?2, ?3, ?4, ?5)
