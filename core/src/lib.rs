@@ -2,28 +2,31 @@
 //! sockets, threads, files or clocks. Runtimes feed it bytes and time and
 //! carry out the actions it returns.
 //!
-//! # Driving a shard
-//! A [`Shard`] holds the sessions of one I/O thread. After **every** call
-//! that feeds it (`open`, `received`, `written`, `closed`, `handle_hub`,
-//! `handle_store`, `handle_timeout`, `shutdown`), drain
-//! [`Shard::poll_action`] until it returns `None`, then read
-//! [`Shard::poll_timeout`] and sleep no longer than that:
+//! # The machines and how to drive them
+//! Three machines, each with one input enum and one output enum, in the
+//! manner of str0m's `Rtc`: feed an input, drain the outputs until `None`,
+//! then sleep no longer than `poll_timeout`. A recorded sequence of inputs
+//! (with their [`Now`]) replays a run exactly.
 //!
-//! - [`ShardAction::Write`]: the connection has bytes queued. Write
-//!   [`Shard::outbox`] with one vectored write when the socket is writable
-//!   and report the count with [`Shard::written`].
-//! - [`ShardAction::Close`]: drop the socket. The key is free again.
-//! - [`ShardAction::Store`]: submit to storage; feed each completion back
-//!   with [`Shard::handle_store`] in the order storage gives them.
+//! - A [`Shard`] holds the sessions of one I/O thread:
+//!   [`Shard::handle_input`] with a [`ShardInput`], then
+//!   [`Shard::poll_output`]:
+//!   - [`ShardOutput::Write`]: the connection has bytes queued. Write
+//!     [`Shard::outbox`] with one vectored write when the socket is writable
+//!     and report the count with [`ShardInput::Written`].
+//!   - [`ShardOutput::Close`]: drop the socket. The key is free again.
+//!   - [`ShardOutput::ToHub`]: mail for the hub; gather it for the loop turn
+//!     and hand it over as one batch.
+//! - The [`Hub`], one per node, owns users, rooms and `seq`:
+//!   [`Hub::handle_input`] with a [`HubInput`] (a shard's mail, a storage
+//!   completion, a timeout), then [`Hub::poll_output`]: mail for shard `i`
+//!   ([`ShardInput::FromHub`]) or requests for storage, whose completions
+//!   come back as [`HubInput::Store`] in the order storage gives them.
+//! - [`Local`] composes one shard with the hub for `--threads 1`: nothing
+//!   crosses a thread, and its outputs are writes, closes and storage.
 //!
-//! When the hub runs on its own thread ([`Shard::new`]), take
-//! [`Shard::take_to_hub`] once per loop turn and give it to the hub thread
-//! as one batch; give what the hub sends back to [`Shard::handle_hub`].
-//! With one I/O thread, [`Shard::with_hub`] keeps the hub in the shard and
-//! nothing crosses a thread.
-//!
-//! The [`Hub`] is driven the same way: `handle_input`, then drain
-//! `poll_action`, then `poll_timeout`.
+//! Calls that do not fit a machine's state (a key that names no open
+//! connection, say) return a typed error: they are runtime bugs.
 //!
 //! Time is always an argument ([`Now`]): the core never reads a clock.
 
@@ -34,6 +37,7 @@ mod config;
 mod hub;
 mod ids;
 mod link;
+mod local;
 pub mod metrics;
 mod peers;
 mod reply;
@@ -44,15 +48,13 @@ mod time;
 mod transport;
 
 pub use config::{Config, GuestSecret, Secret};
-pub use hub::{Encoded, Hub, HubAction, HubInput};
+pub use hub::{Encoded, Hub, HubInput, HubOutput};
 pub use ids::{is_valid_name, SessionId};
 pub use link::{ToHub, ToShard};
+pub use local::{Local, LocalError, LocalInput, LocalOutput};
 pub use metrics::Metrics;
-pub use shard::{ConnKey, Shard, ShardAction, Transport};
+pub use shard::{ConnKey, Shard, ShardError, ShardInput, ShardOutput, Transport};
 pub use time::Now;
-
-#[cfg(any(test, feature = "sim"))]
-pub mod sim;
 
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

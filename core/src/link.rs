@@ -10,14 +10,14 @@ use crate::reply::{Failure, Reply};
 use crate::transport::request::{ClientRequest, RequestKind};
 
 /// From a session to the hub.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ToHub(pub(crate) ToHubInner);
 
 /// From the hub to the sessions of one shard.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ToShard(pub(crate) ToShardInner);
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum ToHubInner {
     Hello {
         sid: SessionId,
@@ -46,7 +46,7 @@ pub(crate) enum ToHubInner {
     },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum ToShardInner {
     Deliver {
         sessions: Vec<SessionId>,

@@ -43,7 +43,6 @@ impl PeerConns {
     }
 
     /// Connections open from `peer`'s address.
-    #[cfg(test)]
     pub(crate) fn count(&self, peer: IpAddr) -> u32 {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.get(&address(peer)).copied().unwrap_or(0)
@@ -60,6 +59,14 @@ fn address(peer: IpAddr) -> IpAddr {
             IpAddr::V6(prefix.into())
         }
         v4 => v4,
+    }
+}
+
+impl crate::metrics::Metrics {
+    /// Open connections from `peer` (not rendered on `/metrics`: addresses
+    /// are the users'; for tests and diagnostics).
+    pub fn connections_from(&self, peer: IpAddr) -> u32 {
+        self.per_address.count(peer)
     }
 }
 

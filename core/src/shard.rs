@@ -1,7 +1,9 @@
-//! A shard: the sessions of one I/O thread, and with `--threads 1` the hub
-//! too. This is the machine runtimes drive; see the crate docs for the
-//! contract.
+//! A shard: the sessions of one I/O thread. This is the machine runtimes
+//! drive; see the crate docs for the contract. It talks to the hub only
+//! through [`ShardOutput::ToHub`] and [`ShardInput::FromHub`], whether the
+//! hub runs on another thread or beside it ([`crate::Local`]).
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::io::IoSlice;
@@ -13,16 +15,14 @@ use std::time::Instant;
 use slab::Slab;
 
 use crate::config::Config;
-use crate::hub::{Hub, HubAction, HubInput};
 use crate::ids::SessionId;
 use crate::link::{ToHub, ToHubInner, ToShard, ToShardInner};
 use crate::metrics::Metrics;
 use crate::session::{Ctx, Refusal, Session};
-use crate::store::{StoreDone, StoreRequest};
-use crate::time::{earliest, Now};
+use crate::time::Now;
 
-/// A connection's handle within its shard, stable until [`ShardAction::Close`]
-/// or [`Shard::closed`].
+/// A connection's handle within its shard, stable until [`ShardOutput::Close`]
+/// or [`ShardInput::Closed`].
 pub type ConnKey = usize;
 
 /// Which listener a connection came from.
@@ -34,18 +34,92 @@ pub enum Transport {
     Line,
 }
 
+/// Everything that can happen to a shard. A recorded sequence of inputs
+/// (with their `Now`) replays a run exactly.
+#[derive(Debug, Clone)]
+pub enum ShardInput<'a> {
+    /// A connection was accepted; [`Shard::handle_input`] returns its key.
+    Open {
+        /// The listener it came from.
+        transport: Transport,
+        /// The peer's address.
+        peer: IpAddr,
+    },
+    /// Bytes arrived on a connection.
+    Received {
+        /// The connection.
+        conn: ConnKey,
+        /// What was read (borrowed from the runtime's read buffer).
+        data: Cow<'a, [u8]>,
+    },
+    /// `n` bytes of what [`Shard::outbox`] returned were written.
+    Written {
+        /// The connection.
+        conn: ConnKey,
+        /// How many bytes the socket took.
+        n: usize,
+    },
+    /// The peer closed the connection or it failed; the runtime drops it.
+    Closed {
+        /// The connection.
+        conn: ConnKey,
+    },
+    /// A batch from the hub, in the order the hub sent it.
+    FromHub(Vec<ToShard>),
+    /// The deadline from [`Shard::poll_timeout`] passed (early calls are
+    /// harmless).
+    Timeout,
+    /// Close every session the way a restart should: WebSocket clients get
+    /// 1012 and reconnect.
+    Shutdown,
+}
+
+impl ShardInput<'_> {
+    /// The same input owning its bytes, to keep in a recording.
+    pub fn into_owned(self) -> ShardInput<'static> {
+        match self {
+            ShardInput::Received { conn, data } => ShardInput::Received { conn, data: Cow::Owned(data.into_owned()) },
+            ShardInput::Open { transport, peer } => ShardInput::Open { transport, peer },
+            ShardInput::Written { conn, n } => ShardInput::Written { conn, n },
+            ShardInput::Closed { conn } => ShardInput::Closed { conn },
+            ShardInput::FromHub(batch) => ShardInput::FromHub(batch),
+            ShardInput::Timeout => ShardInput::Timeout,
+            ShardInput::Shutdown => ShardInput::Shutdown,
+        }
+    }
+}
+
 /// What the runtime must do next.
 #[derive(Debug)]
 #[must_use]
-pub enum ShardAction {
+pub enum ShardOutput {
     /// The connection has bytes to write: call [`Shard::outbox`] when the
     /// socket is writable (once per loop turn is enough).
     Write(ConnKey),
     /// Drop the connection; its key is free again.
     Close(ConnKey),
-    /// Submit these to storage and feed the completions back with
-    /// [`Shard::handle_store`] (only when the hub is local).
-    Store(Vec<StoreRequest>),
+    /// Hand these to the hub, in order. A runtime with the hub on another
+    /// thread gathers them for the whole loop turn and sends one batch.
+    ToHub(Vec<ToHub>),
+}
+
+/// A call that does not fit the shard's state: a runtime bug.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardError {
+    /// The key names no open connection (it was never opened, or the shard
+    /// closed it, or the runtime reported it closed already).
+    #[error("no open connection has key {0}")]
+    UnknownConnection(ConnKey),
+    /// More bytes were reported written than were queued.
+    #[error("connection {conn}: {n} bytes reported written, {queued} were queued")]
+    WroteTooMuch {
+        /// The connection.
+        conn: ConnKey,
+        /// The reported count.
+        n: usize,
+        /// What the outbox held.
+        queued: usize,
+    },
 }
 
 struct Entry {
@@ -66,13 +140,19 @@ pub struct Shard {
     metrics: Arc<Metrics>,
     entries: Slab<Entry>,
     timers: BinaryHeap<Reverse<(Instant, ConnKey)>>,
-    hub: Option<Hub>,
     to_hub: Vec<ToHubInner>,
-    actions: VecDeque<ShardAction>,
+    outputs: VecDeque<ShardOutput>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard").field("index", &self.index).field("connections", &self.entries.len()).finish()
+    }
 }
 
 impl Shard {
-    /// Shard number `index` of a node whose hub runs on another thread.
+    /// Shard number `index` of a node (its sessions' ids carry it, so the
+    /// hub knows where to send their mail).
     pub fn new(index: u16, config: Arc<Config>, metrics: Arc<Metrics>) -> Shard {
         Shard {
             index,
@@ -81,16 +161,14 @@ impl Shard {
             metrics,
             entries: Slab::new(),
             timers: BinaryHeap::new(),
-            hub: None,
             to_hub: Vec::new(),
-            actions: VecDeque::new(),
+            outputs: VecDeque::new(),
         }
     }
 
-    /// The only shard of a node, with the hub in the same thread: no
-    /// hand-off at all.
-    pub fn with_hub(config: Arc<Config>, metrics: Arc<Metrics>, hub: Hub) -> Shard {
-        Shard { hub: Some(hub), ..Shard::new(0, config, metrics) }
+    /// This shard's number.
+    pub fn index(&self) -> u16 {
+        self.index
     }
 
     /// Open connections.
@@ -103,8 +181,55 @@ impl Shard {
         self.entries.is_empty()
     }
 
-    /// A connection was accepted.
-    pub fn open(&mut self, now: Now, transport: Transport, peer: IpAddr) -> ConnKey {
+    /// Whether `conn` names an open connection.
+    pub fn is_open(&self, conn: ConnKey) -> bool {
+        self.entries.contains(conn)
+    }
+
+    /// Feeds one input; `Some(key)` for [`ShardInput::Open`]. Drain
+    /// [`Shard::poll_output`] afterwards.
+    pub fn handle_input(&mut self, now: Now, input: ShardInput<'_>) -> Result<Option<ConnKey>, ShardError> {
+        match input {
+            ShardInput::Open { transport, peer } => return Ok(Some(self.open(now, transport, peer))),
+            ShardInput::Received { conn, data } => self.received(now, conn, &data)?,
+            ShardInput::Written { conn, n } => self.written(now, conn, n)?,
+            ShardInput::Closed { conn } => self.closed(conn)?,
+            ShardInput::FromHub(batch) => self.hub_mail(now, batch),
+            ShardInput::Timeout => self.timeout(now),
+            ShardInput::Shutdown => self.shutdown(now),
+        }
+        self.flush_to_hub();
+        Ok(None)
+    }
+
+    /// The next output, until `None`.
+    pub fn poll_output(&mut self) -> Option<ShardOutput> {
+        self.outputs.pop_front()
+    }
+
+    /// When to feed [`ShardInput::Timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// What to write next on a connection; returns how many slices are set.
+    pub fn outbox<'a>(&'a self, conn: ConnKey, bufs: &mut [IoSlice<'a>]) -> usize {
+        self.entries.get(conn).map_or(0, |e| e.session.outbox(bufs))
+    }
+
+    /// Whether a connection has bytes waiting.
+    pub fn wants_write(&self, conn: ConnKey) -> bool {
+        self.entries.get(conn).is_some_and(|e| e.session.wants_write())
+    }
+
+    /// Bytes queued for a connection.
+    pub fn queued(&self, conn: ConnKey) -> usize {
+        self.entries.get(conn).map_or(0, |e| e.session.queued())
+    }
+
+    // ---- one function per input ---------------------------------------------
+
+    fn open(&mut self, now: Now, transport: Transport, peer: IpAddr) -> ConnKey {
         self.serial += 1;
         let slot = self.entries.vacant_key();
         let sid = SessionId::new(self.index, slot % SessionId::SLOTS, self.serial);
@@ -123,51 +248,44 @@ impl Shard {
         }
         let key = self.entries.insert(Entry { session: Box::new(session), scheduled: None, write_hinted: false });
         self.after(now, key);
+        self.flush_to_hub();
         key
     }
 
-    /// Bytes arrived on a connection.
-    pub fn received(&mut self, now: Now, key: ConnKey, data: &[u8]) {
-        self.with_session(now, key, |s, ctx| s.received(ctx, data));
+    fn received(&mut self, now: Now, conn: ConnKey, data: &[u8]) -> Result<(), ShardError> {
+        self.with_session(now, conn, |s, ctx| s.received(ctx, data))
     }
 
-    /// `n` bytes of what [`Shard::outbox`] returned were written.
-    pub fn written(&mut self, now: Now, key: ConnKey, n: usize) {
-        self.with_session(now, key, |s, ctx| s.written(ctx, n));
-        if let Some(e) = self.entries.get_mut(key) {
+    fn written(&mut self, now: Now, conn: ConnKey, n: usize) -> Result<(), ShardError> {
+        let queued = self.queued(conn);
+        if n > queued {
+            return Err(ShardError::WroteTooMuch { conn, n, queued });
+        }
+        self.with_session(now, conn, |s, ctx| s.written(ctx, n))?;
+        if let Some(e) = self.entries.get_mut(conn) {
             if !e.session.wants_write() {
                 e.write_hinted = false;
             }
         }
+        Ok(())
     }
 
-    /// The peer closed the connection or it failed; the runtime drops it.
-    pub fn closed(&mut self, now: Now, key: ConnKey) {
-        if self.entries.contains(key) {
-            self.remove(key);
-            self.flush_to_hub(now);
+    fn closed(&mut self, conn: ConnKey) -> Result<(), ShardError> {
+        if !self.entries.contains(conn) {
+            return Err(ShardError::UnknownConnection(conn));
         }
+        self.remove(conn);
+        Ok(())
     }
 
-    /// Messages from the hub thread, in order.
-    pub fn handle_hub(&mut self, now: Now, messages: Vec<ToShard>) {
-        for ToShard(msg) in messages {
+    fn hub_mail(&mut self, now: Now, batch: Vec<ToShard>) {
+        for ToShard(msg) in batch {
             self.apply(now, msg);
         }
-        self.flush_to_hub(now);
     }
 
-    /// A storage completion for the local hub.
-    pub fn handle_store(&mut self, now: Now, done: StoreDone) {
-        if let Some(hub) = &mut self.hub {
-            hub.handle_input(now, HubInput::Store(done));
-            self.drain_hub(now);
-            self.flush_to_hub(now);
-        }
-    }
-
-    /// Fires every timer that is due; early or spurious calls are harmless.
-    pub fn handle_timeout(&mut self, now: Now) {
+    /// Fires every session timer that is due.
+    fn timeout(&mut self, now: Now) {
         while let Some(&Reverse((at, key))) = self.timers.peek() {
             if at > now.instant {
                 break;
@@ -178,74 +296,30 @@ impl Shard {
                 continue;
             }
             e.scheduled = None;
-            self.with_session(now, key, |s, ctx| s.timeout(ctx));
-        }
-        if let Some(hub) = &mut self.hub {
-            if hub.poll_timeout().is_some_and(|t| t <= now.instant) {
-                hub.handle_input(now, HubInput::Timeout);
-                self.drain_hub(now);
-                self.flush_to_hub(now);
-            }
+            let _ = self.with_session(now, key, |s, ctx| s.timeout(ctx));
         }
     }
 
-    /// Closes every session the way a restart should: WebSocket clients
-    /// get 1012 and reconnect.
-    pub fn shutdown(&mut self, now: Now) {
+    fn shutdown(&mut self, now: Now) {
         let keys: Vec<ConnKey> = self.entries.iter().map(|(k, _)| k).collect();
         for key in keys {
-            self.with_session(now, key, |s, ctx| s.shutdown(ctx));
+            let _ = self.with_session(now, key, |s, ctx| s.shutdown(ctx));
         }
-    }
-
-    /// The next action, until `None`.
-    pub fn poll_action(&mut self) -> Option<ShardAction> {
-        self.actions.pop_front()
-    }
-
-    /// What this shard's sessions said to a remote hub since the last call:
-    /// take it once per loop turn and hand it over as one batch.
-    pub fn take_to_hub(&mut self) -> Vec<ToHub> {
-        if self.hub.is_some() {
-            return Vec::new();
-        }
-        std::mem::take(&mut self.to_hub).into_iter().map(ToHub).collect()
-    }
-
-    /// When to call [`Shard::handle_timeout`].
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        let sessions = self.timers.peek().map(|Reverse((t, _))| *t);
-        earliest(sessions, self.hub.as_ref().and_then(Hub::poll_timeout))
-    }
-
-    /// What to write next on a connection; returns how many slices are set.
-    pub fn outbox<'a>(&'a self, key: ConnKey, bufs: &mut [IoSlice<'a>]) -> usize {
-        self.entries.get(key).map_or(0, |e| e.session.outbox(bufs))
-    }
-
-    /// Whether a connection has bytes waiting.
-    pub fn wants_write(&self, key: ConnKey) -> bool {
-        self.entries.get(key).is_some_and(|e| e.session.wants_write())
-    }
-
-    /// Bytes queued for a connection.
-    pub fn queued(&self, key: ConnKey) -> usize {
-        self.entries.get(key).map_or(0, |e| e.session.queued())
-    }
-
-    /// The local hub, if this shard has it.
-    pub fn hub(&self) -> Option<&Hub> {
-        self.hub.as_ref()
     }
 
     // ---- internals ----------------------------------------------------------
 
-    fn with_session(&mut self, now: Now, key: ConnKey, f: impl FnOnce(&mut Session, &mut Ctx<'_>)) {
-        let Some(e) = self.entries.get_mut(key) else { return };
+    fn with_session(
+        &mut self,
+        now: Now,
+        conn: ConnKey,
+        f: impl FnOnce(&mut Session, &mut Ctx<'_>),
+    ) -> Result<(), ShardError> {
+        let e = self.entries.get_mut(conn).ok_or(ShardError::UnknownConnection(conn))?;
         let mut ctx = Ctx { now, config: &self.config, metrics: &self.metrics, to_hub: &mut self.to_hub };
         f(&mut e.session, &mut ctx);
-        self.after(now, key);
-        self.flush_to_hub(now);
+        self.after(now, conn);
+        Ok(())
     }
 
     fn apply(&mut self, now: Now, msg: ToShardInner) {
@@ -260,6 +334,7 @@ impl Shard {
                 }
             }
             msg => {
+                // The session may have ended while the hub's answer was on its way.
                 let Some(key) = msg.sid().and_then(|sid| self.key_of(sid)) else { return };
                 let e = &mut self.entries[key];
                 let mut ctx = Ctx { now, config: &self.config, metrics: &self.metrics, to_hub: &mut self.to_hub };
@@ -274,12 +349,12 @@ impl Shard {
         let Some(e) = self.entries.get_mut(key) else { return };
         if e.session.wants_close(now.instant) {
             self.remove(key);
-            self.actions.push_back(ShardAction::Close(key));
+            self.outputs.push_back(ShardOutput::Close(key));
             return;
         }
         if e.session.wants_write() && !e.write_hinted {
             e.write_hinted = true;
-            self.actions.push_back(ShardAction::Write(key));
+            self.outputs.push_back(ShardOutput::Write(key));
         }
         if let Some(t) = e.session.poll_timeout() {
             if e.scheduled.is_none_or(|s| t < s) {
@@ -307,36 +382,11 @@ impl Shard {
         }
     }
 
-    /// Hands what sessions said to the hub: at once when it is local (and
-    /// routes its answers back), as one batch action when it is remote.
-    fn flush_to_hub(&mut self, now: Now) {
-        while !self.to_hub.is_empty() {
-            let batch = std::mem::take(&mut self.to_hub);
-            let Some(hub) = &mut self.hub else {
-                // Remote hub: the batch grows until the runtime takes it at
-                // the end of its loop turn.
-                self.to_hub = batch;
-                return;
-            };
-            for msg in batch {
-                hub.handle_input(now, HubInput::FromShard(ToHub(msg)));
-            }
-            self.drain_hub(now);
-        }
-    }
-
-    fn drain_hub(&mut self, now: Now) {
-        loop {
-            let Some(hub) = &mut self.hub else { return };
-            let Some(action) = hub.poll_action() else { return };
-            match action {
-                HubAction::Store(requests) => self.actions.push_back(ShardAction::Store(requests)),
-                HubAction::ToShard(_, messages) => {
-                    for ToShard(msg) in messages {
-                        self.apply(now, msg);
-                    }
-                }
-            }
+    /// What the sessions said to the hub during this input, as one output.
+    fn flush_to_hub(&mut self) {
+        if !self.to_hub.is_empty() {
+            let batch = std::mem::take(&mut self.to_hub).into_iter().map(ToHub).collect();
+            self.outputs.push_back(ShardOutput::ToHub(batch));
         }
     }
 }

@@ -50,7 +50,7 @@ fn run(seat: Seat, http: StdListener, line: StdListener, shutdown: &Shutdown) ->
     let mut poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
     let w = Arc::clone(&waker);
-    seat.inbox.set_waker(move || {
+    seat.set_waker(move || {
         let _ = w.wake();
     });
     shutdown.on_signal(move || {

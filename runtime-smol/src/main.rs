@@ -41,7 +41,7 @@ fn main() -> ExitCode {
 fn run(seat: Seat, http: TcpListener, line: TcpListener, shutdown: &Shutdown) -> io::Result<()> {
     let (wake, woken) = smol::channel::bounded(1);
     let w = wake.clone();
-    seat.inbox.set_waker(move || {
+    seat.set_waker(move || {
         let _ = w.try_send(());
     });
     let w = wake.clone();

@@ -91,7 +91,7 @@ impl Cell {
     fn new(seat: Seat) -> Arc<Cell> {
         let wake = Arc::new(Notify::new());
         let w = Arc::clone(&wake);
-        seat.inbox.set_waker(move || w.notify_one());
+        seat.set_waker(move || w.notify_one());
         Arc::new(Cell { conns: Mutex::new(Conns::new(seat)), wake })
     }
 

@@ -1,16 +1,190 @@
 //! A seat's connections as every runtime keeps them: its sockets by
-//! `ConnKey`, the shard's actions carried out on them, reads fed to the
+//! `ConnKey`, the shard's outputs carried out on them, reads fed to the
 //! shard, queued bytes written with vectored writes, and the rest of a loop
 //! turn up to the orderly end. A runtime brings the sockets and the waiting
 //! (readiness, timers, wake-ups); everything here is the same for all.
+//!
+//! A [`Seat`] is what one I/O thread drives: a shard whose hub is on its
+//! own thread, or (`--threads 1`) the shard and the hub composed by
+//! [`Local`]. Either way the runtime sees the same inputs and outputs.
 
 use std::io::{self, IoSlice};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use natter_core::{ConnKey, ShardAction, Transport};
+use natter_core::store::StoreRequest;
+use natter_core::{ConnKey, Local, LocalInput, LocalOutput, Now, Shard, ShardInput, ShardOutput, ToHub, Transport};
 
-use crate::node::{now, Seat, Shutdown, SHUTDOWN_GRACE};
+use crate::clock::now;
+use crate::hub_thread::{HubMail, ShardMail, HUB_INBOX_BOUND};
+use crate::mailbox::Mailbox;
+use crate::signals::Shutdown;
+use crate::store::StoreHandle;
+
+/// How long shutdown waits for clients to take their close frames.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What one I/O thread drives. Built by [`crate::Node::start`].
+pub struct Seat {
+    machine: Machine,
+    /// What other threads send this seat.
+    inbox: Arc<Mailbox<ShardMail>>,
+    /// This loop turn's mail for a hub on its own thread.
+    to_hub: Vec<ToHub>,
+    /// Writes and closes, in the order the machine gave them.
+    effects: std::collections::VecDeque<Effect>,
+}
+
+enum Machine {
+    /// The hub is on its own thread.
+    Shard { shard: Shard, hub: Arc<Mailbox<HubMail>> },
+    /// The hub is here: storage is submitted from this thread.
+    Local { local: Box<Local>, store: Arc<StoreHandle> },
+}
+
+/// What a seat asks of the sockets.
+enum Effect {
+    Write(ConnKey),
+    Close(ConnKey),
+}
+
+impl Seat {
+    pub(crate) fn remote(shard: Shard, inbox: Arc<Mailbox<ShardMail>>, hub: Arc<Mailbox<HubMail>>) -> Seat {
+        Seat::with(Machine::Shard { shard, hub }, inbox)
+    }
+
+    pub(crate) fn local(local: Local, inbox: Arc<Mailbox<ShardMail>>, store: Arc<StoreHandle>) -> Seat {
+        Seat::with(Machine::Local { local: Box::new(local), store }, inbox)
+    }
+
+    fn with(machine: Machine, inbox: Arc<Mailbox<ShardMail>>) -> Seat {
+        Seat { machine, inbox, to_hub: Vec::new(), effects: Default::default() }
+    }
+
+    /// Sets how other threads wake this seat's event loop (once, first).
+    pub fn set_waker(&self, wake: impl Fn() + Send + Sync + 'static) {
+        self.inbox.set_waker(wake);
+    }
+
+    fn shard(&self) -> &Shard {
+        match &self.machine {
+            Machine::Shard { shard, .. } => shard,
+            Machine::Local { local, .. } => local.shard(),
+        }
+    }
+
+    /// Feeds the shard. A refusal is a bug in this file (a key fed after
+    /// its socket was dropped): logged, and fatal in debug builds.
+    fn feed(&mut self, now: Now, input: ShardInput<'_>) -> Option<ConnKey> {
+        let result = match &mut self.machine {
+            Machine::Shard { shard, .. } => shard.handle_input(now, input).map_err(|e| e.to_string()),
+            Machine::Local { local, .. } => {
+                local.handle_input(now, LocalInput::Shard(input)).map_err(|e| e.to_string())
+            }
+        };
+        let opened = result.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the shard refused an input");
+            debug_assert!(false, "the shard refused an input: {e}");
+            None
+        });
+        self.collect();
+        opened
+    }
+
+    /// Takes the machine's outputs: mail and storage go where they belong,
+    /// writes and closes wait for [`Seat::next_effect`].
+    fn collect(&mut self) {
+        match &mut self.machine {
+            Machine::Shard { shard, .. } => {
+                while let Some(output) = shard.poll_output() {
+                    match output {
+                        ShardOutput::Write(k) => self.effects.push_back(Effect::Write(k)),
+                        ShardOutput::Close(k) => self.effects.push_back(Effect::Close(k)),
+                        ShardOutput::ToHub(batch) => self.to_hub.extend(batch),
+                    }
+                }
+            }
+            Machine::Local { local, store } => {
+                while let Some(output) = local.poll_output() {
+                    match output {
+                        LocalOutput::Write(k) => self.effects.push_back(Effect::Write(k)),
+                        LocalOutput::Close(k) => self.effects.push_back(Effect::Close(k)),
+                        LocalOutput::Store(requests) => submit(store, requests),
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// Feeds what arrived from other threads.
+    fn take_mail(&mut self, now: Now) {
+        for mail in self.inbox.take() {
+            match (mail, &mut self.machine) {
+                (ShardMail::Hub(batch), _) => {
+                    self.feed(now, ShardInput::FromHub(batch));
+                }
+                (ShardMail::Store(done), Machine::Local { local, .. }) => {
+                    for d in done {
+                        // A completion is always accepted.
+                        let _ = local.handle_input(now, LocalInput::Store(d));
+                    }
+                    self.collect();
+                }
+                (ShardMail::Store(_), Machine::Shard { .. }) => {
+                    debug_assert!(false, "storage answers the hub's thread, not a shard's");
+                }
+            }
+        }
+    }
+
+    /// Hands this turn's mail for a remote hub over as one batch.
+    fn flush_to_hub(&mut self) {
+        if let Machine::Shard { hub, .. } = &self.machine {
+            if !self.to_hub.is_empty() {
+                hub.push_bounded(HubMail::Shards(std::mem::take(&mut self.to_hub)), HUB_INBOX_BOUND);
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match &self.machine {
+            Machine::Shard { shard, .. } => shard.poll_timeout(),
+            Machine::Local { local, .. } => local.poll_timeout(),
+        }
+    }
+}
+
+fn submit(store: &StoreHandle, requests: Vec<StoreRequest>) {
+    store.submit(requests);
+}
+
+#[cfg(test)]
+impl Seat {
+    /// The only seat of a node with the hub in it and storage in `dir`, for
+    /// tests that drive a seat without sockets.
+    pub(crate) fn for_test(dir: &std::path::Path) -> Seat {
+        use crate::store::{spawn_store_with, SqliteBackend, StoreConfig};
+        use natter_core::store::StoreDone;
+        use natter_core::{Config, Hub, Metrics};
+
+        let config = Config::default();
+        let metrics = Arc::new(Metrics::default());
+        let inbox: Arc<Mailbox<ShardMail>> = Arc::default();
+        let sink_inbox = Arc::clone(&inbox);
+        let sink = Arc::new(move |done: Vec<StoreDone>| sink_inbox.push(ShardMail::Store(done)));
+        let backend = SqliteBackend::open(dir).expect("a database in a temporary directory");
+        let store =
+            spawn_store_with(backend, sink, Arc::clone(&metrics), StoreConfig::new(1024)).expect("a store thread");
+        let hub = Hub::new(config.clone(), Arc::clone(&metrics), Vec::new(), Vec::new(), now());
+        let shard = Shard::new(0, Arc::new(config), metrics);
+        Seat::local(Local::new(shard, hub), inbox, Arc::new(store))
+    }
+}
 
 /// Reads per connection per turn: a client that sends without pause cannot
 /// keep its loop from serving the others.
@@ -84,7 +258,7 @@ impl<S: Socket> Conns<S> {
         if self.stopping.is_some() {
             return;
         }
-        let key = self.seat.shard.open(now(), transport, peer);
+        let Some(key) = self.seat.feed(now(), ShardInput::Open { transport, peer }) else { return };
         match make(key) {
             Some(socket) => {
                 if self.sockets.len() <= key {
@@ -92,7 +266,11 @@ impl<S: Socket> Conns<S> {
                 }
                 self.sockets[key] = Some(socket);
             }
-            None => self.seat.shard.closed(now(), key),
+            None => {
+                if self.seat.shard().is_open(key) {
+                    self.seat.feed(now(), ShardInput::Closed { conn: key });
+                }
+            }
         }
         self.drain();
     }
@@ -117,7 +295,7 @@ impl<S: Socket> Conns<S> {
             match socket.try_read(&mut self.buf) {
                 Ok(0) => return self.closed(key),
                 Ok(n) => {
-                    self.seat.shard.received(now(), key, &self.buf[..n]);
+                    self.seat.feed(now(), ShardInput::Received { conn: key, data: (&self.buf[..n]).into() });
                     self.drain();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Read::Drained,
@@ -135,9 +313,10 @@ impl<S: Socket> Conns<S> {
     /// The peer went away or the socket failed: tells the shard and drops
     /// the socket.
     pub fn closed(&mut self, key: ConnKey) -> Read {
-        self.sockets.get_mut(key).and_then(Option::take);
-        self.seat.shard.closed(now(), key);
-        self.drain();
+        if self.sockets.get_mut(key).and_then(Option::take).is_some() {
+            self.seat.feed(now(), ShardInput::Closed { conn: key });
+            self.drain();
+        }
         Read::Gone
     }
 
@@ -146,17 +325,16 @@ impl<S: Socket> Conns<S> {
         self.to_write.push(key);
     }
 
-    /// Carries out the shard's actions until it has none.
+    /// Carries out the seat's writes and closes until it has none.
     pub fn drain(&mut self) {
-        while let Some(action) = self.seat.shard.poll_action() {
-            match action {
-                ShardAction::Write(key) => self.to_write.push(key),
-                ShardAction::Close(key) => {
+        while let Some(effect) = self.seat.next_effect() {
+            match effect {
+                Effect::Write(key) => self.to_write.push(key),
+                Effect::Close(key) => {
                     if let Some(socket) = self.sockets.get_mut(key).and_then(Option::take) {
                         socket.shutdown_write();
                     }
                 }
-                ShardAction::Store(requests) => self.seat.submit(requests),
             }
         }
     }
@@ -179,16 +357,16 @@ impl<S: Socket> Conns<S> {
     }
 
     fn write(&mut self, key: ConnKey, blocked: &mut impl FnMut(ConnKey, &mut S)) {
-        while self.seat.shard.wants_write(key) {
+        while self.seat.shard().wants_write(key) {
             let Some(socket) = self.sockets.get_mut(key).and_then(Option::as_mut) else {
                 return;
             };
             let mut slices = [IoSlice::new(&[]); IOV];
-            let n = self.seat.shard.outbox(key, &mut slices);
+            let n = self.seat.shard().outbox(key, &mut slices);
             match socket.try_write(&slices[..n]) {
                 Ok(0) => return,
                 Ok(written) => {
-                    self.seat.shard.written(now(), key, written);
+                    self.seat.feed(now(), ShardInput::Written { conn: key, n: written });
                     self.drain();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return blocked(key, socket),
@@ -208,11 +386,13 @@ impl<S: Socket> Conns<S> {
         let now = now();
         self.seat.take_mail(now);
         self.drain();
-        self.seat.shard.handle_timeout(now);
-        self.drain();
+        if self.seat.poll_timeout().is_some_and(|t| t <= now.instant) {
+            self.seat.feed(now, ShardInput::Timeout);
+            self.drain();
+        }
         if shutdown.is_set() && self.stopping.is_none() {
             self.stopping = Some(now.instant + SHUTDOWN_GRACE);
-            self.seat.shard.shutdown(now);
+            self.seat.feed(now, ShardInput::Shutdown);
             self.drain();
         }
         // The hub hears of this turn before clients read its writes (a
@@ -223,7 +403,7 @@ impl<S: Socket> Conns<S> {
         self.seat.flush_to_hub();
         match self.stopping {
             None => Turn::Serving,
-            Some(end) if self.seat.shard.is_empty() || now.instant >= end => {
+            Some(end) if self.seat.shard().is_empty() || now.instant >= end => {
                 self.sockets.clear();
                 Turn::Done
             }
@@ -234,7 +414,7 @@ impl<S: Socket> Conns<S> {
     /// When the loop must take its next turn even if nothing happens: the
     /// shard's next deadline, or the end of the grace period.
     pub fn deadline(&self) -> Option<Instant> {
-        let shard = self.seat.shard.poll_timeout();
+        let shard = self.seat.poll_timeout();
         match self.stopping {
             Some(end) => Some(shard.map_or(end, |t| t.min(end))),
             None => shard,
@@ -331,7 +511,7 @@ mod tests {
         a.fake.peer_closed.set(true);
         assert_eq!(a.conns.read(a.key), Read::Gone);
         assert!(a.conns.get(a.key).is_none());
-        assert!(a.conns.seat.shard.is_empty());
+        assert!(a.conns.seat.shard().is_empty());
     }
 
     #[test]

@@ -4,8 +4,10 @@
 
 #![deny(unsafe_code)]
 
+mod clock;
 pub mod config;
 pub mod conns;
+mod hub_thread;
 mod logging;
 pub mod mailbox;
 pub mod node;
@@ -13,5 +15,8 @@ mod signals;
 /// Storage: the SQLite backend, the batching worker and the password pool.
 pub mod store;
 
-pub use conns::{Conns, Read, Socket, Turn, ACCEPT_PAUSE, READS_PER_TURN};
-pub use node::{now, IoThread, Node, Seat, ShardMail, Shutdown, SHUTDOWN_GRACE};
+pub use clock::now;
+pub use conns::{Conns, Read, Seat, Socket, Turn, ACCEPT_PAUSE, READS_PER_TURN, SHUTDOWN_GRACE};
+pub use hub_thread::ShardMail;
+pub use node::{IoThread, Node};
+pub use signals::Shutdown;

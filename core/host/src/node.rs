@@ -4,116 +4,26 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use natter_core::store::{StoreDone, StoreOp, StoreRequest, StoreValue};
-use natter_core::{Hub, HubAction, HubInput, Metrics, Now, Shard, ToHub, ToShard};
+use natter_core::store::{StoreDone, StoreOp, StoreValue};
+use natter_core::{Hub, Local, Metrics, Shard};
 
+use crate::clock::now;
 use crate::config::{self, ConfigExit, Settings};
+use crate::conns::Seat;
+use crate::hub_thread::{HubMail, ShardMail};
 use crate::mailbox::Mailbox;
+use crate::signals::Shutdown;
 use crate::store::{spawn_store_with, Backend, SqliteBackend, StoreConfig, StoreHandle};
 
-/// How long shutdown waits for clients to take their close frames.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Batches a shard may have queued for the hub before it waits.
-const HUB_INBOX_BOUND: usize = 1024;
 /// Storage requests that may wait; more are refused as `unavailable`.
 const STORE_QUEUE: usize = 65_536;
 
 /// The event loop of one I/O thread: its seat, its clones of the HTTP and
 /// line listeners (non-blocking), and the shutdown flag.
 pub type IoThread = fn(Seat, TcpListener, TcpListener, &Shutdown) -> std::io::Result<()>;
-
-/// The clock, read once per loop turn.
-pub fn now() -> Now {
-    let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    Now { instant: Instant::now(), unix_ms }
-}
-
-/// What reaches a shard from other threads.
-pub enum ShardMail {
-    /// From the hub thread.
-    Hub(Vec<ToShard>),
-    /// Storage completions, when the hub is in this shard.
-    Store(Vec<StoreDone>),
-}
-
-enum HubMail {
-    Shards(Vec<ToHub>),
-    Store(Vec<StoreDone>),
-    Stop,
-}
-
-/// Everything one I/O thread gets: its shard and its links.
-pub struct Seat {
-    /// The sessions (and with one thread, the hub).
-    pub shard: Shard,
-    /// What other threads send this shard. Set its waker first.
-    pub inbox: Arc<Mailbox<ShardMail>>,
-    link: Link,
-}
-
-enum Link {
-    /// The hub is in the shard: storage is submitted from here.
-    Local(Arc<StoreHandle>),
-    Remote(Arc<Mailbox<HubMail>>),
-}
-
-impl Seat {
-    /// Feeds what arrived from other threads into the shard. Drain the
-    /// shard's actions afterwards.
-    pub fn take_mail(&mut self, now: Now) {
-        for mail in self.inbox.take() {
-            match mail {
-                ShardMail::Hub(messages) => self.shard.handle_hub(now, messages),
-                ShardMail::Store(done) => {
-                    for d in done {
-                        self.shard.handle_store(now, d);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Submits storage requests the shard's hub asked for.
-    pub fn submit(&self, requests: Vec<StoreRequest>) {
-        if let Link::Local(store) = &self.link {
-            store.submit(requests);
-        }
-    }
-
-    /// Hands this turn's messages for a remote hub over as one batch.
-    pub fn flush_to_hub(&mut self) {
-        if let Link::Remote(hub) = &self.link {
-            let batch = self.shard.take_to_hub();
-            if !batch.is_empty() {
-                hub.push_bounded(HubMail::Shards(batch), HUB_INBOX_BOUND);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-impl Seat {
-    /// The only seat of a node with the hub in it and storage in `dir`, for
-    /// tests that drive a seat without sockets.
-    pub(crate) fn for_test(dir: &std::path::Path) -> Seat {
-        let config = natter_core::Config::default();
-        let metrics = Arc::new(Metrics::default());
-        let inbox: Arc<Mailbox<ShardMail>> = Arc::default();
-        let sink_inbox = Arc::clone(&inbox);
-        let sink = Arc::new(move |done: Vec<StoreDone>| sink_inbox.push(ShardMail::Store(done)));
-        let backend = SqliteBackend::open(dir).expect("a database in a temporary directory");
-        let store = spawn_store_with(backend, sink, Arc::clone(&metrics), StoreConfig::new(STORE_QUEUE))
-            .expect("a store thread");
-        let hub = Hub::new(config.clone(), Arc::clone(&metrics), Vec::new(), Vec::new(), now());
-        let shard = Shard::with_hub(Arc::new(config), metrics, hub);
-        Seat { shard, inbox, link: Link::Local(Arc::new(store)) }
-    }
-}
 
 /// A running node's shared parts.
 pub struct Node {
@@ -129,36 +39,6 @@ pub struct Node {
     pub shutdown: Arc<Shutdown>,
     store: Arc<StoreHandle>,
     hub: Option<(Arc<Mailbox<HubMail>>, JoinHandle<()>)>,
-}
-
-/// The shutdown flag and the wakers of every loop that must notice it.
-#[derive(Default)]
-pub struct Shutdown {
-    flag: AtomicBool,
-    wakers: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
-}
-
-impl Shutdown {
-    /// Whether shutdown has begun.
-    pub fn is_set(&self) -> bool {
-        self.flag.load(Ordering::Acquire)
-    }
-
-    /// Registers a waker to call when shutdown begins.
-    pub fn on_signal(&self, wake: impl Fn() + Send + Sync + 'static) {
-        self.wakers.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(wake));
-        if self.is_set() {
-            self.trigger();
-        }
-    }
-
-    /// Begins shutdown and wakes every loop.
-    pub fn trigger(&self) {
-        self.flag.store(true, Ordering::Release);
-        for wake in self.wakers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            wake();
-        }
-    }
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -206,22 +86,22 @@ impl Node {
             let inbox = Arc::clone(&inboxes[0]);
             let sink = Arc::new(move |done: Vec<StoreDone>| inbox.push(ShardMail::Store(done)));
             store = Arc::new(spawn_store_with(backend, sink, Arc::clone(&metrics), store_config).map_err(fail)?);
-            let shard = Shard::with_hub(Arc::clone(&config), Arc::clone(&metrics), hub);
-            seats = vec![Seat { shard, inbox: Arc::clone(&inboxes[0]), link: Link::Local(Arc::clone(&store)) }];
+            let shard = Shard::new(0, Arc::clone(&config), Arc::clone(&metrics));
+            seats = vec![Seat::local(Local::new(shard, hub), Arc::clone(&inboxes[0]), Arc::clone(&store))];
             hub_thread = None;
         } else {
             let hub_inbox: Arc<Mailbox<HubMail>> = Arc::default();
             let sink_inbox = Arc::clone(&hub_inbox);
             let sink = Arc::new(move |done: Vec<StoreDone>| sink_inbox.push(HubMail::Store(done)));
             store = Arc::new(spawn_store_with(backend, sink, Arc::clone(&metrics), store_config).map_err(fail)?);
-            let thread = spawn_hub(hub, Arc::clone(&hub_inbox), inboxes.clone(), Arc::clone(&store)).map_err(fail)?;
+            let thread = crate::hub_thread::spawn(hub, Arc::clone(&hub_inbox), inboxes.clone(), Arc::clone(&store))
+                .map_err(fail)?;
             seats = inboxes
                 .iter()
                 .enumerate()
-                .map(|(i, inbox)| Seat {
-                    shard: Shard::new(i as u16, Arc::clone(&config), Arc::clone(&metrics)),
-                    inbox: Arc::clone(inbox),
-                    link: Link::Remote(Arc::clone(&hub_inbox)),
+                .map(|(i, inbox)| {
+                    let shard = Shard::new(i as u16, Arc::clone(&config), Arc::clone(&metrics));
+                    Seat::remote(shard, Arc::clone(inbox), Arc::clone(&hub_inbox))
                 })
                 .collect();
             hub_thread = Some((hub_inbox, thread));
@@ -287,49 +167,6 @@ impl Node {
         tracing::info!("stopped");
         ExitCode::SUCCESS
     }
-}
-
-fn spawn_hub(
-    mut hub: Hub,
-    inbox: Arc<Mailbox<HubMail>>,
-    shards: Vec<Arc<Mailbox<ShardMail>>>,
-    store: Arc<StoreHandle>,
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name("natter-hub".into()).spawn(move || {
-        let mut stop = false;
-        while !stop {
-            let mail = inbox.wait_take(hub.poll_timeout());
-            let now = now();
-            for m in mail {
-                match m {
-                    HubMail::Shards(batch) => {
-                        for msg in batch {
-                            hub.handle_input(now, HubInput::FromShard(msg));
-                        }
-                    }
-                    HubMail::Store(done) => {
-                        for d in done {
-                            hub.handle_input(now, HubInput::Store(d));
-                        }
-                    }
-                    HubMail::Stop => stop = true,
-                }
-            }
-            if hub.poll_timeout().is_some_and(|t| t <= now.instant) {
-                hub.handle_input(now, HubInput::Timeout);
-            }
-            while let Some(action) = hub.poll_action() {
-                match action {
-                    HubAction::Store(requests) => store.submit(requests),
-                    HubAction::ToShard(i, messages) => {
-                        if let Some(shard) = shards.get(usize::from(i)) {
-                            shard.push(ShardMail::Hub(messages));
-                        }
-                    }
-                }
-            }
-        }
-    })
 }
 
 /// Connections the kernel queues for `accept`: std's 128 drops SYNs in a

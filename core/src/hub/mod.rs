@@ -1,6 +1,6 @@
 //! The hub: one per node, owning users, rooms, presence, `seq`, inboxes and
 //! history requests. It never waits: storage is asked through
-//! [`HubAction::Store`] and answers through [`HubInput::Store`].
+//! [`HubOutput::Store`] and answers through [`HubInput::Store`].
 //!
 //! # Ordering
 //! Storage completes requests in the order they were submitted (see
@@ -41,7 +41,7 @@ use pending::{Pending, PendingTable};
 use state::State;
 
 /// An input to the hub.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum HubInput {
     /// A batch member from a shard.
     FromShard(ToHub),
@@ -54,7 +54,7 @@ pub enum HubInput {
 /// Something the hub wants done.
 #[derive(Debug)]
 #[must_use]
-pub enum HubAction {
+pub enum HubOutput {
     /// Hand these to shard number `.0`, in order.
     ToShard(u16, Vec<ToShard>),
     /// Submit these to storage, in order.
@@ -113,7 +113,7 @@ impl Hub {
         }
     }
 
-    /// Feeds one input. Drain [`Hub::poll_action`] afterwards.
+    /// Feeds one input. Drain [`Hub::poll_output`] afterwards.
     pub fn handle_input(&mut self, now: Now, input: HubInput) {
         match input {
             HubInput::FromShard(ToHub(msg)) => self.handle_shard(now, msg),
@@ -123,12 +123,12 @@ impl Hub {
     }
 
     /// The next thing to do, until `None`.
-    pub fn poll_action(&mut self) -> Option<HubAction> {
+    pub fn poll_output(&mut self) -> Option<HubOutput> {
         if !self.store_out.is_empty() {
-            return Some(HubAction::Store(std::mem::take(&mut self.store_out)));
+            return Some(HubOutput::Store(std::mem::take(&mut self.store_out)));
         }
         let shard = self.dirty.pop()?;
-        Some(HubAction::ToShard(shard, std::mem::take(&mut self.out[usize::from(shard)])))
+        Some(HubOutput::ToShard(shard, std::mem::take(&mut self.out[usize::from(shard)])))
     }
 
     /// When to call with [`HubInput::Timeout`].

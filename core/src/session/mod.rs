@@ -409,6 +409,3 @@ impl Session {
         }
     }
 }
-
-#[cfg(test)]
-mod tests;

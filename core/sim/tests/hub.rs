@@ -1,14 +1,14 @@
 //! The hub as clients see it on the wire: every request of PROTOCOL.md
 //! with its replies, errors and events, presence, `since` replay, offline
-//! delivery, and storage failures. Driven through `crate::sim`.
+//! delivery, and storage failures. Driven through `natter_sim`.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::config::Config;
-use crate::sim::{Client, Event, FakeStore, Sim, START_UNIX_MS};
-use crate::store::{NewMessage, StoreOp, Target};
+use natter_core::store::{NewMessage, StoreOp, Target};
+use natter_core::Config;
+use natter_sim::{Client, FakeStore, Sim, START_UNIX_MS};
 
 const USERS: [(&str, &str); 3] = [("alice", "alice-password"), ("bob", "bob-password"), ("carol", "carol-password")];
 
@@ -472,7 +472,7 @@ fn history_of_rooms_and_conversations() {
         .log()
         .iter()
         .filter_map(|op| match op {
-            StoreOp::History { range: crate::store::SeqRange::Before { limit, .. }, .. } => Some(*limit),
+            StoreOp::History { range: natter_core::store::SeqRange::Before { limit, .. }, .. } => Some(*limit),
             _ => None,
         })
         .collect();
@@ -615,7 +615,9 @@ fn ping_is_answered_by_pong() {
     assert_eq!(sim.req(a, json!({"type":"ping","ref":"p"})), json!({"type":"pong","ref":"p"}));
 }
 
+#[path = "hub/abuse.rs"]
 mod abuse;
+#[path = "hub/delivery.rs"]
 mod delivery;
 
 #[test]

@@ -286,7 +286,7 @@ fn peer_close_of_a_line_session_ends_it() {
     sim.take(d);
     sim.disconnect(c);
     assert_eq!(sim.lines(d), ["* carol left lobby"]);
-    assert_eq!(sim.shard().len(), 1);
+    assert_eq!(sim.connections(), 1);
 }
 
 #[test]

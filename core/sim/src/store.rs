@@ -7,7 +7,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use super::rng::Rng;
-use crate::store::{
+use natter_core::store::{
     display_pair, id_scope, ConversationSummary, InboxBound, InboxLimit, InboxMessage, NewMessage, SeqRange, StoreDone,
     StoreError, StoreFailure, StoreOp, StoreRequest, StoreValue, StoredMessage, StoredRoom, Target,
 };
@@ -586,7 +586,7 @@ fn pair(a: &str, b: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoreReqId;
+    use natter_core::store::StoreReqId;
 
     fn msg(sender: &str, to: Option<&str>, text: &str, id: Option<&str>, ts: u64) -> NewMessage {
         NewMessage {
@@ -761,7 +761,7 @@ mod tests {
 
     #[test]
     fn completions_keep_submission_order_except_passwords() {
-        let t0 = super::super::epoch();
+        let t0 = crate::epoch();
         let mut s = FakeStore::new(7);
         s.set_latency(Duration::from_millis(10), Duration::from_millis(30));
         s.set_password_latency(Duration::ZERO, Duration::from_millis(100));

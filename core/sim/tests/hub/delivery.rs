@@ -1,6 +1,7 @@
 //! Offline delivery, `since` replay and storage failures: what the hub promises across time.
 
 use super::*;
+use natter_sim::{Event, Topology};
 
 // ---- offline delivery -------------------------------------------------------------
 
@@ -205,7 +206,9 @@ fn a_replay_read_after_the_user_left_elsewhere_delivers_nothing() {
     store.add_member("bob", "lobby");
     store.add_member("bob", "r");
     seed_room(&mut store, "r", "alice", 2);
-    let mut sim = Sim::with_store(Config::default(), store);
+    // One shard: the hub must hear the leave before the join sent after it,
+    // which threads promise only for sessions on the same one.
+    let mut sim = Sim::build_with(Topology::Local, Config::default(), store, natter_sim::DEFAULT_SEED);
     let here = sim.login("bob");
     let there = sim.login("bob");
     sim.take(here);

@@ -207,7 +207,7 @@ fn a_token_upgrade_past_the_session_limit_is_429_not_401() {
     let c = sim.ws_upgrade(&format!("/ws?token={token}"));
     sim.run_until_idle();
     let status = sim.take(c).into_iter().find_map(|e| match e {
-        crate::sim::Event::Http(r) => Some(r.status),
+        natter_sim::Event::Http(r) => Some(r.status),
         _ => None,
     });
     assert_eq!(status, Some(429));

@@ -1,6 +1,6 @@
 //! Sessions as a client sees them on the wire: HTTP, the WebSocket upgrade
 //! and framing, the line protocol, and every limit at its bound. Driven
-//! through the simulation harness (`crate::sim`).
+//! through the simulation harness (`natter_sim`).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
-use crate::config::Config;
-use crate::sim::{Ended, Event, Sim, WriteMode};
+use natter_core::Config;
+use natter_sim::{Ended, Event, Sim, WriteMode};
 
 const TEXT: OpCode = OpCode::Data(Data::Text);
 const CONT: OpCode = OpCode::Data(Data::Continue);
@@ -57,7 +57,7 @@ fn healthz_metrics_page_and_unknown_paths() {
 
 #[test]
 fn metrics_with_a_token_need_it_as_a_bearer() {
-    let config = Config { metrics_token: Some(crate::config::Secret::new("m-token")), ..Config::default() };
+    let config = Config { metrics_token: Some(natter_core::Secret::new("m-token")), ..Config::default() };
     let mut sim = Sim::new(config);
     for auth in [None, Some("Bearer nope"), Some("Bearer m-toke"), Some("Basic m-token"), Some("m-token")] {
         let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
@@ -135,7 +135,7 @@ fn upgrades_from_an_origin_not_listed_get_403() {
         let mut h = vec![
             ("Upgrade", "websocket"),
             ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Key", crate::sim::wire::WS_KEY),
+            ("Sec-WebSocket-Key", natter_sim::wire::WS_KEY),
             ("Sec-WebSocket-Version", "13"),
         ];
         h.extend(origin.map(|o| ("Origin", o)));
@@ -151,7 +151,7 @@ fn upgrades_from_an_origin_not_listed_get_403() {
         (None, 101),
     ] {
         let c = sim.connect_http();
-        sim.send_raw(c, &crate::sim::wire::request("GET", "/ws", b"", &upgrade(origin)));
+        sim.send_raw(c, &natter_sim::wire::request("GET", "/ws", b"", &upgrade(origin)));
         let res = sim.take(c).into_iter().find_map(|e| match e {
             Event::Http(r) => Some(r),
             _ => None,
@@ -166,7 +166,7 @@ fn upgrades_from_an_origin_not_listed_get_403() {
     // Without a list, any origin may connect.
     let mut open = Sim::new(Config::default());
     let c = open.connect_http();
-    open.send_raw(c, &crate::sim::wire::request("GET", "/ws", b"", &upgrade(Some("https://evil.example"))));
+    open.send_raw(c, &natter_sim::wire::request("GET", "/ws", b"", &upgrade(Some("https://evil.example"))));
     assert!(matches!(&open.take(c)[..], [Event::Http(r)] if r.status == 101));
 }
 
@@ -301,7 +301,7 @@ fn token_expiry_closes_the_session_with_4001() {
     assert_eq!(sim.close_code(alice), Some(4001));
     assert_eq!(sim.ended(alice), Some(Ended::ByServer));
     // An expired token no longer opens a session.
-    let token = sim.store_mut().issue_token("alice", crate::sim::START_UNIX_MS + 1000);
+    let token = sim.store_mut().issue_token("alice", natter_sim::START_UNIX_MS + 1000);
     let c = sim.ws_client();
     assert_eq!(error_code(&sim.req(c, json!({"type":"hello","token":token}))), "invalid_token");
 }
@@ -637,7 +637,7 @@ fn the_handshake_budget_runs_from_the_connect_through_a_late_upgrade() {
     // A keep-alive request before the upgrade starts the budget again.
     let c = sim.connect_http();
     sim.advance(secs(2));
-    sim.send_raw(c, &crate::sim::wire::request("GET", "/healthz", b"", &[]));
+    sim.send_raw(c, &natter_sim::wire::request("GET", "/healthz", b"", &[]));
     sim.advance(secs(2));
     sim.send_upgrade(c, "/ws");
     sim.advance(secs(1) - MS);
@@ -720,7 +720,7 @@ fn a_client_that_never_reads_is_dropped_after_the_linger() {
     assert!(sim.is_open(slow));
     sim.advance(secs(2));
     assert_eq!(sim.ended(slow), Some(Ended::ByServer));
-    assert_eq!(sim.shard().len(), 1);
+    assert_eq!(sim.connections(), 1);
 }
 
 #[test]
@@ -766,7 +766,7 @@ fn max_connections_per_ip_refuses_that_address_only() {
     // A slot frees when one of them leaves.
     sim.disconnect(c);
     assert_eq!(sim.http("GET", "/healthz", "", &[]).status, 200);
-    assert_eq!(sim.metrics().per_address.count(crowd), 2, "refused and finished connections are uncounted");
+    assert_eq!(sim.metrics().connections_from(crowd), 2, "refused and finished connections are uncounted");
 }
 
 #[test]
@@ -784,4 +784,5 @@ fn shutdown_closes_websockets_with_1012() {
     }
 }
 
+#[path = "session/line.rs"]
 mod line;

@@ -1,5 +1,7 @@
-//! Deterministic simulation harness: a [`Shard`] with its hub, a
-//! [`FakeStore`], a fake clock and fake clients, all in one thread.
+//! Deterministic simulation harness: the node's machines in the topology
+//! that runs (N shards and a hub with shuffled mail, or one shard with the
+//! hub beside it, see [`Topology`]), a [`FakeStore`], a fake clock and fake
+//! clients, all in one thread. It uses only the core's public API.
 //!
 //! Nothing here reads a clock or sleeps. Time moves only when the test says
 //! so ([`Sim::advance`]) or when it waits for something ([`Sim::step`],
@@ -8,23 +10,24 @@
 //! variable `NATTER_SIM_SEED`) drives every random choice, and is printed
 //! when a test fails with the harness in scope.
 //!
-//! ```ignore
+//! ```
+//! # use natter_core::Config;
+//! # use natter_sim::Sim;
+//! # use serde_json::json;
 //! let mut sim = Sim::new(Config::default());
 //! let alice = sim.guest("alice");
 //! let ok = sim.req(alice, json!({"type":"join","room":"lobby"}));
 //! assert_eq!(ok["type"], "ok");
 //! ```
 //!
-//! Available to other crates with the `sim` feature.
+//! The topology is [`Topology::Threads`] with two shards unless the test
+//! picks one ([`Sim::build_with`]) or `NATTER_SIM_TOPOLOGY` says `local`
+//! or a number of shards.
 
+mod machines;
 mod rng;
 mod store;
 pub mod wire;
-
-#[cfg(test)]
-mod props;
-#[cfg(test)]
-mod tests;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::IoSlice;
@@ -35,16 +38,14 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
+pub use machines::{replay, Recorded, Topology};
 pub use rng::Rng;
 pub use store::{FailPredicate, FakeStore};
 pub use wire::{Event, HttpResponse};
 
-use crate::config::Config;
-use crate::hub::Hub;
-use crate::metrics::Metrics;
-use crate::shard::{ConnKey, Shard, ShardAction, Transport};
-use crate::store::{StoreOp, StoreValue};
-use crate::time::Now;
+use machines::{Effect, Machines};
+use natter_core::store::{StoreOp, StoreValue, StoredRoom};
+use natter_core::{Config, ConnKey, Hub, Metrics, Now, ShardInput, Transport};
 
 /// The wall clock at the start of every simulation.
 pub const START_UNIX_MS: u64 = 1_700_000_000_000;
@@ -71,6 +72,19 @@ pub fn env_seed() -> Option<u64> {
         None => s.parse().ok(),
     }
 }
+
+/// The topology from `NATTER_SIM_TOPOLOGY` (`local`, or a number of
+/// shards), if set.
+pub fn env_topology() -> Option<Topology> {
+    let s = std::env::var("NATTER_SIM_TOPOLOGY").ok()?;
+    match s.trim() {
+        "local" => Some(Topology::Local),
+        n => n.parse().ok().map(Topology::Threads),
+    }
+}
+
+/// A connection: its shard and its key there.
+type Conn = (u16, ConnKey);
 
 /// A fake client, by handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -111,7 +125,7 @@ pub enum Ended {
 #[derive(Debug)]
 struct ClientState {
     kind: Kind,
-    key: Option<ConnKey>,
+    conn: Option<Conn>,
     rx: Vec<u8>,
     log: Vec<Event>,
     unread: VecDeque<Event>,
@@ -123,7 +137,10 @@ struct ClientState {
 
 /// The simulation. See the module docs.
 pub struct Sim {
-    shard: Shard,
+    machines: Machines,
+    topology: Topology,
+    /// What the node was built from, for [`Sim::replay`].
+    boot: ((Vec<String>, Vec<StoredRoom>), Now),
     store: FakeStore,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
@@ -131,9 +148,9 @@ pub struct Sim {
     seed: u64,
     rng: Rng,
     clients: Vec<ClientState>,
-    by_key: HashMap<ConnKey, usize>,
+    by_conn: HashMap<Conn, usize>,
     /// Connections with a `Write` hint whose outbox is not empty yet.
-    hinted: BTreeSet<ConnKey>,
+    hinted: BTreeSet<Conn>,
     default_mode: WriteMode,
     default_peer: IpAddr,
     /// The most bytes ever queued for one connection.
@@ -142,14 +159,22 @@ pub struct Sim {
 
 impl std::fmt::Debug for Sim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sim").field("seed", &self.seed).field("now", &self.now).finish_non_exhaustive()
+        f.debug_struct("Sim")
+            .field("seed", &self.seed)
+            .field("topology", &self.topology)
+            .field("now", &self.now)
+            .finish_non_exhaustive()
     }
 }
 
 impl Drop for Sim {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("simulation failed: rerun with NATTER_SIM_SEED={:#x}", self.seed);
+            let topology = match self.topology {
+                Topology::Local => "local".to_string(),
+                Topology::Threads(n) => n.to_string(),
+            };
+            eprintln!("simulation failed: rerun with NATTER_SIM_SEED={:#x} NATTER_SIM_TOPOLOGY={topology}", self.seed);
         }
     }
 }
@@ -177,15 +202,24 @@ impl Sim {
 
     /// A node from `store` with an explicit seed (`NATTER_SIM_SEED` still
     /// wins, so a failure can be replayed).
-    pub fn build(config: Config, mut store: FakeStore, seed: u64) -> Sim {
+    pub fn build(config: Config, store: FakeStore, seed: u64) -> Sim {
+        Sim::build_with(env_topology().unwrap_or(Topology::Threads(2)), config, store, seed)
+    }
+
+    /// [`Sim::build`] in `topology`, whatever `NATTER_SIM_TOPOLOGY` says
+    /// (`NATTER_SIM_SEED` still wins, so a failure can be replayed).
+    pub fn build_with(topology: Topology, config: Config, mut store: FakeStore, seed: u64) -> Sim {
         let seed = env_seed().unwrap_or(seed);
         store.reseed(seed);
         let now = Now { instant: epoch(), unix_ms: START_UNIX_MS };
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
-        let shard = Self::boot(&config, &metrics, &mut store, now);
+        let snapshot = Self::snapshot(&mut store);
+        let machines = Machines::new(topology, &config, &metrics, snapshot.clone(), now);
         Sim {
-            shard,
+            machines,
+            topology,
+            boot: (snapshot, now),
             store,
             config,
             metrics,
@@ -193,7 +227,7 @@ impl Sim {
             seed,
             rng: Rng::new(seed),
             clients: Vec::new(),
-            by_key: HashMap::new(),
+            by_conn: HashMap::new(),
             hinted: BTreeSet::new(),
             default_mode: WriteMode::Full,
             default_peer: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
@@ -201,12 +235,11 @@ impl Sim {
         }
     }
 
-    fn boot(config: &Arc<Config>, metrics: &Arc<Metrics>, store: &mut FakeStore, now: Now) -> Shard {
+    fn snapshot(store: &mut FakeStore) -> (Vec<String>, Vec<StoredRoom>) {
         let StoreValue::Snapshot { users, rooms } = store.execute(&StoreOp::LoadAll) else {
             panic!("the fake store failed LoadAll");
         };
-        let hub = Hub::new((**config).clone(), Arc::clone(metrics), users, rooms, now);
-        Shard::with_hub(Arc::clone(config), Arc::clone(metrics), hub)
+        (users, rooms)
     }
 
     // ---- accessors ------------------------------------------------------
@@ -231,9 +264,48 @@ impl Sim {
         &self.metrics
     }
 
-    /// The shard under test.
-    pub fn shard(&self) -> &Shard {
-        &self.shard
+    /// The topology the node runs in.
+    pub fn topology(&self) -> Topology {
+        self.topology
+    }
+
+    /// Open connections, on every shard.
+    pub fn connections(&self) -> usize {
+        (0..self.machines.shard_count()).map(|i| self.machines.shard(i).len()).sum()
+    }
+
+    /// The hub, for its queries.
+    pub fn hub(&self) -> &Hub {
+        self.machines.hub()
+    }
+
+    /// The earliest deadline of any machine.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.machines.poll_timeout()
+    }
+
+    /// From now on, record every input fed to a machine and every output
+    /// it gave (see [`Sim::replay`]).
+    pub fn record(&mut self) {
+        self.machines.start_recording();
+    }
+
+    /// The inputs recorded since [`Sim::record`].
+    pub fn recording(&self) -> &[Recorded] {
+        self.machines.recording()
+    }
+
+    /// The outputs recorded since [`Sim::record`], rendered.
+    pub fn trace(&self) -> &[String] {
+        self.machines.trace()
+    }
+
+    /// Feeds the recording to fresh machines built as this node was
+    /// (recording must have begun before the first input): returns their
+    /// outputs, which equal [`Sim::trace`] if the machines are deterministic.
+    pub fn replay(&self) -> Vec<String> {
+        let (snapshot, start) = self.boot.clone();
+        replay(self.topology, (*self.config).clone(), snapshot, start, self.recording())
     }
 
     /// The store.
@@ -284,11 +356,15 @@ impl Sim {
     }
 
     fn connect(&mut self, transport: Transport, kind: Kind) -> Client {
-        let key = self.shard.open(self.now, transport, self.default_peer);
+        // The kernel hands a connection to whichever loop accepts first.
+        let shard = self.rng.below(u64::from(self.machines.shard_count())) as u16;
+        let open = ShardInput::Open { transport, peer: self.default_peer };
+        let key = self.machines.feed(self.now, shard, open).expect("Open returns the new key");
+        let conn = (shard, key);
         let id = self.clients.len();
         self.clients.push(ClientState {
             kind,
-            key: Some(key),
+            conn: Some(conn),
             rx: Vec::new(),
             log: Vec::new(),
             unread: VecDeque::new(),
@@ -297,8 +373,8 @@ impl Sim {
             ended: None,
             next_ref: 0,
         });
-        let previous = self.by_key.insert(key, id);
-        assert!(previous.is_none(), "the shard handed out key {key} twice");
+        let previous = self.by_conn.insert(conn, id);
+        assert!(previous.is_none(), "shard {shard} handed out key {key} twice");
         self.settle();
         Client(id)
     }
@@ -372,18 +448,18 @@ impl Sim {
     /// The client hangs up.
     pub fn disconnect(&mut self, c: Client) {
         let st = &mut self.clients[c.0];
-        if let Some(key) = st.key.take() {
+        if let Some(conn) = st.conn.take() {
             st.ended = Some(Ended::ByClient);
-            self.by_key.remove(&key);
-            self.hinted.remove(&key);
-            self.shard.closed(self.now, key);
+            self.by_conn.remove(&conn);
+            self.hinted.remove(&conn);
+            self.machines.feed(self.now, conn.0, ShardInput::Closed { conn: conn.1 });
             self.settle();
         }
     }
 
     /// Whether the connection is still up.
     pub fn is_open(&self, c: Client) -> bool {
-        self.clients[c.0].key.is_some()
+        self.clients[c.0].conn.is_some()
     }
 
     /// Who ended the connection, if it ended.
@@ -391,14 +467,14 @@ impl Sim {
         self.clients[c.0].ended
     }
 
-    /// The connection's key in the shard, while it is open.
-    pub fn key(&self, c: Client) -> Option<ConnKey> {
-        self.clients[c.0].key
+    /// The connection's shard and key there, while it is open.
+    pub fn conn(&self, c: Client) -> Option<(u16, ConnKey)> {
+        self.clients[c.0].conn
     }
 
     /// Bytes the shard holds for the client.
     pub fn queued(&self, c: Client) -> usize {
-        self.key(c).map_or(0, |k| self.shard.queued(k))
+        self.conn(c).map_or(0, |(i, k)| self.machines.shard(i).queued(k))
     }
 
     /// How the client's socket takes bytes from now on.
@@ -418,8 +494,8 @@ impl Sim {
 
     /// Raw bytes from the client.
     pub fn send_raw(&mut self, c: Client, bytes: &[u8]) {
-        if let Some(key) = self.clients[c.0].key {
-            self.shard.received(self.now, key, bytes);
+        if let Some((shard, conn)) = self.clients[c.0].conn {
+            self.feed(shard, ShardInput::Received { conn, data: bytes.into() });
             self.settle();
         }
     }
@@ -577,13 +653,13 @@ impl Sim {
     pub fn settle(&mut self) {
         for round in 0.. {
             assert!(round < 200_000, "livelock at {:?} (seed {:#x})", self.now, self.seed);
-            let mut progress = self.drain_actions();
+            let mut progress = self.drain_effects();
             progress |= self.flush_writes();
             if !progress {
-                progress = self.complete_store();
+                progress = self.deliver_or_complete();
             }
             if !progress {
-                progress = self.fire_timers();
+                progress = self.machines.fire_timers(self.now);
             }
             if !progress {
                 break;
@@ -609,7 +685,7 @@ impl Sim {
     pub fn run_until_idle(&mut self) {
         self.settle();
         let mut steps = 0;
-        while self.store.in_flight() > 0 {
+        while self.store.in_flight() > 0 || self.machines.mail_in_flight() {
             steps += 1;
             assert!(steps < 1_000_000, "storage never went idle (seed {:#x})", self.seed);
             if !self.step() {
@@ -634,7 +710,7 @@ impl Sim {
     }
 
     fn next_event(&self) -> Option<Instant> {
-        crate::time::earliest(self.shard.poll_timeout(), self.store.next_due())
+        self.machines.poll_timeout().into_iter().chain(self.store.next_due()).min()
     }
 
     fn move_to(&mut self, t: Instant) {
@@ -646,7 +722,9 @@ impl Sim {
     /// Shuts the node down as on SIGTERM: every session is closed, and what
     /// can be flushed is.
     pub fn shutdown(&mut self) {
-        self.shard.shutdown(self.now);
+        for i in 0..self.machines.shard_count() {
+            self.machines.feed(self.now, i, ShardInput::Shutdown);
+        }
         self.settle();
     }
 
@@ -657,15 +735,17 @@ impl Sim {
         self.shutdown();
         self.advance(Duration::from_secs(3));
         for i in 0..self.clients.len() {
-            if let Some(key) = self.clients[i].key.take() {
+            if let Some(conn) = self.clients[i].conn.take() {
                 self.clients[i].ended = Some(Ended::ByServer);
-                self.by_key.remove(&key);
+                self.by_conn.remove(&conn);
             }
         }
         self.hinted.clear();
         self.store.run_abandoned();
         self.metrics = Arc::new(Metrics::default());
-        self.shard = Self::boot(&self.config, &self.metrics, &mut self.store, self.now);
+        let snapshot = Self::snapshot(&mut self.store);
+        self.boot = (snapshot.clone(), self.now);
+        self.machines = Machines::new(self.topology, &self.config, &self.metrics, snapshot, self.now);
     }
 
     // ---- the runtime's loop -------------------------------------------
@@ -674,38 +754,59 @@ impl Sim {
         &mut self.clients[c.0]
     }
 
-    fn drain_actions(&mut self) -> bool {
+    /// Feeds a shard and carries out what it said at once, as a runtime
+    /// does: a connection the shard closed is gone before the next input.
+    fn feed(&mut self, shard: u16, input: ShardInput<'_>) {
+        self.machines.feed(self.now, shard, input);
+        self.drain_effects();
+    }
+
+    fn drain_effects(&mut self) -> bool {
         let mut any = false;
-        while let Some(action) = self.shard.poll_action() {
+        while let Some(effect) = self.machines.take_effect() {
             any = true;
-            match action {
-                ShardAction::Write(key) => {
-                    assert!(self.by_key.contains_key(&key), "Write for unknown key {key}");
-                    self.hinted.insert(key);
+            match effect {
+                Effect::Write(shard, key) => {
+                    assert!(self.by_conn.contains_key(&(shard, key)), "Write for unknown key {key} on shard {shard}");
+                    self.hinted.insert((shard, key));
                 }
-                ShardAction::Close(key) => {
-                    let id = self.by_key.remove(&key).unwrap_or_else(|| panic!("Close for unknown key {key}"));
-                    self.hinted.remove(&key);
+                Effect::Close(shard, key) => {
+                    let id = self
+                        .by_conn
+                        .remove(&(shard, key))
+                        .unwrap_or_else(|| panic!("Close for unknown key {key} on shard {shard}"));
+                    self.hinted.remove(&(shard, key));
                     let st = &mut self.clients[id];
-                    st.key = None;
+                    st.conn = None;
                     st.ended = Some(Ended::ByServer);
                 }
-                ShardAction::Store(requests) => self.store.submit(self.now.instant, requests),
+                Effect::Store(requests) => self.store.submit(self.now.instant, requests),
             }
         }
         any
     }
 
+    /// Delivers mail between threads or a storage completion, whichever
+    /// the seed picks when both could happen now.
+    fn deliver_or_complete(&mut self) -> bool {
+        let store_first = self.machines.mail_in_flight() && self.rng.below(2) == 0;
+        if store_first && self.complete_store() {
+            return true;
+        }
+        self.machines.deliver_mail(self.now, &mut self.rng) || self.complete_store()
+    }
+
     /// Writes to every hinted connection as its client's socket allows.
     fn flush_writes(&mut self) -> bool {
         let mut any = false;
-        let keys: Vec<ConnKey> = self.hinted.iter().copied().collect();
-        for key in keys {
-            let Some(&id) = self.by_key.get(&key) else {
-                self.hinted.remove(&key);
+        let conns: Vec<Conn> = self.hinted.iter().copied().collect();
+        for conn in conns {
+            let Some(&id) = self.by_conn.get(&conn) else {
+                self.hinted.remove(&conn);
                 continue;
             };
-            let queued = self.shard.queued(key);
+            let (shard, key) = conn;
+            let queued = self.machines.shard(shard).queued(key);
             self.max_queued = self.max_queued.max(queued);
             let limit = match self.clients[id].mode {
                 WriteMode::Stalled => continue,
@@ -716,7 +817,7 @@ impl Sim {
             let mut bytes = Vec::new();
             {
                 let mut slices = [IoSlice::new(&[]); 64];
-                let n = self.shard.outbox(key, &mut slices);
+                let n = self.machines.outbox(shard, key, &mut slices);
                 for s in &slices[..n] {
                     let room = limit - bytes.len();
                     bytes.extend_from_slice(&s[..s.len().min(room)]);
@@ -726,15 +827,15 @@ impl Sim {
                 }
             }
             if bytes.is_empty() {
-                if !self.shard.wants_write(key) {
-                    self.hinted.remove(&key);
+                if !self.machines.shard(shard).wants_write(key) {
+                    self.hinted.remove(&conn);
                 }
                 continue;
             }
             any = true;
-            self.shard.written(self.now, key, bytes.len());
-            if !self.shard.wants_write(key) {
-                self.hinted.remove(&key);
+            self.feed(shard, ShardInput::Written { conn: key, n: bytes.len() });
+            if !self.machines.shard(shard).wants_write(key) {
+                self.hinted.remove(&conn);
             }
             self.clients[id].rx.extend_from_slice(&bytes);
             self.parse(id);
@@ -781,8 +882,8 @@ impl Sim {
         }
         for payload in pongs {
             let frame = wire::client_frame(OpCode::Control(Control::Pong), true, &payload, self.mask());
-            if let Some(key) = self.clients[id].key {
-                self.shard.received(self.now, key, &frame);
+            if let Some((shard, conn)) = self.clients[id].conn {
+                self.feed(shard, ShardInput::Received { conn, data: frame.into() });
             }
         }
     }
@@ -790,20 +891,10 @@ impl Sim {
     fn complete_store(&mut self) -> bool {
         match self.store.complete_next(self.now.instant) {
             Some(done) => {
-                self.shard.handle_store(self.now, done);
+                self.machines.store_done(self.now, done);
                 true
             }
             None => false,
-        }
-    }
-
-    fn fire_timers(&mut self) -> bool {
-        match self.shard.poll_timeout() {
-            Some(t) if t <= self.now.instant => {
-                self.shard.handle_timeout(self.now);
-                true
-            }
-            _ => false,
         }
     }
 }

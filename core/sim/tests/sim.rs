@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::*;
+use natter_core::Config;
+use natter_sim::*;
 
 fn seqs(msgs: &[Value]) -> Vec<u64> {
     msgs.iter().map(|m| m["seq"].as_u64().unwrap()).collect()
@@ -62,7 +63,10 @@ fn the_same_seed_gives_the_same_run() {
 
 #[test]
 fn gauges_and_keys_follow_connections() {
-    let mut sim = Sim::with_users(Config::default(), &[("alice", "alice-password")]);
+    // One shard, so that the second guest lands where the first one was.
+    let mut store = FakeStore::default();
+    store.add_user("alice", "alice-password");
+    let mut sim = Sim::build_with(Topology::Local, Config::default(), store, DEFAULT_SEED);
     let a = sim.login("alice");
     let g = sim.guest("gus");
     let l = sim.line_guest("lin");
@@ -71,11 +75,11 @@ fn gauges_and_keys_follow_connections() {
     assert_eq!(m.connections_line.load(Relaxed), 1);
     assert_eq!(m.sessions_ws.load(Relaxed), 2);
     assert_eq!(m.sessions_line.load(Relaxed), 1);
-    assert_eq!(sim.shard().len(), 3);
-    let key = sim.key(g).unwrap();
+    assert_eq!(sim.connections(), 3);
+    let key = sim.conn(g).unwrap();
     sim.disconnect(g);
     let g2 = sim.guest("gus");
-    assert_eq!(sim.key(g2), Some(key), "a freed key is reused");
+    assert_eq!(sim.conn(g2), Some(key), "a freed key is reused");
     for c in [a, g2, l] {
         sim.disconnect(c);
     }
@@ -83,8 +87,8 @@ fn gauges_and_keys_follow_connections() {
     for gauge in [&m.connections_http, &m.connections_line, &m.sessions_ws, &m.sessions_line] {
         assert_eq!(gauge.load(Relaxed), 0);
     }
-    assert!(sim.shard().is_empty());
-    assert_eq!(sim.shard().hub().unwrap().pending_requests(), 0);
+    assert_eq!(sim.connections(), 0);
+    assert_eq!(sim.hub().pending_requests(), 0);
 }
 
 #[test]
@@ -97,7 +101,7 @@ fn timeouts_are_never_left_in_the_past() {
     sim.send_json(a, json!({"type":"join","room":"r"}));
     for _ in 0..200 {
         sim.step();
-        let next = sim.shard().poll_timeout();
+        let next = sim.poll_timeout();
         assert!(next.is_none_or(|t| t > sim.now().instant), "a deadline at or before now after handling");
     }
 }
@@ -157,4 +161,41 @@ fn the_fake_clock_only_moves_when_told() {
     assert_eq!(sim.now().unix_ms, START_UNIX_MS + 1540, "waiting jumps to the completion");
     let m = sim.take_kind(g, "message");
     assert_eq!(m[0]["ts"], START_UNIX_MS + 1500, "ts is the send time");
+}
+
+/// Item 2 of the drive contract: the machines are deterministic, so the
+/// inputs a run fed them, replayed on fresh machines, give the same outputs
+/// byte for byte, in every topology.
+#[test]
+fn a_recorded_run_replays_exactly() {
+    for topology in [Topology::Local, Topology::Threads(1), Topology::Threads(3)] {
+        let mut store = FakeStore::default();
+        store.add_user("alice", "alice-password");
+        store.add_member("alice", "lobby");
+        store.set_latency(Duration::from_millis(2), Duration::from_millis(8));
+        let mut sim = Sim::build_with(topology, Config::default(), store, 7);
+        sim.record();
+        sim.set_default_write_mode(WriteMode::Random);
+        let a = sim.login("alice");
+        let g = sim.guest("gus");
+        let l = sim.line_guest("lin");
+        for c in [a, g] {
+            sim.send_json(c, json!({"type":"join","room":"lobby","since":0}));
+        }
+        sim.send_line(l, "/join lobby");
+        for i in 0..10 {
+            sim.send_json(g, json!({"type":"send","room":"lobby","text":format!("m{i}")}));
+            sim.send_json(a, json!({"type":"send","to":"gus","text":format!("p{i}")}));
+            sim.send_line(l, &format!("hello {i}"));
+        }
+        sim.advance(Duration::from_secs(40));
+        sim.disconnect(g);
+        sim.run_until_idle();
+        assert!(sim.recording().len() > 100, "{topology:?}: {} inputs", sim.recording().len());
+        let replayed = sim.replay();
+        assert_eq!(replayed.len(), sim.trace().len(), "{topology:?}");
+        for (i, (got, want)) in replayed.iter().zip(sim.trace()).enumerate() {
+            assert_eq!(got, want, "{topology:?}: output {i} differs");
+        }
+    }
 }

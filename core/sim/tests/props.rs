@@ -8,12 +8,16 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
 use proptest::prelude::*;
+use proptest::test_runner::{FileFailurePersistence, TestRunner};
 use serde_json::{json, Value};
 
-use super::{Client, Event, FakeStore, Sim, WriteMode};
-use crate::config::Config;
-use crate::store::StoredMessage;
+use natter_core::store::StoredMessage;
+use natter_core::Config;
+use natter_sim::{Client, Event, FakeStore, Sim, Topology, WriteMode};
 
 /// The first three are registered; the others are guests.
 const USERS: [&str; 5] = ["ann", "bob", "cyd", "gus", "gil"];
@@ -154,7 +158,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(seed: u64) -> Driver {
+    fn new(topology: Topology, seed: u64) -> Driver {
         let mut store = FakeStore::default();
         for user in &USERS[..REGISTERED] {
             store.add_user(user, &password(user));
@@ -162,7 +166,7 @@ impl Driver {
         // Stored memberships, so that welcomes list rooms from the start.
         store.add_member("ann", "r0");
         store.add_member("bob", "r0");
-        Driver { sim: Sim::build(config(), store, seed), clients: Vec::new(), texts: 0 }
+        Driver { sim: Sim::build_with(topology, config(), store, seed), clients: Vec::new(), texts: 0 }
     }
 
     /// One of the open clients.
@@ -336,7 +340,7 @@ impl Driver {
             Op::FailNext { n } => self.sim.store_mut().fail_next(n),
             Op::FailAppends(on) => {
                 if on {
-                    self.sim.store_mut().fail_when(|op| matches!(op, crate::store::StoreOp::Append { .. }));
+                    self.sim.store_mut().fail_when(|op| matches!(op, natter_core::store::StoreOp::Append { .. }));
                 } else {
                     self.sim.store_mut().stop_failing();
                 }
@@ -752,21 +756,21 @@ fn check(driver: &Driver) -> Vec<String> {
     if sim.max_queued() > bound {
         checker.errors.push(format!("an outbox held {} bytes (bound {bound})", sim.max_queued()));
     }
-    let pending = sim.shard().hub().map_or(0, |h| h.pending_requests());
+    let pending = sim.hub().pending_requests();
     if pending != 0 {
         checker.errors.push(format!("{pending} storage requests still pending in the hub"));
     }
     checker.errors
 }
 
-fn run(seed: u64, ops: &[Op]) -> Result<(), TestCaseError> {
-    let mut driver = Driver::new(seed);
+fn run(topology: Topology, seed: u64, ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut driver = Driver::new(topology, seed);
     for op in ops {
         driver.apply(op);
     }
     driver.finish();
     let errors = check(&driver);
-    prop_assert!(errors.is_empty(), "seed {:#x}:\n{}", driver.sim.seed(), errors.join("\n"));
+    prop_assert!(errors.is_empty(), "{topology:?}, seed {:#x}:\n{}", driver.sim.seed(), errors.join("\n"));
     Ok(())
 }
 
@@ -774,22 +778,33 @@ fn cases() -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(128)
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases(),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+/// The topologies a node runs in: one shard with the hub (`--threads 1`),
+/// or one to four shards with the hub apart and their mail shuffled.
+fn topology() -> impl Strategy<Value = Topology> {
+    prop_oneof![Just(Topology::Local), (1..=4u16).prop_map(Topology::Threads)]
+}
 
-    #[test]
-    fn clients_see_what_the_protocol_promises(
-        seed in any::<u64>(),
-        latency in (0..20u64, 0..10u64),
-        ops in prop::collection::vec(op(), 1..120),
-    ) {
+#[test]
+fn clients_see_what_the_protocol_promises() {
+    let config = ProptestConfig {
+        cases: cases(),
+        // Failing cases are saved here and run first next time; commit them.
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/props.txt"))),
+        ..ProptestConfig::default()
+    };
+    let mut runner = TestRunner::new(config);
+    let strategy = (topology(), any::<u64>(), (0..20u64, 0..10u64), prop::collection::vec(op(), 1..120));
+    let ran: RefCell<BTreeMap<String, u32>> = RefCell::default();
+    let result = runner.run(&strategy, |(topology, seed, latency, ops)| {
+        *ran.borrow_mut().entry(format!("{topology:?}")).or_default() += 1;
         let mut all = vec![Op::Latency { ms: latency.0, jitter: latency.1 }];
         all.extend(ops);
-        run(seed, &all)?;
+        run(topology, seed, &all)
+    });
+    let ran = ran.into_inner();
+    eprintln!("clients_see_what_the_protocol_promises: {} cases: {ran:?}", ran.values().sum::<u32>());
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }
 
@@ -818,7 +833,9 @@ fn a_long_fixed_run_keeps_every_invariant() {
         }
         ops.push(Op::Advance { ms: (round as u64 * 7) % 40 });
     }
-    run(super::env_seed().unwrap_or(0x5eed), &ops).unwrap();
+    for topology in [Topology::Local, Topology::Threads(3)] {
+        run(topology, natter_sim::env_seed().unwrap_or(0x5eed), &ops).unwrap();
+    }
 }
 
 /// Guards the strategy itself: a change to the operations or weights that
@@ -833,7 +850,7 @@ fn the_strategy_exercises_the_invariants() {
     let mut count: HashMap<String, usize> = HashMap::new();
     for _ in 0..64 {
         let (seed, ops) = strategy.new_tree(&mut runner).unwrap().current();
-        let mut d = Driver::new(seed);
+        let mut d = Driver::new(Topology::Threads(2), seed);
         for op in &ops {
             d.apply(op);
         }
@@ -890,5 +907,5 @@ fn regression_a_message_before_the_ok_of_a_join_with_since() {
         Op::Join { client: 7, room: 2, since: true },
         Op::Advance { ms: 0 },
     ];
-    run(0, &ops).unwrap();
+    run(Topology::Local, 0, &ops).unwrap();
 }

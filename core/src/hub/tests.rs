@@ -1,0 +1,184 @@
+//! The hub alone, fed the mail of several shards and storage completions
+//! by hand: where its answers go, and what it asks of storage. Whole-system
+//! behaviour (clients on the wire) is in the `natter-sim` crate's tests.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
+
+use crate::link::{Auth, Tag, ToHubInner, ToShardInner};
+use crate::reply::{ErrorCode, Reply};
+use crate::store::{StoreDone, StoreError, StoreOp, StoreRequest, StoreValue};
+use crate::transport::request::{ClientRequest, RequestKind, Target};
+use crate::{Config, Hub, HubInput, HubOutput, Now, SessionId, ToHub, ToShard};
+
+const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+
+/// A hub and what it said, in order.
+struct Bench {
+    hub: Hub,
+    now: Now,
+    mail: Vec<(u16, ToShardInner)>,
+    store: Vec<StoreRequest>,
+    serial: u64,
+}
+
+impl Bench {
+    fn new() -> Bench {
+        // The tests' only clock read: any instant will do as the start.
+        #[allow(clippy::disallowed_methods)]
+        let now = Now { instant: Instant::now(), unix_ms: 1_700_000_000_000 };
+        let hub = Hub::new(Config::default(), Default::default(), Vec::new(), Vec::new(), now);
+        Bench { hub, now, mail: Vec::new(), store: Vec::new(), serial: 0 }
+    }
+
+    /// A new session on `shard`.
+    fn session(&mut self, shard: u16) -> SessionId {
+        self.serial += 1;
+        SessionId::new(shard, self.serial as usize, self.serial)
+    }
+
+    fn send(&mut self, msg: ToHubInner) {
+        self.hub.handle_input(self.now, HubInput::FromShard(ToHub(msg)));
+        self.collect();
+    }
+
+    fn collect(&mut self) {
+        while let Some(output) = self.hub.poll_output() {
+            match output {
+                HubOutput::ToShard(shard, batch) => self.mail.extend(batch.into_iter().map(|ToShard(m)| (shard, m))),
+                HubOutput::Store(requests) => self.store.extend(requests),
+            }
+        }
+    }
+
+    /// Answers every storage request asked so far with `answer`.
+    fn complete(&mut self, answer: impl Fn(&StoreOp) -> Result<StoreValue, StoreError>) {
+        for request in std::mem::take(&mut self.store) {
+            let done = StoreDone { id: request.id, result: answer(&request.op) };
+            self.hub.handle_input(self.now, HubInput::Store(done));
+            self.collect();
+        }
+    }
+
+    fn take_mail(&mut self) -> Vec<(u16, ToShardInner)> {
+        std::mem::take(&mut self.mail)
+    }
+
+    fn request(&mut self, sid: SessionId, kind: RequestKind, request: ClientRequest) {
+        let tag = Tag::Ws { reference: Some(format!("{kind:?}")), kind };
+        self.send(ToHubInner::Request { sid, tag, request });
+    }
+
+    /// A welcomed guest session on `shard`.
+    fn guest(&mut self, shard: u16, name: &str) -> SessionId {
+        let sid = self.session(shard);
+        let tag = Tag::Ws { reference: None, kind: RequestKind::Hello };
+        self.send(ToHubInner::Hello { sid, tag, auth: Auth::Guest(name.into()), line: false, peer: PEER });
+        self.complete(|_| Ok(StoreValue::Done));
+        sid
+    }
+
+    fn join(&mut self, sid: SessionId, room: &str) {
+        self.request(sid, RequestKind::Join, ClientRequest::Join { room: room.into(), since: None });
+        self.complete(|_| Ok(StoreValue::Done));
+    }
+}
+
+fn reply_of(mail: &[(u16, ToShardInner)], sid: SessionId) -> Vec<(u16, Result<Reply, ErrorCode>)> {
+    mail.iter()
+        .filter_map(|(shard, m)| match m {
+            ToShardInner::Reply { sid: s, result, .. } if *s == sid => {
+                Some((*shard, result.clone().map_err(|f| f.code)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_welcome_goes_to_the_shard_of_its_session() {
+    let mut b = Bench::new();
+    let gus = b.guest(3, "gus");
+    let mail = b.take_mail();
+    assert!(mail.iter().all(|(shard, _)| *shard == 3), "{mail:?}");
+    let replies = reply_of(&mail, gus);
+    assert!(matches!(&replies[..], [(3, Ok(Reply::Welcome { user, guest: true, .. }))] if user == "gus"), "{mail:?}");
+    assert!(mail.iter().any(|(_, m)| matches!(m, ToShardInner::Welcomed { sid, .. } if *sid == gus)));
+}
+
+#[test]
+fn a_request_before_hello_is_refused_without_asking_storage() {
+    let mut b = Bench::new();
+    let sid = b.session(1);
+    b.request(sid, RequestKind::Join, ClientRequest::Join { room: "r".into(), since: None });
+    assert!(b.store.is_empty(), "{:?}", b.store);
+    assert_eq!(reply_of(&b.take_mail(), sid), [(1, Err(ErrorCode::Unauthenticated))]);
+}
+
+#[test]
+fn a_room_message_reaches_each_member_once_in_one_delivery_per_shard() {
+    let mut b = Bench::new();
+    let members = [b.guest(0, "ann"), b.guest(1, "bob"), b.guest(1, "cyd"), b.guest(2, "dan")];
+    let outsider = b.guest(2, "eve");
+    for sid in members {
+        b.join(sid, "r");
+    }
+    b.take_mail();
+    let text = "hello".to_string();
+    b.request(members[0], RequestKind::Send, ClientRequest::Send { to: Target::Room("r".into()), text, id: None });
+    assert!(matches!(&b.store[..], [StoreRequest { op: StoreOp::Append { .. }, .. }]), "{:?}", b.store);
+    b.complete(|_| Ok(StoreValue::Appended { seq: 1, ts: 1, duplicate: false }));
+    let mail = b.take_mail();
+    assert!(matches!(&reply_of(&mail, members[0])[..], [(0, Ok(Reply::Sent { seq: 1 }))]), "{mail:?}");
+    let mut deliveries: Vec<(u16, Vec<SessionId>)> = mail
+        .into_iter()
+        .filter_map(|(shard, m)| match m {
+            ToShardInner::Deliver { sessions, .. } => Some((shard, sessions)),
+            _ => None,
+        })
+        .collect();
+    deliveries.sort_by_key(|(shard, _)| *shard);
+    let shards: Vec<u16> = deliveries.iter().map(|(s, _)| *s).collect();
+    assert_eq!(shards.iter().filter(|&&s| s == 1).count(), 1, "one delivery per shard: {deliveries:?}");
+    let reached: Vec<SessionId> = deliveries.into_iter().flat_map(|(_, s)| s).collect();
+    for sid in &members[1..] {
+        assert_eq!(reached.iter().filter(|s| *s == sid).count(), 1, "{sid:?} in {reached:?}");
+    }
+    assert!(!reached.contains(&outsider));
+}
+
+#[test]
+fn storage_past_its_deadline_is_unavailable_once_and_a_late_answer_is_dropped() {
+    let mut b = Bench::new();
+    let ann = b.guest(0, "ann");
+    b.join(ann, "r");
+    b.take_mail();
+    let history = ClientRequest::History { of: Target::Room("r".into()), before: None, limit: None };
+    b.request(ann, RequestKind::History, history);
+    assert_eq!(b.store.len(), 1, "{:?}", b.store);
+    let deadline = b.hub.poll_timeout().expect("a request in flight has a deadline");
+    b.now = b.now.after(deadline - b.now.instant);
+    b.hub.handle_input(b.now, HubInput::Timeout);
+    b.collect();
+    assert_eq!(reply_of(&b.take_mail(), ann), [(0, Err(ErrorCode::Unavailable))]);
+    b.complete(|_| Ok(StoreValue::Messages { messages: Vec::new(), oldest: None }));
+    assert!(reply_of(&b.take_mail(), ann).is_empty(), "the client heard already");
+    assert_eq!(b.hub.pending_requests(), 0);
+}
+
+#[test]
+fn a_closed_session_leaves_its_rooms_and_the_others_hear_it() {
+    let mut b = Bench::new();
+    let (ann, bob) = (b.guest(0, "ann"), b.guest(1, "bob"));
+    b.join(ann, "r");
+    b.join(bob, "r");
+    b.take_mail();
+    b.send(ToHubInner::Closed { sid: ann });
+    b.complete(|_| Ok(StoreValue::Done));
+    let mail = b.take_mail();
+    let told_bob = mail.iter().any(|(shard, m)| {
+        *shard == 1 && matches!(m, ToShardInner::Deliver { sessions, event } if sessions == &[bob] && event.ws.windows(5).any(|w| w == b"leave"))
+    });
+    assert!(told_bob, "{mail:?}");
+    assert!(mail.iter().all(|(shard, _)| *shard != 0), "nothing for a closed session: {mail:?}");
+}
