@@ -36,7 +36,7 @@ mod ids;
 mod link;
 pub mod metrics;
 mod peers;
-mod reply;
+mod render;
 mod session;
 mod shard;
 pub mod store;

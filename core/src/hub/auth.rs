@@ -6,14 +6,14 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::json;
 
-use super::encode::{presence, LineAck, Presence};
 use super::pending::{AuthKind, Pending};
 use super::state::{InboxRead, Online, Phase, SessionInfo};
 use super::{unavailable, Hub};
 use crate::ids::{is_valid_name, SessionId};
-use crate::link::{ApiCall, ApiResponse, Auth, HubClose, Tag, ToShardInner};
+use crate::link::{ApiCall, Auth, HubClose, Tag, ToShardInner};
 use crate::metrics::Metrics;
-use crate::reply::{ErrorCode, Failure, Reply, RoomMark};
+use crate::render::event::presence;
+use crate::render::{ApiResponse, ErrorCode, Failure, LineAck, Presence, Reply, RoomMark};
 use crate::store::{Cancel, StoreError, StoreOp, StoreValue};
 use crate::time::Now;
 

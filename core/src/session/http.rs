@@ -6,9 +6,11 @@ use serde_json::Value;
 use super::{Ctx, Phase, Session};
 use crate::config::Config;
 use crate::link::{ApiCall, Auth, Tag, ToHubInner};
-use crate::reply::{reply_json, ErrorCode, Failure, Reply};
-use crate::session::CloseReason;
-use crate::transport::http::{error_body, parse_request, Request, Response};
+use crate::render::http::error_body;
+use crate::render::reply::reply_json;
+use crate::render::CloseReason;
+use crate::render::{ErrorCode, Failure, Reply, Response};
+use crate::transport::http::{parse_request, Request};
 use crate::transport::ws::{accept_response, text_frame, Decoder};
 
 /// The web client, embedded at build time: the page, its script and its styles.

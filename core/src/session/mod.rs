@@ -3,7 +3,6 @@
 //! the I/O thread that owns the socket; everything about users and rooms is
 //! asked of the hub through [`ToHubInner`] messages.
 
-mod close;
 mod http;
 mod line;
 mod outbox;
@@ -18,16 +17,15 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::config::Config;
-use crate::hub::encode::LineAck;
-use crate::hub::Encoded;
 use crate::ids::SessionId;
 use crate::link::{HubClose, Tag, ToHubInner, ToShardInner};
 use crate::metrics::Metrics;
+use crate::render::{Encoded, LineAck};
 use crate::time::{earliest, Now};
 use crate::transport::line::LineReader;
 use crate::transport::ws::{close_frame, Decoder};
 
-pub(crate) use close::CloseReason;
+pub(crate) use crate::render::CloseReason;
 use outbox::Outbox;
 use rate::RateLimit;
 
@@ -152,7 +150,7 @@ impl Session {
             }
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let code = crate::reply::ErrorCode::Unavailable.as_str();
+        let code = crate::render::ErrorCode::Unavailable.as_str();
         if self.is_line() {
             self.outbox.push_unbounded(Bytes::from(format!("! {code} {message}\n")));
         } else {

@@ -8,8 +8,9 @@ use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 
 use super::{Ctx, Phase, Session};
 use crate::link::{Auth, Tag, ToHubInner};
-use crate::reply::{reply_json, ErrorCode, Failure, Reply};
-use crate::session::CloseReason;
+use crate::render::reply::reply_json;
+use crate::render::CloseReason;
+use crate::render::{ErrorCode, Failure, Reply};
 use crate::transport::request::{self, ClientRequest, HelloAuth, RequestError, RequestKind};
 use crate::transport::ws::{close_frame, encode_frame, text_frame, WsEvent};
 
