@@ -1,19 +1,25 @@
 //! HTTP responses: the status line, the headers every response carries,
-//! and the JSON bodies of errors and of the account API.
+//! the JSON bodies of errors and of the account API, and which status each
+//! answer has (an error's comes from its [`ErrorCode`]).
 
 use bytes::Bytes;
+use serde_json::json;
+
+use super::error::{ErrorCode, Failure};
+
+const JSON: &str = "application/json";
 
 /// A response, serialised at once.
-pub(crate) struct Response<'a> {
-    pub(crate) status: u16,
-    pub(crate) content_type: &'a str,
-    pub(crate) body: &'a [u8],
-    pub(crate) extra_headers: &'a [(&'a str, String)],
-    pub(crate) close: bool,
+struct Response<'a> {
+    status: u16,
+    content_type: &'a str,
+    body: &'a [u8],
+    extra_headers: &'a [(&'a str, String)],
+    close: bool,
 }
 
 impl Response<'_> {
-    pub(crate) fn encode(&self) -> Bytes {
+    fn encode(&self) -> Bytes {
         let mut out = Vec::with_capacity(160 + self.body.len());
         out.extend_from_slice(
             format!(
@@ -47,8 +53,58 @@ impl Response<'_> {
 }
 
 /// A JSON error body as PROTOCOL.md writes it: `{"error":CODE,"message":...}`.
-pub(crate) fn error_body(code: &str, message: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({ "error": code, "message": message })).unwrap_or_default()
+fn error_body(code: ErrorCode, message: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({ "error": code.as_str(), "message": message })).unwrap_or_default()
+}
+
+/// A `200 OK` carrying `body`.
+pub(crate) fn ok(content_type: &str, body: &[u8], extra_headers: &[(&str, String)], close: bool) -> Bytes {
+    Response { status: 200, content_type, body, extra_headers, close }.encode()
+}
+
+/// `GET /healthz`.
+pub(crate) fn health(close: bool) -> Bytes {
+    ok(JSON, b"{\"status\":\"ok\"}", &[], close)
+}
+
+/// `GET /metrics`: Prometheus's text format.
+pub(crate) fn metrics(text: &str, close: bool) -> Bytes {
+    ok("text/plain; version=0.0.4", text.as_bytes(), &[], close)
+}
+
+/// An error answer, with the status of its code.
+pub(crate) fn error(code: ErrorCode, message: &str, extra_headers: &[(&str, String)], close: bool) -> Bytes {
+    error_with_status(code.status(), code, message, extra_headers, close)
+}
+
+fn error_with_status(status: u16, code: ErrorCode, message: &str, extra: &[(&str, String)], close: bool) -> Bytes {
+    let body = error_body(code, message);
+    Response { status, content_type: JSON, body: &body, extra_headers: extra, close }.encode()
+}
+
+/// `/metrics` without its token.
+pub(crate) fn metrics_refused(close: bool) -> Bytes {
+    let challenge = [("WWW-Authenticate", "Bearer realm=\"metrics\"".to_string())];
+    error(ErrorCode::Unauthorized, "send Authorization: Bearer <metrics token>", &challenge, close)
+}
+
+/// An upgrade asking for a WebSocket version other than 13 (RFC 6455
+/// §4.4: the answer names the versions the server speaks).
+pub(crate) fn version_required() -> Bytes {
+    let headers = [("Sec-WebSocket-Version", "13".to_string())];
+    error(ErrorCode::UpgradeRequired, "WebSocket version 13 is required", &headers, false)
+}
+
+/// The hub refused a `GET /ws?token=` upgrade (the connection closes).
+/// PROTOCOL.md: a bad token is 401 before the upgrade. Storage failing and
+/// too many sessions opened lately are not the token's fault and keep their
+/// own status; anything else is told as 401, under its own code.
+pub(crate) fn upgrade_refused(f: &Failure) -> Bytes {
+    let status = match f.code {
+        ErrorCode::Unavailable | ErrorCode::RateLimited => f.code.status(),
+        _ => ErrorCode::InvalidToken.status(),
+    };
+    error_with_status(status, f.code, &f.message, &[], true)
 }
 
 fn reason(status: u16) -> &'static str {
@@ -79,6 +135,39 @@ pub(crate) struct ApiResponse {
     /// JSON body; empty for 204.
     pub(crate) body: Vec<u8>,
     pub(crate) retry_after_s: Option<u64>,
+}
+
+impl ApiResponse {
+    /// An error, with `Retry-After` when waiting helps.
+    pub(crate) fn error(code: ErrorCode, message: &str, retry_after_s: Option<u64>) -> ApiResponse {
+        ApiResponse { status: code.status(), body: error_body(code, message), retry_after_s }
+    }
+
+    /// `POST /api/register` made the account: `201 {"user":...}`.
+    pub(crate) fn registered(user: &str) -> ApiResponse {
+        ApiResponse::json(201, &json!({ "user": user }))
+    }
+
+    /// `POST /api/login` signed the user in: `200 {"token","user","expires_ms"}`.
+    pub(crate) fn logged_in(token: &str, user: &str, expires_ms: u64) -> ApiResponse {
+        ApiResponse::json(200, &json!({ "token": token, "user": user, "expires_ms": expires_ms }))
+    }
+
+    /// `POST /api/logout` revoked the token: `204`, no body.
+    pub(crate) fn logged_out() -> ApiResponse {
+        ApiResponse { status: 204, body: Vec::new(), retry_after_s: None }
+    }
+
+    fn json(status: u16, body: &serde_json::Value) -> ApiResponse {
+        ApiResponse { status, body: serde_json::to_vec(body).unwrap_or_default(), retry_after_s: None }
+    }
+
+    /// The response's bytes.
+    pub(crate) fn encode(&self, close: bool) -> Bytes {
+        let retry = self.retry_after_s.map(|s| ("Retry-After", s.to_string()));
+        let headers: Vec<(&str, String)> = retry.into_iter().collect();
+        Response { status: self.status, content_type: JSON, body: &self.body, extra_headers: &headers, close }.encode()
+    }
 }
 
 #[cfg(test)]

@@ -16,5 +16,5 @@ pub(crate) use close::CloseReason;
 pub(crate) use error::{ErrorCode, Failure};
 pub use event::Encoded;
 pub(crate) use event::{LineAck, Presence};
-pub(crate) use http::{ApiResponse, Response};
+pub(crate) use http::ApiResponse;
 pub(crate) use reply::{Recovery, Reply, RoomMark};

@@ -133,7 +133,7 @@ pub(crate) fn reply_json(reference: Option<&str>, kind: &str, result: &Result<Re
 
 /// A line-protocol error line.
 pub(crate) fn error_line(f: &Failure) -> Bytes {
-    Bytes::from(format!("! {} {}\n", f.code.as_str(), one_line(&f.message)))
+    Bytes::from(format!("! {} {}\n", f.code.line_code(), one_line(&f.message)))
 }
 
 /// Lines answering a request on the line protocol (empty: nothing to say).

@@ -20,12 +20,13 @@ use crate::config::Config;
 use crate::ids::SessionId;
 use crate::link::{HubClose, Tag, ToHubInner, ToShardInner};
 use crate::metrics::Metrics;
-use crate::render::{Encoded, LineAck};
+use crate::render::reply::error_line;
+use crate::render::{Encoded, ErrorCode, Failure, LineAck};
 use crate::time::{earliest, Now};
 use crate::transport::line::LineReader;
 use crate::transport::ws::{close_frame, Decoder};
 
-pub(crate) use crate::render::CloseReason;
+use crate::render::CloseReason;
 use outbox::Outbox;
 use rate::RateLimit;
 
@@ -150,11 +151,10 @@ impl Session {
             }
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let code = crate::render::ErrorCode::Unavailable.as_str();
         if self.is_line() {
-            self.outbox.push_unbounded(Bytes::from(format!("! {code} {message}\n")));
+            self.outbox.push_unbounded(error_line(&Failure::new(ErrorCode::Unavailable, message)));
         } else {
-            self.respond_error(ctx, 503, code, message, true);
+            self.respond_error(ctx, ErrorCode::Unavailable, message, true);
         }
         self.close(ctx, CloseReason::Done);
     }
@@ -274,7 +274,7 @@ impl Session {
                 let (code, text) = reason.ws();
                 self.outbox.push_unbounded(close_frame(code, text));
             }
-            Phase::Line { .. } => self.outbox.push_unbounded(Bytes::from_static(reason.line().as_bytes())),
+            Phase::Line { .. } => self.outbox.push_unbounded(reason.line()),
             Phase::Http | Phase::Upgrading => {}
         }
         self.closing = Some(reason);
@@ -327,10 +327,8 @@ impl Session {
                 self.touch(ctx);
             }
             ToShardInner::Api { response, .. } => {
-                let retry = response.retry_after_s.map(|s| ("Retry-After", s.to_string()));
-                let headers: Vec<(&str, String)> = retry.into_iter().collect();
                 let close = std::mem::take(&mut self.close_after_reply);
-                self.respond(ctx, response.status, "application/json", &response.body, &headers, close);
+                self.send(ctx, response.encode(close));
                 if close {
                     self.close(ctx, CloseReason::Done);
                 } else {

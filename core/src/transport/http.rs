@@ -7,7 +7,8 @@ pub(crate) const MAX_HEAD: usize = 16 * 1024;
 pub(crate) const MAX_BODY: usize = 16 * 1024;
 const MAX_HEADERS: usize = 48;
 
-/// Why a request could not be read. Each maps to one status in [`HttpError::status`].
+/// Why a request could not be read. Each maps to one status through
+/// `render::ErrorCode` (`From<HttpError>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum HttpError {
     #[error("malformed request")]
@@ -18,17 +19,6 @@ pub(crate) enum HttpError {
     BodyTooLarge,
     #[error("chunked request bodies are not supported")]
     Chunked,
-}
-
-impl HttpError {
-    pub(crate) fn status(self) -> u16 {
-        match self {
-            HttpError::Malformed => 400,
-            HttpError::HeadTooLarge => 431,
-            HttpError::BodyTooLarge => 413,
-            HttpError::Chunked => 411,
-        }
-    }
 }
 
 /// A request with its body, owning what the session needs of it.
