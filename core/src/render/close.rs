@@ -90,4 +90,34 @@ mod tests {
         assert_eq!(CloseReason::SlowConsumer.ws().1, "slow consumer");
         assert_eq!(CloseReason::Idle.line(), "* idle, bye\n");
     }
+
+    #[test]
+    fn line_goodbyes_are_exact_and_errors_carry_their_code() {
+        let line = |r: CloseReason| String::from_utf8(r.line().to_vec()).unwrap();
+        assert_eq!(line(CloseReason::HandshakeTimeout), "! timeout no login in time, bye\n");
+        assert_eq!(line(CloseReason::SlowConsumer), "! slow_consumer you are not reading, bye\n");
+        assert_eq!(line(CloseReason::TokenEnded), "! invalid_token session ended, bye\n");
+        assert_eq!(line(CloseReason::Shutdown), "* server restarting, bye\n");
+        assert_eq!(line(CloseReason::Peer), "* bye\n");
+        for quiet in [CloseReason::Done, CloseReason::TooManySessions, CloseReason::Frame(FrameError::BadUtf8)] {
+            assert!(quiet.line().is_empty(), "{quiet:?}");
+        }
+    }
+
+    #[test]
+    fn close_reasons_fit_a_control_frame() {
+        // RFC 6455 §5.5: a control frame's payload is at most 125 bytes,
+        // two of them the code.
+        for r in [
+            CloseReason::Idle,
+            CloseReason::HandshakeTimeout,
+            CloseReason::SlowConsumer,
+            CloseReason::Frame(FrameError::TooBig { limit: 1 }),
+            CloseReason::Shutdown,
+            CloseReason::TokenEnded,
+            CloseReason::TooManySessions,
+        ] {
+            assert!(r.ws().1.len() <= 123, "{r:?}");
+        }
+    }
 }

@@ -193,4 +193,61 @@ mod tests {
         let own = text(&[("Content-Security-Policy", "default-src 'self'".to_string())]);
         assert_eq!(own.matches("Content-Security-Policy").count(), 1, "{own}");
     }
+
+    fn parse(bytes: &Bytes) -> (String, serde_json::Value) {
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        (head.to_string(), serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+    }
+
+    #[test]
+    fn an_error_answer_has_its_codes_status_and_body() {
+        let (head, body) = parse(&error(ErrorCode::NotFound, "no such path", &[], false));
+        assert!(head.starts_with("HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"), "{head}");
+        assert!(!head.contains("Connection: close"), "{head}");
+        assert_eq!(body, json!({"error":"not_found","message":"no such path"}));
+        let (head, body) = parse(&error(ErrorCode::MethodNotAllowed, "method not allowed", &[], true));
+        assert!(head.starts_with("HTTP/1.1 405 Method Not Allowed\r\n") && head.ends_with("Connection: close"));
+        assert_eq!(body["error"], "bad_request");
+    }
+
+    #[test]
+    fn a_refused_token_upgrade_is_401_unless_busy_or_limited() {
+        let status = |code| {
+            let (head, body) = parse(&upgrade_refused(&Failure::new(code, "m")));
+            assert!(head.ends_with("Connection: close"), "{head}");
+            assert_eq!(body["error"], code.as_str());
+            head[9..12].parse::<u16>().unwrap()
+        };
+        assert_eq!(status(ErrorCode::InvalidToken), 401);
+        assert_eq!(status(ErrorCode::NameTaken), 401, "a guest holds the name: still no session for this token");
+        assert_eq!(status(ErrorCode::Unavailable), 503);
+        assert_eq!(status(ErrorCode::RateLimited), 429);
+    }
+
+    #[test]
+    fn api_answers_carry_retry_after_only_when_set() {
+        let (head, body) = parse(&ApiResponse::error(ErrorCode::RateLimited, "wait", Some(7)).encode(false));
+        assert!(head.starts_with("HTTP/1.1 429 Too Many Requests\r\n") && head.contains("\r\nRetry-After: 7"));
+        assert_eq!(body, json!({"error":"rate_limited","message":"wait"}));
+        let (head, body) = parse(&ApiResponse::registered("Alice").encode(true));
+        assert!(head.starts_with("HTTP/1.1 201 Created\r\n") && !head.contains("Retry-After"), "{head}");
+        assert!(head.ends_with("Connection: close"), "{head}");
+        assert_eq!(body, json!({"user":"Alice"}));
+        let (_, body) = parse(&ApiResponse::logged_in("t", "alice", 9).encode(false));
+        assert_eq!(body, json!({"token":"t","user":"alice","expires_ms":9}));
+        let (head, body) = parse(&ApiResponse::logged_out().encode(false));
+        assert!(head.starts_with("HTTP/1.1 204 No Content\r\n") && head.contains("Content-Length: 0\r\n"));
+        assert_eq!(body, serde_json::Value::Null);
+    }
+
+    #[test]
+    fn the_metrics_refusal_challenges_for_a_bearer_token() {
+        let (head, body) = parse(&metrics_refused(false));
+        assert!(head.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{head}");
+        assert!(head.contains("\r\nWWW-Authenticate: Bearer realm=\"metrics\""), "{head}");
+        assert_eq!(body["error"], "unauthorized");
+        let (head, _) = parse(&version_required());
+        assert!(head.starts_with("HTTP/1.1 426 Upgrade Required\r\n") && head.contains("Sec-WebSocket-Version: 13"));
+    }
 }

@@ -229,4 +229,14 @@ mod tests {
         assert_eq!(&reply_lines(&users)[..], b"* a (online)\n* b\n* end\n");
         assert_eq!(&reply_lines(&Ok(Reply::Rooms(vec![("lobby".into(), 3)])))[..], b"* lobby 3\n* end\n");
     }
+
+    #[test]
+    fn a_line_error_prints_the_line_code() {
+        // A short password: `bad_password` over HTTP, `bad_request` as the
+        // line port's `/register` has always said.
+        let f = Failure::new(ErrorCode::BadPassword, "a password has 8 to 1024 characters");
+        assert_eq!(&error_line(&f)[..], b"! bad_request a password has 8 to 1024 characters\n");
+        let v: Value = serde_json::from_slice(&reply_json(None, "hello", &Err(f))).unwrap();
+        assert_eq!(v["code"], "bad_password");
+    }
 }
