@@ -28,7 +28,7 @@ pub struct HttpRequest {
 pub fn http_request(buf: &[u8]) -> Result<Option<HttpRequest>, u16> {
     match http::parse_request(buf) {
         Ok(None) => Ok(None),
-        Err(e) => Err(e.status()),
+        Err(e) => Err(crate::render::ErrorCode::from(e).status()),
         Ok(Some((req, consumed))) => Ok(Some(HttpRequest {
             consumed,
             body_len: req.body.len(),

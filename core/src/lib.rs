@@ -40,7 +40,7 @@ mod link;
 mod local;
 pub mod metrics;
 mod peers;
-mod reply;
+mod render;
 mod session;
 mod shard;
 pub mod store;

@@ -4,9 +4,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::hub::encode::{Encoded, LineAck};
 use crate::ids::SessionId;
-use crate::reply::{Failure, Reply};
+use crate::render::{ApiResponse, Encoded, Failure, LineAck, Reply};
 use crate::transport::request::{ClientRequest, RequestKind};
 
 /// From a session to the hub.
@@ -154,13 +153,4 @@ pub(crate) enum ApiCall {
     Register { user: String, password: String },
     Login { user: String, password: String },
     Logout { token: String },
-}
-
-/// An HTTP answer from the hub, rendered by the session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ApiResponse {
-    pub(crate) status: u16,
-    /// JSON body; empty for 204.
-    pub(crate) body: Vec<u8>,
-    pub(crate) retry_after_s: Option<u64>,
 }

@@ -274,4 +274,25 @@ natter_tests::cases! {
         assert_eq!(ty(&late.request("ping", json!({}))), "pong");
         drop(kept_open);
     }
+
+    fn http_errors_carry_their_code_and_status(bin) {
+        let s = Server::start(bin, &[]);
+        let r = s.http("GET", "/no/such/path", &[], b"");
+        assert_eq!((r.status, r.error_code()), (404, "not_found".to_string()));
+        let r = s.http("DELETE", "/healthz", &[], b"");
+        assert_eq!((r.status, r.error_code()), (405, "bad_request".to_string()));
+        let r = s.http("GET", "/ws", &[], b"");
+        assert_eq!((r.status, r.error_code()), (426, "bad_request".to_string()));
+        let r = s.http("POST", "/api/logout", &[], b"");
+        assert_eq!((r.status, r.error_code()), (401, "invalid_token".to_string()));
+        let r = s.register(&uniq("pw"), "short");
+        assert_eq!((r.status, r.error_code()), (400, "bad_password".to_string()));
+        let r = s.http("GET", "/ws?token=nonsense", &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ], b"");
+        assert_eq!((r.status, r.error_code()), (401, "invalid_token".to_string()));
+    }
 }

@@ -294,4 +294,18 @@ natter_tests::cases! {
         let texts: Vec<&str> = raw["messages"].as_array().unwrap().iter().filter_map(|m| m["text"].as_str()).collect();
         assert!(texts.contains(&attack), "stored as sent: {raw}");
     }
+
+    fn the_line_port_prints_its_own_error_codes_and_goodbyes(bin) {
+        let s = Server::start(bin, &["--handshake-timeout", "1"]);
+        // A short password is `bad_password` over HTTP, `bad_request` here.
+        let mut line = LineClient::connect(&s);
+        line.send_line(&format!("/register {} short", uniq("pw")));
+        assert_eq!(line.recv_line(), "! bad_request a password has 8 to 1024 characters");
+        // No login in time: the last line names the error, then the socket closes.
+        let lines = line.expect_closed(Duration::from_secs(10));
+        assert_eq!(lines, vec!["! timeout no login in time, bye".to_string()]);
+        let mut quitter = s.line_guest("bye");
+        quitter.send_line("/quit");
+        assert!(quitter.expect_closed(Duration::from_secs(10)).contains(&"* bye".to_string()));
+    }
 }

@@ -4,16 +4,14 @@
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 
-use serde_json::json;
-
-use super::encode::{presence, LineAck, Presence};
 use super::pending::{AuthKind, Pending};
 use super::state::{InboxRead, Online, Phase, SessionInfo};
 use super::{unavailable, Hub};
 use crate::ids::{is_valid_name, SessionId};
-use crate::link::{ApiCall, ApiResponse, Auth, HubClose, Tag, ToShardInner};
+use crate::link::{ApiCall, Auth, HubClose, Tag, ToShardInner};
 use crate::metrics::Metrics;
-use crate::reply::{ErrorCode, Failure, Reply, RoomMark};
+use crate::render::event::presence;
+use crate::render::{ApiResponse, ErrorCode, Failure, LineAck, Presence, Reply, RoomMark};
 use crate::store::{Cancel, StoreError, StoreOp, StoreValue};
 use crate::time::Now;
 
@@ -154,7 +152,7 @@ impl Hub {
             return Err((Failure::new(ErrorCode::BadName, "names have 1 to 32 of A-Z a-z 0-9 _ - ."), None));
         }
         if !(8..=1024).contains(&password.chars().count()) {
-            return Err((Failure::new(ErrorCode::BadRequest, "a password has 8 to 1024 characters"), None));
+            return Err((Failure::new(ErrorCode::BadPassword, "a password has 8 to 1024 characters"), None));
         }
         if let Err(retry) = self.limits.register_by_peer.take(now.unix_ms, &peer) {
             Metrics::add(&self.metrics.limited_registrations, 1);
@@ -405,13 +403,7 @@ impl Hub {
         match call {
             ApiCall::Register { user, password } => {
                 if let Err((f, retry)) = self.registration_problem(now, peer, &user, &password) {
-                    let (status, code) = match f.code {
-                        ErrorCode::RateLimited => (429, "rate_limited"),
-                        ErrorCode::NameTaken => (409, "name_taken"),
-                        ErrorCode::BadName => (400, "bad_name"),
-                        _ => (400, "bad_password"),
-                    };
-                    return self.api_error(sid, status, code, &f.message, retry);
+                    return self.api_error(sid, f.code, &f.message, retry);
                 }
                 self.state.reserve(user.clone());
                 let cancel = self.cancel_for(sid);
@@ -425,7 +417,7 @@ impl Hub {
                     Err(retry) => {
                         Metrics::add(&self.metrics.limited_logins, 1);
                         let msg = format!("too many failed logins; retry in {retry} s");
-                        return self.api_error(sid, 429, "rate_limited", &msg, Some(retry));
+                        return self.api_error(sid, ErrorCode::RateLimited, &msg, Some(retry));
                     }
                 };
                 let ttl_ms = self.config.token_ttl.as_millis() as u64;
@@ -458,18 +450,18 @@ impl Hub {
         self.settle_api(&pending, &result);
         match (pending, result) {
             (Pending::ApiRegister { sid, .. } | Pending::ApiLogin { sid, .. }, Err(StoreError::Overloaded)) => {
-                self.api_error(sid, 503, "unavailable", "the server is busy; retry shortly", Some(BUSY_RETRY_S));
+                self.api_error(sid, ErrorCode::Unavailable, "the server is busy; retry shortly", Some(BUSY_RETRY_S));
             }
             (Pending::ApiRegister { sid, user }, result) => match result {
-                Ok(StoreValue::Registered) => self.api_json(sid, 201, json!({ "user": user })),
-                Ok(_) => self.api_error(sid, 409, "name_taken", &format!("the name {user} is taken"), None),
+                Ok(StoreValue::Registered) => self.api_respond(sid, ApiResponse::registered(&user)),
+                Ok(_) => self.api_error(sid, ErrorCode::NameTaken, &format!("the name {user} is taken"), None),
                 Err(_) => self.api_unavailable(sid),
             },
             (Pending::ApiLogin { sid, user, .. }, result) => match result {
                 Ok(StoreValue::Token { token, expires_ms }) => {
-                    self.api_json(sid, 200, json!({ "token": token, "user": user, "expires_ms": expires_ms }))
+                    self.api_respond(sid, ApiResponse::logged_in(&token, &user, expires_ms))
                 }
-                Ok(_) => self.api_error(sid, 401, "invalid_credentials", "wrong user name or password", None),
+                Ok(_) => self.api_error(sid, ErrorCode::InvalidCredentials, "wrong user name or password", None),
                 Err(_) => self.api_unavailable(sid),
             },
             (Pending::ApiLogout { sid, token }, result) => match result {
@@ -481,33 +473,25 @@ impl Hub {
                             self.push(s.shard(), ToShardInner::Close { sid: s, reason: HubClose::TokenRevoked });
                         }
                     }
-                    self.push(
-                        sid.shard(),
-                        ToShardInner::Api {
-                            sid,
-                            response: ApiResponse { status: 204, body: Vec::new(), retry_after_s: None },
-                        },
-                    );
+                    self.api_respond(sid, ApiResponse::logged_out());
                 }
-                Ok(_) => self.api_error(sid, 401, "invalid_token", "the token is unknown", None),
+                Ok(_) => self.api_error(sid, ErrorCode::InvalidToken, "the token is unknown", None),
                 Err(_) => self.api_unavailable(sid),
             },
             _ => {}
         }
     }
 
-    fn api_json(&mut self, sid: SessionId, status: u16, body: serde_json::Value) {
-        let body = serde_json::to_vec(&body).unwrap_or_default();
-        self.push(sid.shard(), ToShardInner::Api { sid, response: ApiResponse { status, body, retry_after_s: None } });
+    fn api_respond(&mut self, sid: SessionId, response: ApiResponse) {
+        self.push(sid.shard(), ToShardInner::Api { sid, response });
     }
 
-    fn api_error(&mut self, sid: SessionId, status: u16, code: &str, message: &str, retry_after_s: Option<u64>) {
-        let body = serde_json::to_vec(&json!({ "error": code, "message": message })).unwrap_or_default();
-        self.push(sid.shard(), ToShardInner::Api { sid, response: ApiResponse { status, body, retry_after_s } });
+    fn api_error(&mut self, sid: SessionId, code: ErrorCode, message: &str, retry_after_s: Option<u64>) {
+        self.api_respond(sid, ApiResponse::error(code, message, retry_after_s));
     }
 
     pub(super) fn api_unavailable(&mut self, sid: SessionId) {
-        self.api_error(sid, 503, "unavailable", "storage is unavailable; nothing was done", None);
+        self.api_error(sid, ErrorCode::Unavailable, "storage is unavailable; nothing was done", None);
     }
 }
 

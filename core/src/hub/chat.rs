@@ -1,14 +1,14 @@
 //! Chat requests of welcomed sessions, and the storage completions that
 //! finish them.
 
-use super::encode::{presence, private_message, read_mark, room_message, typing_in_room, typing_to_user, Presence};
 use super::pending::Pending;
 use super::state::{display_name, InboxRead};
 use super::{unavailable, Hub};
 use crate::ids::{is_valid_name, SessionId};
 use crate::link::Tag;
 use crate::metrics::Metrics;
-use crate::reply::{ErrorCode, Failure, Recovery, Reply};
+use crate::render::event::{presence, private_message, read_mark, room_message, typing_in_room, typing_to_user};
+use crate::render::{ErrorCode, Failure, Presence, Recovery, Reply};
 use crate::session::rate::RateLimit;
 use crate::store::{
     is_guest_key, InboxBound, InboxLimit, InboxMessage, NewMessage, SeqRange, StoreError, StoreOp, StoreValue,

@@ -22,7 +22,7 @@ use super::state::Online;
 use super::Hub;
 use crate::ids::SessionId;
 use crate::link::{Tag, ToShardInner};
-use crate::reply::{Failure, Reply, RoomMark};
+use crate::render::{Failure, Reply, RoomMark};
 use crate::time::Now;
 
 /// Bytes of the MAC kept in a `resume` secret: 128 bits.

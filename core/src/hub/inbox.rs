@@ -17,8 +17,8 @@
 use super::pending::Pending;
 use super::state::InboxRead;
 use super::Hub;
-use crate::hub::encode::private_message;
 use crate::ids::SessionId;
+use crate::render::event::private_message;
 use crate::store::{InboxMessage, StoreError, StoreOp, StoreValue};
 use crate::time::Now;
 

@@ -15,7 +15,6 @@
 //! arrive in `seq` order, so delivering each as it completes gives every
 //! member a gapless, ordered stream.
 
-pub(crate) mod encode;
 mod pending;
 mod state;
 
@@ -32,11 +31,11 @@ use crate::config::Config;
 use crate::ids::SessionId;
 use crate::link::{Tag, ToHub, ToHubInner, ToShard, ToShardInner};
 use crate::metrics::Metrics;
-use crate::reply::{ErrorCode, Failure, Reply};
+use crate::render::{ErrorCode, Failure, Reply};
 use crate::store::{StoreDone, StoreOp, StoreRequest, StoredRoom};
 use crate::time::Now;
 
-pub use encode::Encoded;
+pub use crate::render::Encoded;
 use pending::{Pending, PendingTable};
 use state::State;
 

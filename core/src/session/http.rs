@@ -6,9 +6,9 @@ use serde_json::Value;
 use super::{Ctx, Phase, Session};
 use crate::config::Config;
 use crate::link::{ApiCall, Auth, Tag, ToHubInner};
-use crate::reply::{reply_json, ErrorCode, Failure, Reply};
-use crate::session::CloseReason;
-use crate::transport::http::{error_body, parse_request, Request, Response};
+use crate::render::reply::reply_json;
+use crate::render::{http, CloseReason, ErrorCode, Failure, Reply};
+use crate::transport::http::{parse_request, Request};
 use crate::transport::ws::{accept_response, text_frame, Decoder};
 
 /// The web client, embedded at build time: the page, its script and its styles.
@@ -33,7 +33,7 @@ impl Session {
                 used
             }
             Err(e) => {
-                self.respond_error(ctx, e.status(), "bad_request", &e.to_string(), true);
+                self.respond_error(ctx, ErrorCode::from(e), &e.to_string(), true);
                 buf.len()
             }
         }
@@ -42,28 +42,21 @@ impl Session {
     fn route(&mut self, ctx: &mut Ctx<'_>, req: Request) {
         let close = req.close;
         match (req.method.as_str(), req.path.as_str()) {
-            ("GET", "/healthz") => self.respond(ctx, 200, "application/json", b"{\"status\":\"ok\"}", &[], close),
-            ("GET", "/metrics") if !metrics_allowed(ctx.config, &req) => {
-                let body = error_body(ErrorCode::Unauthorized.as_str(), "send Authorization: Bearer <metrics token>");
-                let challenge = [("WWW-Authenticate", "Bearer realm=\"metrics\"".to_string())];
-                self.respond(ctx, 401, "application/json", &body, &challenge, close)
-            }
-            ("GET", "/metrics") => {
-                let text = ctx.metrics.render();
-                self.respond(ctx, 200, "text/plain; version=0.0.4", text.as_bytes(), &[], close)
-            }
+            ("GET", "/healthz") => self.send(ctx, http::health(close)),
+            ("GET", "/metrics") if !metrics_allowed(ctx.config, &req) => self.send(ctx, http::metrics_refused(close)),
+            ("GET", "/metrics") => self.send(ctx, http::metrics(&ctx.metrics.render(), close)),
             ("GET", "/" | "/index.html") => {
                 let policy = [("Content-Security-Policy", page_policy(req.header("host")))];
-                self.respond(ctx, 200, "text/html; charset=utf-8", INDEX_HTML.as_bytes(), &policy, close)
+                self.send(ctx, http::ok("text/html; charset=utf-8", INDEX_HTML.as_bytes(), &policy, close))
             }
             ("GET", "/app.js") => {
-                self.respond(ctx, 200, "text/javascript; charset=utf-8", APP_JS.as_bytes(), &[], close)
+                self.send(ctx, http::ok("text/javascript; charset=utf-8", APP_JS.as_bytes(), &[], close))
             }
-            ("GET", "/app.css") => self.respond(ctx, 200, "text/css; charset=utf-8", APP_CSS.as_bytes(), &[], close),
+            ("GET", "/app.css") => self.send(ctx, http::ok("text/css; charset=utf-8", APP_CSS.as_bytes(), &[], close)),
             ("GET", "/ws") => self.upgrade(ctx, &req, false),
             ("GET", "/echo") if ctx.config.echo => self.upgrade(ctx, &req, true),
             ("POST", "/api/register" | "/api/login") => match credentials(&req.body) {
-                Err(f) => self.respond_error(ctx, 400, f.code.as_str(), &f.message, close),
+                Err(f) => self.respond_error(ctx, f.code, &f.message, close),
                 Ok((user, password)) => {
                     let call = if req.path == "/api/register" {
                         ApiCall::Register { user, password }
@@ -80,14 +73,14 @@ impl Session {
                     let call = ApiCall::Logout { token: token.trim().to_string() };
                     ctx.to_hub.push(ToHubInner::Api { sid: self.id, call, peer: self.peer });
                 }
-                _ => self.respond_error(ctx, 401, "invalid_token", "send Authorization: Bearer <token>", close),
+                _ => self.respond_error(ctx, ErrorCode::InvalidToken, "send Authorization: Bearer <token>", close),
             },
             (
                 _,
                 "/healthz" | "/metrics" | "/" | "/app.js" | "/app.css" | "/ws" | "/api/register" | "/api/login"
                 | "/api/logout",
-            ) => self.respond_error(ctx, 405, "bad_request", "method not allowed", close),
-            _ => self.respond_error(ctx, 404, "not_found", "no such path", close),
+            ) => self.respond_error(ctx, ErrorCode::MethodNotAllowed, "method not allowed", close),
+            _ => self.respond_error(ctx, ErrorCode::NotFound, "no such path", close),
         }
         if close && self.paused {
             self.close_after_reply = true;
@@ -98,19 +91,18 @@ impl Session {
 
     fn upgrade(&mut self, ctx: &mut Ctx<'_>, req: &Request, echo: bool) {
         if !req.header_has_token("upgrade", "websocket") || !req.header_has_token("connection", "upgrade") {
-            return self.respond_error(ctx, 426, "bad_request", "this path needs a WebSocket upgrade", false);
+            return self.respond_error(ctx, ErrorCode::UpgradeRequired, "this path needs a WebSocket upgrade", false);
         }
         if req.header("sec-websocket-version") != Some("13") {
-            let headers = [("Sec-WebSocket-Version", "13".to_string())];
-            let body = error_body("bad_request", "WebSocket version 13 is required");
-            return self.respond(ctx, 426, "application/json", &body, &headers, false);
+            return self.send(ctx, http::version_required());
         }
         let Some(key) = req.header("sec-websocket-key").filter(|k| !k.is_empty()).map(str::to_owned) else {
-            return self.respond_error(ctx, 400, "bad_request", "Sec-WebSocket-Key is missing", true);
+            return self.respond_error(ctx, ErrorCode::BadRequest, "Sec-WebSocket-Key is missing", true);
         };
         // RFC 6455 §4.2.1: the key "when decoded, is 16 bytes in length".
         if !is_websocket_key(&key) {
-            return self.respond_error(ctx, 400, "bad_request", "Sec-WebSocket-Key is not base64 of 16 bytes", true);
+            let message = "Sec-WebSocket-Key is not base64 of 16 bytes";
+            return self.respond_error(ctx, ErrorCode::BadRequest, message, true);
         }
         // A page from another site must not act with this user's cookies or
         // network position (cross-site WebSocket hijacking); clients that
@@ -118,11 +110,11 @@ impl Session {
         if let Some(origin) = req.header("origin").filter(|o| !ctx.config.origin_allowed(o)) {
             ctx.metrics.origin_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let message = format!("pages from {} may not connect here", origin.chars().take(100).collect::<String>());
-            return self.respond_error(ctx, 403, ErrorCode::Forbidden.as_str(), &message, true);
+            return self.respond_error(ctx, ErrorCode::Forbidden, &message, true);
         }
         match req.query_param("token").filter(|_| !echo) {
             Some(token) if token.is_empty() => {
-                self.respond_error(ctx, 401, "invalid_token", "the token is empty", true);
+                self.respond_error(ctx, ErrorCode::InvalidToken, "the token is empty", true);
                 self.close(ctx, CloseReason::Done);
             }
             Some(token) => {
@@ -165,34 +157,16 @@ impl Session {
                 self.resume(ctx);
             }
             Err(f) => {
-                let status = match f.code {
-                    ErrorCode::Unavailable => 503,
-                    // Too many sessions opened lately: not a bad token.
-                    ErrorCode::RateLimited => 429,
-                    _ => 401,
-                };
                 self.phase = Phase::Http;
-                self.respond_error(ctx, status, f.code.as_str(), &f.message, true);
+                self.send(ctx, http::upgrade_refused(&f));
                 self.close(ctx, CloseReason::Done);
             }
         }
     }
 
-    pub(super) fn respond(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        status: u16,
-        content_type: &str,
-        body: &[u8],
-        headers: &[(&str, String)],
-        close: bool,
-    ) {
-        let bytes = Response { status, content_type, body, extra_headers: headers, close }.encode();
-        self.send(ctx, bytes);
-    }
-
-    pub(super) fn respond_error(&mut self, ctx: &mut Ctx<'_>, status: u16, code: &str, message: &str, close: bool) {
-        self.respond(ctx, status, "application/json", &error_body(code, message), &[], close);
+    /// An error answer; with `close`, the connection closes after it.
+    pub(super) fn respond_error(&mut self, ctx: &mut Ctx<'_>, code: ErrorCode, message: &str, close: bool) {
+        self.send(ctx, http::error(code, message, &[], close));
         if close {
             self.close(ctx, CloseReason::Done);
         }

@@ -6,8 +6,9 @@ use bytes::Bytes;
 
 use super::{Ctx, LineLogin, Phase, Session};
 use crate::link::{Auth, LineCommand, Tag, ToHubInner};
-use crate::reply::{error_line, reply_lines, ErrorCode, Failure, Reply};
-use crate::session::CloseReason;
+use crate::render::reply::{error_line, reply_lines};
+use crate::render::CloseReason;
+use crate::render::{ErrorCode, Failure, Reply};
 use crate::transport::line::Line;
 use crate::transport::request::{ClientRequest, Target};
 

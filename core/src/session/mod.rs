@@ -3,7 +3,6 @@
 //! the I/O thread that owns the socket; everything about users and rooms is
 //! asked of the hub through [`ToHubInner`] messages.
 
-mod close;
 mod http;
 mod line;
 mod outbox;
@@ -18,16 +17,16 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::config::Config;
-use crate::hub::encode::LineAck;
-use crate::hub::Encoded;
 use crate::ids::SessionId;
 use crate::link::{HubClose, Tag, ToHubInner, ToShardInner};
 use crate::metrics::Metrics;
+use crate::render::reply::error_line;
+use crate::render::{Encoded, ErrorCode, Failure, LineAck};
 use crate::time::{earliest, Now};
 use crate::transport::line::LineReader;
 use crate::transport::ws::{close_frame, Decoder};
 
-pub(crate) use close::CloseReason;
+use crate::render::CloseReason;
 use outbox::Outbox;
 use rate::RateLimit;
 
@@ -152,11 +151,10 @@ impl Session {
             }
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let code = crate::reply::ErrorCode::Unavailable.as_str();
         if self.is_line() {
-            self.outbox.push_unbounded(Bytes::from(format!("! {code} {message}\n")));
+            self.outbox.push_unbounded(error_line(&Failure::new(ErrorCode::Unavailable, message)));
         } else {
-            self.respond_error(ctx, 503, code, message, true);
+            self.respond_error(ctx, ErrorCode::Unavailable, message, true);
         }
         self.close(ctx, CloseReason::Done);
     }
@@ -276,7 +274,7 @@ impl Session {
                 let (code, text) = reason.ws();
                 self.outbox.push_unbounded(close_frame(code, text));
             }
-            Phase::Line { .. } => self.outbox.push_unbounded(Bytes::from_static(reason.line().as_bytes())),
+            Phase::Line { .. } => self.outbox.push_unbounded(reason.line()),
             Phase::Http | Phase::Upgrading => {}
         }
         self.closing = Some(reason);
@@ -329,10 +327,8 @@ impl Session {
                 self.touch(ctx);
             }
             ToShardInner::Api { response, .. } => {
-                let retry = response.retry_after_s.map(|s| ("Retry-After", s.to_string()));
-                let headers: Vec<(&str, String)> = retry.into_iter().collect();
                 let close = std::mem::take(&mut self.close_after_reply);
-                self.respond(ctx, response.status, "application/json", &response.body, &headers, close);
+                self.send(ctx, response.encode(close));
                 if close {
                     self.close(ctx, CloseReason::Done);
                 } else {

@@ -8,9 +8,10 @@ use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 
 use super::{Ctx, Phase, Session};
 use crate::link::{Auth, Tag, ToHubInner};
-use crate::reply::{reply_json, ErrorCode, Failure, Reply};
-use crate::session::CloseReason;
-use crate::transport::request::{self, ClientRequest, HelloAuth, RequestError, RequestKind};
+use crate::render::reply::reply_json;
+use crate::render::CloseReason;
+use crate::render::{ErrorCode, Failure, Reply};
+use crate::transport::request::{self, ClientRequest, HelloAuth, RequestKind};
 use crate::transport::ws::{close_frame, encode_frame, text_frame, WsEvent};
 
 /// The heartbeat ping, the same bytes for every session.
@@ -87,18 +88,7 @@ impl Session {
         }
         let request = match decoded.request {
             Ok(r) => r,
-            Err(e) => {
-                let f = match e {
-                    RequestError::BadJson => Failure::new(ErrorCode::BadJson, "a frame must hold one JSON object"),
-                    RequestError::BadField(field) => {
-                        Failure::new(ErrorCode::BadRequest, format!("missing or invalid field {field}"))
-                    }
-                    RequestError::UnknownType => {
-                        Failure::new(ErrorCode::UnknownType, format!("unknown request type {kind_text}"))
-                    }
-                };
-                return self.ws_refuse(ctx, reference, kind_text, f);
-            }
+            Err(e) => return self.ws_refuse(ctx, reference, kind_text, Failure::from_request_error(e, kind_text)),
         };
         let kind = request.kind();
         let tag = Tag::Ws { reference: decoded.reference.clone(), kind };

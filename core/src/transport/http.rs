@@ -1,7 +1,5 @@
-//! HTTP/1.1 requests (the upgrade, the small JSON API, `/healthz`, `/metrics`)
-//! and the responses to them.
-
-use bytes::Bytes;
+//! HTTP/1.1 requests (the upgrade, the small JSON API, `/healthz`, `/metrics`).
+//! Responses are rendered in `crate::render::http`.
 
 /// Largest request head we read. Browsers send well under 8 KiB.
 pub(crate) const MAX_HEAD: usize = 16 * 1024;
@@ -9,7 +7,8 @@ pub(crate) const MAX_HEAD: usize = 16 * 1024;
 pub(crate) const MAX_BODY: usize = 16 * 1024;
 const MAX_HEADERS: usize = 48;
 
-/// Why a request could not be read. Each maps to one status in [`HttpError::status`].
+/// Why a request could not be read. Each maps to one status through
+/// `render::ErrorCode` (`From<HttpError>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum HttpError {
     #[error("malformed request")]
@@ -20,17 +19,6 @@ pub(crate) enum HttpError {
     BodyTooLarge,
     #[error("chunked request bodies are not supported")]
     Chunked,
-}
-
-impl HttpError {
-    pub(crate) fn status(self) -> u16 {
-        match self {
-            HttpError::Malformed => 400,
-            HttpError::HeadTooLarge => 431,
-            HttpError::BodyTooLarge => 413,
-            HttpError::Chunked => 411,
-        }
-    }
 }
 
 /// A request with its body, owning what the session needs of it.
@@ -177,75 +165,6 @@ fn hex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
 
-/// A response, serialised at once.
-pub(crate) struct Response<'a> {
-    pub(crate) status: u16,
-    pub(crate) content_type: &'a str,
-    pub(crate) body: &'a [u8],
-    pub(crate) extra_headers: &'a [(&'a str, String)],
-    pub(crate) close: bool,
-}
-
-impl Response<'_> {
-    pub(crate) fn encode(&self) -> Bytes {
-        let mut out = Vec::with_capacity(160 + self.body.len());
-        out.extend_from_slice(
-            format!(
-                "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
-                self.status,
-                reason(self.status),
-                self.content_type,
-                self.body.len()
-            )
-            .as_bytes(),
-        );
-        // Every response: no guessing a type other than the one given (a
-        // JSON error body must never run as HTML or script), and no framing
-        // by other sites (clickjacking; X-Frame-Options for browsers without
-        // CSP's frame-ancestors). Responses that are not the page get a
-        // policy that allows nothing at all.
-        out.extend_from_slice(b"X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\n");
-        if !self.extra_headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-security-policy")) {
-            out.extend_from_slice(b"Content-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n");
-        }
-        for (name, value) in self.extra_headers {
-            out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-        }
-        if self.close {
-            out.extend_from_slice(b"Connection: close\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(self.body);
-        Bytes::from(out)
-    }
-}
-
-/// A JSON error body as PROTOCOL.md writes it: `{"error":CODE,"message":...}`.
-pub(crate) fn error_body(code: &str, message: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({ "error": code, "message": message })).unwrap_or_default()
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        101 => "Switching Protocols",
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        411 => "Length Required",
-        413 => "Payload Too Large",
-        426 => "Upgrade Required",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Error",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,26 +235,6 @@ mod tests {
         assert_eq!(req.query_param("b"), None);
         assert!(req.header_has_token("connection", "upgrade"));
         assert!(!req.close, "HTTP/1.0 with keep-alive stays open");
-    }
-
-    #[test]
-    fn every_response_forbids_sniffing_and_framing() {
-        let text = |extra: &[(&str, String)]| {
-            let r = Response {
-                status: 404,
-                content_type: "application/json",
-                body: b"{}",
-                extra_headers: extra,
-                close: false,
-            };
-            String::from_utf8(r.encode().to_vec()).unwrap()
-        };
-        let plain = text(&[]);
-        assert!(plain.contains("\r\nX-Content-Type-Options: nosniff\r\n"), "{plain}");
-        assert!(plain.contains("\r\nX-Frame-Options: DENY\r\n"), "{plain}");
-        assert!(plain.contains("\r\nContent-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n"));
-        let own = text(&[("Content-Security-Policy", "default-src 'self'".to_string())]);
-        assert_eq!(own.matches("Content-Security-Policy").count(), 1, "{own}");
     }
 
     #[test]

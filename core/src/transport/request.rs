@@ -15,7 +15,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 /// Why a frame is not a request we can act on. The wire codes are in
-/// `reply::ErrorCode`; this says which.
+/// `render::ErrorCode`; this says which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum RequestError {
     /// Invalid UTF-8 or JSON, a binary frame, or JSON that is not an object.

@@ -1,77 +1,12 @@
 //! Answers to requests, typed, and their two renderings: a JSON frame for
-//! WebSocket, text lines for the line protocol. Every PROTOCOL.md error code
-//! lives in [`ErrorCode`], and only here.
+//! WebSocket, text lines for the line protocol.
 
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use crate::hub::encode::{message_json, message_line};
+use super::error::Failure;
+use super::event::{message_json, message_line, one_line};
 use crate::store::StoredMessage;
-
-/// PROTOCOL.md's error codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ErrorCode {
-    BadJson,
-    BadRequest,
-    UnknownType,
-    Unauthenticated,
-    AlreadyAuthenticated,
-    InvalidToken,
-    InvalidCredentials,
-    GuestsDisabled,
-    BadName,
-    NameTaken,
-    NotMember,
-    NoSuchUser,
-    TooLong,
-    RateLimited,
-    TooManyRooms,
-    InboxFull,
-    Unavailable,
-    /// HTTP 401: a request for a protected resource without the right credentials.
-    Unauthorized,
-    /// HTTP 403: a request this server will not serve to this client.
-    Forbidden,
-}
-
-impl ErrorCode {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadJson => "bad_json",
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::UnknownType => "unknown_type",
-            ErrorCode::Unauthenticated => "unauthenticated",
-            ErrorCode::AlreadyAuthenticated => "already_authenticated",
-            ErrorCode::InvalidToken => "invalid_token",
-            ErrorCode::InvalidCredentials => "invalid_credentials",
-            ErrorCode::GuestsDisabled => "guests_disabled",
-            ErrorCode::BadName => "bad_name",
-            ErrorCode::NameTaken => "name_taken",
-            ErrorCode::NotMember => "not_member",
-            ErrorCode::NoSuchUser => "no_such_user",
-            ErrorCode::TooLong => "too_long",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::TooManyRooms => "too_many_rooms",
-            ErrorCode::InboxFull => "inbox_full",
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::Forbidden => "forbidden",
-        }
-    }
-}
-
-/// An error with its human message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Failure {
-    pub(crate) code: ErrorCode,
-    pub(crate) message: String,
-}
-
-impl Failure {
-    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
-        Failure { code, message: message.into() }
-    }
-}
 
 /// What `since` replay could do, carried by a join's `ok`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,7 +133,7 @@ pub(crate) fn reply_json(reference: Option<&str>, kind: &str, result: &Result<Re
 
 /// A line-protocol error line.
 pub(crate) fn error_line(f: &Failure) -> Bytes {
-    Bytes::from(format!("! {} {}\n", f.code.as_str(), one_line(&f.message)))
+    Bytes::from(format!("! {} {}\n", f.code.line_code(), one_line(&f.message)))
 }
 
 /// Lines answering a request on the line protocol (empty: nothing to say).
@@ -245,15 +180,10 @@ pub(crate) fn reply_lines(result: &Result<Reply, Failure>) -> Bytes {
     Bytes::from(out)
 }
 
-/// Text from users fit for one protocol line: line breaks become spaces and
-/// control characters are shown, not sent (see `visible_line`).
-pub(crate) fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
-    crate::transport::line::visible_line(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::error::ErrorCode;
 
     #[test]
     fn errors_carry_ref_or_request() {
@@ -298,5 +228,15 @@ mod tests {
         let users = Ok(Reply::Users(vec![("a".into(), true), ("b".into(), false)]));
         assert_eq!(&reply_lines(&users)[..], b"* a (online)\n* b\n* end\n");
         assert_eq!(&reply_lines(&Ok(Reply::Rooms(vec![("lobby".into(), 3)])))[..], b"* lobby 3\n* end\n");
+    }
+
+    #[test]
+    fn a_line_error_prints_the_line_code() {
+        // A short password: `bad_password` over HTTP, `bad_request` as the
+        // line port's `/register` has always said.
+        let f = Failure::new(ErrorCode::BadPassword, "a password has 8 to 1024 characters");
+        assert_eq!(&error_line(&f)[..], b"! bad_request a password has 8 to 1024 characters\n");
+        let v: Value = serde_json::from_slice(&reply_json(None, "hello", &Err(f))).unwrap();
+        assert_eq!(v["code"], "bad_password");
     }
 }

@@ -1,8 +1,10 @@
 //! Why the server ends a connection, and what it tells the client: every
 //! close code of PROTOCOL.md lives here and only here.
 
+use bytes::Bytes;
 use tungstenite::protocol::frame::coding::CloseCode;
 
+use super::error::ErrorCode;
 use crate::transport::ws::FrameError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,18 +52,23 @@ impl CloseReason {
         }
     }
 
-    /// The last line a line-protocol client reads, if any.
-    pub(crate) fn line(self) -> &'static str {
+    /// The last line a line-protocol client reads (empty: none).
+    pub(crate) fn line(self) -> Bytes {
         match self {
-            CloseReason::Idle => "* idle, bye\n",
-            CloseReason::HandshakeTimeout => "! timeout no login in time, bye\n",
-            CloseReason::SlowConsumer => "! slow_consumer you are not reading, bye\n",
-            CloseReason::Shutdown => "* server restarting, bye\n",
-            CloseReason::TokenEnded => "! invalid_token session ended, bye\n",
-            CloseReason::Peer => "* bye\n",
-            CloseReason::Frame(_) | CloseReason::Done | CloseReason::TooManySessions => "",
+            CloseReason::Idle => Bytes::from_static(b"* idle, bye\n"),
+            CloseReason::HandshakeTimeout => error_bye(ErrorCode::Timeout, "no login in time"),
+            CloseReason::SlowConsumer => error_bye(ErrorCode::SlowConsumer, "you are not reading"),
+            CloseReason::Shutdown => Bytes::from_static(b"* server restarting, bye\n"),
+            CloseReason::TokenEnded => error_bye(ErrorCode::InvalidToken, "session ended"),
+            CloseReason::Peer => Bytes::from_static(b"* bye\n"),
+            CloseReason::Frame(_) | CloseReason::Done | CloseReason::TooManySessions => Bytes::new(),
         }
     }
+}
+
+/// A goodbye that is an error line: `! CODE message, bye`.
+fn error_bye(code: ErrorCode, message: &str) -> Bytes {
+    Bytes::from(format!("! {} {message}, bye\n", code.line_code()))
 }
 
 #[cfg(test)]
@@ -82,5 +89,35 @@ mod tests {
         assert_eq!(code(CloseReason::TokenEnded), 4001);
         assert_eq!(CloseReason::SlowConsumer.ws().1, "slow consumer");
         assert_eq!(CloseReason::Idle.line(), "* idle, bye\n");
+    }
+
+    #[test]
+    fn line_goodbyes_are_exact_and_errors_carry_their_code() {
+        let line = |r: CloseReason| String::from_utf8(r.line().to_vec()).unwrap();
+        assert_eq!(line(CloseReason::HandshakeTimeout), "! timeout no login in time, bye\n");
+        assert_eq!(line(CloseReason::SlowConsumer), "! slow_consumer you are not reading, bye\n");
+        assert_eq!(line(CloseReason::TokenEnded), "! invalid_token session ended, bye\n");
+        assert_eq!(line(CloseReason::Shutdown), "* server restarting, bye\n");
+        assert_eq!(line(CloseReason::Peer), "* bye\n");
+        for quiet in [CloseReason::Done, CloseReason::TooManySessions, CloseReason::Frame(FrameError::BadUtf8)] {
+            assert!(quiet.line().is_empty(), "{quiet:?}");
+        }
+    }
+
+    #[test]
+    fn close_reasons_fit_a_control_frame() {
+        // RFC 6455 §5.5: a control frame's payload is at most 125 bytes,
+        // two of them the code.
+        for r in [
+            CloseReason::Idle,
+            CloseReason::HandshakeTimeout,
+            CloseReason::SlowConsumer,
+            CloseReason::Frame(FrameError::TooBig { limit: 1 }),
+            CloseReason::Shutdown,
+            CloseReason::TokenEnded,
+            CloseReason::TooManySessions,
+        ] {
+            assert!(r.ws().1.len() <= 123, "{r:?}");
+        }
     }
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use crate::reply::one_line;
 use crate::store::StoredMessage;
 use crate::transport::ws::text_frame;
 
@@ -45,6 +44,12 @@ impl Encoded {
             &self.ws
         }
     }
+}
+
+/// Text from users fit for one protocol line: line breaks become spaces and
+/// control characters are shown, not sent (see `visible_line`).
+pub(crate) fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
+    crate::transport::line::visible_line(s)
 }
 
 /// A room `message` or a `private` as a JSON object.
