@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
 use crate::link::{Auth, Tag, ToHubInner, ToShardInner};
-use crate::reply::{ErrorCode, Reply};
+use crate::render::{ErrorCode, Reply};
 use crate::store::{StoreDone, StoreError, StoreOp, StoreRequest, StoreValue};
 use crate::transport::request::{ClientRequest, RequestKind, Target};
 use crate::{Config, Hub, HubInput, HubOutput, Now, SessionId, ToHub, ToShard};
