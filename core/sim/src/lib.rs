@@ -26,6 +26,7 @@
 
 mod machines;
 mod rng;
+pub mod script;
 mod store;
 pub mod wire;
 
@@ -105,10 +106,8 @@ pub enum WriteMode {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// HTTP; `upgrading` when the last request asked for a WebSocket.
-    Http {
-        upgrading: bool,
-    },
+    /// HTTP, until a 101.
+    Http,
     Ws,
     Line,
 }
@@ -347,7 +346,7 @@ impl Sim {
 
     /// A raw HTTP connection that has sent nothing yet.
     pub fn connect_http(&mut self) -> Client {
-        self.connect(Transport::Http, Kind::Http { upgrading: false })
+        self.connect(Transport::Http, Kind::Http)
     }
 
     /// A line-protocol connection that has sent nothing yet.
@@ -383,7 +382,6 @@ impl Sim {
     /// move: a plain upgrade needs no storage.
     pub fn ws_client(&mut self) -> Client {
         let c = self.connect_http();
-        self.state(c).kind = Kind::Http { upgrading: true };
         self.send_raw(c, &wire::upgrade("/ws"));
         let res = self.take(c).into_iter().find_map(|e| match e {
             Event::Http(r) => Some(r),
@@ -406,7 +404,6 @@ impl Sim {
     /// Sends an upgrade request for `path` on an open HTTP connection and
     /// runs until idle; the response (101 or an error) is the next event.
     pub fn send_upgrade(&mut self, c: Client, path: &str) {
-        self.state(c).kind = Kind::Http { upgrading: true };
         self.send_raw(c, &wire::upgrade(path));
         self.run_until_idle();
     }
@@ -852,9 +849,10 @@ impl Sim {
                 break;
             }
             let parsed = match st.kind {
-                Kind::Http { upgrading } => match wire::parse_response(&st.rx) {
+                Kind::Http => match wire::parse_response(&st.rx) {
                     Ok(Some((res, used))) => {
-                        if upgrading && res.status == 101 {
+                        // A 101 only ever answers an upgrade, whoever sent it.
+                        if res.status == 101 {
                             st.kind = Kind::Ws;
                         }
                         Some((Event::Http(res), used))

@@ -82,6 +82,8 @@ pub struct FakeStore {
     password_latency: Duration,
     password_jitter: Duration,
     fail_next: u32,
+    /// What an injected failure is.
+    fail_as: StoreError,
     fail_when: Option<FailPredicate>,
     rng: Rng,
     log: Vec<StoreOp>,
@@ -117,6 +119,7 @@ impl FakeStore {
             password_latency: Duration::ZERO,
             password_jitter: Duration::ZERO,
             fail_next: 0,
+            fail_as: StoreError::Backend(StoreFailure::Other),
             fail_when: None,
             rng: Rng::new(seed ^ 0x5709_e000),
             log: Vec::new(),
@@ -148,6 +151,12 @@ impl FakeStore {
     /// The next `n` operations to run fail with `StoreError::Backend`.
     pub fn fail_next(&mut self, n: u32) {
         self.fail_next = n;
+    }
+
+    /// Injected failures are `error` from now on (`Backend(Other)` by
+    /// default).
+    pub fn fail_as(&mut self, error: StoreError) {
+        self.fail_as = error;
     }
 
     /// Every operation for which `predicate` says so fails with
@@ -338,7 +347,7 @@ impl FakeStore {
             self.fail_when.as_mut().is_some_and(|p| p(op))
         };
         if fail {
-            return Err(StoreError::Backend(StoreFailure::Other));
+            return Err(self.fail_as.clone());
         }
         Ok(self.data.apply(op))
     }
