@@ -46,168 +46,205 @@ fn no_such_user(user: &str) -> Failure {
     Failure::new(ErrorCode::NoSuchUser, format!("no user {user} is registered or online"))
 }
 
+/// Who asked: the session, the tag its answer carries, and its user.
+struct Asker {
+    sid: SessionId,
+    tag: Tag,
+    user: String,
+    /// The user's principal: its name, or a guest's name with its `#` suffix.
+    key: String,
+    guest: bool,
+}
+
 impl Hub {
+    /// One request of a welcomed session: the rate of queries, then the
+    /// request's own handler, which answers it now or once storage has.
     pub(super) fn chat(&mut self, now: Now, sid: SessionId, tag: Tag, user: String, request: ClientRequest) {
         if is_query(&request) && !self.query_allowed(now, sid) {
             let rate = self.config.query_rate;
             let f = Failure::new(ErrorCode::RateLimited, format!("at most {rate} listings and history reads a second"));
             return self.reply(sid, tag, Err(f));
         }
-        let my_key = self.state.online.get(&user).map(|o| o.key.clone()).unwrap_or_else(|| user.clone());
-        let guest = self.state.online.get(&user).is_some_and(|o| o.guest);
-        let result = match request {
+        let me = self.asker(sid, tag, user);
+        match request {
             ClientRequest::Hello { .. } => {
-                Err(Failure::new(ErrorCode::AlreadyAuthenticated, "this session has said hello already"))
+                let f = Failure::new(ErrorCode::AlreadyAuthenticated, "this session has said hello already");
+                self.answer(me, Err(f))
             }
-            ClientRequest::Ping => Ok(Reply::Pong),
-            ClientRequest::Join { room, since } => {
-                if !is_valid_name(&room) {
-                    Err(bad_room())
-                } else if self.state.is_member(&user, &room) {
-                    return self.joined(now, sid, tag, room, since);
-                } else if self.state.room_count(&user) >= self.config.max_rooms {
-                    let max = self.config.max_rooms;
-                    Err(Failure::new(ErrorCode::TooManyRooms, format!("a user may be in at most {max} rooms")))
-                } else if guest {
-                    return self.apply_join(now, sid, tag, &user, room, since);
-                } else {
-                    if since.is_some() {
-                        // Another session of the user may make it a member
-                        // before this join is stored: from now on this
-                        // session's live messages of the room wait for its
-                        // replay, which the `ok` precedes.
-                        self.mark_replaying(sid, &room);
-                    }
-                    let op = StoreOp::Join { user: user.clone(), room: room.clone() };
-                    return self.store(now, op, Pending::Join { sid, tag, user, room, since });
-                }
+            ClientRequest::Ping => self.answer(me, Ok(Reply::Pong)),
+            ClientRequest::Join { room, since } => self.join(now, me, room, since),
+            ClientRequest::Leave { room } => self.leave(now, me, room),
+            ClientRequest::Send { to, text, id } => self.send(now, me, to, text, id),
+            ClientRequest::History { of, before, limit } => self.history(now, me, of, before, limit),
+            ClientRequest::Who { room, limit } => self.who(me, room, limit),
+            ClientRequest::Rooms { limit } => self.rooms(me, limit),
+            ClientRequest::Conversations { limit } => self.conversations(now, me, limit),
+            ClientRequest::Read { of, seq } => self.read(now, me, of, seq),
+            ClientRequest::Typing { to } => self.typing(me, to),
+            ClientRequest::Ack { with, seq } => self.ack(now, me, with, seq),
+        }
+    }
+
+    fn asker(&self, sid: SessionId, tag: Tag, user: String) -> Asker {
+        let online = self.state.online.get(&user);
+        let key = online.map_or_else(|| user.clone(), |o| o.key.clone());
+        let guest = online.is_some_and(|o| o.guest);
+        Asker { sid, tag, user, key, guest }
+    }
+
+    fn answer(&mut self, me: Asker, result: Result<Reply, Failure>) {
+        self.reply(me.sid, me.tag, result);
+    }
+
+    fn join(&mut self, now: Now, me: Asker, room: String, since: Option<u64>) {
+        if !is_valid_name(&room) {
+            return self.answer(me, Err(bad_room()));
+        }
+        if self.state.is_member(&me.user, &room) {
+            return self.joined(now, me.sid, me.tag, room, since);
+        }
+        if self.state.room_count(&me.user) >= self.config.max_rooms {
+            let max = self.config.max_rooms;
+            let f = Failure::new(ErrorCode::TooManyRooms, format!("a user may be in at most {max} rooms"));
+            return self.answer(me, Err(f));
+        }
+        if me.guest {
+            return self.apply_join(now, me.sid, me.tag, &me.user, room, since);
+        }
+        if since.is_some() {
+            // Another session of the user may make it a member before this
+            // join is stored: from now on this session's live messages of
+            // the room wait for its replay, which the `ok` precedes.
+            self.mark_replaying(me.sid, &room);
+        }
+        let Asker { sid, tag, user, .. } = me;
+        let op = StoreOp::Join { user: user.clone(), room: room.clone() };
+        self.store(now, op, Pending::Join { sid, tag, user, room, since });
+    }
+
+    fn leave(&mut self, now: Now, me: Asker, room: String) {
+        if !self.state.is_member(&me.user, &room) {
+            return self.answer(me, Err(not_member(&room)));
+        }
+        if me.guest {
+            return self.apply_leave(me.sid, me.tag, &me.user, &room);
+        }
+        let Asker { sid, tag, user, .. } = me;
+        let op = StoreOp::Leave { user: user.clone(), room: room.clone() };
+        self.store(now, op, Pending::Leave { sid, tag, user, room });
+    }
+
+    fn send(&mut self, now: Now, me: Asker, to: To, text: String, id: Option<String>) {
+        if text.len() > self.config.max_text {
+            let max = self.config.max_text;
+            return self.answer(me, Err(Failure::new(ErrorCode::TooLong, format!("text is limited to {max} bytes"))));
+        }
+        let message = NewMessage {
+            sender: me.key.clone(),
+            from: me.user.clone(),
+            to: None,
+            text,
+            client_id: id,
+            ts: now.unix_ms,
+            inbox: None,
+        };
+        match to {
+            To::Room(room) => self.send_to_room(now, me, room, message),
+            To::User(to) => self.send_to_user(now, me, to, message),
+        }
+    }
+
+    fn send_to_room(&mut self, now: Now, me: Asker, room: String, message: NewMessage) {
+        if !self.state.is_member(&me.user, &room) {
+            return self.answer(me, Err(not_member(&room)));
+        }
+        let op = StoreOp::Append { target: Target::Room(room.clone()), message: message.clone() };
+        self.store(now, op, Pending::SendRoom { sid: me.sid, tag: me.tag, room, message });
+    }
+
+    fn send_to_user(&mut self, now: Now, me: Asker, to: String, message: NewMessage) {
+        let Some(to_key) = self.state.key_of(&to) else { return self.answer(me, Err(no_such_user(&to))) };
+        if me.guest && self.config.no_guest_private && !is_guest_key(&to_key) {
+            let f = Failure::new(ErrorCode::Forbidden, "guests may not message registered users here");
+            return self.answer(me, Err(f));
+        }
+        let inbox = (!is_guest_key(&to_key)).then(|| self.inbox_bound(&to));
+        let message = NewMessage { to: Some(to), inbox, ..message };
+        let target = Target::Conversation(me.key, to_key.clone());
+        let op = StoreOp::Append { target, message: message.clone() };
+        self.store(now, op, Pending::SendPrivate { sid: me.sid, tag: me.tag, to_key, message });
+    }
+
+    fn history(&mut self, now: Now, me: Asker, of: To, before: Option<u64>, given: Option<u64>) {
+        let range = SeqRange::Before { before, limit: limit(given, 50, 500) };
+        let (target, room) = match of {
+            To::Room(room) if !self.state.is_member(&me.user, &room) => {
+                return self.answer(me, Err(not_member(&room)));
             }
-            ClientRequest::Leave { room } => {
-                if !self.state.is_member(&user, &room) {
-                    Err(not_member(&room))
-                } else if guest {
-                    return self.apply_leave(sid, tag, &user, &room);
-                } else {
-                    let op = StoreOp::Leave { user: user.clone(), room: room.clone() };
-                    return self.store(now, op, Pending::Leave { sid, tag, user, room });
-                }
-            }
-            ClientRequest::Send { to, text, id } => {
-                if text.len() > self.config.max_text {
-                    let max = self.config.max_text;
-                    Err(Failure::new(ErrorCode::TooLong, format!("text is limited to {max} bytes")))
-                } else {
-                    let message = NewMessage {
-                        sender: my_key.clone(),
-                        from: user.clone(),
-                        to: None,
-                        text,
-                        client_id: id,
-                        ts: now.unix_ms,
-                        inbox: None,
-                    };
-                    match to {
-                        To::Room(room) if !self.state.is_member(&user, &room) => Err(not_member(&room)),
-                        To::Room(room) => {
-                            let op = StoreOp::Append { target: Target::Room(room.clone()), message: message.clone() };
-                            return self.store(now, op, Pending::SendRoom { sid, tag, room, message });
-                        }
-                        To::User(to) => match self.state.key_of(&to) {
-                            None => Err(no_such_user(&to)),
-                            Some(to_key) if guest && self.config.no_guest_private && !is_guest_key(&to_key) => {
-                                Err(Failure::new(ErrorCode::Forbidden, "guests may not message registered users here"))
-                            }
-                            Some(to_key) => {
-                                let inbox = (!is_guest_key(&to_key)).then(|| self.inbox_bound(&to));
-                                let message = NewMessage { to: Some(to), inbox, ..message };
-                                let target = Target::Conversation(my_key, to_key.clone());
-                                let op = StoreOp::Append { target, message: message.clone() };
-                                return self.store(now, op, Pending::SendPrivate { sid, tag, to_key, message });
-                            }
-                        },
-                    }
-                }
-            }
-            ClientRequest::History { of, before, limit: given } => {
-                let range = SeqRange::Before { before, limit: limit(given, 50, 500) };
-                match of {
-                    To::Room(room) if !self.state.is_member(&user, &room) => Err(not_member(&room)),
-                    To::Room(room) => {
-                        let op = StoreOp::History { target: Target::Room(room.clone()), range };
-                        return self.store(now, op, Pending::History { sid, tag, room: Some(room) });
-                    }
-                    To::User(with) => match self.state.key_of(&with) {
-                        None => Err(no_such_user(&with)),
-                        Some(key) => {
-                            let op = StoreOp::History { target: Target::Conversation(my_key, key), range };
-                            return self.store(now, op, Pending::History { sid, tag, room: None });
-                        }
-                    },
-                }
-            }
-            ClientRequest::Who { room, limit: given } => {
-                let max = limit(given, 100, 1000) as usize;
-                let users: Vec<(String, bool)> = match &room {
-                    Some(room) => self.state.rooms.get(room).map_or_else(Vec::new, |r| {
-                        r.members.iter().take(max).map(|u| (u.clone(), self.state.online.contains_key(u))).collect()
-                    }),
-                    None => self.state.online_names.iter().take(max).map(|u| (u.clone(), true)).collect(),
-                };
-                Ok(Reply::Users(users))
-            }
-            ClientRequest::Rooms { limit: given } => {
-                let max = limit(given, 100, 1000) as usize;
-                let rooms = self.state.by_size.iter().take(max).map(|(n, name)| (name.clone(), n.0)).collect();
-                Ok(Reply::Rooms(rooms))
-            }
-            ClientRequest::Conversations { limit: given } => {
-                let op = StoreOp::Conversations { user: my_key, limit: limit(given, 100, 1000) };
-                return self.store(now, op, Pending::Conversations { sid, tag });
-            }
-            ClientRequest::Read { of, seq } => match of {
-                To::Room(room) if !self.state.is_member(&user, &room) => Err(not_member(&room)),
-                To::Room(room) => {
-                    let op = StoreOp::Read { user: my_key, target: Target::Room(room.clone()), seq };
-                    return self.store(now, op, Pending::Read { sid, tag, user, room: Some(room), with: None, seq });
-                }
-                To::User(with) => match self.state.key_of(&with) {
-                    None => Err(no_such_user(&with)),
-                    Some(key) => {
-                        let op = StoreOp::Read { user: my_key.clone(), target: Target::Conversation(my_key, key), seq };
-                        return self.store(
-                            now,
-                            op,
-                            Pending::Read { sid, tag, user, room: None, with: Some(with), seq },
-                        );
-                    }
-                },
-            },
-            ClientRequest::Typing { to } => match to {
-                To::Room(room) if !self.state.is_member(&user, &room) => Err(not_member(&room)),
-                To::Room(room) => {
-                    let targets = self.room_sessions(&room, None, false);
-                    self.deliver(&targets, &typing_in_room(&room, &user));
-                    Ok(Reply::Done)
-                }
-                To::User(to) => {
-                    if self.state.key_of(&to).is_none() {
-                        Err(no_such_user(&to))
-                    } else {
-                        let targets = self.sessions_of(&to);
-                        self.deliver(&targets, &typing_to_user(&user, &to));
-                        Ok(Reply::Done)
-                    }
-                }
-            },
-            ClientRequest::Ack { with, seq } => match self.state.key_of(&with) {
-                None => Err(no_such_user(&with)),
-                Some(key) => {
-                    let op = StoreOp::Ack { user: my_key, with: key, seq };
-                    return self.store(now, op, Pending::Ack { sid, tag: Some(tag) });
-                }
+            To::Room(room) => (Target::Room(room.clone()), Some(room)),
+            To::User(with) => match self.state.key_of(&with) {
+                None => return self.answer(me, Err(no_such_user(&with))),
+                Some(key) => (Target::Conversation(me.key, key), None),
             },
         };
-        self.reply(sid, tag, result);
+        self.store(now, StoreOp::History { target, range }, Pending::History { sid: me.sid, tag: me.tag, room });
+    }
+
+    fn who(&mut self, me: Asker, room: Option<String>, given: Option<u64>) {
+        let max = limit(given, 100, 1000) as usize;
+        let users: Vec<(String, bool)> = match &room {
+            Some(room) => self.state.rooms.get(room).map_or_else(Vec::new, |r| {
+                r.members.iter().take(max).map(|u| (u.clone(), self.state.online.contains_key(u))).collect()
+            }),
+            None => self.state.online_names.iter().take(max).map(|u| (u.clone(), true)).collect(),
+        };
+        self.answer(me, Ok(Reply::Users(users)));
+    }
+
+    fn rooms(&mut self, me: Asker, given: Option<u64>) {
+        let max = limit(given, 100, 1000) as usize;
+        let rooms = self.state.by_size.iter().take(max).map(|(n, name)| (name.clone(), n.0)).collect();
+        self.answer(me, Ok(Reply::Rooms(rooms)));
+    }
+
+    fn conversations(&mut self, now: Now, me: Asker, given: Option<u64>) {
+        let op = StoreOp::Conversations { user: me.key, limit: limit(given, 100, 1000) };
+        self.store(now, op, Pending::Conversations { sid: me.sid, tag: me.tag });
+    }
+
+    fn read(&mut self, now: Now, me: Asker, of: To, seq: u64) {
+        let (target, room, with) = match of {
+            To::Room(room) if !self.state.is_member(&me.user, &room) => {
+                return self.answer(me, Err(not_member(&room)));
+            }
+            To::Room(room) => (Target::Room(room.clone()), Some(room), None),
+            To::User(with) => match self.state.key_of(&with) {
+                None => return self.answer(me, Err(no_such_user(&with))),
+                Some(key) => (Target::Conversation(me.key.clone(), key), None, Some(with)),
+            },
+        };
+        let Asker { sid, tag, user, key, .. } = me;
+        let op = StoreOp::Read { user: key, target, seq };
+        self.store(now, op, Pending::Read { sid, tag, user, room, with, seq });
+    }
+
+    fn typing(&mut self, me: Asker, to: To) {
+        let (targets, event) = match to {
+            To::Room(room) if !self.state.is_member(&me.user, &room) => {
+                return self.answer(me, Err(not_member(&room)));
+            }
+            To::Room(room) => (self.room_sessions(&room, None, false), typing_in_room(&room, &me.user)),
+            To::User(to) if self.state.key_of(&to).is_none() => return self.answer(me, Err(no_such_user(&to))),
+            To::User(to) => (self.sessions_of(&to), typing_to_user(&me.user, &to)),
+        };
+        self.deliver(&targets, &event);
+        self.answer(me, Ok(Reply::Done));
+    }
+
+    fn ack(&mut self, now: Now, me: Asker, with: String, seq: u64) {
+        let Some(key) = self.state.key_of(&with) else { return self.answer(me, Err(no_such_user(&with))) };
+        let op = StoreOp::Ack { user: me.key, with: key, seq };
+        self.store(now, op, Pending::Ack { sid: me.sid, tag: Some(me.tag) });
     }
 
     /// A join of a room the user is in: `ok` at once, or the replay.
@@ -281,25 +318,8 @@ impl Hub {
         messages.retain(|m| m.seq <= seq);
         // Keep the replay within half the outbound bound, newest first, so a
         // long absence cannot make the session a slow consumer.
-        let budget = self.config.max_queue / 2;
-        let mut bytes = 0;
-        let keep_from = messages
-            .iter()
-            .rposition(|m| {
-                bytes += m.text.len() + m.from.len() + 128;
-                bytes > budget
-            })
-            .map_or(0, |i| i + 1);
-        messages.drain(..keep_from);
-        let recovery = if seq <= since {
-            Recovery { recovered: true, oldest: None }
-        } else {
-            match messages.first() {
-                Some(first) if first.seq == since + 1 => Recovery { recovered: true, oldest: None },
-                Some(first) => Recovery { recovered: false, oldest: Some(first.seq) },
-                None => Recovery { recovered: false, oldest },
-            }
-        };
+        keep_newest_within(&mut messages, self.config.max_queue / 2);
+        let recovery = recovery(seq, since, &messages, oldest);
         let members = self.state.members(&room);
         self.reply(sid, tag, Ok(Reply::Joined { room: room.clone(), seq, members, recovery: Some(recovery) }));
         for m in &messages {
@@ -496,6 +516,33 @@ impl Hub {
             Metrics::add(&self.metrics.queries_limited, 1);
         }
         allowed
+    }
+}
+
+/// Drops the oldest of `messages` (in `seq` order) until the rest fit in
+/// `budget` bytes, counting each as its text and sender plus its framing.
+fn keep_newest_within(messages: &mut Vec<StoredMessage>, budget: usize) {
+    let mut bytes = 0;
+    let keep_from = messages
+        .iter()
+        .rposition(|m| {
+            bytes += m.text.len() + m.from.len() + 128;
+            bytes > budget
+        })
+        .map_or(0, |i| i + 1);
+    messages.drain(..keep_from);
+}
+
+/// Whether a replay of what came after `since` is whole, given the room's
+/// `seq`, what it sends and the oldest message storage still holds.
+fn recovery(seq: u64, since: u64, messages: &[StoredMessage], oldest: Option<u64>) -> Recovery {
+    if seq <= since {
+        return Recovery { recovered: true, oldest: None };
+    }
+    match messages.first() {
+        Some(first) if first.seq == since + 1 => Recovery { recovered: true, oldest: None },
+        Some(first) => Recovery { recovered: false, oldest: Some(first.seq) },
+        None => Recovery { recovered: false, oldest },
     }
 }
 
