@@ -2,9 +2,9 @@
 //! finish them.
 
 use super::encode::{presence, private_message, read_mark, room_message, typing_in_room, typing_to_user, Presence};
-use super::pending::Pending;
+use super::pending::{Pending, PendingKind};
 use super::state::{display_name, InboxRead};
-use super::{unavailable, Hub};
+use super::{unavailable, Encoded, Hub};
 use crate::ids::{is_valid_name, SessionId};
 use crate::link::Tag;
 use crate::metrics::Metrics;
@@ -119,7 +119,7 @@ impl Hub {
         }
         let Asker { sid, tag, user, .. } = me;
         let op = StoreOp::Join { user: user.clone(), room: room.clone() };
-        self.store(now, op, Pending::Join { sid, tag, user, room, since });
+        self.store(now, op, Pending::request(sid, tag, PendingKind::Join { user, room, since }));
     }
 
     fn leave(&mut self, now: Now, me: Asker, room: String) {
@@ -131,7 +131,7 @@ impl Hub {
         }
         let Asker { sid, tag, user, .. } = me;
         let op = StoreOp::Leave { user: user.clone(), room: room.clone() };
-        self.store(now, op, Pending::Leave { sid, tag, user, room });
+        self.store(now, op, Pending::request(sid, tag, PendingKind::Leave { user, room }));
     }
 
     fn send(&mut self, now: Now, me: Asker, to: To, text: String, id: Option<String>) {
@@ -159,7 +159,7 @@ impl Hub {
             return self.answer(me, Err(not_member(&room)));
         }
         let op = StoreOp::Append { target: Target::Room(room.clone()), message: message.clone() };
-        self.store(now, op, Pending::SendRoom { sid: me.sid, tag: me.tag, room, message });
+        self.store(now, op, Pending::request(me.sid, me.tag, PendingKind::SendRoom { room, message }));
     }
 
     fn send_to_user(&mut self, now: Now, me: Asker, to: String, message: NewMessage) {
@@ -172,7 +172,7 @@ impl Hub {
         let message = NewMessage { to: Some(to), inbox, ..message };
         let target = Target::Conversation(me.key, to_key.clone());
         let op = StoreOp::Append { target, message: message.clone() };
-        self.store(now, op, Pending::SendPrivate { sid: me.sid, tag: me.tag, to_key, message });
+        self.store(now, op, Pending::request(me.sid, me.tag, PendingKind::SendPrivate { to_key, message }));
     }
 
     fn history(&mut self, now: Now, me: Asker, of: To, before: Option<u64>, given: Option<u64>) {
@@ -187,7 +187,8 @@ impl Hub {
                 Some(key) => (Target::Conversation(me.key, key), None),
             },
         };
-        self.store(now, StoreOp::History { target, range }, Pending::History { sid: me.sid, tag: me.tag, room });
+        let op = StoreOp::History { target, range };
+        self.store(now, op, Pending::request(me.sid, me.tag, PendingKind::History { room }));
     }
 
     fn who(&mut self, me: Asker, room: Option<String>, given: Option<u64>) {
@@ -209,7 +210,7 @@ impl Hub {
 
     fn conversations(&mut self, now: Now, me: Asker, given: Option<u64>) {
         let op = StoreOp::Conversations { user: me.key, limit: limit(given, 100, 1000) };
-        self.store(now, op, Pending::Conversations { sid: me.sid, tag: me.tag });
+        self.store(now, op, Pending::request(me.sid, me.tag, PendingKind::Conversations));
     }
 
     fn read(&mut self, now: Now, me: Asker, of: To, seq: u64) {
@@ -225,7 +226,7 @@ impl Hub {
         };
         let Asker { sid, tag, user, key, .. } = me;
         let op = StoreOp::Read { user: key, target, seq };
-        self.store(now, op, Pending::Read { sid, tag, user, room, with, seq });
+        self.store(now, op, Pending::request(sid, tag, PendingKind::Read { user, room, with, seq }));
     }
 
     fn typing(&mut self, me: Asker, to: To) {
@@ -244,7 +245,7 @@ impl Hub {
     fn ack(&mut self, now: Now, me: Asker, with: String, seq: u64) {
         let Some(key) = self.state.key_of(&with) else { return self.answer(me, Err(no_such_user(&with))) };
         let op = StoreOp::Ack { user: me.key, with: key, seq };
-        self.store(now, op, Pending::Ack { sid: me.sid, tag: Some(me.tag) });
+        self.store(now, op, Pending::request(me.sid, me.tag, PendingKind::Ack));
     }
 
     /// A join of a room the user is in: `ok` at once, or the replay.
@@ -292,7 +293,7 @@ impl Hub {
             target: Target::Room(room.clone()),
             range: SeqRange::After { after: since, limit: REPLAY_LIMIT },
         };
-        self.store(now, op, Pending::Replay { sid, tag, room, since });
+        self.store(now, op, Pending::request(sid, tag, PendingKind::Replay { room, since }));
     }
 
     fn complete_replay(
@@ -413,69 +414,105 @@ impl Hub {
 
     /// Finishes a request whose storage work is done.
     pub(super) fn complete(&mut self, now: Now, pending: Pending, result: Result<StoreValue, StoreError>) {
-        match pending {
-            Pending::Authenticate { sid, tag, how } => self.complete_authenticate(now, sid, tag, how, result),
-            Pending::Welcome { sid, tag, user, token, expires_ms } => {
+        let Pending { sid, tag, kind } = pending;
+        match (kind, tag) {
+            (PendingKind::Inbox { cursor, round }, _) => self.complete_inbox(now, sid, cursor, round, result),
+            (PendingKind::Api(call), _) => self.complete_api(sid, call, result),
+            (PendingKind::Ack, tag) => self.complete_ack(now, sid, tag, result),
+            (kind, Some(tag)) => self.complete_request(now, sid, tag, kind, result),
+            // Only the kinds above are stored untagged (`Pending::untagged`).
+            (_, None) => {}
+        }
+    }
+
+    /// Finishes a client request, answering it with `tag`.
+    fn complete_request(
+        &mut self,
+        now: Now,
+        sid: SessionId,
+        tag: Tag,
+        kind: PendingKind,
+        result: Result<StoreValue, StoreError>,
+    ) {
+        match kind {
+            PendingKind::Authenticate(how) => self.complete_authenticate(now, sid, tag, how, result),
+            PendingKind::Welcome { user, token, expires_ms } => {
                 self.complete_welcome(now, sid, tag, user, token, expires_ms, result)
             }
-            Pending::Inbox { sid, cursor, round } => self.complete_inbox(now, sid, cursor, round, result),
-            p @ (Pending::ApiRegister { .. } | Pending::ApiLogin { .. } | Pending::ApiLogout { .. }) => {
-                self.complete_api(now, p, result)
-            }
-            Pending::Join { sid, tag, user, room, since } => match result {
+            PendingKind::Join { user, room, since } => match result {
                 Ok(_) => self.apply_join(now, sid, tag, &user, room, since),
                 Err(_) => {
                     self.unmark_replaying(sid, &room);
                     self.reply(sid, tag, Err(unavailable()))
                 }
             },
-            Pending::Leave { sid, tag, user, room } => match result {
+            PendingKind::Leave { user, room } => match result {
                 Ok(_) => self.apply_leave(sid, tag, &user, &room),
                 Err(_) => self.reply(sid, tag, Err(unavailable())),
             },
-            Pending::Replay { sid, tag, room, since } => self.complete_replay(sid, tag, room, since, result),
-            Pending::SendRoom { sid, tag, room, message } => {
+            PendingKind::Replay { room, since } => self.complete_replay(sid, tag, room, since, result),
+            PendingKind::SendRoom { room, message } => {
                 let sent = result.map_err(|_| unavailable()).and_then(|v| self.deliver_room_message(&room, message, v));
                 self.reply(sid, tag, sent.map(|seq| Reply::Sent { seq }));
             }
-            Pending::SendPrivate { sid, tag, to_key, message } => {
+            PendingKind::SendPrivate { to_key, message } => {
                 let sent =
                     result.map_err(|_| unavailable()).and_then(|v| self.deliver_private(sid, to_key, message, v));
                 self.reply(sid, tag, sent.map(|seq| Reply::Sent { seq }));
             }
-            Pending::History { sid, tag, room } => {
-                let reply = match result {
-                    Ok(StoreValue::Messages { messages, .. }) => Ok(Reply::History { room, messages }),
-                    _ => Err(unavailable()),
-                };
-                self.reply(sid, tag, reply);
+            PendingKind::History { room } => self.reply(sid, tag, history_reply(room, result)),
+            PendingKind::Conversations => self.reply(sid, tag, conversations_reply(result)),
+            PendingKind::Read { user, room, with, seq } => {
+                let mark = read_mark(room.as_deref(), with.as_deref(), seq);
+                self.complete_read(sid, tag, &user, &mark, result)
             }
-            Pending::Conversations { sid, tag } => {
-                let reply = match result {
-                    Ok(StoreValue::Conversations { conversations }) => Ok(Reply::Conversations(
-                        conversations.into_iter().map(|c| (display_name(&c.with).to_string(), c.seq, c.read)).collect(),
-                    )),
-                    _ => Err(unavailable()),
-                };
-                self.reply(sid, tag, reply);
-            }
-            Pending::Read { sid, tag, user, room, with, seq } => match result {
-                Ok(_) => {
-                    let others: Vec<SessionId> = self.sessions_of(&user).into_iter().filter(|s| *s != sid).collect();
-                    self.deliver(&others, &read_mark(room.as_deref(), with.as_deref(), seq));
-                    self.reply(sid, tag, Ok(Reply::Done));
-                }
-                Err(_) => self.reply(sid, tag, Err(unavailable())),
-            },
-            Pending::Ack { sid, tag } => {
-                if result.is_ok() {
-                    self.resume_inbox(now, sid);
-                }
-                if let Some(tag) = tag {
-                    self.reply(sid, tag, result.map(|_| Reply::Done).map_err(|_| unavailable()));
-                }
-            }
+            // Finished by `complete`, tagged or not.
+            PendingKind::Inbox { .. } | PendingKind::Api(_) | PendingKind::Ack => {}
         }
+    }
+
+    /// A read mark is stored: the user's other sessions learn it.
+    fn complete_read(
+        &mut self,
+        sid: SessionId,
+        tag: Tag,
+        user: &str,
+        mark: &Encoded,
+        result: Result<StoreValue, StoreError>,
+    ) {
+        if result.is_err() {
+            return self.reply(sid, tag, Err(unavailable()));
+        }
+        let others: Vec<SessionId> = self.sessions_of(user).into_iter().filter(|s| *s != sid).collect();
+        self.deliver(&others, mark);
+        self.reply(sid, tag, Ok(Reply::Done));
+    }
+
+    /// An ack is stored: a paused inbox goes on, and an `ack` request (not
+    /// the hub's own for a line session) is answered.
+    fn complete_ack(&mut self, now: Now, sid: SessionId, tag: Option<Tag>, result: Result<StoreValue, StoreError>) {
+        if result.is_ok() {
+            self.resume_inbox(now, sid);
+        }
+        if let Some(tag) = tag {
+            self.reply(sid, tag, result.map(|_| Reply::Done).map_err(|_| unavailable()));
+        }
+    }
+}
+
+fn history_reply(room: Option<String>, result: Result<StoreValue, StoreError>) -> Result<Reply, Failure> {
+    match result {
+        Ok(StoreValue::Messages { messages, .. }) => Ok(Reply::History { room, messages }),
+        _ => Err(unavailable()),
+    }
+}
+
+fn conversations_reply(result: Result<StoreValue, StoreError>) -> Result<Reply, Failure> {
+    match result {
+        Ok(StoreValue::Conversations { conversations }) => Ok(Reply::Conversations(
+            conversations.into_iter().map(|c| (display_name(&c.with).to_string(), c.seq, c.read)).collect(),
+        )),
+        _ => Err(unavailable()),
     }
 }
 
