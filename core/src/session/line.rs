@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 
-use super::{Ctx, LineLogin, Phase, Session};
+use super::{Ctx, Login, Phase, Session};
 use crate::link::{Auth, LineCommand, Tag, ToHubInner};
 use crate::reply::{error_line, reply_lines, ErrorCode, Failure, Reply};
 use crate::session::CloseReason;
@@ -42,14 +42,19 @@ impl Session {
         self.send(ctx, error_line(&Failure::new(code, message)));
     }
 
-    fn line_login(&self) -> LineLogin {
+    fn line_login(&self) -> Login {
         match self.phase {
             Phase::Line { login, .. } => login,
-            _ => LineLogin::In,
+            _ => Login::Welcomed,
         }
     }
 
-    fn set_line_login(&mut self, to: LineLogin) {
+    /// Whether lines are commands: the login was answered `ok`.
+    fn logged_in(&self) -> bool {
+        matches!(self.line_login(), Login::Answered | Login::Welcomed)
+    }
+
+    fn set_line_login(&mut self, to: Login) {
         if let Phase::Line { login, .. } = &mut self.phase {
             *login = to;
         }
@@ -63,7 +68,7 @@ impl Session {
     }
 
     fn line_command(&mut self, ctx: &mut Ctx<'_>, text: &str) {
-        if self.line_login() != LineLogin::In {
+        if !self.logged_in() {
             return self.first_line(ctx, text);
         }
         ctx.metrics.messages_received.fetch_add(1, Relaxed);
@@ -145,7 +150,7 @@ impl Session {
 
     /// `NICK`, `/login USER PASSWORD` or `/register USER PASSWORD`.
     fn first_line(&mut self, ctx: &mut Ctx<'_>, text: &str) {
-        if self.line_login() == LineLogin::Pending {
+        if self.line_login() == Login::Pending {
             return;
         }
         let mut words = text.split_whitespace();
@@ -170,7 +175,7 @@ impl Session {
                 return self.send(ctx, error_line(&f));
             }
         };
-        self.set_line_login(LineLogin::Pending);
+        self.set_line_login(Login::Pending);
         self.paused = true;
         ctx.to_hub.push(ToHubInner::Hello {
             sid: self.id,
@@ -184,17 +189,22 @@ impl Session {
     pub(super) fn line_reply(&mut self, ctx: &mut Ctx<'_>, cmd: LineCommand, result: &Result<Reply, Failure>) {
         match (&cmd, result) {
             (LineCommand::Login, Ok(_)) => {
-                self.set_line_login(LineLogin::In);
-                self.send(ctx, reply_lines(result));
+                // The hub's `Welcomed` follows this answer; it is never first.
+                if self.line_login() != Login::Welcomed {
+                    self.set_line_login(Login::Answered);
+                }
                 // PROTOCOL.md: the server makes the user a member of `lobby`
-                // and makes it current. Lines wait until that is done.
+                // and makes it current. Lines wait until that is done. (The
+                // room is taken before sending: a slow-consumer close would
+                // end the line phase.)
                 let previous = self.current_room().replace(LOBBY.to_string());
+                self.send(ctx, reply_lines(result));
                 let tag = Tag::Line(LineCommand::Join { room: LOBBY.to_string(), previous });
                 let request = ClientRequest::Join { room: LOBBY.to_string(), since: None };
                 ctx.to_hub.push(ToHubInner::Request { sid: self.id, tag, request });
                 return;
             }
-            (LineCommand::Login, Err(_)) => self.set_line_login(LineLogin::Anonymous),
+            (LineCommand::Login, Err(_)) => self.set_line_login(Login::Anonymous),
             (LineCommand::Join { room, previous }, Err(_)) => {
                 let current = self.current_room();
                 if current.as_deref() == Some(room.as_str()) {
