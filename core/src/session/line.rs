@@ -81,71 +81,88 @@ impl Session {
                 &format!("more than {rate} lines a second; dropped"),
             );
         }
-        let (command, rest) = match text.strip_prefix('/') {
-            Some(cmd) => cmd.split_once(' ').map_or((cmd, ""), |(c, r)| (c, r.trim())),
-            None => ("", text),
-        };
-        let usage = |s: &str| Failure::new(ErrorCode::BadRequest, format!("usage: {s}"));
-        let (cmd, request) = match (text.starts_with('/'), command) {
-            (false, _) => match self.current_room().clone() {
-                Some(room) => {
-                    (LineCommand::Say, ClientRequest::Send { to: Target::Room(room), text: rest.to_string(), id: None })
-                }
-                None => return self.send_line_error(ctx, ErrorCode::NotMember, "you are in no room; /join ROOM first"),
-            },
-            (true, "quit") => return self.close(ctx, CloseReason::Peer),
-            (true, "help") => return self.send(ctx, Bytes::from_static(HELP.as_bytes())),
-            (true, "join") if !rest.is_empty() && !rest.contains(' ') => {
-                let previous = self.current_room().replace(rest.to_string());
-                (
-                    LineCommand::Join { room: rest.to_string(), previous },
-                    ClientRequest::Join { room: rest.to_string(), since: None },
-                )
-            }
-            (true, "join") => return self.send(ctx, error_line(&usage("/join ROOM"))),
-            (true, "leave") => {
-                let room = if rest.is_empty() { self.current_room().clone() } else { Some(rest.to_string()) };
-                match room {
-                    Some(room) => (LineCommand::Leave(room.clone()), ClientRequest::Leave { room }),
-                    None => return self.send(ctx, error_line(&usage("/leave ROOM"))),
-                }
-            }
-            (true, "msg") => match rest.split_once(' ') {
-                Some((user, text)) if !text.trim().is_empty() => (
-                    LineCommand::Msg,
-                    ClientRequest::Send { to: Target::User(user.to_string()), text: text.trim().to_string(), id: None },
-                ),
-                _ => return self.send(ctx, error_line(&usage("/msg USER text"))),
-            },
-            (true, "who") => match self.current_room().clone() {
-                Some(room) => (LineCommand::Who, ClientRequest::Who { room: Some(room), limit: Some(1000) }),
-                None => (LineCommand::Who, ClientRequest::Who { room: None, limit: Some(1000) }),
-            },
-            (true, "rooms") => (LineCommand::Rooms, ClientRequest::Rooms { limit: None }),
-            (true, "history") => {
-                let limit = if rest.is_empty() { Some(20) } else { rest.parse::<u64>().ok() };
-                match (limit, self.current_room().clone()) {
-                    (None, _) => return self.send(ctx, error_line(&usage("/history [N]"))),
-                    (_, None) => {
-                        return self.send_line_error(ctx, ErrorCode::NotMember, "you are in no room; /join ROOM first")
-                    }
-                    (Some(n), Some(room)) => (
-                        LineCommand::History,
-                        ClientRequest::History { of: Target::Room(room), before: None, limit: Some(n) },
-                    ),
-                }
-            }
-            (true, other) => {
-                let f = Failure::new(ErrorCode::UnknownType, format!("unknown command /{other}; try /help"));
-                return self.send(ctx, error_line(&f));
-            }
-        };
+        let Some((cmd, request)) = self.line_request(ctx, text) else { return };
         // `/join` and `/leave` may wait for storage: hold later lines until
         // they are answered, so that text goes to the room the user expects.
         if matches!(cmd, LineCommand::Join { .. } | LineCommand::Leave(_)) {
             self.paused = true;
         }
         ctx.to_hub.push(ToHubInner::Request { sid: self.id, tag: Tag::Line(cmd), request });
+    }
+
+    /// What a line asks of the hub; `None` when it was answered here.
+    fn line_request(&mut self, ctx: &mut Ctx<'_>, text: &str) -> Option<(LineCommand, ClientRequest)> {
+        let Some(command) = text.strip_prefix('/') else { return self.say(ctx, text) };
+        let (command, rest) = command.split_once(' ').map_or((command, ""), |(c, r)| (c, r.trim()));
+        let usage = |s: &str| error_line(&Failure::new(ErrorCode::BadRequest, format!("usage: {s}")));
+        let answered = match command {
+            "quit" => {
+                self.close(ctx, CloseReason::Peer);
+                return None;
+            }
+            "help" => Bytes::from_static(HELP.as_bytes()),
+            "join" if !rest.is_empty() && !rest.contains(' ') => {
+                let previous = self.current_room().replace(rest.to_string());
+                let request = ClientRequest::Join { room: rest.to_string(), since: None };
+                return Some((LineCommand::Join { room: rest.to_string(), previous }, request));
+            }
+            "join" => usage("/join ROOM"),
+            "leave" => {
+                let room = if rest.is_empty() { self.current_room().clone() } else { Some(rest.to_string()) };
+                match room {
+                    Some(room) => return Some((LineCommand::Leave(room.clone()), ClientRequest::Leave { room })),
+                    None => usage("/leave ROOM"),
+                }
+            }
+            "msg" => match rest.split_once(' ') {
+                Some((user, text)) if !text.trim().is_empty() => {
+                    let to = Target::User(user.to_string());
+                    return Some((
+                        LineCommand::Msg,
+                        ClientRequest::Send { to, text: text.trim().to_string(), id: None },
+                    ));
+                }
+                _ => usage("/msg USER text"),
+            },
+            "who" => {
+                let room = self.current_room().clone();
+                return Some((LineCommand::Who, ClientRequest::Who { room, limit: Some(1000) }));
+            }
+            "rooms" => return Some((LineCommand::Rooms, ClientRequest::Rooms { limit: None })),
+            "history" => return self.history_request(ctx, rest),
+            other => error_line(&Failure::new(ErrorCode::UnknownType, format!("unknown command /{other}; try /help"))),
+        };
+        self.send(ctx, answered);
+        None
+    }
+
+    /// A line that is no command: text for the current room.
+    fn say(&mut self, ctx: &mut Ctx<'_>, text: &str) -> Option<(LineCommand, ClientRequest)> {
+        let Some(room) = self.current_room().clone() else {
+            self.send_line_error(ctx, ErrorCode::NotMember, "you are in no room; /join ROOM first");
+            return None;
+        };
+        Some((LineCommand::Say, ClientRequest::Send { to: Target::Room(room), text: text.to_string(), id: None }))
+    }
+
+    /// `/history [N]`, of the current room.
+    fn history_request(&mut self, ctx: &mut Ctx<'_>, rest: &str) -> Option<(LineCommand, ClientRequest)> {
+        let limit = if rest.is_empty() { Some(20) } else { rest.parse::<u64>().ok() };
+        match (limit, self.current_room().clone()) {
+            (None, _) => {
+                let f = Failure::new(ErrorCode::BadRequest, "usage: /history [N]");
+                self.send(ctx, error_line(&f));
+                None
+            }
+            (_, None) => {
+                self.send_line_error(ctx, ErrorCode::NotMember, "you are in no room; /join ROOM first");
+                None
+            }
+            (Some(n), Some(room)) => {
+                let request = ClientRequest::History { of: Target::Room(room), before: None, limit: Some(n) };
+                Some((LineCommand::History, request))
+            }
+        }
     }
 
     /// `NICK`, `/login USER PASSWORD` or `/register USER PASSWORD`.
