@@ -200,9 +200,6 @@ impl Decoder {
     }
 }
 
-/// The unfinished character at the end of `data`, which is valid UTF-8 up
-/// to it.
-
 /// The rules a frame's header must meet whatever its payload; returns the
 /// client's mask.
 fn check_header(header: &FrameHeader, len: u64, max_message: usize) -> Result<[u8; 4], FrameError> {
@@ -226,6 +223,8 @@ fn check_header(header: &FrameHeader, len: u64, max_message: usize) -> Result<[u
     header.mask.ok_or(FrameError::Protocol("unmasked client frame"))
 }
 
+/// The unfinished character at the end of `data`, which is valid UTF-8 up
+/// to it.
 fn unfinished_char(data: &[u8]) -> &[u8] {
     let from = data.len().saturating_sub(3);
     match (from..data.len()).rev().find(|&i| data[i] & 0xc0 != 0x80) {
