@@ -218,7 +218,7 @@ impl Hub {
         if self.pending.len() >= self.config.store_backlog {
             // Storage is far behind: answer at once, through the same path
             // as a failed request, so every side effect is undone the same way.
-            return self.complete(now, pending, Err(StoreError::Overloaded));
+            return self.complete(now, pending, Err(crate::store::StoreError::Overloaded));
         }
         let id = self.pending.insert(now.instant, pending);
         self.store_out.push(StoreRequest { id, op });
