@@ -594,3 +594,47 @@ fn stored(message: NewMessage, seq: u64, ts: u64) -> StoredMessage {
         ts,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(seq: u64, text: &str) -> StoredMessage {
+        StoredMessage {
+            seq,
+            from: "ann".into(),
+            to: None,
+            sender: "ann".into(),
+            text: text.into(),
+            client_id: None,
+            ts: 0,
+        }
+    }
+
+    fn seqs(messages: &[StoredMessage]) -> Vec<u64> {
+        messages.iter().map(|m| m.seq).collect()
+    }
+
+    #[test]
+    fn a_replay_keeps_its_newest_messages_within_the_budget() {
+        // Each costs 128 + 3 + 10 = 141 bytes.
+        let mut messages: Vec<StoredMessage> = (1..=5).map(|seq| message(seq, "0123456789")).collect();
+        keep_newest_within(&mut messages, 3 * 141);
+        assert_eq!(seqs(&messages), [3, 4, 5]);
+        keep_newest_within(&mut messages, 3 * 141 - 1);
+        assert_eq!(seqs(&messages), [4, 5]);
+        keep_newest_within(&mut messages, 0);
+        assert!(messages.is_empty());
+    }
+
+    #[test]
+    fn a_replay_is_recovered_when_it_starts_right_after_since() {
+        let whole = Recovery { recovered: true, oldest: None };
+        assert_eq!(recovery(7, 7, &[], Some(1)), whole, "nothing new");
+        assert_eq!(recovery(9, 7, &[message(8, ""), message(9, "")], Some(1)), whole);
+        let gap = recovery(9, 5, &[message(8, ""), message(9, "")], Some(1));
+        assert_eq!(gap, Recovery { recovered: false, oldest: Some(8) }, "6 and 7 were left out");
+        let purged = recovery(9, 5, &[], Some(9));
+        assert_eq!(purged, Recovery { recovered: false, oldest: Some(9) }, "storage holds no more");
+    }
+}
