@@ -88,154 +88,197 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(2048);
-        let g = |v: &AtomicI64| v.load(Relaxed).max(0);
-        let c = |v: &AtomicU64| v.load(Relaxed);
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
-        };
-        metric(
+        let mut out = Exposition(String::with_capacity(2048));
+        self.render_connections(&mut out);
+        self.render_traffic(&mut out);
+        self.render_limits(&mut out);
+        self.render_store(&mut out);
+        out.0
+    }
+
+    /// Connections, sessions and rooms now.
+    fn render_connections(&self, out: &mut Exposition) {
+        out.metric(
             "natter_connections",
             "gauge",
             "Open TCP connections by transport.",
             &[
-                ("{transport=\"http\"}", g(&self.connections_http) as f64),
-                ("{transport=\"line\"}", g(&self.connections_line) as f64),
+                ("{transport=\"http\"}", gauge(&self.connections_http) as f64),
+                ("{transport=\"line\"}", gauge(&self.connections_line) as f64),
             ],
         );
-        metric(
+        out.metric(
             "natter_sessions",
             "gauge",
             "Sessions past welcome by transport.",
             &[
-                ("{transport=\"ws\"}", g(&self.sessions_ws) as f64),
-                ("{transport=\"line\"}", g(&self.sessions_line) as f64),
+                ("{transport=\"ws\"}", gauge(&self.sessions_ws) as f64),
+                ("{transport=\"line\"}", gauge(&self.sessions_line) as f64),
             ],
         );
-        metric("natter_rooms", "gauge", "Rooms with at least one member.", &[("", g(&self.rooms) as f64)]);
-        metric(
+        out.metric("natter_rooms", "gauge", "Rooms with at least one member.", &[("", gauge(&self.rooms) as f64)]);
+    }
+
+    /// What went in and out.
+    fn render_traffic(&self, out: &mut Exposition) {
+        out.metric(
             "natter_messages_received_total",
             "counter",
             "Client data messages received.",
-            &[("", c(&self.messages_received) as f64)],
+            &[("", count(&self.messages_received) as f64)],
         );
-        metric(
+        out.metric(
             "natter_messages_delivered_total",
             "counter",
             "Events delivered, one per recipient session.",
-            &[("", c(&self.messages_delivered) as f64)],
+            &[("", count(&self.messages_delivered) as f64)],
         );
-        metric("natter_bytes_in_total", "counter", "Bytes read from clients.", &[("", c(&self.bytes_in) as f64)]);
-        metric("natter_bytes_out_total", "counter", "Bytes written to clients.", &[("", c(&self.bytes_out) as f64)]);
-        metric(
+        out.metric(
+            "natter_bytes_in_total",
+            "counter",
+            "Bytes read from clients.",
+            &[("", count(&self.bytes_in) as f64)],
+        );
+        out.metric(
+            "natter_bytes_out_total",
+            "counter",
+            "Bytes written to clients.",
+            &[("", count(&self.bytes_out) as f64)],
+        );
+        out.metric(
             "natter_slow_consumer_closes_total",
             "counter",
             "Connections closed because their outbound queue was full.",
-            &[("", c(&self.slow_consumer_closes) as f64)],
+            &[("", count(&self.slow_consumer_closes) as f64)],
         );
-        metric(
+    }
+
+    /// What the limits refused, and work not done.
+    fn render_limits(&self, out: &mut Exposition) {
+        out.metric(
             "natter_rate_limited_total",
             "counter",
             "Messages dropped by the per-connection rate limit.",
-            &[("", c(&self.rate_limited) as f64)],
+            &[("", count(&self.rate_limited) as f64)],
         );
-        metric(
+        out.metric(
             "natter_queries_limited_total",
             "counter",
             "Listings and history reads refused past the per-session query rate.",
-            &[("", c(&self.queries_limited) as f64)],
+            &[("", count(&self.queries_limited) as f64)],
         );
-        metric(
+        out.metric(
             "natter_inbox_full_total",
             "counter",
             "Private messages refused because the recipient had too many unacknowledged.",
-            &[("", c(&self.inbox_full) as f64)],
+            &[("", count(&self.inbox_full) as f64)],
         );
-        metric(
+        out.metric(
             "natter_connections_refused_total",
             "counter",
             "Connections refused at the connection cap.",
-            &[("", c(&self.connections_refused) as f64)],
+            &[("", count(&self.connections_refused) as f64)],
         );
-        metric(
+        out.metric(
             "natter_connections_refused_per_address_total",
             "counter",
             "Connections refused because their address had --max-connections-per-ip open.",
-            &[("", c(&self.connections_refused_per_address) as f64)],
+            &[("", count(&self.connections_refused_per_address) as f64)],
         );
-        metric(
+        out.metric(
             "natter_origin_refused_total",
             "counter",
             "WebSocket upgrades refused (403) for an Origin not in --allowed-origin.",
-            &[("", c(&self.origin_refused) as f64)],
+            &[("", count(&self.origin_refused) as f64)],
         );
-        metric(
+        out.metric(
             "natter_abuse_limited_total",
             "counter",
             "Requests refused by an abuse limit, by limit.",
             &[
-                ("{limit=\"login\"}", c(&self.limited_logins) as f64),
-                ("{limit=\"register\"}", c(&self.limited_registrations) as f64),
-                ("{limit=\"name_probe\"}", c(&self.limited_name_probes) as f64),
-                ("{limit=\"session_open\"}", c(&self.limited_session_opens) as f64),
+                ("{limit=\"login\"}", count(&self.limited_logins) as f64),
+                ("{limit=\"register\"}", count(&self.limited_registrations) as f64),
+                ("{limit=\"name_probe\"}", count(&self.limited_name_probes) as f64),
+                ("{limit=\"session_open\"}", count(&self.limited_session_opens) as f64),
             ],
         );
-        metric(
+        out.metric(
             "natter_presence_coalesced_total",
             "counter",
             "Offline and online events not sent because the user came back within the grace.",
-            &[("", c(&self.presence_coalesced) as f64)],
+            &[("", count(&self.presence_coalesced) as f64)],
         );
-        metric(
+        out.metric(
             "natter_password_jobs_dropped_total",
             "counter",
             "Password operations not run, by reason.",
             &[
-                ("{reason=\"queue_full\"}", c(&self.password_refused) as f64),
-                ("{reason=\"cancelled\"}", c(&self.password_cancelled) as f64),
+                ("{reason=\"queue_full\"}", count(&self.password_refused) as f64),
+                ("{reason=\"cancelled\"}", count(&self.password_cancelled) as f64),
             ],
         );
-        metric(
+    }
+
+    /// Storage: its queue, outcomes, latency and batches.
+    fn render_store(&self, out: &mut Exposition) {
+        out.metric(
             "natter_store_queue_depth",
             "gauge",
             "Storage requests waiting or in progress.",
-            &[("", g(&self.store_queue_depth) as f64)],
+            &[("", gauge(&self.store_queue_depth) as f64)],
         );
-        metric(
+        out.metric(
             "natter_store_requests_total",
             "counter",
             "Storage requests completed, by outcome.",
             &[
                 (
                     "{outcome=\"ok\"}",
-                    (c(&self.store_completed) - c(&self.store_failed).min(c(&self.store_completed))) as f64,
+                    (count(&self.store_completed) - count(&self.store_failed).min(count(&self.store_completed))) as f64,
                 ),
-                ("{outcome=\"error\"}", c(&self.store_failed) as f64),
+                ("{outcome=\"error\"}", count(&self.store_failed) as f64),
             ],
         );
-        metric(
+        out.metric(
             "natter_store_latency_seconds_sum",
             "counter",
             "Total time storage requests took from submission to completion.",
-            &[("", c(&self.store_latency_us_sum) as f64 / 1e6)],
+            &[("", count(&self.store_latency_us_sum) as f64 / 1e6)],
         );
-        metric(
+        out.metric(
             "natter_store_latency_seconds_count",
             "counter",
             "Storage requests whose latency is in the sum.",
-            &[("", c(&self.store_completed) as f64)],
+            &[("", count(&self.store_completed) as f64)],
         );
-        metric(
+        out.metric(
             "natter_store_batches_total",
             "counter",
             "Storage transactions, each carrying a batch of requests.",
-            &[("", c(&self.store_batches) as f64)],
+            &[("", count(&self.store_batches) as f64)],
         );
-        out
     }
+}
+
+/// Prometheus text being written.
+struct Exposition(String);
+
+impl Exposition {
+    fn metric(&mut self, name: &str, kind: &str, help: &str, samples: &[(&str, f64)]) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(self.0, "{name}{labels} {value}");
+        }
+    }
+}
+
+/// A gauge's value, never below zero.
+fn gauge(v: &AtomicI64) -> i64 {
+    v.load(Relaxed).max(0)
+}
+
+fn count(v: &AtomicU64) -> u64 {
+    v.load(Relaxed)
 }
 
 #[cfg(test)]

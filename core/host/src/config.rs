@@ -151,14 +151,7 @@ where
     I: IntoIterator<Item = OsString>,
     F: Fn(&str) -> Option<String>,
 {
-    let matches = command(binary).try_get_matches_from(args).map_err(|e| match e.kind() {
-        clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ConfigExit::Info(e.to_string()),
-        _ => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
-            ConfigExit::Bad(format!("{first} (see --help)"))
-        }
-    })?;
+    let matches = command(binary).try_get_matches_from(args).map_err(clap_exit)?;
     let file = match matches.get_one::<String>("config").cloned().or_else(|| env("NATTER_CONFIG")) {
         Some(path) => read_file(&path)?,
         None => BTreeMap::new(),
@@ -177,8 +170,54 @@ where
         }
         Ok(file.get(name).cloned())
     };
+    let settings = settings(&value)?;
+    validate(&settings)?;
+    Ok(settings)
+}
+
+/// `--help` and `--version` as information, anything else clap refused as a
+/// one-line error.
+fn clap_exit(e: clap::Error) -> ConfigExit {
+    match e.kind() {
+        clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ConfigExit::Info(e.to_string()),
+        _ => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
+            ConfigExit::Bad(format!("{first} (see --help)"))
+        }
+    }
+}
+
+/// A flag's text from the command line, the environment or the file.
+type Lookup<'a> = &'a dyn Fn(&str) -> Result<Option<String>, ConfigExit>;
+
+fn settings(value: Lookup<'_>) -> Result<Settings, ConfigExit> {
+    let core = core_config(value)?;
+    let s = SqliteOptions::default();
+    let sqlite = SqliteOptions {
+        sync: sync_mode(&value("sync")?)?,
+        id_retention: secs(&value("id-retention")?, "id-retention", s.id_retention)?,
+        max_ids: number(&value("max-ids")?, "max-ids", s.max_ids)?,
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok(Settings {
+        http: address(&value("http")?, "http", "0.0.0.0:8080")?,
+        line: address(&value("line")?, "line", "0.0.0.0:8480")?,
+        data: PathBuf::from(value("data")?.unwrap_or_else(|| "./natter-data".into())),
+        database: url(value("database")?, "database", &["postgres://", "postgresql://"])?,
+        redis: url(value("redis")?, "redis", &["redis://", "rediss://"])?,
+        threads: number(&value("threads")?, "threads", cores)?,
+        log: value("log")?,
+        password_queue: number(&value("password-queue")?, "password-queue", crate::store::DEFAULT_PASSWORD_QUEUE)?,
+        core,
+        sqlite,
+    })
+}
+
+/// The core's limits; what no flag sets keeps the core's default.
+fn core_config(value: Lookup<'_>) -> Result<natter_core::Config, ConfigExit> {
     let d = natter_core::Config::default();
-    let core = natter_core::Config {
+    Ok(natter_core::Config {
         heartbeat: secs(&value("heartbeat")?, "heartbeat", d.heartbeat)?,
         no_guests: switch(&value("no-guests")?, "no-guests")?,
         token_ttl: secs(&value("token-ttl")?, "token-ttl", d.token_ttl)?,
@@ -215,26 +254,11 @@ where
         store_backlog: d.store_backlog,
         allowed_origins: origins(&value("allowed-origin")?)?,
         metrics_token: secret(value("metrics-token")?, "metrics-token")?,
-    };
-    let s = SqliteOptions::default();
-    let sqlite = SqliteOptions {
-        sync: sync_mode(&value("sync")?)?,
-        id_retention: secs(&value("id-retention")?, "id-retention", s.id_retention)?,
-        max_ids: number(&value("max-ids")?, "max-ids", s.max_ids)?,
-    };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let settings = Settings {
-        http: address(&value("http")?, "http", "0.0.0.0:8080")?,
-        line: address(&value("line")?, "line", "0.0.0.0:8480")?,
-        data: PathBuf::from(value("data")?.unwrap_or_else(|| "./natter-data".into())),
-        database: url(value("database")?, "database", &["postgres://", "postgresql://"])?,
-        redis: url(value("redis")?, "redis", &["redis://", "rediss://"])?,
-        threads: number(&value("threads")?, "threads", cores)?,
-        log: value("log")?,
-        password_queue: number(&value("password-queue")?, "password-queue", crate::store::DEFAULT_PASSWORD_QUEUE)?,
-        core,
-        sqlite,
-    };
+    })
+}
+
+/// What each value allows alone cannot say: ranges, and flags that need others.
+fn validate(settings: &Settings) -> Result<(), ConfigExit> {
     if settings.threads == 0 || settings.threads > 1024 {
         return Err(ConfigExit::Bad("invalid value for --threads: from 1 to 1024".into()));
     }
@@ -265,7 +289,7 @@ where
             return Err(ConfigExit::Bad(format!("invalid value for --{name}: must be at least 1")));
         }
     }
-    Ok(settings)
+    Ok(())
 }
 
 fn read_file(path: &str) -> Result<BTreeMap<String, String>, ConfigExit> {

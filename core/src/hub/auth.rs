@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::pending::{AuthKind, Pending};
+use super::pending::{ApiKind, AuthKind, Pending, PendingKind};
 use super::state::{InboxRead, Online, Phase, SessionInfo};
 use super::{unavailable, Hub};
 use crate::ids::{is_valid_name, SessionId};
@@ -41,7 +41,7 @@ impl Hub {
             Auth::Token(token) => {
                 self.set_phase(sid, Phase::Welcoming);
                 let op = StoreOp::CheckToken { token: token.clone(), now_ms: now.unix_ms };
-                self.store(now, op, Pending::Authenticate { sid, tag, how: AuthKind::Token(token) });
+                self.store(now, op, Pending::request(sid, tag, PendingKind::Authenticate(AuthKind::Token(token))));
             }
             Auth::Guest(name) => match self.guest_name_problem(now, peer, &name) {
                 Some(f) => self.reply(sid, tag, Err(f)),
@@ -72,7 +72,7 @@ impl Hub {
         self.set_phase(sid, Phase::Welcoming);
         let cancel = self.cancel_for(sid);
         let op = StoreOp::Verify { user: user.clone(), password, cancel };
-        self.store(now, op, Pending::Authenticate { sid, tag, how: AuthKind::Password(user, ticket) });
+        self.store(now, op, Pending::request(sid, tag, PendingKind::Authenticate(AuthKind::Password(user, ticket))));
     }
 
     /// Line `/register USER PASSWORD`.
@@ -87,7 +87,7 @@ impl Hub {
         self.state.reserve(user.clone());
         let cancel = self.cancel_for(sid);
         let op = StoreOp::Register { user: user.clone(), password, cancel };
-        self.store(now, op, Pending::Authenticate { sid, tag, how: AuthKind::Register(user) });
+        self.store(now, op, Pending::request(sid, tag, PendingKind::Authenticate(AuthKind::Register(user))));
     }
 
     /// A cancel flag for `sid`'s password operation, raised if it closes.
@@ -214,7 +214,7 @@ impl Hub {
                 Some(retry) => self.refuse_open(sid, tag, retry),
                 None => {
                     let op = StoreOp::ReadMarks { user: user.clone() };
-                    self.store(now, op, Pending::Welcome { sid, tag, user, token, expires_ms });
+                    self.store(now, op, Pending::request(sid, tag, PendingKind::Welcome { user, token, expires_ms }));
                 }
             },
             Err(f) => {
@@ -310,7 +310,7 @@ impl Hub {
     /// received, so it is not delivered again.
     pub(super) fn line_ack(&mut self, now: Now, sid: SessionId, ack: &LineAck) {
         let op = StoreOp::Ack { user: ack.user.clone(), with: ack.with.clone(), seq: ack.seq };
-        self.store(now, op, Pending::Ack { sid, tag: None });
+        self.store(now, op, Pending::untagged(sid, PendingKind::Ack));
     }
 
     /// Adds a session of registered `user`; returns whether it is the first
@@ -408,7 +408,7 @@ impl Hub {
                 self.state.reserve(user.clone());
                 let cancel = self.cancel_for(sid);
                 let op = StoreOp::Register { user: user.clone(), password, cancel };
-                self.store(now, op, Pending::ApiRegister { sid, user });
+                self.store(now, op, Pending::untagged(sid, PendingKind::Api(ApiKind::Register { user })));
             }
             ApiCall::Login { user, password } => {
                 let user = self.state.canonical(user);
@@ -423,48 +423,49 @@ impl Hub {
                 let ttl_ms = self.config.token_ttl.as_millis() as u64;
                 let cancel = self.cancel_for(sid);
                 let op = StoreOp::Login { user: user.clone(), password, now_ms: now.unix_ms, ttl_ms, cancel };
-                self.store(now, op, Pending::ApiLogin { sid, ticket, user });
+                self.store(now, op, Pending::untagged(sid, PendingKind::Api(ApiKind::Login { ticket, user })));
             }
             ApiCall::Logout { token } => {
-                self.store(now, StoreOp::Revoke { token: token.clone() }, Pending::ApiLogout { sid, token });
+                let op = StoreOp::Revoke { token: token.clone() };
+                self.store(now, op, Pending::untagged(sid, PendingKind::Api(ApiKind::Logout { token })));
             }
         }
     }
 
     /// What a finished HTTP register or login changes whether or not its
     /// client is still there.
-    pub(super) fn settle_api(&mut self, pending: &Pending, result: &Result<StoreValue, StoreError>) {
-        match pending {
-            Pending::ApiRegister { user, .. } => self.settle_password(&AuthKind::Register(user.clone()), result),
+    pub(super) fn settle_api(&mut self, call: &ApiKind, result: &Result<StoreValue, StoreError>) {
+        match call {
+            ApiKind::Register { user } => self.settle_password(&AuthKind::Register(user.clone()), result),
             // A wrong password keeps its count (see `settle_password`).
-            Pending::ApiLogin { .. } if matches!(result, Ok(StoreValue::Rejected)) => {}
-            Pending::ApiLogin { ticket, .. } => self.limits.release_login(ticket),
-            _ => {}
+            ApiKind::Login { .. } if matches!(result, Ok(StoreValue::Rejected)) => {}
+            ApiKind::Login { ticket, .. } => self.limits.release_login(ticket),
+            ApiKind::Logout { .. } => {}
         }
     }
 
-    pub(super) fn complete_api(&mut self, _now: Now, pending: Pending, result: Result<StoreValue, StoreError>) {
-        if let Pending::ApiRegister { sid, .. } | Pending::ApiLogin { sid, .. } = &pending {
-            self.cancels.remove(sid);
+    pub(super) fn complete_api(&mut self, sid: SessionId, call: ApiKind, result: Result<StoreValue, StoreError>) {
+        if let ApiKind::Register { .. } | ApiKind::Login { .. } = &call {
+            self.cancels.remove(&sid);
         }
-        self.settle_api(&pending, &result);
-        match (pending, result) {
-            (Pending::ApiRegister { sid, .. } | Pending::ApiLogin { sid, .. }, Err(StoreError::Overloaded)) => {
+        self.settle_api(&call, &result);
+        match (call, result) {
+            (ApiKind::Register { .. } | ApiKind::Login { .. }, Err(StoreError::Overloaded)) => {
                 self.api_error(sid, ErrorCode::Unavailable, "the server is busy; retry shortly", Some(BUSY_RETRY_S));
             }
-            (Pending::ApiRegister { sid, user }, result) => match result {
+            (ApiKind::Register { user }, result) => match result {
                 Ok(StoreValue::Registered) => self.api_respond(sid, ApiResponse::registered(&user)),
                 Ok(_) => self.api_error(sid, ErrorCode::NameTaken, &format!("the name {user} is taken"), None),
                 Err(_) => self.api_unavailable(sid),
             },
-            (Pending::ApiLogin { sid, user, .. }, result) => match result {
+            (ApiKind::Login { user, .. }, result) => match result {
                 Ok(StoreValue::Token { token, expires_ms }) => {
                     self.api_respond(sid, ApiResponse::logged_in(&token, &user, expires_ms))
                 }
                 Ok(_) => self.api_error(sid, ErrorCode::InvalidCredentials, "wrong user name or password", None),
                 Err(_) => self.api_unavailable(sid),
             },
-            (Pending::ApiLogout { sid, token }, result) => match result {
+            (ApiKind::Logout { token }, result) => match result {
                 Ok(StoreValue::Revoked { user: Some(user) }) => {
                     for s in self.sessions_of(&user) {
                         let same = matches!(&self.state.sessions.get(&s).map(|i| &i.phase),
@@ -478,7 +479,6 @@ impl Hub {
                 Ok(_) => self.api_error(sid, ErrorCode::InvalidToken, "the token is unknown", None),
                 Err(_) => self.api_unavailable(sid),
             },
-            _ => {}
         }
     }
 

@@ -1,9 +1,9 @@
 //! Chat requests of welcomed sessions, and the storage completions that
 //! finish them.
 
-use super::pending::Pending;
+use super::pending::{Pending, PendingKind};
 use super::state::{display_name, InboxRead};
-use super::{unavailable, Hub};
+use super::{unavailable, Encoded, Hub};
 use crate::ids::{is_valid_name, SessionId};
 use crate::link::Tag;
 use crate::metrics::Metrics;
@@ -46,168 +46,206 @@ fn no_such_user(user: &str) -> Failure {
     Failure::new(ErrorCode::NoSuchUser, format!("no user {user} is registered or online"))
 }
 
+/// Who asked: the session, the tag its answer carries, and its user.
+struct Asker {
+    sid: SessionId,
+    tag: Tag,
+    user: String,
+    /// The user's principal: its name, or a guest's name with its `#` suffix.
+    key: String,
+    guest: bool,
+}
+
 impl Hub {
+    /// One request of a welcomed session: the rate of queries, then the
+    /// request's own handler, which answers it now or once storage has.
     pub(super) fn chat(&mut self, now: Now, sid: SessionId, tag: Tag, user: String, request: ClientRequest) {
         if is_query(&request) && !self.query_allowed(now, sid) {
             let rate = self.config.query_rate;
             let f = Failure::new(ErrorCode::RateLimited, format!("at most {rate} listings and history reads a second"));
             return self.reply(sid, tag, Err(f));
         }
-        let my_key = self.state.online.get(&user).map(|o| o.key.clone()).unwrap_or_else(|| user.clone());
-        let guest = self.state.online.get(&user).is_some_and(|o| o.guest);
-        let result = match request {
+        let me = self.asker(sid, tag, user);
+        match request {
             ClientRequest::Hello { .. } => {
-                Err(Failure::new(ErrorCode::AlreadyAuthenticated, "this session has said hello already"))
+                let f = Failure::new(ErrorCode::AlreadyAuthenticated, "this session has said hello already");
+                self.answer(me, Err(f))
             }
-            ClientRequest::Ping => Ok(Reply::Pong),
-            ClientRequest::Join { room, since } => {
-                if !is_valid_name(&room) {
-                    Err(bad_room())
-                } else if self.state.is_member(&user, &room) {
-                    return self.joined(now, sid, tag, room, since);
-                } else if self.state.room_count(&user) >= self.config.max_rooms {
-                    let max = self.config.max_rooms;
-                    Err(Failure::new(ErrorCode::TooManyRooms, format!("a user may be in at most {max} rooms")))
-                } else if guest {
-                    return self.apply_join(now, sid, tag, &user, room, since);
-                } else {
-                    if since.is_some() {
-                        // Another session of the user may make it a member
-                        // before this join is stored: from now on this
-                        // session's live messages of the room wait for its
-                        // replay, which the `ok` precedes.
-                        self.mark_replaying(sid, &room);
-                    }
-                    let op = StoreOp::Join { user: user.clone(), room: room.clone() };
-                    return self.store(now, op, Pending::Join { sid, tag, user, room, since });
-                }
+            ClientRequest::Ping => self.answer(me, Ok(Reply::Pong)),
+            ClientRequest::Join { room, since } => self.join(now, me, room, since),
+            ClientRequest::Leave { room } => self.leave(now, me, room),
+            ClientRequest::Send { to, text, id } => self.send(now, me, to, text, id),
+            ClientRequest::History { of, before, limit } => self.history(now, me, of, before, limit),
+            ClientRequest::Who { room, limit } => self.who(me, room, limit),
+            ClientRequest::Rooms { limit } => self.rooms(me, limit),
+            ClientRequest::Conversations { limit } => self.conversations(now, me, limit),
+            ClientRequest::Read { of, seq } => self.read(now, me, of, seq),
+            ClientRequest::Typing { to } => self.typing(me, to),
+            ClientRequest::Ack { with, seq } => self.ack(now, me, with, seq),
+        }
+    }
+
+    fn asker(&self, sid: SessionId, tag: Tag, user: String) -> Asker {
+        let online = self.state.online.get(&user);
+        let key = online.map_or_else(|| user.clone(), |o| o.key.clone());
+        let guest = online.is_some_and(|o| o.guest);
+        Asker { sid, tag, user, key, guest }
+    }
+
+    fn answer(&mut self, me: Asker, result: Result<Reply, Failure>) {
+        self.reply(me.sid, me.tag, result);
+    }
+
+    fn join(&mut self, now: Now, me: Asker, room: String, since: Option<u64>) {
+        if !is_valid_name(&room) {
+            return self.answer(me, Err(bad_room()));
+        }
+        if self.state.is_member(&me.user, &room) {
+            return self.joined(now, me.sid, me.tag, room, since);
+        }
+        if self.state.room_count(&me.user) >= self.config.max_rooms {
+            let max = self.config.max_rooms;
+            let f = Failure::new(ErrorCode::TooManyRooms, format!("a user may be in at most {max} rooms"));
+            return self.answer(me, Err(f));
+        }
+        if me.guest {
+            return self.apply_join(now, me.sid, me.tag, &me.user, room, since);
+        }
+        if since.is_some() {
+            // Another session of the user may make it a member before this
+            // join is stored: from now on this session's live messages of
+            // the room wait for its replay, which the `ok` precedes.
+            self.mark_replaying(me.sid, &room);
+        }
+        let Asker { sid, tag, user, .. } = me;
+        let op = StoreOp::Join { user: user.clone(), room: room.clone() };
+        self.store(now, op, Pending::request(sid, tag, PendingKind::Join { user, room, since }));
+    }
+
+    fn leave(&mut self, now: Now, me: Asker, room: String) {
+        if !self.state.is_member(&me.user, &room) {
+            return self.answer(me, Err(not_member(&room)));
+        }
+        if me.guest {
+            return self.apply_leave(me.sid, me.tag, &me.user, &room);
+        }
+        let Asker { sid, tag, user, .. } = me;
+        let op = StoreOp::Leave { user: user.clone(), room: room.clone() };
+        self.store(now, op, Pending::request(sid, tag, PendingKind::Leave { user, room }));
+    }
+
+    fn send(&mut self, now: Now, me: Asker, to: To, text: String, id: Option<String>) {
+        if text.len() > self.config.max_text {
+            let max = self.config.max_text;
+            return self.answer(me, Err(Failure::new(ErrorCode::TooLong, format!("text is limited to {max} bytes"))));
+        }
+        let message = NewMessage {
+            sender: me.key.clone(),
+            from: me.user.clone(),
+            to: None,
+            text,
+            client_id: id,
+            ts: now.unix_ms,
+            inbox: None,
+        };
+        match to {
+            To::Room(room) => self.send_to_room(now, me, room, message),
+            To::User(to) => self.send_to_user(now, me, to, message),
+        }
+    }
+
+    fn send_to_room(&mut self, now: Now, me: Asker, room: String, message: NewMessage) {
+        if !self.state.is_member(&me.user, &room) {
+            return self.answer(me, Err(not_member(&room)));
+        }
+        let op = StoreOp::Append { target: Target::Room(room.clone()), message: message.clone() };
+        self.store(now, op, Pending::request(me.sid, me.tag, PendingKind::SendRoom { room, message }));
+    }
+
+    fn send_to_user(&mut self, now: Now, me: Asker, to: String, message: NewMessage) {
+        let Some(to_key) = self.state.key_of(&to) else { return self.answer(me, Err(no_such_user(&to))) };
+        if me.guest && self.config.no_guest_private && !is_guest_key(&to_key) {
+            let f = Failure::new(ErrorCode::Forbidden, "guests may not message registered users here");
+            return self.answer(me, Err(f));
+        }
+        let inbox = (!is_guest_key(&to_key)).then(|| self.inbox_bound(&to));
+        let message = NewMessage { to: Some(to), inbox, ..message };
+        let target = Target::Conversation(me.key, to_key.clone());
+        let op = StoreOp::Append { target, message: message.clone() };
+        self.store(now, op, Pending::request(me.sid, me.tag, PendingKind::SendPrivate { to_key, message }));
+    }
+
+    fn history(&mut self, now: Now, me: Asker, of: To, before: Option<u64>, given: Option<u64>) {
+        let range = SeqRange::Before { before, limit: limit(given, 50, 500) };
+        let (target, room) = match of {
+            To::Room(room) if !self.state.is_member(&me.user, &room) => {
+                return self.answer(me, Err(not_member(&room)));
             }
-            ClientRequest::Leave { room } => {
-                if !self.state.is_member(&user, &room) {
-                    Err(not_member(&room))
-                } else if guest {
-                    return self.apply_leave(sid, tag, &user, &room);
-                } else {
-                    let op = StoreOp::Leave { user: user.clone(), room: room.clone() };
-                    return self.store(now, op, Pending::Leave { sid, tag, user, room });
-                }
-            }
-            ClientRequest::Send { to, text, id } => {
-                if text.len() > self.config.max_text {
-                    let max = self.config.max_text;
-                    Err(Failure::new(ErrorCode::TooLong, format!("text is limited to {max} bytes")))
-                } else {
-                    let message = NewMessage {
-                        sender: my_key.clone(),
-                        from: user.clone(),
-                        to: None,
-                        text,
-                        client_id: id,
-                        ts: now.unix_ms,
-                        inbox: None,
-                    };
-                    match to {
-                        To::Room(room) if !self.state.is_member(&user, &room) => Err(not_member(&room)),
-                        To::Room(room) => {
-                            let op = StoreOp::Append { target: Target::Room(room.clone()), message: message.clone() };
-                            return self.store(now, op, Pending::SendRoom { sid, tag, room, message });
-                        }
-                        To::User(to) => match self.state.key_of(&to) {
-                            None => Err(no_such_user(&to)),
-                            Some(to_key) if guest && self.config.no_guest_private && !is_guest_key(&to_key) => {
-                                Err(Failure::new(ErrorCode::Forbidden, "guests may not message registered users here"))
-                            }
-                            Some(to_key) => {
-                                let inbox = (!is_guest_key(&to_key)).then(|| self.inbox_bound(&to));
-                                let message = NewMessage { to: Some(to), inbox, ..message };
-                                let target = Target::Conversation(my_key, to_key.clone());
-                                let op = StoreOp::Append { target, message: message.clone() };
-                                return self.store(now, op, Pending::SendPrivate { sid, tag, to_key, message });
-                            }
-                        },
-                    }
-                }
-            }
-            ClientRequest::History { of, before, limit: given } => {
-                let range = SeqRange::Before { before, limit: limit(given, 50, 500) };
-                match of {
-                    To::Room(room) if !self.state.is_member(&user, &room) => Err(not_member(&room)),
-                    To::Room(room) => {
-                        let op = StoreOp::History { target: Target::Room(room.clone()), range };
-                        return self.store(now, op, Pending::History { sid, tag, room: Some(room) });
-                    }
-                    To::User(with) => match self.state.key_of(&with) {
-                        None => Err(no_such_user(&with)),
-                        Some(key) => {
-                            let op = StoreOp::History { target: Target::Conversation(my_key, key), range };
-                            return self.store(now, op, Pending::History { sid, tag, room: None });
-                        }
-                    },
-                }
-            }
-            ClientRequest::Who { room, limit: given } => {
-                let max = limit(given, 100, 1000) as usize;
-                let users: Vec<(String, bool)> = match &room {
-                    Some(room) => self.state.rooms.get(room).map_or_else(Vec::new, |r| {
-                        r.members.iter().take(max).map(|u| (u.clone(), self.state.online.contains_key(u))).collect()
-                    }),
-                    None => self.state.online_names.iter().take(max).map(|u| (u.clone(), true)).collect(),
-                };
-                Ok(Reply::Users(users))
-            }
-            ClientRequest::Rooms { limit: given } => {
-                let max = limit(given, 100, 1000) as usize;
-                let rooms = self.state.by_size.iter().take(max).map(|(n, name)| (name.clone(), n.0)).collect();
-                Ok(Reply::Rooms(rooms))
-            }
-            ClientRequest::Conversations { limit: given } => {
-                let op = StoreOp::Conversations { user: my_key, limit: limit(given, 100, 1000) };
-                return self.store(now, op, Pending::Conversations { sid, tag });
-            }
-            ClientRequest::Read { of, seq } => match of {
-                To::Room(room) if !self.state.is_member(&user, &room) => Err(not_member(&room)),
-                To::Room(room) => {
-                    let op = StoreOp::Read { user: my_key, target: Target::Room(room.clone()), seq };
-                    return self.store(now, op, Pending::Read { sid, tag, user, room: Some(room), with: None, seq });
-                }
-                To::User(with) => match self.state.key_of(&with) {
-                    None => Err(no_such_user(&with)),
-                    Some(key) => {
-                        let op = StoreOp::Read { user: my_key.clone(), target: Target::Conversation(my_key, key), seq };
-                        return self.store(
-                            now,
-                            op,
-                            Pending::Read { sid, tag, user, room: None, with: Some(with), seq },
-                        );
-                    }
-                },
-            },
-            ClientRequest::Typing { to } => match to {
-                To::Room(room) if !self.state.is_member(&user, &room) => Err(not_member(&room)),
-                To::Room(room) => {
-                    let targets = self.room_sessions(&room, None, false);
-                    self.deliver(&targets, &typing_in_room(&room, &user));
-                    Ok(Reply::Done)
-                }
-                To::User(to) => {
-                    if self.state.key_of(&to).is_none() {
-                        Err(no_such_user(&to))
-                    } else {
-                        let targets = self.sessions_of(&to);
-                        self.deliver(&targets, &typing_to_user(&user, &to));
-                        Ok(Reply::Done)
-                    }
-                }
-            },
-            ClientRequest::Ack { with, seq } => match self.state.key_of(&with) {
-                None => Err(no_such_user(&with)),
-                Some(key) => {
-                    let op = StoreOp::Ack { user: my_key, with: key, seq };
-                    return self.store(now, op, Pending::Ack { sid, tag: Some(tag) });
-                }
+            To::Room(room) => (Target::Room(room.clone()), Some(room)),
+            To::User(with) => match self.state.key_of(&with) {
+                None => return self.answer(me, Err(no_such_user(&with))),
+                Some(key) => (Target::Conversation(me.key, key), None),
             },
         };
-        self.reply(sid, tag, result);
+        let op = StoreOp::History { target, range };
+        self.store(now, op, Pending::request(me.sid, me.tag, PendingKind::History { room }));
+    }
+
+    fn who(&mut self, me: Asker, room: Option<String>, given: Option<u64>) {
+        let max = limit(given, 100, 1000) as usize;
+        let users: Vec<(String, bool)> = match &room {
+            Some(room) => self.state.rooms.get(room).map_or_else(Vec::new, |r| {
+                r.members.iter().take(max).map(|u| (u.clone(), self.state.online.contains_key(u))).collect()
+            }),
+            None => self.state.online_names.iter().take(max).map(|u| (u.clone(), true)).collect(),
+        };
+        self.answer(me, Ok(Reply::Users(users)));
+    }
+
+    fn rooms(&mut self, me: Asker, given: Option<u64>) {
+        let max = limit(given, 100, 1000) as usize;
+        let rooms = self.state.by_size.iter().take(max).map(|(n, name)| (name.clone(), n.0)).collect();
+        self.answer(me, Ok(Reply::Rooms(rooms)));
+    }
+
+    fn conversations(&mut self, now: Now, me: Asker, given: Option<u64>) {
+        let op = StoreOp::Conversations { user: me.key, limit: limit(given, 100, 1000) };
+        self.store(now, op, Pending::request(me.sid, me.tag, PendingKind::Conversations));
+    }
+
+    fn read(&mut self, now: Now, me: Asker, of: To, seq: u64) {
+        let (target, room, with) = match of {
+            To::Room(room) if !self.state.is_member(&me.user, &room) => {
+                return self.answer(me, Err(not_member(&room)));
+            }
+            To::Room(room) => (Target::Room(room.clone()), Some(room), None),
+            To::User(with) => match self.state.key_of(&with) {
+                None => return self.answer(me, Err(no_such_user(&with))),
+                Some(key) => (Target::Conversation(me.key.clone(), key), None, Some(with)),
+            },
+        };
+        let Asker { sid, tag, user, key, .. } = me;
+        let op = StoreOp::Read { user: key, target, seq };
+        self.store(now, op, Pending::request(sid, tag, PendingKind::Read { user, room, with, seq }));
+    }
+
+    fn typing(&mut self, me: Asker, to: To) {
+        let (targets, event) = match to {
+            To::Room(room) if !self.state.is_member(&me.user, &room) => {
+                return self.answer(me, Err(not_member(&room)));
+            }
+            To::Room(room) => (self.room_sessions(&room, None, false), typing_in_room(&room, &me.user)),
+            To::User(to) if self.state.key_of(&to).is_none() => return self.answer(me, Err(no_such_user(&to))),
+            To::User(to) => (self.sessions_of(&to), typing_to_user(&me.user, &to)),
+        };
+        self.deliver(&targets, &event);
+        self.answer(me, Ok(Reply::Done));
+    }
+
+    fn ack(&mut self, now: Now, me: Asker, with: String, seq: u64) {
+        let Some(key) = self.state.key_of(&with) else { return self.answer(me, Err(no_such_user(&with))) };
+        let op = StoreOp::Ack { user: me.key, with: key, seq };
+        self.store(now, op, Pending::request(me.sid, me.tag, PendingKind::Ack));
     }
 
     /// A join of a room the user is in: `ok` at once, or the replay.
@@ -255,7 +293,7 @@ impl Hub {
             target: Target::Room(room.clone()),
             range: SeqRange::After { after: since, limit: REPLAY_LIMIT },
         };
-        self.store(now, op, Pending::Replay { sid, tag, room, since });
+        self.store(now, op, Pending::request(sid, tag, PendingKind::Replay { room, since }));
     }
 
     fn complete_replay(
@@ -281,25 +319,8 @@ impl Hub {
         messages.retain(|m| m.seq <= seq);
         // Keep the replay within half the outbound bound, newest first, so a
         // long absence cannot make the session a slow consumer.
-        let budget = self.config.max_queue / 2;
-        let mut bytes = 0;
-        let keep_from = messages
-            .iter()
-            .rposition(|m| {
-                bytes += m.text.len() + m.from.len() + 128;
-                bytes > budget
-            })
-            .map_or(0, |i| i + 1);
-        messages.drain(..keep_from);
-        let recovery = if seq <= since {
-            Recovery { recovered: true, oldest: None }
-        } else {
-            match messages.first() {
-                Some(first) if first.seq == since + 1 => Recovery { recovered: true, oldest: None },
-                Some(first) => Recovery { recovered: false, oldest: Some(first.seq) },
-                None => Recovery { recovered: false, oldest },
-            }
-        };
+        keep_newest_within(&mut messages, self.config.max_queue / 2);
+        let recovery = recovery(seq, since, &messages, oldest);
         let members = self.state.members(&room);
         self.reply(sid, tag, Ok(Reply::Joined { room: room.clone(), seq, members, recovery: Some(recovery) }));
         for m in &messages {
@@ -393,69 +414,105 @@ impl Hub {
 
     /// Finishes a request whose storage work is done.
     pub(super) fn complete(&mut self, now: Now, pending: Pending, result: Result<StoreValue, StoreError>) {
-        match pending {
-            Pending::Authenticate { sid, tag, how } => self.complete_authenticate(now, sid, tag, how, result),
-            Pending::Welcome { sid, tag, user, token, expires_ms } => {
+        let Pending { sid, tag, kind } = pending;
+        match (kind, tag) {
+            (PendingKind::Inbox { cursor, round }, _) => self.complete_inbox(now, sid, cursor, round, result),
+            (PendingKind::Api(call), _) => self.complete_api(sid, call, result),
+            (PendingKind::Ack, tag) => self.complete_ack(now, sid, tag, result),
+            (kind, Some(tag)) => self.complete_request(now, sid, tag, kind, result),
+            // Only the kinds above are stored untagged (`Pending::untagged`).
+            (_, None) => {}
+        }
+    }
+
+    /// Finishes a client request, answering it with `tag`.
+    fn complete_request(
+        &mut self,
+        now: Now,
+        sid: SessionId,
+        tag: Tag,
+        kind: PendingKind,
+        result: Result<StoreValue, StoreError>,
+    ) {
+        match kind {
+            PendingKind::Authenticate(how) => self.complete_authenticate(now, sid, tag, how, result),
+            PendingKind::Welcome { user, token, expires_ms } => {
                 self.complete_welcome(now, sid, tag, user, token, expires_ms, result)
             }
-            Pending::Inbox { sid, cursor, round } => self.complete_inbox(now, sid, cursor, round, result),
-            p @ (Pending::ApiRegister { .. } | Pending::ApiLogin { .. } | Pending::ApiLogout { .. }) => {
-                self.complete_api(now, p, result)
-            }
-            Pending::Join { sid, tag, user, room, since } => match result {
+            PendingKind::Join { user, room, since } => match result {
                 Ok(_) => self.apply_join(now, sid, tag, &user, room, since),
                 Err(_) => {
                     self.unmark_replaying(sid, &room);
                     self.reply(sid, tag, Err(unavailable()))
                 }
             },
-            Pending::Leave { sid, tag, user, room } => match result {
+            PendingKind::Leave { user, room } => match result {
                 Ok(_) => self.apply_leave(sid, tag, &user, &room),
                 Err(_) => self.reply(sid, tag, Err(unavailable())),
             },
-            Pending::Replay { sid, tag, room, since } => self.complete_replay(sid, tag, room, since, result),
-            Pending::SendRoom { sid, tag, room, message } => {
+            PendingKind::Replay { room, since } => self.complete_replay(sid, tag, room, since, result),
+            PendingKind::SendRoom { room, message } => {
                 let sent = result.map_err(|_| unavailable()).and_then(|v| self.deliver_room_message(&room, message, v));
                 self.reply(sid, tag, sent.map(|seq| Reply::Sent { seq }));
             }
-            Pending::SendPrivate { sid, tag, to_key, message } => {
+            PendingKind::SendPrivate { to_key, message } => {
                 let sent =
                     result.map_err(|_| unavailable()).and_then(|v| self.deliver_private(sid, to_key, message, v));
                 self.reply(sid, tag, sent.map(|seq| Reply::Sent { seq }));
             }
-            Pending::History { sid, tag, room } => {
-                let reply = match result {
-                    Ok(StoreValue::Messages { messages, .. }) => Ok(Reply::History { room, messages }),
-                    _ => Err(unavailable()),
-                };
-                self.reply(sid, tag, reply);
+            PendingKind::History { room } => self.reply(sid, tag, history_reply(room, result)),
+            PendingKind::Conversations => self.reply(sid, tag, conversations_reply(result)),
+            PendingKind::Read { user, room, with, seq } => {
+                let mark = read_mark(room.as_deref(), with.as_deref(), seq);
+                self.complete_read(sid, tag, &user, &mark, result)
             }
-            Pending::Conversations { sid, tag } => {
-                let reply = match result {
-                    Ok(StoreValue::Conversations { conversations }) => Ok(Reply::Conversations(
-                        conversations.into_iter().map(|c| (display_name(&c.with).to_string(), c.seq, c.read)).collect(),
-                    )),
-                    _ => Err(unavailable()),
-                };
-                self.reply(sid, tag, reply);
-            }
-            Pending::Read { sid, tag, user, room, with, seq } => match result {
-                Ok(_) => {
-                    let others: Vec<SessionId> = self.sessions_of(&user).into_iter().filter(|s| *s != sid).collect();
-                    self.deliver(&others, &read_mark(room.as_deref(), with.as_deref(), seq));
-                    self.reply(sid, tag, Ok(Reply::Done));
-                }
-                Err(_) => self.reply(sid, tag, Err(unavailable())),
-            },
-            Pending::Ack { sid, tag } => {
-                if result.is_ok() {
-                    self.resume_inbox(now, sid);
-                }
-                if let Some(tag) = tag {
-                    self.reply(sid, tag, result.map(|_| Reply::Done).map_err(|_| unavailable()));
-                }
-            }
+            // Finished by `complete`, tagged or not.
+            PendingKind::Inbox { .. } | PendingKind::Api(_) | PendingKind::Ack => {}
         }
+    }
+
+    /// A read mark is stored: the user's other sessions learn it.
+    fn complete_read(
+        &mut self,
+        sid: SessionId,
+        tag: Tag,
+        user: &str,
+        mark: &Encoded,
+        result: Result<StoreValue, StoreError>,
+    ) {
+        if result.is_err() {
+            return self.reply(sid, tag, Err(unavailable()));
+        }
+        let others: Vec<SessionId> = self.sessions_of(user).into_iter().filter(|s| *s != sid).collect();
+        self.deliver(&others, mark);
+        self.reply(sid, tag, Ok(Reply::Done));
+    }
+
+    /// An ack is stored: a paused inbox goes on, and an `ack` request (not
+    /// the hub's own for a line session) is answered.
+    fn complete_ack(&mut self, now: Now, sid: SessionId, tag: Option<Tag>, result: Result<StoreValue, StoreError>) {
+        if result.is_ok() {
+            self.resume_inbox(now, sid);
+        }
+        if let Some(tag) = tag {
+            self.reply(sid, tag, result.map(|_| Reply::Done).map_err(|_| unavailable()));
+        }
+    }
+}
+
+fn history_reply(room: Option<String>, result: Result<StoreValue, StoreError>) -> Result<Reply, Failure> {
+    match result {
+        Ok(StoreValue::Messages { messages, .. }) => Ok(Reply::History { room, messages }),
+        _ => Err(unavailable()),
+    }
+}
+
+fn conversations_reply(result: Result<StoreValue, StoreError>) -> Result<Reply, Failure> {
+    match result {
+        Ok(StoreValue::Conversations { conversations }) => Ok(Reply::Conversations(
+            conversations.into_iter().map(|c| (display_name(&c.with).to_string(), c.seq, c.read)).collect(),
+        )),
+        _ => Err(unavailable()),
     }
 }
 
@@ -499,6 +556,33 @@ impl Hub {
     }
 }
 
+/// Drops the oldest of `messages` (in `seq` order) until the rest fit in
+/// `budget` bytes, counting each as its text and sender plus its framing.
+fn keep_newest_within(messages: &mut Vec<StoredMessage>, budget: usize) {
+    let mut bytes = 0;
+    let keep_from = messages
+        .iter()
+        .rposition(|m| {
+            bytes += m.text.len() + m.from.len() + 128;
+            bytes > budget
+        })
+        .map_or(0, |i| i + 1);
+    messages.drain(..keep_from);
+}
+
+/// Whether a replay of what came after `since` is whole, given the room's
+/// `seq`, what it sends and the oldest message storage still holds.
+fn recovery(seq: u64, since: u64, messages: &[StoredMessage], oldest: Option<u64>) -> Recovery {
+    if seq <= since {
+        return Recovery { recovered: true, oldest: None };
+    }
+    match messages.first() {
+        Some(first) if first.seq == since + 1 => Recovery { recovered: true, oldest: None },
+        Some(first) => Recovery { recovered: false, oldest: Some(first.seq) },
+        None => Recovery { recovered: false, oldest },
+    }
+}
+
 fn stored(message: NewMessage, seq: u64, ts: u64) -> StoredMessage {
     StoredMessage {
         seq,
@@ -508,5 +592,49 @@ fn stored(message: NewMessage, seq: u64, ts: u64) -> StoredMessage {
         text: message.text,
         client_id: message.client_id,
         ts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(seq: u64, text: &str) -> StoredMessage {
+        StoredMessage {
+            seq,
+            from: "ann".into(),
+            to: None,
+            sender: "ann".into(),
+            text: text.into(),
+            client_id: None,
+            ts: 0,
+        }
+    }
+
+    fn seqs(messages: &[StoredMessage]) -> Vec<u64> {
+        messages.iter().map(|m| m.seq).collect()
+    }
+
+    #[test]
+    fn a_replay_keeps_its_newest_messages_within_the_budget() {
+        // Each costs 128 + 3 + 10 = 141 bytes.
+        let mut messages: Vec<StoredMessage> = (1..=5).map(|seq| message(seq, "0123456789")).collect();
+        keep_newest_within(&mut messages, 3 * 141);
+        assert_eq!(seqs(&messages), [3, 4, 5]);
+        keep_newest_within(&mut messages, 3 * 141 - 1);
+        assert_eq!(seqs(&messages), [4, 5]);
+        keep_newest_within(&mut messages, 0);
+        assert!(messages.is_empty());
+    }
+
+    #[test]
+    fn a_replay_is_recovered_when_it_starts_right_after_since() {
+        let whole = Recovery { recovered: true, oldest: None };
+        assert_eq!(recovery(7, 7, &[], Some(1)), whole, "nothing new");
+        assert_eq!(recovery(9, 7, &[message(8, ""), message(9, "")], Some(1)), whole);
+        let gap = recovery(9, 5, &[message(8, ""), message(9, "")], Some(1));
+        assert_eq!(gap, Recovery { recovered: false, oldest: Some(8) }, "6 and 7 were left out");
+        let purged = recovery(9, 5, &[], Some(9));
+        assert_eq!(purged, Recovery { recovered: false, oldest: Some(9) }, "storage holds no more");
     }
 }

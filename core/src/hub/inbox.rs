@@ -14,7 +14,7 @@
 //! was read, and come with a later page, so each conversation arrives in
 //! `seq` order.
 
-use super::pending::Pending;
+use super::pending::{Pending, PendingKind, Round};
 use super::state::InboxRead;
 use super::Hub;
 use crate::ids::SessionId;
@@ -28,13 +28,6 @@ const PAGE: u32 = 200;
 /// Most messages sent in one round, before waiting for an `ack`.
 const ROUND_MESSAGES: u32 = 1_000;
 
-/// Progress of one round of inbox pages, carried by [`Pending::Inbox`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Round {
-    pub(crate) sent: u32,
-    pub(crate) bytes: usize,
-}
-
 impl Hub {
     /// Starts reading `sid`'s inbox after `cursor`, with a new round.
     pub(super) fn read_inbox(&mut self, now: Now, sid: SessionId, cursor: u64) {
@@ -46,7 +39,7 @@ impl Hub {
 
     fn request_page(&mut self, now: Now, sid: SessionId, user: String, cursor: u64, round: Round) {
         let op = StoreOp::Inbox { user, after: cursor, limit: PAGE };
-        self.store(now, op, Pending::Inbox { sid, cursor, round });
+        self.store(now, op, Pending::untagged(sid, PendingKind::Inbox { cursor, round }));
     }
 
     /// A session acknowledged something: a paused inbox goes on.

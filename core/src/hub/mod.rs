@@ -32,11 +32,11 @@ use crate::ids::SessionId;
 use crate::link::{Tag, ToHub, ToHubInner, ToShard, ToShardInner};
 use crate::metrics::Metrics;
 use crate::render::{ErrorCode, Failure, Reply};
-use crate::store::{StoreDone, StoreOp, StoreRequest, StoredRoom};
+use crate::store::{StoreDone, StoreError, StoreOp, StoreRequest, StoreValue, StoredRoom};
 use crate::time::Now;
 
 pub use crate::render::Encoded;
-use pending::{Pending, PendingTable};
+use pending::{Held, Pending, PendingKind, PendingTable};
 use state::State;
 
 /// An input to the hub.
@@ -165,9 +165,7 @@ impl Hub {
         self.end_graces(now);
         for id in self.pending.expire(now.instant) {
             let Some(p) = self.pending.get_expired(id) else { continue };
-            let (sid, tag) = pending_client(p);
-            let held = held_back(p);
-            let api = matches!(p, Pending::ApiRegister { .. } | Pending::ApiLogin { .. } | Pending::ApiLogout { .. });
+            let (sid, tag, held, api) = (p.sid, p.tag.clone(), p.kind.held_back(), p.kind.is_api());
             self.release(sid, held);
             if let Some(tag) = tag {
                 self.reply(sid, tag, Err(unavailable()));
@@ -180,23 +178,26 @@ impl Hub {
     fn handle_store(&mut self, now: Now, done: StoreDone) {
         let Some((pending, expired)) = self.pending.take(done.id) else { return };
         if expired {
-            // The client was told `unavailable`; only what keeps other
-            // clients' view whole is still applied, and what the hub holds
-            // for the request (a reserved name, a login count) is settled.
-            match (pending, done.result) {
-                (Pending::SendRoom { room, message, .. }, Ok(value)) => {
-                    let _ = self.deliver_room_message(&room, message, value);
-                }
-                (Pending::Authenticate { sid, how, .. }, result) => {
-                    self.cancels.remove(&sid);
-                    self.settle_password(&how, &result);
-                }
-                (p @ (Pending::ApiRegister { .. } | Pending::ApiLogin { .. }), result) => self.settle_api(&p, &result),
-                _ => {}
-            }
-            return;
+            return self.complete_expired(pending, done.result);
         }
         self.complete(now, pending, done.result);
+    }
+
+    /// A completion after its client was told `unavailable`: only what keeps
+    /// other clients' view whole is still applied, and what the hub holds for
+    /// the request (a reserved name, a login count) is settled.
+    fn complete_expired(&mut self, pending: Pending, result: Result<StoreValue, StoreError>) {
+        match (pending.kind, result) {
+            (PendingKind::SendRoom { room, message }, Ok(value)) => {
+                let _ = self.deliver_room_message(&room, message, value);
+            }
+            (PendingKind::Authenticate(how), result) => {
+                self.cancels.remove(&pending.sid);
+                self.settle_password(&how, &result);
+            }
+            (PendingKind::Api(call), result) => self.settle_api(&call, &result),
+            _ => {}
+        }
     }
 
     // ---- output helpers -------------------------------------------------
@@ -277,23 +278,6 @@ fn unavailable() -> Failure {
     Failure::new(ErrorCode::Unavailable, "storage is unavailable; nothing was done")
 }
 
-/// What a pending request holds back for its session until it completes.
-enum Held {
-    Nothing,
-    /// Live messages of a room (a `join` with `since`, or its replay).
-    Room(String),
-    /// Live private messages (an inbox page).
-    Inbox,
-}
-
-fn held_back(p: &Pending) -> Held {
-    match p {
-        Pending::Join { room, since: Some(_), .. } | Pending::Replay { room, .. } => Held::Room(room.clone()),
-        Pending::Inbox { .. } => Held::Inbox,
-        _ => Held::Nothing,
-    }
-}
-
 impl Hub {
     /// A request that held live messages back for `sid` expired: they flow
     /// again, or the session would wait for them for ever. (What an expired
@@ -309,27 +293,6 @@ impl Hub {
                 self.send_held_echoes(sid);
             }
         }
-    }
-}
-
-/// The session and request tag a pending entry answers, if it answers one.
-fn pending_client(p: &Pending) -> (SessionId, Option<Tag>) {
-    match p {
-        Pending::Authenticate { sid, tag, .. }
-        | Pending::Welcome { sid, tag, .. }
-        | Pending::Join { sid, tag, .. }
-        | Pending::Replay { sid, tag, .. }
-        | Pending::Leave { sid, tag, .. }
-        | Pending::SendRoom { sid, tag, .. }
-        | Pending::SendPrivate { sid, tag, .. }
-        | Pending::History { sid, tag, .. }
-        | Pending::Conversations { sid, tag }
-        | Pending::Read { sid, tag, .. } => (*sid, Some(tag.clone())),
-        Pending::Ack { sid, tag } => (*sid, tag.clone()),
-        Pending::Inbox { sid, .. }
-        | Pending::ApiRegister { sid, .. }
-        | Pending::ApiLogin { sid, .. }
-        | Pending::ApiLogout { sid, .. } => (*sid, None),
     }
 }
 

@@ -4,7 +4,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::inbox::Round;
 use super::limits::LoginTicket;
 use crate::ids::SessionId;
 use crate::link::Tag;
@@ -25,94 +24,118 @@ pub(crate) enum AuthKind {
     Register(String),
 }
 
+/// A request waiting for storage: the session it is for, the tag its
+/// answer carries, and what its completion needs.
 #[derive(Debug)]
-pub(crate) enum Pending {
+pub(crate) struct Pending {
+    pub(crate) sid: SessionId,
+    /// `None` when no `reply` answers it: an inbox page, a line session's
+    /// ack, an HTTP API call (answered with a response of its own).
+    pub(crate) tag: Option<Tag>,
+    pub(crate) kind: PendingKind,
+}
+
+impl Pending {
+    /// Work for a client request, answered with `tag`.
+    pub(crate) fn request(sid: SessionId, tag: Tag, kind: PendingKind) -> Pending {
+        Pending { sid, tag: Some(tag), kind }
+    }
+
+    /// Work the session asked for without a tag to answer.
+    pub(crate) fn untagged(sid: SessionId, kind: PendingKind) -> Pending {
+        Pending { sid, tag: None, kind }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum PendingKind {
     /// `CheckToken`, `Verify` or `Register` for a `hello` or a line login.
-    Authenticate {
-        sid: SessionId,
-        tag: Tag,
-        how: AuthKind,
-    },
+    Authenticate(AuthKind),
     /// `ReadMarks`, the last read before `welcome`.
     Welcome {
-        sid: SessionId,
-        tag: Tag,
         user: String,
         token: Option<String>,
         expires_ms: Option<u64>,
     },
     Inbox {
-        sid: SessionId,
         /// Where this page starts.
         cursor: u64,
         round: Round,
     },
-    ApiRegister {
-        sid: SessionId,
-        user: String,
-    },
-    ApiLogin {
-        sid: SessionId,
-        ticket: LoginTicket,
-        user: String,
-    },
-    ApiLogout {
-        sid: SessionId,
-        token: String,
-    },
+    /// A call of the HTTP account API.
+    Api(ApiKind),
     Join {
-        sid: SessionId,
-        tag: Tag,
         user: String,
         room: String,
         since: Option<u64>,
     },
     Replay {
-        sid: SessionId,
-        tag: Tag,
         room: String,
         since: u64,
     },
     Leave {
-        sid: SessionId,
-        tag: Tag,
         user: String,
         room: String,
     },
     SendRoom {
-        sid: SessionId,
-        tag: Tag,
         room: String,
         message: NewMessage,
     },
     SendPrivate {
-        sid: SessionId,
-        tag: Tag,
         to_key: String,
         message: NewMessage,
     },
     History {
-        sid: SessionId,
-        tag: Tag,
         room: Option<String>,
     },
-    Conversations {
-        sid: SessionId,
-        tag: Tag,
-    },
+    Conversations,
     Read {
-        sid: SessionId,
-        tag: Tag,
         user: String,
         room: Option<String>,
         with: Option<String>,
         seq: u64,
     },
-    /// `tag` is `None` for the acks the hub sends for line sessions.
-    Ack {
-        sid: SessionId,
-        tag: Option<Tag>,
-    },
+    /// An `ack` request, or (untagged) the hub's ack for a line session.
+    Ack,
+}
+
+/// What an HTTP account API call is waiting for.
+#[derive(Debug)]
+pub(crate) enum ApiKind {
+    Register { user: String },
+    Login { ticket: LoginTicket, user: String },
+    Logout { token: String },
+}
+
+/// Progress of one round of inbox pages, carried by [`PendingKind::Inbox`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Round {
+    pub(crate) sent: u32,
+    pub(crate) bytes: usize,
+}
+
+/// What a pending request holds back for its session until it completes.
+pub(crate) enum Held {
+    Nothing,
+    /// Live messages of a room (a `join` with `since`, or its replay).
+    Room(String),
+    /// Live private messages (an inbox page).
+    Inbox,
+}
+
+impl PendingKind {
+    pub(crate) fn held_back(&self) -> Held {
+        match self {
+            Self::Join { room, since: Some(_), .. } | Self::Replay { room, .. } => Held::Room(room.clone()),
+            Self::Inbox { .. } => Held::Inbox,
+            _ => Held::Nothing,
+        }
+    }
+
+    /// Whether it answers with an HTTP response rather than a `reply`.
+    pub(crate) fn is_api(&self) -> bool {
+        matches!(self, Self::Api(_))
+    }
 }
 
 /// The pending table. Deadlines are all `STORE_DEADLINE` after submission,

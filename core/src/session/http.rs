@@ -3,7 +3,8 @@
 
 use serde_json::Value;
 
-use super::{Ctx, Phase, Session};
+use super::timers::Timer;
+use super::{Ctx, Login, Phase, Session};
 use crate::config::Config;
 use crate::link::{ApiCall, Auth, Tag, ToHubInner};
 use crate::render::reply::reply_json;
@@ -27,7 +28,7 @@ impl Session {
                 // connection opened (or went idle after its last answer), or
                 // a client could stall the upgrade and then `hello` in turn.
                 if !is_upgrade_path(&request.path) {
-                    self.handshake_at = Some(ctx.now.instant + ctx.config.handshake_timeout);
+                    self.timers.set(Timer::Handshake, ctx.now.instant + ctx.config.handshake_timeout);
                 }
                 self.route(ctx, request);
                 used
@@ -83,7 +84,9 @@ impl Session {
             _ => self.respond_error(ctx, ErrorCode::NotFound, "no such path", close),
         }
         if close && self.paused {
-            self.close_after_reply = true;
+            if let Phase::Http { close_after_reply } = &mut self.phase {
+                *close_after_reply = true;
+            }
         } else if close {
             self.close(ctx, CloseReason::Done);
         }
@@ -139,12 +142,12 @@ impl Session {
         self.outbox.seal();
         // PROTOCOL.md: invalid UTF-8 on `/ws` is a `bad_json` error, not a close.
         let decoder = if echo { Decoder::default() } else { Decoder::lenient_utf8() };
-        self.phase = Phase::Ws { decoder, echo };
+        self.phase = Phase::Ws { decoder, echo, login: Login::Anonymous };
         if echo {
             // An echo has no `hello`: its handshake ends with the upgrade.
-            self.handshake_at = None;
+            self.timers.stop(Timer::Handshake);
         }
-        self.ping_at = Some(ctx.now.instant + ctx.config.heartbeat);
+        self.timers.set(Timer::Ping, ctx.now.instant + ctx.config.heartbeat);
         self.touch(ctx);
     }
 
@@ -157,7 +160,7 @@ impl Session {
                 self.resume(ctx);
             }
             Err(f) => {
-                self.phase = Phase::Http;
+                self.phase = Phase::Http { close_after_reply: false };
                 self.send(ctx, http::upgrade_refused(&f));
                 self.close(ctx, CloseReason::Done);
             }

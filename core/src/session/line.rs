@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 
-use super::{Ctx, LineLogin, Phase, Session};
+use super::{Ctx, Login, Phase, Session};
 use crate::link::{Auth, LineCommand, Tag, ToHubInner};
 use crate::render::reply::{error_line, reply_lines};
 use crate::render::CloseReason;
@@ -43,14 +43,19 @@ impl Session {
         self.send(ctx, error_line(&Failure::new(code, message)));
     }
 
-    fn line_login(&self) -> LineLogin {
+    fn line_login(&self) -> Login {
         match self.phase {
             Phase::Line { login, .. } => login,
-            _ => LineLogin::In,
+            _ => Login::Welcomed,
         }
     }
 
-    fn set_line_login(&mut self, to: LineLogin) {
+    /// Whether lines are commands: the login was answered `ok`.
+    fn logged_in(&self) -> bool {
+        matches!(self.line_login(), Login::Answered | Login::Welcomed)
+    }
+
+    fn set_line_login(&mut self, to: Login) {
         if let Phase::Line { login, .. } = &mut self.phase {
             *login = to;
         }
@@ -64,7 +69,7 @@ impl Session {
     }
 
     fn line_command(&mut self, ctx: &mut Ctx<'_>, text: &str) {
-        if self.line_login() != LineLogin::In {
+        if !self.logged_in() {
             return self.first_line(ctx, text);
         }
         ctx.metrics.messages_received.fetch_add(1, Relaxed);
@@ -77,65 +82,7 @@ impl Session {
                 &format!("more than {rate} lines a second; dropped"),
             );
         }
-        let (command, rest) = match text.strip_prefix('/') {
-            Some(cmd) => cmd.split_once(' ').map_or((cmd, ""), |(c, r)| (c, r.trim())),
-            None => ("", text),
-        };
-        let usage = |s: &str| Failure::new(ErrorCode::BadRequest, format!("usage: {s}"));
-        let (cmd, request) = match (text.starts_with('/'), command) {
-            (false, _) => match self.current_room().clone() {
-                Some(room) => {
-                    (LineCommand::Say, ClientRequest::Send { to: Target::Room(room), text: rest.to_string(), id: None })
-                }
-                None => return self.send_line_error(ctx, ErrorCode::NotMember, "you are in no room; /join ROOM first"),
-            },
-            (true, "quit") => return self.close(ctx, CloseReason::Peer),
-            (true, "help") => return self.send(ctx, Bytes::from_static(HELP.as_bytes())),
-            (true, "join") if !rest.is_empty() && !rest.contains(' ') => {
-                let previous = self.current_room().replace(rest.to_string());
-                (
-                    LineCommand::Join { room: rest.to_string(), previous },
-                    ClientRequest::Join { room: rest.to_string(), since: None },
-                )
-            }
-            (true, "join") => return self.send(ctx, error_line(&usage("/join ROOM"))),
-            (true, "leave") => {
-                let room = if rest.is_empty() { self.current_room().clone() } else { Some(rest.to_string()) };
-                match room {
-                    Some(room) => (LineCommand::Leave(room.clone()), ClientRequest::Leave { room }),
-                    None => return self.send(ctx, error_line(&usage("/leave ROOM"))),
-                }
-            }
-            (true, "msg") => match rest.split_once(' ') {
-                Some((user, text)) if !text.trim().is_empty() => (
-                    LineCommand::Msg,
-                    ClientRequest::Send { to: Target::User(user.to_string()), text: text.trim().to_string(), id: None },
-                ),
-                _ => return self.send(ctx, error_line(&usage("/msg USER text"))),
-            },
-            (true, "who") => match self.current_room().clone() {
-                Some(room) => (LineCommand::Who, ClientRequest::Who { room: Some(room), limit: Some(1000) }),
-                None => (LineCommand::Who, ClientRequest::Who { room: None, limit: Some(1000) }),
-            },
-            (true, "rooms") => (LineCommand::Rooms, ClientRequest::Rooms { limit: None }),
-            (true, "history") => {
-                let limit = if rest.is_empty() { Some(20) } else { rest.parse::<u64>().ok() };
-                match (limit, self.current_room().clone()) {
-                    (None, _) => return self.send(ctx, error_line(&usage("/history [N]"))),
-                    (_, None) => {
-                        return self.send_line_error(ctx, ErrorCode::NotMember, "you are in no room; /join ROOM first")
-                    }
-                    (Some(n), Some(room)) => (
-                        LineCommand::History,
-                        ClientRequest::History { of: Target::Room(room), before: None, limit: Some(n) },
-                    ),
-                }
-            }
-            (true, other) => {
-                let f = Failure::new(ErrorCode::UnknownType, format!("unknown command /{other}; try /help"));
-                return self.send(ctx, error_line(&f));
-            }
-        };
+        let Some((cmd, request)) = self.line_request(ctx, text) else { return };
         // `/join` and `/leave` may wait for storage: hold later lines until
         // they are answered, so that text goes to the room the user expects.
         if matches!(cmd, LineCommand::Join { .. } | LineCommand::Leave(_)) {
@@ -144,9 +91,84 @@ impl Session {
         ctx.to_hub.push(ToHubInner::Request { sid: self.id, tag: Tag::Line(cmd), request });
     }
 
+    /// What a line asks of the hub; `None` when it was answered here.
+    fn line_request(&mut self, ctx: &mut Ctx<'_>, text: &str) -> Option<(LineCommand, ClientRequest)> {
+        let Some(command) = text.strip_prefix('/') else { return self.say(ctx, text) };
+        let (command, rest) = command.split_once(' ').map_or((command, ""), |(c, r)| (c, r.trim()));
+        let usage = |s: &str| error_line(&Failure::new(ErrorCode::BadRequest, format!("usage: {s}")));
+        let answered = match command {
+            "quit" => {
+                self.close(ctx, CloseReason::Peer);
+                return None;
+            }
+            "help" => Bytes::from_static(HELP.as_bytes()),
+            "join" if !rest.is_empty() && !rest.contains(' ') => {
+                let previous = self.current_room().replace(rest.to_string());
+                let request = ClientRequest::Join { room: rest.to_string(), since: None };
+                return Some((LineCommand::Join { room: rest.to_string(), previous }, request));
+            }
+            "join" => usage("/join ROOM"),
+            "leave" => {
+                let room = if rest.is_empty() { self.current_room().clone() } else { Some(rest.to_string()) };
+                match room {
+                    Some(room) => return Some((LineCommand::Leave(room.clone()), ClientRequest::Leave { room })),
+                    None => usage("/leave ROOM"),
+                }
+            }
+            "msg" => match rest.split_once(' ') {
+                Some((user, text)) if !text.trim().is_empty() => {
+                    let to = Target::User(user.to_string());
+                    return Some((
+                        LineCommand::Msg,
+                        ClientRequest::Send { to, text: text.trim().to_string(), id: None },
+                    ));
+                }
+                _ => usage("/msg USER text"),
+            },
+            "who" => {
+                let room = self.current_room().clone();
+                return Some((LineCommand::Who, ClientRequest::Who { room, limit: Some(1000) }));
+            }
+            "rooms" => return Some((LineCommand::Rooms, ClientRequest::Rooms { limit: None })),
+            "history" => return self.history_request(ctx, rest),
+            other => error_line(&Failure::new(ErrorCode::UnknownType, format!("unknown command /{other}; try /help"))),
+        };
+        self.send(ctx, answered);
+        None
+    }
+
+    /// A line that is no command: text for the current room.
+    fn say(&mut self, ctx: &mut Ctx<'_>, text: &str) -> Option<(LineCommand, ClientRequest)> {
+        let Some(room) = self.current_room().clone() else {
+            self.send_line_error(ctx, ErrorCode::NotMember, "you are in no room; /join ROOM first");
+            return None;
+        };
+        Some((LineCommand::Say, ClientRequest::Send { to: Target::Room(room), text: text.to_string(), id: None }))
+    }
+
+    /// `/history [N]`, of the current room.
+    fn history_request(&mut self, ctx: &mut Ctx<'_>, rest: &str) -> Option<(LineCommand, ClientRequest)> {
+        let limit = if rest.is_empty() { Some(20) } else { rest.parse::<u64>().ok() };
+        match (limit, self.current_room().clone()) {
+            (None, _) => {
+                let f = Failure::new(ErrorCode::BadRequest, "usage: /history [N]");
+                self.send(ctx, error_line(&f));
+                None
+            }
+            (_, None) => {
+                self.send_line_error(ctx, ErrorCode::NotMember, "you are in no room; /join ROOM first");
+                None
+            }
+            (Some(n), Some(room)) => {
+                let request = ClientRequest::History { of: Target::Room(room), before: None, limit: Some(n) };
+                Some((LineCommand::History, request))
+            }
+        }
+    }
+
     /// `NICK`, `/login USER PASSWORD` or `/register USER PASSWORD`.
     fn first_line(&mut self, ctx: &mut Ctx<'_>, text: &str) {
-        if self.line_login() == LineLogin::Pending {
+        if self.line_login() == Login::Pending {
             return;
         }
         let mut words = text.split_whitespace();
@@ -171,7 +193,7 @@ impl Session {
                 return self.send(ctx, error_line(&f));
             }
         };
-        self.set_line_login(LineLogin::Pending);
+        self.set_line_login(Login::Pending);
         self.paused = true;
         ctx.to_hub.push(ToHubInner::Hello {
             sid: self.id,
@@ -185,17 +207,22 @@ impl Session {
     pub(super) fn line_reply(&mut self, ctx: &mut Ctx<'_>, cmd: LineCommand, result: &Result<Reply, Failure>) {
         match (&cmd, result) {
             (LineCommand::Login, Ok(_)) => {
-                self.set_line_login(LineLogin::In);
-                self.send(ctx, reply_lines(result));
+                // The hub's `Welcomed` follows this answer; it is never first.
+                if self.line_login() != Login::Welcomed {
+                    self.set_line_login(Login::Answered);
+                }
                 // PROTOCOL.md: the server makes the user a member of `lobby`
-                // and makes it current. Lines wait until that is done.
+                // and makes it current. Lines wait until that is done. (The
+                // room is taken before sending: a slow-consumer close would
+                // end the line phase.)
                 let previous = self.current_room().replace(LOBBY.to_string());
+                self.send(ctx, reply_lines(result));
                 let tag = Tag::Line(LineCommand::Join { room: LOBBY.to_string(), previous });
                 let request = ClientRequest::Join { room: LOBBY.to_string(), since: None };
                 ctx.to_hub.push(ToHubInner::Request { sid: self.id, tag, request });
                 return;
             }
-            (LineCommand::Login, Err(_)) => self.set_line_login(LineLogin::Anonymous),
+            (LineCommand::Login, Err(_)) => self.set_line_login(Login::Anonymous),
             (LineCommand::Join { room, previous }, Err(_)) => {
                 let current = self.current_room();
                 if current.as_deref() == Some(room.as_str()) {

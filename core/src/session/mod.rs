@@ -7,6 +7,7 @@ mod http;
 mod line;
 mod outbox;
 pub(crate) mod rate;
+mod timers;
 mod ws;
 
 use std::io::IoSlice;
@@ -22,13 +23,14 @@ use crate::link::{HubClose, Tag, ToHubInner, ToShardInner};
 use crate::metrics::Metrics;
 use crate::render::reply::error_line;
 use crate::render::{Encoded, ErrorCode, Failure, LineAck};
-use crate::time::{earliest, Now};
+use crate::time::Now;
 use crate::transport::line::LineReader;
 use crate::transport::ws::{close_frame, Decoder};
 
 use crate::render::CloseReason;
 use outbox::Outbox;
 use rate::RateLimit;
+use timers::{Timer, Timers};
 
 /// How long a closing connection may take to flush its goodbye.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
@@ -42,30 +44,49 @@ pub(crate) struct Ctx<'a> {
     pub(crate) to_hub: &'a mut Vec<ToHubInner>,
 }
 
+/// Where a connection is. Each phase holds what only it needs, so a
+/// WebSocket decoder cannot outlive the upgrade's failure, nor a line
+/// reader the close.
 #[derive(Debug)]
 enum Phase {
     /// HTTP/1.1 requests, one at a time.
-    Http,
+    Http {
+        /// The request the hub is answering asked to close after.
+        close_after_reply: bool,
+    },
     /// A `GET /ws?token=` waiting for the hub's verdict on the token.
     Upgrading,
     Ws {
         decoder: Decoder,
         echo: bool,
+        login: Login,
     },
     Line {
         reader: LineReader,
         current: Option<String>,
-        login: LineLogin,
+        login: Login,
+    },
+    /// The goodbye is queued and nothing more is read. What the session
+    /// was still matters to the shard's gauges (`line`) and to counting
+    /// deliveries (`welcomed`).
+    Closing {
+        line: bool,
+        welcomed: bool,
     },
 }
 
+/// A WebSocket `hello`, or a line session's first line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LineLogin {
-    /// Waiting for the first line.
+enum Login {
+    /// Nothing sent yet, or the last attempt was refused.
     Anonymous,
-    /// The first line went to the hub.
+    /// With the hub.
     Pending,
-    In,
+    /// A line login got its `ok`: lines are commands now. The hub's
+    /// `Welcomed` follows it.
+    Answered,
+    /// The hub welcomed the session: events reach it.
+    Welcomed,
 }
 
 /// Which cap refused a new connection.
@@ -91,28 +112,22 @@ pub(crate) struct Session {
     /// their line ends at: acknowledged to the hub once written that far.
     line_acks: Vec<(u64, Arc<LineAck>)>,
     rate: RateLimit,
-    welcomed: bool,
-    /// A WebSocket `hello` is with the hub.
-    hello_pending: bool,
     /// Decoding waits for the hub's answer, so replies keep request order.
+    /// Not part of `Phase`: it outlives the step from `Upgrading` to `Ws`,
+    /// and HTTP, WebSocket and line sessions all pause.
     paused: bool,
-    /// The HTTP request being answered by the hub asked to close after.
-    close_after_reply: bool,
-    closing: Option<CloseReason>,
-    handshake_at: Option<Instant>,
-    idle_at: Option<Instant>,
-    ping_at: Option<Instant>,
-    expires_at: Option<Instant>,
-    linger_at: Option<Instant>,
+    timers: Timers,
 }
 
 impl Session {
     pub(crate) fn new(ctx: &mut Ctx<'_>, id: SessionId, line: bool, peer: IpAddr) -> Session {
         let phase = if line {
-            Phase::Line { reader: LineReader::default(), current: None, login: LineLogin::Anonymous }
+            Phase::Line { reader: LineReader::default(), current: None, login: Login::Anonymous }
         } else {
-            Phase::Http
+            Phase::Http { close_after_reply: false }
         };
+        let mut timers = Timers::default();
+        timers.set(Timer::Handshake, ctx.now.instant + ctx.config.handshake_timeout);
         Session {
             id,
             peer,
@@ -121,16 +136,8 @@ impl Session {
             outbox: Outbox::default(),
             line_acks: Vec::new(),
             rate: RateLimit::new(ctx.now.instant, ctx.config.burst),
-            welcomed: false,
-            hello_pending: false,
             paused: false,
-            close_after_reply: false,
-            closing: None,
-            handshake_at: Some(ctx.now.instant + ctx.config.handshake_timeout),
-            idle_at: None,
-            ping_at: None,
-            expires_at: None,
-            linger_at: None,
+            timers,
         }
     }
 
@@ -139,7 +146,16 @@ impl Session {
     }
 
     pub(crate) fn is_line(&self) -> bool {
-        matches!(self.phase, Phase::Line { .. })
+        matches!(self.phase, Phase::Line { .. } | Phase::Closing { line: true, .. })
+    }
+
+    /// Whether the hub welcomed the session (events reach it).
+    fn welcomed(&self) -> bool {
+        match self.phase {
+            Phase::Ws { login, .. } | Phase::Line { login, .. } => login == Login::Welcomed,
+            Phase::Closing { welcomed, .. } => welcomed,
+            Phase::Http { .. } | Phase::Upgrading => false,
+        }
     }
 
     /// A cap on connections is reached: say which and close.
@@ -166,13 +182,13 @@ impl Session {
 
     pub(crate) fn received(&mut self, ctx: &mut Ctx<'_>, data: &[u8]) {
         ctx.metrics.bytes_in.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        if self.closing.is_some() {
+        if self.is_closing() {
             return;
         }
         self.touch(ctx);
         if self.rbuf.is_empty() {
             let used = self.process(ctx, data);
-            if used < data.len() && self.closing.is_none() {
+            if used < data.len() && !self.is_closing() {
                 self.rbuf.extend_from_slice(&data[used..]);
             }
         } else {
@@ -192,9 +208,13 @@ impl Session {
 
     fn max_buffered(&self, config: &Config) -> usize {
         let per_message = match self.phase {
-            Phase::Http | Phase::Upgrading => crate::transport::http::MAX_HEAD + crate::transport::http::MAX_BODY,
+            Phase::Http { .. } | Phase::Upgrading => {
+                crate::transport::http::MAX_HEAD + crate::transport::http::MAX_BODY
+            }
             Phase::Ws { .. } => config.max_frame + 14,
             Phase::Line { .. } => config.max_line + 2,
+            // Nothing is buffered once closing.
+            Phase::Closing { .. } => 0,
         };
         per_message + 64 * 1024
     }
@@ -202,8 +222,10 @@ impl Session {
     /// Silence timers restart on any input.
     fn touch(&mut self, ctx: &Ctx<'_>) {
         match self.phase {
-            Phase::Ws { .. } => self.idle_at = Some(ctx.now.instant + 2 * ctx.config.heartbeat),
-            Phase::Line { .. } if self.welcomed => self.idle_at = Some(ctx.now.instant + ctx.config.line_idle),
+            Phase::Ws { .. } => self.timers.set(Timer::Idle, ctx.now.instant + 2 * ctx.config.heartbeat),
+            Phase::Line { login: Login::Welcomed, .. } => {
+                self.timers.set(Timer::Idle, ctx.now.instant + ctx.config.line_idle)
+            }
             _ => {}
         }
     }
@@ -211,10 +233,10 @@ impl Session {
     /// Decodes what it can of `buf`; returns the bytes used.
     fn process(&mut self, ctx: &mut Ctx<'_>, buf: &[u8]) -> usize {
         let mut used = 0;
-        while used < buf.len() && !self.paused && self.closing.is_none() {
+        while used < buf.len() && !self.paused {
             let n = match self.phase {
-                Phase::Http => self.process_http(ctx, &buf[used..]),
-                Phase::Upgrading => 0,
+                Phase::Http { .. } => self.process_http(ctx, &buf[used..]),
+                Phase::Upgrading | Phase::Closing { .. } => 0,
                 Phase::Ws { .. } => self.process_ws(ctx, &buf[used..]),
                 Phase::Line { .. } => self.process_line(ctx, &buf[used..]),
             };
@@ -229,7 +251,7 @@ impl Session {
     /// Continues decoding after the hub answered.
     fn resume(&mut self, ctx: &mut Ctx<'_>) {
         self.paused = false;
-        if !self.rbuf.is_empty() && self.closing.is_none() {
+        if !self.rbuf.is_empty() && !self.is_closing() {
             self.process_buffered(ctx);
         }
     }
@@ -240,7 +262,7 @@ impl Session {
         let mut buf = std::mem::take(&mut self.rbuf);
         let used = self.process(ctx, &buf);
         buf.drain(..used);
-        if !buf.is_empty() && self.closing.is_none() {
+        if !buf.is_empty() && !self.is_closing() {
             self.rbuf = buf;
         }
     }
@@ -248,7 +270,7 @@ impl Session {
     /// Queues bytes for the client, closing it as a slow consumer if they
     /// do not fit under `--max-queue`.
     fn send(&mut self, ctx: &mut Ctx<'_>, bytes: Bytes) {
-        if self.closing.is_some() {
+        if self.is_closing() {
             return;
         }
         if self.outbox.push(bytes, ctx.config.max_queue).is_err() {
@@ -266,21 +288,26 @@ impl Session {
     /// Starts closing: queues the goodbye and stops reading. The connection
     /// is dropped once the goodbye is written or `LINGER` has passed.
     pub(crate) fn close(&mut self, ctx: &mut Ctx<'_>, reason: CloseReason) {
-        if self.closing.is_some() {
-            return;
-        }
         match self.phase {
+            Phase::Closing { .. } => return,
             Phase::Ws { .. } => {
                 let (code, text) = reason.ws();
                 self.outbox.push_unbounded(close_frame(code, text));
             }
             Phase::Line { .. } => self.outbox.push_unbounded(reason.line()),
-            Phase::Http | Phase::Upgrading => {}
+            Phase::Http { .. } | Phase::Upgrading => {}
         }
-        self.closing = Some(reason);
+        self.enter_closing(ctx);
+    }
+
+    /// Enters `Closing` once the goodbye is queued: the hub hears of it, input
+    /// stops, and only the linger timer is left.
+    fn enter_closing(&mut self, ctx: &mut Ctx<'_>) {
+        self.phase = Phase::Closing { line: self.is_line(), welcomed: self.welcomed() };
         self.ended(ctx);
         self.rbuf = Vec::new();
-        self.linger_at = Some(ctx.now.instant + LINGER);
+        self.timers.stop_all();
+        self.timers.set(Timer::Linger, ctx.now.instant + LINGER);
     }
 
     /// The session is over for routing: the hub hears it now, before the
@@ -292,12 +319,12 @@ impl Session {
 
     /// Whether the session is closing (and the hub was told).
     pub(crate) fn is_closing(&self) -> bool {
-        self.closing.is_some()
+        matches!(self.phase, Phase::Closing { .. })
     }
 
     /// An event from the hub's fan-out.
     pub(crate) fn deliver(&mut self, ctx: &mut Ctx<'_>, event: &Encoded) {
-        if !self.welcomed {
+        if !self.welcomed() {
             return;
         }
         let line = self.is_line();
@@ -305,13 +332,16 @@ impl Session {
         if !bytes.is_empty() {
             ctx.metrics.messages_delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.send(ctx, bytes.clone());
-            if let (true, Some(ack), None) = (line, &event.ack, self.closing) {
+            if let (true, Some(ack), false) = (line, &event.ack, self.is_closing()) {
                 self.line_acks.push((self.outbox.end(), Arc::clone(ack)));
             }
         }
     }
 
     pub(crate) fn handle_hub(&mut self, ctx: &mut Ctx<'_>, msg: ToShardInner) {
+        if self.is_closing() {
+            return self.handle_hub_closing(ctx, msg);
+        }
         match msg {
             ToShardInner::Deliver { event, .. } => self.deliver(ctx, &event),
             ToShardInner::Reply { tag, result, .. } => match tag {
@@ -319,15 +349,12 @@ impl Session {
                 Tag::Upgrade { key } => self.upgrade_verdict(ctx, &key, result),
                 Tag::Line(cmd) => self.line_reply(ctx, cmd, &result),
             },
-            ToShardInner::Welcomed { expires_ms, .. } => {
-                self.welcomed = true;
-                self.hello_pending = false;
-                self.handshake_at = None;
-                self.expires_at = expires_ms.map(|ms| ctx.now.instant_at_unix_ms(ms).unwrap_or(ctx.now.instant));
-                self.touch(ctx);
-            }
+            ToShardInner::Welcomed { expires_ms, .. } => self.welcome(ctx, expires_ms),
             ToShardInner::Api { response, .. } => {
-                let close = std::mem::take(&mut self.close_after_reply);
+                let close = match &mut self.phase {
+                    Phase::Http { close_after_reply } => std::mem::take(close_after_reply),
+                    _ => false,
+                };
                 self.send(ctx, response.encode(close));
                 if close {
                     self.close(ctx, CloseReason::Done);
@@ -342,24 +369,54 @@ impl Session {
         }
     }
 
+    /// The hub answering a session that already told it it ended: nothing
+    /// reaches the client any more, but a delivery still counts (as it
+    /// did before the close) once the session was welcomed.
+    fn handle_hub_closing(&mut self, ctx: &mut Ctx<'_>, msg: ToShardInner) {
+        match msg {
+            ToShardInner::Deliver { event, .. } => self.deliver(ctx, &event),
+            ToShardInner::Welcomed { .. } => {
+                if let Phase::Closing { welcomed, .. } = &mut self.phase {
+                    *welcomed = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The hub's `Welcomed`: events reach the session, the handshake is over,
+    /// and a token's expiry is a deadline now.
+    fn welcome(&mut self, ctx: &mut Ctx<'_>, expires_ms: Option<u64>) {
+        if let Phase::Ws { login, .. } | Phase::Line { login, .. } = &mut self.phase {
+            *login = Login::Welcomed;
+        }
+        self.timers.stop(Timer::Handshake);
+        match expires_ms {
+            Some(ms) => self.timers.set(Timer::Expiry, ctx.now.instant_at_unix_ms(ms).unwrap_or(ctx.now.instant)),
+            None => self.timers.stop(Timer::Expiry),
+        }
+        self.touch(ctx);
+    }
+
     /// Fires whatever timers are due; early calls do nothing.
     pub(crate) fn timeout(&mut self, ctx: &mut Ctx<'_>) {
         let now = ctx.now.instant;
-        let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
-        if self.closing.is_some() {
+        if self.is_closing() {
             return;
         }
-        if due(self.handshake_at) && !self.welcomed {
+        // No timer but the linger is set once closing, and `Welcomed` stops
+        // the handshake timer for good: only HTTP sets it again.
+        if self.timers.is_due(Timer::Handshake, now) {
             return self.close(ctx, CloseReason::HandshakeTimeout);
         }
-        if due(self.expires_at) {
+        if self.timers.is_due(Timer::Expiry, now) {
             return self.close(ctx, CloseReason::TokenEnded);
         }
-        if due(self.idle_at) {
+        if self.timers.is_due(Timer::Idle, now) {
             return self.close(ctx, CloseReason::Idle);
         }
-        if due(self.ping_at) {
-            self.ping_at = Some(now + ctx.config.heartbeat);
+        if self.timers.is_due(Timer::Ping, now) {
+            self.timers.set(Timer::Ping, now + ctx.config.heartbeat);
             self.send(ctx, ws::PING.clone());
         }
     }
@@ -371,16 +428,11 @@ impl Session {
 
     /// The session is done and its connection can be dropped.
     pub(crate) fn wants_close(&self, now: Instant) -> bool {
-        self.closing.is_some() && (self.outbox.is_empty() || self.linger_at.is_some_and(|t| t <= now))
+        self.is_closing() && (self.outbox.is_empty() || self.timers.is_due(Timer::Linger, now))
     }
 
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        if self.closing.is_some() {
-            return self.linger_at;
-        }
-        let t = earliest(self.handshake_at.filter(|_| !self.welcomed), self.idle_at);
-        let t = earliest(t, self.ping_at);
-        earliest(t, self.expires_at)
+        self.timers.next()
     }
 
     pub(crate) fn outbox<'a>(&'a self, bufs: &mut [IoSlice<'a>]) -> usize {

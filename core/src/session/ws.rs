@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 use bytes::Bytes;
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 
-use super::{Ctx, Phase, Session};
+use super::{Ctx, Login, Phase, Session};
 use crate::link::{Auth, Tag, ToHubInner};
 use crate::render::reply::reply_json;
 use crate::render::CloseReason;
@@ -45,10 +45,7 @@ impl Session {
                 // §5.5.1: echo the status code back, then close.
                 let reply = code.map_or(CloseCode::Normal, CloseCode::from);
                 self.outbox.push_unbounded(close_frame(reply, ""));
-                self.closing = Some(CloseReason::Peer);
-                self.ended(ctx);
-                self.rbuf = Vec::new();
-                self.linger_at = Some(ctx.now.instant + super::LINGER);
+                self.enter_closing(ctx);
             }
             WsEvent::Text(data) if echo => self.send(ctx, text_frame(&data)),
             WsEvent::Binary(data) if echo => self.send(ctx, encode_frame(OpCode::Data(Data::Binary), &data)),
@@ -62,6 +59,19 @@ impl Session {
                 }
             }
             WsEvent::Text(data) => self.ws_request(ctx, &data),
+        }
+    }
+
+    fn ws_login(&self) -> Login {
+        match self.phase {
+            Phase::Ws { login, .. } => login,
+            _ => Login::Anonymous,
+        }
+    }
+
+    fn set_ws_login(&mut self, to: Login) {
+        if let Phase::Ws { login, .. } = &mut self.phase {
+            *login = to;
         }
     }
 
@@ -94,11 +104,11 @@ impl Session {
         let tag = Tag::Ws { reference: decoded.reference.clone(), kind };
         match request {
             ClientRequest::Hello { auth } => {
-                if self.welcomed || self.hello_pending {
+                if self.ws_login() != Login::Anonymous {
                     let f = Failure::new(ErrorCode::AlreadyAuthenticated, "this session has said hello already");
                     return self.ws_reply(ctx, reference, kind, &Err(f));
                 }
-                self.hello_pending = true;
+                self.set_ws_login(Login::Pending);
                 let auth = match auth {
                     HelloAuth::Token(t) => Auth::Token(t),
                     HelloAuth::Guest(n) => Auth::Guest(n),
@@ -106,7 +116,7 @@ impl Session {
                 };
                 ctx.to_hub.push(ToHubInner::Hello { sid: self.id, tag, auth, line: false, peer: self.peer });
             }
-            _ if !self.welcomed => {
+            _ if self.ws_login() != Login::Welcomed => {
                 let f = Failure::new(ErrorCode::Unauthenticated, "send hello first");
                 self.ws_reply(ctx, reference, kind, &Err(f));
             }
@@ -131,8 +141,8 @@ impl Session {
         kind: RequestKind,
         result: &Result<Reply, Failure>,
     ) {
-        if kind == RequestKind::Hello && result.is_err() {
-            self.hello_pending = false;
+        if kind == RequestKind::Hello && result.is_err() && self.ws_login() == Login::Pending {
+            self.set_ws_login(Login::Anonymous);
         }
         self.send(ctx, text_frame(&reply_json(reference, kind.as_str(), result)));
     }

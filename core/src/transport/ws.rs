@@ -86,26 +86,7 @@ impl Decoder {
             Err(_) => return Err(FrameError::Protocol("reserved opcode")),
         };
         let head = cursor.position() as usize;
-        // RFC 6455 §5.5: "All control frames MUST have a payload length of 125
-        // bytes or less and MUST NOT be fragmented."
-        let control = matches!(header.opcode, OpCode::Control(_));
-        if control && (len > 125 || !header.is_final) {
-            return Err(FrameError::Protocol("fragmented or oversized control frame"));
-        }
-        if len > max_message as u64 {
-            return Err(FrameError::TooBig { limit: max_message });
-        }
-        // §5.2: "If a nonzero value is received and none of the negotiated
-        // extensions defines the meaning of such a nonzero value, the receiving
-        // endpoint MUST _Fail the WebSocket Connection_."
-        if header.rsv1 || header.rsv2 || header.rsv3 {
-            return Err(FrameError::Protocol("reserved bits set"));
-        }
-        // §5.1: "The server MUST close the connection upon receiving a frame
-        // that is not masked."
-        let Some(mask) = header.mask else {
-            return Err(FrameError::Protocol("unmasked client frame"));
-        };
+        let mask = check_header(&header, len, max_message)?;
         let len = len as usize;
         if buf.len() < head + len {
             // Fail a message that will be too big before its last fragment
@@ -121,50 +102,68 @@ impl Decoder {
         self.scan = None;
         let mut payload = buf[head..head + len].to_vec();
         unmask(&mut payload, mask);
-        let consumed = head + len;
-        let event = match header.opcode {
-            OpCode::Control(Control::Ping) => Some(WsEvent::Ping(payload)),
-            OpCode::Control(Control::Pong) => Some(WsEvent::Pong),
-            OpCode::Control(Control::Close) => Some(WsEvent::Close(parse_close(&payload)?)),
+        Ok((head + len, self.frame_event(&header, payload, max_message)?))
+    }
+
+    /// The event a whole frame completes, if any.
+    fn frame_event(
+        &mut self,
+        header: &FrameHeader,
+        payload: Vec<u8>,
+        max_message: usize,
+    ) -> Result<Option<WsEvent>, FrameError> {
+        match header.opcode {
+            OpCode::Control(Control::Ping) => Ok(Some(WsEvent::Ping(payload))),
+            OpCode::Control(Control::Pong) => Ok(Some(WsEvent::Pong)),
+            OpCode::Control(Control::Close) => Ok(Some(WsEvent::Close(parse_close(&payload)?))),
             OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
-                return Err(FrameError::Protocol("reserved opcode"))
+                Err(FrameError::Protocol("reserved opcode"))
             }
-            OpCode::Data(Data::Continue) => {
-                let Some((text, mut data)) = self.partial.take().map(|p| *p) else {
-                    return Err(FrameError::Protocol("continuation without a message"));
-                };
-                if data.len() + payload.len() > max_message {
-                    return Err(FrameError::TooBig { limit: max_message });
-                }
-                // The bytes before are checked already: check from their
-                // unfinished character on, not the whole message again.
-                let unchecked = data.len() - unfinished_char(&data).len();
-                data.extend_from_slice(&payload);
-                let strict = text && !self.lenient_utf8;
-                if header.is_final {
-                    Some(finish(text, strict, data)?)
-                } else {
-                    check_utf8_prefix(strict, &data[unchecked..])?;
-                    self.partial = Some(Box::new((text, data)));
-                    None
-                }
-            }
-            OpCode::Data(kind) => {
-                if self.partial.is_some() {
-                    return Err(FrameError::Protocol("new message inside a fragmented one"));
-                }
-                let text = kind == Data::Text;
-                let strict = text && !self.lenient_utf8;
-                if header.is_final {
-                    Some(finish(text, strict, payload)?)
-                } else {
-                    check_utf8_prefix(strict, &payload)?;
-                    self.partial = Some(Box::new((text, payload)));
-                    None
-                }
-            }
+            OpCode::Data(Data::Continue) => self.continue_message(header.is_final, payload, max_message),
+            OpCode::Data(kind) => self.start_message(kind == Data::Text, header.is_final, payload),
+        }
+    }
+
+    /// A continuation frame: adds to the message in progress.
+    fn continue_message(
+        &mut self,
+        is_final: bool,
+        payload: Vec<u8>,
+        max_message: usize,
+    ) -> Result<Option<WsEvent>, FrameError> {
+        let Some((text, mut data)) = self.partial.take().map(|p| *p) else {
+            return Err(FrameError::Protocol("continuation without a message"));
         };
-        Ok((consumed, event))
+        if data.len() + payload.len() > max_message {
+            return Err(FrameError::TooBig { limit: max_message });
+        }
+        // The bytes before are checked already: check from their
+        // unfinished character on, not the whole message again.
+        let unchecked = data.len() - unfinished_char(&data).len();
+        data.extend_from_slice(&payload);
+        let strict = text && !self.lenient_utf8;
+        if is_final {
+            Ok(Some(finish(text, strict, data)?))
+        } else {
+            check_utf8_prefix(strict, &data[unchecked..])?;
+            self.partial = Some(Box::new((text, data)));
+            Ok(None)
+        }
+    }
+
+    /// The first frame of a text or binary message.
+    fn start_message(&mut self, text: bool, is_final: bool, payload: Vec<u8>) -> Result<Option<WsEvent>, FrameError> {
+        if self.partial.is_some() {
+            return Err(FrameError::Protocol("new message inside a fragmented one"));
+        }
+        let strict = text && !self.lenient_utf8;
+        if is_final {
+            Ok(Some(finish(text, strict, payload)?))
+        } else {
+            check_utf8_prefix(strict, &payload)?;
+            self.partial = Some(Box::new((text, payload)));
+            Ok(None)
+        }
     }
 
     /// Checks the newly arrived part of a strict text frame's payload, so
@@ -199,6 +198,29 @@ impl Decoder {
         self.scan = Some(Box::new((checked + new.len(), bytes)));
         Ok(())
     }
+}
+
+/// The rules a frame's header must meet whatever its payload; returns the
+/// client's mask.
+fn check_header(header: &FrameHeader, len: u64, max_message: usize) -> Result<[u8; 4], FrameError> {
+    // RFC 6455 §5.5: "All control frames MUST have a payload length of 125
+    // bytes or less and MUST NOT be fragmented."
+    let control = matches!(header.opcode, OpCode::Control(_));
+    if control && (len > 125 || !header.is_final) {
+        return Err(FrameError::Protocol("fragmented or oversized control frame"));
+    }
+    if len > max_message as u64 {
+        return Err(FrameError::TooBig { limit: max_message });
+    }
+    // §5.2: "If a nonzero value is received and none of the negotiated
+    // extensions defines the meaning of such a nonzero value, the receiving
+    // endpoint MUST _Fail the WebSocket Connection_."
+    if header.rsv1 || header.rsv2 || header.rsv3 {
+        return Err(FrameError::Protocol("reserved bits set"));
+    }
+    // §5.1: "The server MUST close the connection upon receiving a frame
+    // that is not masked."
+    header.mask.ok_or(FrameError::Protocol("unmasked client frame"))
 }
 
 /// The unfinished character at the end of `data`, which is valid UTF-8 up

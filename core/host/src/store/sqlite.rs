@@ -717,20 +717,7 @@ fn pair<'a>(a: &'a str, b: &'a str) -> (&'a str, &'a str) {
 fn run_op(conn: &Connection, op: &StoreOp) -> rusqlite::Result<StoreValue> {
     match op {
         StoreOp::LoadAll => load_all(conn),
-        StoreOp::CheckToken { token, now_ms } => {
-            let row = conn
-                .prepare_cached("SELECT user, expires_ms, revoked FROM tokens WHERE hash = ?1")?
-                .query_row([token_hash(token)], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, bool>(2)?))
-                })
-                .optional()?;
-            Ok(match row {
-                Some((user, expires, false)) if int(*now_ms) < expires => {
-                    StoreValue::TokenUser { user, expires_ms: uint(expires) }
-                }
-                _ => StoreValue::Rejected,
-            })
-        }
+        StoreOp::CheckToken { token, now_ms } => check_token(conn, token, *now_ms),
         StoreOp::Revoke { token } => {
             let user = conn
                 .prepare_cached("UPDATE tokens SET revoked = 1 WHERE hash = ?1 RETURNING user")?
@@ -738,15 +725,7 @@ fn run_op(conn: &Connection, op: &StoreOp) -> rusqlite::Result<StoreValue> {
                 .optional()?;
             Ok(StoreValue::Revoked { user })
         }
-        StoreOp::Join { user, room } => {
-            conn.prepare_cached("INSERT INTO rooms (name, seq) VALUES (?1, 0) ON CONFLICT (name) DO NOTHING")?
-                .execute([room])?;
-            conn.prepare_cached(
-                "INSERT INTO members (room, user, read) VALUES (?1, ?2, 0) ON CONFLICT (room, user) DO NOTHING",
-            )?
-            .execute([room, user])?;
-            Ok(StoreValue::Done)
-        }
+        StoreOp::Join { user, room } => join(conn, user, room),
         StoreOp::Leave { user, room } => {
             conn.prepare_cached("DELETE FROM members WHERE room = ?1 AND user = ?2")?.execute([room, user])?;
             Ok(StoreValue::Done)
@@ -755,40 +734,8 @@ fn run_op(conn: &Connection, op: &StoreOp) -> rusqlite::Result<StoreValue> {
         StoreOp::History { target, range } => history(conn, target, *range),
         StoreOp::Inbox { user, after, limit } => inbox(conn, user, *after, *limit),
         StoreOp::Ack { user, with, seq } => ack(conn, user, with, *seq),
-        StoreOp::Read { user, target, seq } => {
-            match target {
-                Target::Room(room) => {
-                    conn.prepare_cached("UPDATE members SET read = max(read, ?3) WHERE room = ?1 AND user = ?2")?
-                        .execute(params![room, user, int(*seq)])?;
-                }
-                Target::Conversation(a, b) => {
-                    // The contract puts `user` first; accept either order.
-                    let peer = if a == user { b } else { a };
-                    conn.prepare_cached(
-                        "INSERT INTO conv_marks (user, peer, read, ack) VALUES (?1, ?2, ?3, 0)
-                         ON CONFLICT (user, peer) DO UPDATE SET read = max(read, excluded.read)",
-                    )?
-                    .execute(params![user, peer, int(*seq)])?;
-                }
-            }
-            Ok(StoreValue::Done)
-        }
-        StoreOp::Conversations { user, limit } => {
-            let mut st = conn.prepare_cached(
-                "SELECT p.peer, p.seq, coalesce(k.read, 0)
-                 FROM (SELECT CASE WHEN lo = ?1 THEN hi ELSE lo END AS peer, seq, last_order
-                       FROM conversations WHERE lo = ?1 OR hi = ?1) AS p
-                 LEFT JOIN conv_marks AS k ON k.user = ?1 AND k.peer = p.peer
-                 ORDER BY p.last_order DESC
-                 LIMIT ?2",
-            )?;
-            let conversations = st
-                .query_map(params![user, i64::from(*limit)], |r| {
-                    Ok(ConversationSummary { with: r.get(0)?, seq: uint(r.get(1)?), read: uint(r.get(2)?) })
-                })?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(StoreValue::Conversations { conversations })
-        }
+        StoreOp::Read { user, target, seq } => read(conn, user, target, *seq),
+        StoreOp::Conversations { user, limit } => conversations(conn, user, *limit),
         StoreOp::ReadMarks { user } => {
             let mut st = conn.prepare_cached("SELECT room, read FROM members WHERE user = ?1 ORDER BY room")?;
             let marks = st.query_map([user], |r| Ok((r.get(0)?, uint(r.get(1)?))))?.collect::<rusqlite::Result<_>>()?;
@@ -798,6 +745,65 @@ fn run_op(conn: &Connection, op: &StoreOp) -> rusqlite::Result<StoreValue> {
             Err(rusqlite::Error::InvalidParameterName("password operations do not run in a batch".into()))
         }
     }
+}
+
+fn check_token(conn: &Connection, token: &str, now_ms: u64) -> rusqlite::Result<StoreValue> {
+    let row = conn
+        .prepare_cached("SELECT user, expires_ms, revoked FROM tokens WHERE hash = ?1")?
+        .query_row([token_hash(token)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, bool>(2)?)))
+        .optional()?;
+    Ok(match row {
+        Some((user, expires, false)) if int(now_ms) < expires => {
+            StoreValue::TokenUser { user, expires_ms: uint(expires) }
+        }
+        _ => StoreValue::Rejected,
+    })
+}
+
+fn join(conn: &Connection, user: &str, room: &str) -> rusqlite::Result<StoreValue> {
+    conn.prepare_cached("INSERT INTO rooms (name, seq) VALUES (?1, 0) ON CONFLICT (name) DO NOTHING")?
+        .execute([room])?;
+    conn.prepare_cached(
+        "INSERT INTO members (room, user, read) VALUES (?1, ?2, 0) ON CONFLICT (room, user) DO NOTHING",
+    )?
+    .execute([room, user])?;
+    Ok(StoreValue::Done)
+}
+
+fn read(conn: &Connection, user: &str, target: &Target, seq: u64) -> rusqlite::Result<StoreValue> {
+    match target {
+        Target::Room(room) => {
+            conn.prepare_cached("UPDATE members SET read = max(read, ?3) WHERE room = ?1 AND user = ?2")?
+                .execute(params![room, user, int(seq)])?;
+        }
+        Target::Conversation(a, b) => {
+            // The contract puts `user` first; accept either order.
+            let peer = if a == user { b } else { a };
+            conn.prepare_cached(
+                "INSERT INTO conv_marks (user, peer, read, ack) VALUES (?1, ?2, ?3, 0)
+                 ON CONFLICT (user, peer) DO UPDATE SET read = max(read, excluded.read)",
+            )?
+            .execute(params![user, peer, int(seq)])?;
+        }
+    }
+    Ok(StoreValue::Done)
+}
+
+fn conversations(conn: &Connection, user: &str, limit: u32) -> rusqlite::Result<StoreValue> {
+    let mut st = conn.prepare_cached(
+        "SELECT p.peer, p.seq, coalesce(k.read, 0)
+         FROM (SELECT CASE WHEN lo = ?1 THEN hi ELSE lo END AS peer, seq, last_order
+               FROM conversations WHERE lo = ?1 OR hi = ?1) AS p
+         LEFT JOIN conv_marks AS k ON k.user = ?1 AND k.peer = p.peer
+         ORDER BY p.last_order DESC
+         LIMIT ?2",
+    )?;
+    let conversations = st
+        .query_map(params![user, i64::from(limit)], |r| {
+            Ok(ConversationSummary { with: r.get(0)?, seq: uint(r.get(1)?), read: uint(r.get(2)?) })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(StoreValue::Conversations { conversations })
 }
 
 fn load_all(conn: &Connection) -> rusqlite::Result<StoreValue> {
