@@ -354,60 +354,18 @@ impl FakeStore {
 }
 
 impl Data {
+    /// One function per operation, as the SQLite backend has.
     fn apply(&mut self, op: &StoreOp) -> StoreValue {
         match op {
-            StoreOp::LoadAll => {
-                let users = self.users.keys().cloned().collect();
-                let rooms = self
-                    .rooms
-                    .iter()
-                    .filter(|(_, r)| r.seq > 0 || !r.members.is_empty())
-                    .map(|(name, r)| StoredRoom {
-                        name: name.clone(),
-                        seq: r.seq,
-                        members: r.members.keys().cloned().collect(),
-                    })
-                    .collect();
-                StoreValue::Snapshot { users, rooms }
-            }
-            StoreOp::Register { user, password, .. } => {
-                if self.users.contains_key(user) {
-                    StoreValue::NameTaken
-                } else {
-                    self.users.insert(user.clone(), password.clone());
-                    StoreValue::Registered
-                }
-            }
-            StoreOp::Login { user, password, now_ms, ttl_ms, .. } => {
-                if self.users.get(user) != Some(password) {
-                    return StoreValue::Rejected;
-                }
-                self.tokens_issued += 1;
-                let token = format!("tok{}-{user}", self.tokens_issued);
-                let expires_ms = now_ms + ttl_ms;
-                self.tokens.insert(token.clone(), Token { user: user.clone(), expires_ms, revoked: false });
-                StoreValue::Token { token, expires_ms }
-            }
-            StoreOp::Verify { user, password, .. } => {
-                if self.users.get(user) == Some(password) {
-                    StoreValue::Verified
-                } else {
-                    StoreValue::Rejected
-                }
-            }
-            StoreOp::CheckToken { token, now_ms } => match self.tokens.get(token) {
-                Some(t) if !t.revoked && *now_ms < t.expires_ms => {
-                    StoreValue::TokenUser { user: t.user.clone(), expires_ms: t.expires_ms }
-                }
-                _ => StoreValue::Rejected,
+            StoreOp::LoadAll => self.load_all(),
+            StoreOp::Register { user, password, .. } => self.register(user, password),
+            StoreOp::Login { user, password, now_ms, ttl_ms, .. } => self.login(user, password, now_ms + ttl_ms),
+            StoreOp::Verify { user, password, .. } => match self.users.get(user) == Some(password) {
+                true => StoreValue::Verified,
+                false => StoreValue::Rejected,
             },
-            StoreOp::Revoke { token } => match self.tokens.get_mut(token) {
-                Some(t) => {
-                    t.revoked = true;
-                    StoreValue::Revoked { user: Some(t.user.clone()) }
-                }
-                None => StoreValue::Revoked { user: None },
-            },
+            StoreOp::CheckToken { token, now_ms } => self.check_token(token, *now_ms),
+            StoreOp::Revoke { token } => self.revoke(token),
             StoreOp::Join { user, room } => {
                 self.rooms.entry(room.clone()).or_default().members.entry(user.clone()).or_insert(0);
                 StoreValue::Done
@@ -419,79 +377,11 @@ impl Data {
                 StoreValue::Done
             }
             StoreOp::Append { target, message } => self.append(target, message),
-            StoreOp::History { target, range } => {
-                let messages: &[StoredMessage] = match target {
-                    Target::Room(room) => self.rooms.get(room).map_or(&[], |r| &r.messages),
-                    Target::Conversation(a, b) => self.conversations.get(&pair(a, b)).map_or(&[], |c| &c.messages),
-                };
-                let oldest = messages.first().map(|m| m.seq);
-                let (after, before, limit) = match *range {
-                    SeqRange::Before { before, limit } => (0, before.unwrap_or(u64::MAX), limit),
-                    SeqRange::After { after, limit } => (after, u64::MAX, limit),
-                };
-                let window: Vec<&StoredMessage> = messages.iter().filter(|m| m.seq > after && m.seq < before).collect();
-                let skip = window.len().saturating_sub(limit as usize);
-                let messages = window[skip..].iter().map(|m| (*m).clone()).collect();
-                StoreValue::Messages { messages, oldest }
-            }
-            StoreOp::Inbox { user, after, limit } => {
-                let mut cursor = *after;
-                let messages = self
-                    .inbox
-                    .iter()
-                    .filter(|(at, to, ..)| *at > *after && to == user)
-                    .take(*limit as usize)
-                    .filter_map(|(at, _, key, seq)| {
-                        cursor = *at;
-                        let message = self.conversations.get(key)?.messages.iter().find(|m| m.seq == *seq)?;
-                        let with = if key.0 == *user { key.1.clone() } else { key.0.clone() };
-                        Some(InboxMessage { with, message: message.clone() })
-                    })
-                    .collect();
-                StoreValue::Inbox { messages, cursor }
-            }
-            StoreOp::Ack { user, with, seq } => {
-                let mark = self.marks.entry((user.clone(), with.clone())).or_default();
-                mark.1 = mark.1.max(*seq);
-                let key = pair(user, with);
-                self.inbox.retain(|(_, to, k, s)| !(to == user && *k == key && s <= seq));
-                StoreValue::Done
-            }
-            StoreOp::Read { user, target, seq } => {
-                match target {
-                    Target::Room(room) => {
-                        if let Some(read) = self.rooms.get_mut(room).and_then(|r| r.members.get_mut(user)) {
-                            *read = (*read).max(*seq);
-                        }
-                    }
-                    Target::Conversation(a, b) => {
-                        let peer = if a == user { b } else { a };
-                        let mark = self.marks.entry((user.clone(), peer.clone())).or_default();
-                        mark.0 = mark.0.max(*seq);
-                    }
-                }
-                StoreValue::Done
-            }
-            StoreOp::Conversations { user, limit } => {
-                let mut list: Vec<(u64, ConversationSummary)> = self
-                    .conversations
-                    .iter()
-                    .filter_map(|((a, b), c)| {
-                        let peer = if a == user {
-                            b
-                        } else if b == user {
-                            a
-                        } else {
-                            return None;
-                        };
-                        let read = self.marks.get(&(user.clone(), peer.clone())).map_or(0, |m| m.0);
-                        Some((c.last_ts, ConversationSummary { with: peer.clone(), seq: c.seq, read }))
-                    })
-                    .collect();
-                list.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.seq.cmp(&a.1.seq)).then(a.1.with.cmp(&b.1.with)));
-                let conversations = list.into_iter().take(*limit as usize).map(|(_, c)| c).collect();
-                StoreValue::Conversations { conversations }
-            }
+            StoreOp::History { target, range } => self.history(target, *range),
+            StoreOp::Inbox { user, after, limit } => self.inbox_page(user, *after, *limit),
+            StoreOp::Ack { user, with, seq } => self.ack(user, with, *seq),
+            StoreOp::Read { user, target, seq } => self.read(user, target, *seq),
+            StoreOp::Conversations { user, limit } => self.conversation_list(user, *limit),
             StoreOp::ReadMarks { user } => {
                 let marks = self
                     .rooms
@@ -501,6 +391,136 @@ impl Data {
                 StoreValue::ReadMarks { marks }
             }
         }
+    }
+
+    fn load_all(&self) -> StoreValue {
+        let users = self.users.keys().cloned().collect();
+        let rooms = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.seq > 0 || !r.members.is_empty())
+            .map(|(name, r)| StoredRoom {
+                name: name.clone(),
+                seq: r.seq,
+                members: r.members.keys().cloned().collect(),
+            })
+            .collect();
+        StoreValue::Snapshot { users, rooms }
+    }
+
+    fn register(&mut self, user: &str, password: &str) -> StoreValue {
+        if self.users.contains_key(user) {
+            return StoreValue::NameTaken;
+        }
+        self.users.insert(user.to_string(), password.to_string());
+        StoreValue::Registered
+    }
+
+    fn login(&mut self, user: &str, password: &str, expires_ms: u64) -> StoreValue {
+        if self.users.get(user).map(String::as_str) != Some(password) {
+            return StoreValue::Rejected;
+        }
+        self.tokens_issued += 1;
+        let token = format!("tok{}-{user}", self.tokens_issued);
+        self.tokens.insert(token.clone(), Token { user: user.to_string(), expires_ms, revoked: false });
+        StoreValue::Token { token, expires_ms }
+    }
+
+    fn check_token(&self, token: &str, now_ms: u64) -> StoreValue {
+        match self.tokens.get(token) {
+            Some(t) if !t.revoked && now_ms < t.expires_ms => {
+                StoreValue::TokenUser { user: t.user.clone(), expires_ms: t.expires_ms }
+            }
+            _ => StoreValue::Rejected,
+        }
+    }
+
+    fn revoke(&mut self, token: &str) -> StoreValue {
+        match self.tokens.get_mut(token) {
+            Some(t) => {
+                t.revoked = true;
+                StoreValue::Revoked { user: Some(t.user.clone()) }
+            }
+            None => StoreValue::Revoked { user: None },
+        }
+    }
+
+    fn history(&self, target: &Target, range: SeqRange) -> StoreValue {
+        let messages: &[StoredMessage] = match target {
+            Target::Room(room) => self.rooms.get(room).map_or(&[], |r| &r.messages),
+            Target::Conversation(a, b) => self.conversations.get(&pair(a, b)).map_or(&[], |c| &c.messages),
+        };
+        let oldest = messages.first().map(|m| m.seq);
+        let (after, before, limit) = match range {
+            SeqRange::Before { before, limit } => (0, before.unwrap_or(u64::MAX), limit),
+            SeqRange::After { after, limit } => (after, u64::MAX, limit),
+        };
+        let window: Vec<&StoredMessage> = messages.iter().filter(|m| m.seq > after && m.seq < before).collect();
+        let skip = window.len().saturating_sub(limit as usize);
+        let messages = window[skip..].iter().map(|m| (*m).clone()).collect();
+        StoreValue::Messages { messages, oldest }
+    }
+
+    fn inbox_page(&self, user: &str, after: u64, limit: u32) -> StoreValue {
+        let mut cursor = after;
+        let messages = self
+            .inbox
+            .iter()
+            .filter(|(at, to, ..)| *at > after && to == user)
+            .take(limit as usize)
+            .filter_map(|(at, _, key, seq)| {
+                cursor = *at;
+                let message = self.conversations.get(key)?.messages.iter().find(|m| m.seq == *seq)?;
+                let with = if key.0 == user { key.1.clone() } else { key.0.clone() };
+                Some(InboxMessage { with, message: message.clone() })
+            })
+            .collect();
+        StoreValue::Inbox { messages, cursor }
+    }
+
+    fn ack(&mut self, user: &str, with: &str, seq: u64) -> StoreValue {
+        let mark = self.marks.entry((user.to_string(), with.to_string())).or_default();
+        mark.1 = mark.1.max(seq);
+        let key = pair(user, with);
+        self.inbox.retain(|(_, to, k, s)| !(to == user && *k == key && *s <= seq));
+        StoreValue::Done
+    }
+
+    fn read(&mut self, user: &str, target: &Target, seq: u64) -> StoreValue {
+        match target {
+            Target::Room(room) => {
+                if let Some(read) = self.rooms.get_mut(room).and_then(|r| r.members.get_mut(user)) {
+                    *read = (*read).max(seq);
+                }
+            }
+            Target::Conversation(a, b) => {
+                let peer = if a == user { b } else { a };
+                let mark = self.marks.entry((user.to_string(), peer.clone())).or_default();
+                mark.0 = mark.0.max(seq);
+            }
+        }
+        StoreValue::Done
+    }
+
+    fn conversation_list(&self, user: &str, limit: u32) -> StoreValue {
+        let mut list: Vec<(u64, ConversationSummary)> = self
+            .conversations
+            .iter()
+            .filter_map(|((a, b), c)| {
+                let peer = if a == user {
+                    b
+                } else if b == user {
+                    a
+                } else {
+                    return None;
+                };
+                let read = self.marks.get(&(user.to_string(), peer.clone())).map_or(0, |m| m.0);
+                Some((c.last_ts, ConversationSummary { with: peer.clone(), seq: c.seq, read }))
+            })
+            .collect();
+        list.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.seq.cmp(&a.1.seq)).then(a.1.with.cmp(&b.1.with)));
+        let conversations = list.into_iter().take(limit as usize).map(|(_, c)| c).collect();
+        StoreValue::Conversations { conversations }
     }
 
     fn append(&mut self, target: &Target, m: &NewMessage) -> StoreValue {

@@ -176,7 +176,11 @@ impl Hub {
     }
 
     fn handle_store(&mut self, now: Now, done: StoreDone) {
-        let Some((pending, expired)) = self.pending.take(done.id) else { return };
+        let Some((pending, expired)) = self.pending.take(done.id) else {
+            // Storage answers each request once, and only what was asked.
+            debug_assert!(false, "a completion for {:?}, which is not pending", done.id);
+            return;
+        };
         if expired {
             return self.complete_expired(pending, done.result);
         }
