@@ -76,6 +76,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Open connections from `peer` (not rendered on `/metrics`: addresses
+    /// are the users'; for tests and diagnostics).
+    pub fn connections_from(&self, peer: std::net::IpAddr) -> u32 {
+        self.per_address.count(peer)
+    }
+
     /// Adds `n` to a counter.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);

@@ -62,14 +62,6 @@ fn address(peer: IpAddr) -> IpAddr {
     }
 }
 
-impl crate::metrics::Metrics {
-    /// Open connections from `peer` (not rendered on `/metrics`: addresses
-    /// are the users'; for tests and diagnostics).
-    pub fn connections_from(&self, peer: IpAddr) -> u32 {
-        self.per_address.count(peer)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -775,7 +775,7 @@ fn run(topology: Topology, seed: u64, ops: &[Op]) -> Result<(), TestCaseError> {
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(128)
+    std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(512)
 }
 
 /// The topologies a node runs in: one shard with the hub (`--threads 1`),
