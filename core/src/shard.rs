@@ -284,18 +284,24 @@ impl Shard {
         }
     }
 
-    /// Fires every session timer that is due.
+    /// Fires every session timer that is due, each once: a session that
+    /// left a deadline in the past (a bug) fires again at the next
+    /// `Timeout`, so the shard never spins inside one input.
     fn timeout(&mut self, now: Now) {
+        let mut due = Vec::new();
         while let Some(&Reverse((at, key))) = self.timers.peek() {
             if at > now.instant {
                 break;
             }
             self.timers.pop();
-            let Some(e) = self.entries.get_mut(key) else { continue };
-            if e.scheduled != Some(at) {
-                continue;
+            if let Some(e) = self.entries.get_mut(key) {
+                if e.scheduled == Some(at) {
+                    e.scheduled = None;
+                    due.push(key);
+                }
             }
-            e.scheduled = None;
+        }
+        for key in due {
             let _ = self.with_session(now, key, |s, ctx| s.timeout(ctx));
         }
     }

@@ -802,9 +802,10 @@ fn clients_see_what_the_protocol_promises() {
         run(topology, seed, &all)
     });
     let ran = ran.into_inner();
-    eprintln!("clients_see_what_the_protocol_promises: {} cases: {ran:?}", ran.values().sum::<u32>());
+    let summary = format!("{} cases by topology: {ran:?}", ran.values().sum::<u32>());
+    eprintln!("clients_see_what_the_protocol_promises: {summary}");
     if let Err(e) = result {
-        panic!("{e}");
+        panic!("{e}\n(after {summary})");
     }
 }
 

@@ -81,3 +81,32 @@ fn a_busy_script_keeps_every_promise_with_the_hub_apart() {
     let ran = run(&Input { knobs: knobs(true), ops: busy() });
     assert!(ran.events > 100 && ran.stored > 20, "{ran:?}");
 }
+
+/// Found by the `core` fuzz target (a timeout): with a 128-byte queue, the
+/// `101` of a `?token=` upgrade alone passed the bound, the session closed as
+/// a slow consumer, and the switch to WebSocket then reopened it: a session
+/// the hub thought gone, with a linger deadline in the past, on which the
+/// shard's timer loop spun for ever.
+#[test]
+fn regression_a_101_past_the_queue_bound_closes_the_session_for_good() {
+    let knobs = Knobs {
+        remote_hub: true,
+        max_queue: 0,
+        max_frame: 0,
+        max_text: 0,
+        max_line: 0,
+        rate: 0,
+        burst: 48,
+        max_rooms: 2,
+        max_connections: 10,
+        no_guests: false,
+        token_ttl_s: 3599,
+    };
+    let ops = vec![
+        Op::OpenHttp { shard: false },
+        Op::OpenHttp { shard: true },
+        Op::Upgrade { conn: 0, to: UpgradeTo::WsToken(0) },
+        Op::Upgrade { conn: 1, to: UpgradeTo::Ws },
+    ];
+    run(&Input { knobs, ops });
+}

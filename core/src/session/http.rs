@@ -137,6 +137,11 @@ impl Session {
 
     fn become_ws(&mut self, ctx: &mut Ctx<'_>, key: &str, echo: bool) {
         self.send(ctx, accept_response(key));
+        if self.is_closing() {
+            // The `101` alone passed `--max-queue`: the session closed as a
+            // slow consumer, and a closing session never opens again.
+            return;
+        }
         // A slow-consumer close must not drop the `101` (or a response
         // before it): the close frame would follow nothing.
         self.outbox.seal();
@@ -156,6 +161,9 @@ impl Session {
         match result {
             Ok(reply) => {
                 self.become_ws(ctx, key, false);
+                if self.is_closing() {
+                    return;
+                }
                 self.send(ctx, text_frame(&reply_json(None, "hello", &Ok(reply))));
                 self.resume(ctx);
             }
