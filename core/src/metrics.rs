@@ -73,6 +73,17 @@ pub struct Metrics {
     pub store_latency_us_sum: AtomicU64,
     /// Storage transactions (each holds a batch of requests).
     pub store_batches: AtomicU64,
+    /// Set when the node is in a cluster (`--redis`): the bus metrics are
+    /// rendered only then.
+    pub cluster: std::sync::atomic::AtomicBool,
+    /// 1 while the Redis subscription is connected and its probes come back.
+    pub bus_up: AtomicI64,
+    /// Publishes Redis accepted.
+    pub bus_published: AtomicU64,
+    /// Publishes that failed (the other nodes' periodic check finds them).
+    pub bus_publish_errors: AtomicU64,
+    /// Probes of the node's own subscription that did not come back in time.
+    pub bus_probe_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -99,7 +110,35 @@ impl Metrics {
         self.render_traffic(&mut out);
         self.render_limits(&mut out);
         self.render_store(&mut out);
+        if self.cluster.load(Relaxed) {
+            self.render_cluster(&mut out);
+        }
         out.0
+    }
+
+    /// The link to the other nodes, when in a cluster.
+    fn render_cluster(&self, out: &mut Exposition) {
+        out.metric(
+            "natter_bus_up",
+            "gauge",
+            "1 while the Redis subscription is connected and delivering.",
+            &[("", gauge(&self.bus_up) as f64)],
+        );
+        out.metric(
+            "natter_bus_publishes_total",
+            "counter",
+            "Publishes to Redis, by outcome.",
+            &[
+                ("{outcome=\"ok\"}", count(&self.bus_published) as f64),
+                ("{outcome=\"error\"}", count(&self.bus_publish_errors) as f64),
+            ],
+        );
+        out.metric(
+            "natter_bus_probe_failures_total",
+            "counter",
+            "Probes of the node's own subscription that did not come back in time.",
+            &[("", count(&self.bus_probe_failures) as f64)],
+        );
     }
 
     /// Connections, sessions and rooms now.

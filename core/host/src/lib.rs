@@ -4,6 +4,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod bus;
 mod clock;
 pub mod config;
 pub mod conns;
