@@ -90,6 +90,9 @@ pub struct Server {
     args: Vec<String>,
     env: Vec<(String, String)>,
     dir: TempDir,
+    /// `--database` when the suite runs against PostgreSQL
+    /// (`NATTER_TEST_DATABASE`): a database of this server's own.
+    database: Option<String>,
     child: Option<Child>,
     stdout_thread: Option<JoinHandle<()>>,
     stdout_rest: Arc<Mutex<String>>,
@@ -108,18 +111,31 @@ impl Server {
         Server::start_with_env(bin, extra_args, &[])
     }
 
-    /// Like [`Server::start`], with `NATTER_*` environment variables.
+    /// Like [`Server::start`], with `NATTER_*` environment variables. When
+    /// `NATTER_TEST_DATABASE` names a PostgreSQL server (`postgres://user@host:port`),
+    /// the server gets a new database of its own there with `--database`.
     pub fn start_with_env(bin: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
-        Server::start_prepared(bin, extra_args, env, |_| {})
+        let database = std::env::var("NATTER_TEST_DATABASE").ok().map(|base| new_database(&base));
+        Server::start_in(bin, extra_args, env, database, |_| {})
     }
 
-    /// Like [`Server::start_with_env`], after `prepare` ran on the `--data`
-    /// directory's path (which does not exist yet), e.g. to mount a small
-    /// file system there.
+    /// Like [`Server::start_with_env`], on the embedded SQLite store always,
+    /// after `prepare` ran on the `--data` directory's path (which does not
+    /// exist yet), e.g. to mount a small file system there.
     pub fn start_prepared(
         bin: &str,
         extra_args: &[&str],
         env: &[(&str, &str)],
+        prepare: impl FnOnce(&std::path::Path),
+    ) -> Server {
+        Server::start_in(bin, extra_args, env, None, prepare)
+    }
+
+    fn start_in(
+        bin: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        database: Option<String>,
         prepare: impl FnOnce(&std::path::Path),
     ) -> Server {
         let dir = tempfile::Builder::new().prefix("natter-e2e-").tempdir().expect("create a temp dir");
@@ -128,6 +144,7 @@ impl Server {
             args: extra_args.iter().map(|s| s.to_string()).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             dir,
+            database,
             child: None,
             stdout_thread: None,
             stdout_rest: Arc::new(Mutex::new(String::new())),
@@ -164,6 +181,7 @@ impl Server {
             .arg("127.0.0.1:0")
             .arg("--data")
             .arg(self.data_dir())
+            .args(self.database.iter().flat_map(|url| ["--database", url.as_str()]))
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.dir.path())
@@ -438,4 +456,21 @@ pub fn run_to_exit(bin: &str, args: &[&str], env: &[(&str, &str)], timeout: Dura
         stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
         stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
     }
+}
+
+/// Creates a database of its own on the PostgreSQL server at `base`
+/// (`postgres://user@host:port`, as tests/services/postgres prints it
+/// without the database) and returns its URL.
+fn new_database(base: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let base = base.trim_end_matches('/');
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("natter_e2e_{}_{n}", std::process::id());
+    let out = Command::new("psql")
+        .arg(format!("{base}/postgres"))
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", &format!("CREATE DATABASE {name}")])
+        .output()
+        .expect("run psql (NATTER_TEST_DATABASE needs PostgreSQL's client)");
+    assert!(out.status.success(), "CREATE DATABASE {name}: {}", String::from_utf8_lossy(&out.stderr));
+    format!("{base}/{name}")
 }
