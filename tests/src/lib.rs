@@ -9,6 +9,7 @@
 //! Build the binaries first (`cargo build --bins`); set `NATTER_PROFILE=release`
 //! to test a release build, and `CARGO_TARGET_DIR` if the target dir is elsewhere.
 
+pub mod cluster;
 pub mod http;
 pub mod line;
 pub mod raw_ws;
@@ -18,6 +19,7 @@ pub mod ws;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub use cluster::Cluster;
 pub use http::{http, http_raw, HttpResponse};
 pub use line::LineClient;
 pub use raw_ws::RawWs;

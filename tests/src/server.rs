@@ -131,6 +131,14 @@ impl Server {
         Server::start_in(bin, extra_args, env, None, prepare)
     }
 
+    /// A cluster node: `bin` on the shared PostgreSQL database `database`
+    /// and the Redis at `redis`, with `extra_args`.
+    pub fn start_node(bin: &str, database: &str, redis: &str, extra_args: &[&str]) -> Server {
+        let mut args = vec!["--redis", redis];
+        args.extend_from_slice(extra_args);
+        Server::start_in(bin, &args, &[], Some(database.to_string()), |_| {})
+    }
+
     fn start_in(
         bin: &str,
         extra_args: &[&str],
@@ -461,7 +469,7 @@ pub fn run_to_exit(bin: &str, args: &[&str], env: &[(&str, &str)], timeout: Dura
 /// Creates a database of its own on the PostgreSQL server at `base`
 /// (`postgres://user@host:port`, as tests/services/postgres prints it
 /// without the database) and returns its URL.
-fn new_database(base: &str) -> String {
+pub fn new_database(base: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let base = base.trim_end_matches('/');
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

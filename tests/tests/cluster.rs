@@ -1,0 +1,77 @@
+//! Several nodes as one server (issue 12): three nodes of each runtime
+//! binary on one PostgreSQL database and one Redis, with clients on every
+//! node. Needs the feature `cluster-tests` and the services tests/run
+//! starts (see tests/src/cluster.rs).
+#![cfg(feature = "cluster-tests")]
+
+use std::collections::BTreeMap;
+
+use natter_tests::*;
+
+natter_tests::cases! {
+    fn a_room_message_reaches_every_member_on_every_node_once_and_in_order(bin) {
+        let c = Cluster::start(bin, 3, &[]);
+        let room = uniq("across");
+        let account = c.nodes[1].account("reg");
+        let mut members = vec![
+            WsClient::guest(&c.nodes[0], "g0"),
+            WsClient::user(&c.nodes[1], &account),
+            WsClient::guest(&c.nodes[2], "g2"),
+        ];
+        for m in &mut members {
+            m.join(&room);
+        }
+        let mut line = LineClient::guest(&c.nodes[2], "l2");
+        line.send_line(&format!("/join {room}"));
+        line.wait_line(|l| l.starts_with(&format!("* you are in {room}")));
+        const EACH: usize = 15;
+        let mut acked = Vec::new();
+        for i in 0..EACH {
+            for (n, m) in members.iter_mut().enumerate() {
+                acked.push(m.say(&room, &format!("n{n}-{i}")));
+            }
+        }
+        acked.sort_unstable();
+        let total = EACH * members.len();
+        assert_eq!(acked, (1..=total as u64).collect::<Vec<_>>(), "seqs are gapless across nodes");
+        for (n, m) in members.iter_mut().enumerate() {
+            let got: Vec<u64> = m.collect(total, |v| is_message_in(v, &room)).iter().map(seq).collect();
+            assert_eq!(got, (1..=total as u64).collect::<Vec<_>>(), "member on node {n}: once each, in order");
+            m.expect_none(std::time::Duration::from_millis(300), |v| is_message_in(v, &room));
+        }
+        let lines: Vec<String> = line.recv_until_line(|l| l.ends_with(&format!("n2-{}", EACH - 1)));
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for l in lines.iter().filter(|l| l.starts_with(&format!("[{room}]"))) {
+            *seen.entry(l.clone()).or_default() += 1;
+        }
+        assert_eq!(seen.len(), total, "the line client on node 2 read every message: {lines:?}");
+        assert!(seen.values().all(|&n| n == 1), "no line twice");
+    }
+
+    fn a_private_message_reaches_its_user_on_another_node(bin) {
+        let c = Cluster::start(bin, 2, &[]);
+        let (ann, bob) = (c.nodes[0].account("ann"), c.nodes[1].account("bob"));
+        let mut a = WsClient::user(&c.nodes[0], &ann);
+        let mut b = WsClient::user(&c.nodes[1], &bob);
+        for i in 1..=10u64 {
+            assert_eq!(a.tell(&bob.name, &format!("p{i}")), i);
+        }
+        let got: Vec<u64> = b.collect(10, |v| is_private_from(v, &ann.name)).iter().map(seq).collect();
+        assert_eq!(got, (1..=10).collect::<Vec<_>>());
+    }
+
+    fn a_send_retried_on_another_node_gets_its_first_seq(bin) {
+        let c = Cluster::start(bin, 2, &[]);
+        let room = uniq("retry");
+        let account = c.nodes[0].account("ret");
+        let mut first = WsClient::user(&c.nodes[0], &account);
+        first.join(&room);
+        let ok = first.ok("send", json!({"room": room, "text": "once", "id": "c-1"}));
+        first.disconnect();
+        let mut again = WsClient::user(&c.nodes[1], &account);
+        let retried = again.ok("send", json!({"room": room, "text": "once", "id": "c-1"}));
+        assert_eq!(seq(&retried), seq(&ok), "the retry is the same message");
+        let history = again.ok("history", json!({"room": room}));
+        assert_eq!(history["messages"].as_array().map(Vec::len), Some(1), "{history}");
+    }
+}
