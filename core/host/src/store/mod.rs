@@ -18,6 +18,7 @@
 //! past the bound complete at once with [`StoreError::Overloaded`].
 
 mod password;
+mod postgres;
 mod sqlite;
 
 use std::collections::VecDeque;
@@ -31,6 +32,9 @@ use natter_core::metrics::Metrics;
 use natter_core::store::{Cancel, StoreDone, StoreError, StoreFailure, StoreOp, StoreReqId, StoreRequest, StoreValue};
 
 pub use password::{hash_password, new_token, random_secret, token_hash, verify_password};
+pub use postgres::{
+    failure_kind as postgres_failure_kind, PostgresBackend, PostgresOpenError, PostgresOptions, POSTGRES_SCHEMA_VERSION,
+};
 pub use sqlite::{failure_kind, OpenError, SqliteBackend, SqliteOptions, SyncMode, DB_FILE, SCHEMA_VERSION};
 
 use password::{Finish, LoginTerms, PasswordJob, PasswordPool};
