@@ -506,4 +506,6 @@ fn finish_password<B: Backend>(backend: &mut B, shared: &Shared, finish: Finish)
 }
 
 #[cfg(test)]
+mod contract;
+#[cfg(test)]
 mod tests;

@@ -956,3 +956,6 @@ fn inbox(conn: &mut Conn, user: &str, after: u64, limit: u32) -> Result<StoreVal
     let messages = rows.iter().map(|r| InboxMessage { with: r.get(1), message: message(r, 2) }).collect();
     Ok(StoreValue::Inbox { messages, cursor })
 }
+
+#[cfg(all(test, feature = "postgres-tests"))]
+mod tests;
