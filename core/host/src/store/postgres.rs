@@ -25,7 +25,7 @@
 //! waits for the first attempt and then finds its `seq`. Nothing reads new
 //! messages by a global id.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use natter_core::store::{
@@ -188,6 +188,8 @@ pub struct PostgresBackend {
     options: PostgresOptions,
     /// When client ids were last purged.
     last_purge: Instant,
+    /// Batches run again after a deadlock or a lock timeout.
+    busy_retries: u64,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -275,7 +277,7 @@ impl PostgresBackend {
             migrate::Migrated::Done { .. } => {}
         }
         drop(conn);
-        Ok(PostgresBackend { pool, target, options, last_purge: Instant::now() })
+        Ok(PostgresBackend { pool, target, options, last_purge: Instant::now(), busy_retries: 0 })
     }
 
     /// Opens `url` with the default [`PostgresOptions`].
@@ -286,6 +288,12 @@ impl PostgresBackend {
     /// Hosts, ports and database, without credentials.
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// How many times a batch was run again after a deadlock or a lock
+    /// timeout (other nodes writing the same rows), since open.
+    pub fn busy_retries(&self) -> u64 {
+        self.busy_retries
     }
 
     /// A connection from the pool, or the failure every operation gets.
@@ -309,6 +317,7 @@ impl PostgresBackend {
                 Ok(results) => return results,
                 Err(e) if failure_kind(&e) == StoreFailure::Busy && tries < BUSY_RETRIES => {
                     tries += 1;
+                    self.busy_retries += 1;
                     tracing::debug!(error = %e, tries, "storage transaction hit a lock, running it again");
                 }
                 Err(e) => break e,
@@ -453,14 +462,15 @@ fn fails_alone(conn: &Conn, e: &PgError) -> bool {
 /// Runs `ops` in one transaction. `Err` means the transaction failed and
 /// nothing of it was committed.
 fn run_batch(conn: &mut Conn, ops: &[&StoreOp]) -> Result<Vec<Result<StoreValue, StoreError>>, PgError> {
-    conn.simple("BEGIN")?;
-    let result = run_without_savepoints(conn, ops)
+    let result = begin(conn, ops)
+        .and_then(|()| run_without_savepoints(conn, ops))
         .and_then(|done| match done {
             Some(out) => Ok(out),
             None => {
                 // One operation failed: start over with each in its own
                 // savepoint, so that it fails alone.
-                conn.simple("ROLLBACK; BEGIN")?;
+                conn.simple("ROLLBACK")?;
+                begin(conn, ops)?;
                 run_in_savepoints(conn, ops)
             }
         })
@@ -472,6 +482,65 @@ fn run_batch(conn: &mut Conn, ops: &[&StoreOp]) -> Result<Vec<Result<StoreValue,
         let _ = conn.simple("ROLLBACK");
     }
     result
+}
+
+/// Opens the batch's transaction and locks, in one order every node
+/// follows, the existing rows its writes will lock one by one in the order
+/// of its operations: the rooms and conversations it appends to, then the
+/// inboxes it adds to or acknowledges. Without this, two nodes whose
+/// batches write to the same two rooms in opposite orders would deadlock,
+/// and one of them would wait a second for PostgreSQL to notice.
+fn begin(conn: &mut Conn, ops: &[&StoreOp]) -> Result<(), PgError> {
+    conn.simple("BEGIN")?;
+    let mut rooms = BTreeSet::new();
+    let mut conversations = BTreeSet::new();
+    let mut inboxes = BTreeSet::new();
+    for op in ops {
+        match op {
+            StoreOp::Append { target: Target::Room(room), .. } => {
+                rooms.insert(room.as_str());
+            }
+            StoreOp::Append { target: Target::Conversation(a, b), message } => {
+                let (lo, hi) = pair(a, b);
+                conversations.insert((lo, hi));
+                let recipient = if message.sender == lo { hi } else { lo };
+                if message.inbox.is_some() && recipient != message.sender {
+                    inboxes.insert(recipient);
+                }
+            }
+            StoreOp::Ack { user, .. } => {
+                inboxes.insert(user.as_str());
+            }
+            _ => {}
+        }
+    }
+    if rooms.len() + conversations.len() + inboxes.len() < 2 {
+        return Ok(());
+    }
+    if !rooms.is_empty() {
+        let rooms: Vec<&str> = rooms.into_iter().collect();
+        conn.execute(
+            "SELECT 1 FROM (SELECT name FROM rooms WHERE name = ANY($1) ORDER BY name FOR UPDATE) AS locked",
+            &[&rooms],
+        )?;
+    }
+    if !conversations.is_empty() {
+        let (lo, hi): (Vec<&str>, Vec<&str>) = conversations.into_iter().unzip();
+        conn.execute(
+            "SELECT 1 FROM (SELECT c.lo FROM conversations AS c
+                            JOIN unnest($1::text[], $2::text[]) AS k (lo, hi) ON c.lo = k.lo AND c.hi = k.hi
+                            ORDER BY c.lo, c.hi FOR UPDATE OF c) AS locked",
+            &[&lo, &hi],
+        )?;
+    }
+    if !inboxes.is_empty() {
+        let inboxes: Vec<&str> = inboxes.into_iter().collect();
+        conn.execute(
+            "SELECT 1 FROM (SELECT owner FROM inbox_sizes WHERE owner = ANY($1) ORDER BY owner FOR UPDATE) AS locked",
+            &[&inboxes],
+        )?;
+    }
+    Ok(())
 }
 
 /// The body of a batch as it nearly always runs. `None` when an operation
