@@ -67,6 +67,26 @@ pub trait Backend: Send + 'static {
     fn create_token(&mut self, token_hash: &str, user: &str, expires_ms: u64) -> Result<(), StoreError>;
 }
 
+/// A backend chosen at start-up: SQLite with `--data`, PostgreSQL with
+/// `--database`.
+impl Backend for Box<dyn Backend> {
+    fn execute(&mut self, ops: &[&StoreOp]) -> Vec<Result<StoreValue, StoreError>> {
+        (**self).execute(ops)
+    }
+
+    fn password_hash(&mut self, user: &str) -> Result<Option<String>, StoreError> {
+        (**self).password_hash(user)
+    }
+
+    fn create_user(&mut self, user: &str, hash: &str, created_ms: u64) -> Result<bool, StoreError> {
+        (**self).create_user(user, hash, created_ms)
+    }
+
+    fn create_token(&mut self, token_hash: &str, user: &str, expires_ms: u64) -> Result<(), StoreError> {
+        (**self).create_token(token_hash, user, expires_ms)
+    }
+}
+
 /// Password operations that may wait for a hashing thread, by default. An
 /// argon2id hash takes some 50 ms on one core: 32 waiting for 2 threads is
 /// under a second of wait. A deeper queue only makes every login behind a
