@@ -209,9 +209,11 @@ const PURGE_EVERY: Duration = Duration::from_secs(10);
 const PURGE_BATCH: i64 = 20_000;
 
 /// Server settings for every connection: a lock held by a stuck node does
-/// not stall this one for ever, and a session of ours stuck inside a
-/// transaction does not hold its locks for ever.
-const SESSION_OPTIONS: &str = "-c lock_timeout=10s -c idle_in_transaction_session_timeout=60s";
+/// not stall this one for ever, a session of ours stuck inside a
+/// transaction does not hold its locks for ever, and notices ("relation
+/// already exists, skipping") stay out of the log.
+const SESSION_OPTIONS: &str =
+    "-c lock_timeout=10s -c idle_in_transaction_session_timeout=60s -c client_min_messages=warning";
 
 /// Where `config` points, without credentials: `host:port,.../dbname`.
 fn describe(config: &postgres::Config) -> String {
@@ -271,8 +273,13 @@ impl PostgresBackend {
             migrate::Migrated::TooNew { found } => {
                 return Err(PostgresOpenError::TooNew { target, found, supported: migrate::SCHEMA_VERSION })
             }
+            // A new database is created quietly, as SQLite's file is; an
+            // upgrade is worth a line in the operator's log.
+            migrate::Migrated::Done { from: 0 } => {
+                tracing::debug!(target = %target, "created the PostgreSQL schema");
+            }
             migrate::Migrated::Done { from } if from < migrate::SCHEMA_VERSION => {
-                tracing::info!(from, to = migrate::SCHEMA_VERSION, target = %target, "PostgreSQL schema ready");
+                tracing::info!(from, to = migrate::SCHEMA_VERSION, target = %target, "upgraded the PostgreSQL schema");
             }
             migrate::Migrated::Done { .. } => {}
         }

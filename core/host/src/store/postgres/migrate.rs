@@ -41,7 +41,7 @@ pub(super) fn migrate(client: &mut Client) -> Result<Migrated, postgres::Error> 
         return Ok(Migrated::TooNew { found });
     }
     for (version, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(found).unwrap_or(0)) {
-        tracing::info!(from = version, to = version + 1, "migrating the PostgreSQL schema");
+        tracing::debug!(from = version, to = version + 1, "migrating the PostgreSQL schema");
         tx.batch_execute(sql)?;
     }
     tx.execute(
