@@ -389,7 +389,11 @@ impl Backend for PostgresBackend {
             return Vec::new();
         }
         let results = self.execute_batch(ops);
-        self.purge_when_due();
+        // While the server is unreachable, a purge would only wait for
+        // another connect timeout before the completions go out.
+        if !results.iter().any(|r| matches!(r, Err(StoreError::Backend(StoreFailure::Io)))) {
+            self.purge_when_due();
+        }
         results
     }
 

@@ -81,9 +81,29 @@ fn a_failing_operation_fails_alone() {
     assert_eq!(history(b, room("r"), SeqRange::After { after: 0, limit: 9 }).0, [1, 2]);
 }
 
-/// Ends every session on `db`, as a server restart does.
+/// Ends every session of ours on `db` (not the server's own workers, such
+/// as autovacuum), as a server restart does, and waits until they are gone
+/// (a terminated backend exits a moment later).
 fn terminate_sessions(db: &str) {
-    admin().execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", &[&db]).unwrap();
+    let mut admin = admin();
+    let pids: Vec<i32> = admin
+        .query("SELECT pid FROM pg_stat_activity WHERE datname = $1 AND usename = current_user", &[&db])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // `false` for a session that ended by itself meanwhile.
+    admin.execute("SELECT pg_terminate_backend(pid, 10000) FROM unnest($1::int[]) AS pid", &[&pids]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", &[&pids])
+        .unwrap()
+        .get::<_, i64>(0)
+        > 0
+    {
+        assert!(Instant::now() < deadline, "the sessions on {db} did not end");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
