@@ -762,21 +762,18 @@ fn append(conn: &mut Conn, target: &Target, m: &NewMessage) -> Result<StoreValue
         }
     }
     let seq = match target {
-        Target::Room(room) => {
-            let seq: i64 = conn
-                .query_one(
-                    "INSERT INTO rooms (name, seq) VALUES ($1, 1)
-                     ON CONFLICT (name) DO UPDATE SET seq = rooms.seq + 1 RETURNING seq",
-                    &[room],
-                )?
-                .get(0);
-            conn.execute(
-                "INSERT INTO room_messages (room, seq, sender, from_name, text, client_id, ts)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                &[room, &seq, &m.sender, &m.from, &m.text, &m.client_id, &ts],
-            )?;
-            seq
-        }
+        // The room's next seq, under its row's lock, and the message: one
+        // round trip.
+        Target::Room(room) => conn
+            .query_one(
+                "WITH r AS (INSERT INTO rooms (name, seq) VALUES ($1, 1)
+                            ON CONFLICT (name) DO UPDATE SET seq = rooms.seq + 1 RETURNING seq)
+                 INSERT INTO room_messages (room, seq, sender, from_name, text, client_id, ts)
+                 SELECT $1, r.seq, $2, $3, $4, $5, $6 FROM r
+                 RETURNING seq",
+                &[room, &m.sender, &m.from, &m.text, &m.client_id, &ts],
+            )?
+            .get(0),
         Target::Conversation(a, b) => match append_private(conn, pair(a, b), m)? {
             Ok(seq) => seq,
             Err(limit) => {
@@ -812,27 +809,29 @@ fn append_private(conn: &mut Conn, (lo, hi): (&str, &str), m: &NewMessage) -> Re
     }
     let ts = int(m.ts);
     let seq = next_conversation_seq(conn, lo, hi, ts)?;
-    conn.execute(
-        "INSERT INTO private_messages (lo, hi, seq, sender, from_name, to_name, text, client_id, ts)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        &[&lo, &hi, &seq, &m.sender, &m.from, &m.to, &m.text, &m.client_id, &ts],
-    )?;
-    if inboxed {
-        // The recipient's next inbox id, under its row's lock.
-        let id: i64 = conn
-            .query_one(
-                "INSERT INTO inbox_sizes (owner, pending, last_id) VALUES ($1, 1, 1)
-                 ON CONFLICT (owner) DO UPDATE
-                 SET pending = inbox_sizes.pending + 1, last_id = inbox_sizes.last_id + 1
-                 RETURNING last_id",
-                &[&recipient],
-            )?
-            .get(0);
+    let row = [&lo as &(dyn ToSql + Sync), &hi, &seq, &m.sender, &m.from, &m.to, &m.text, &m.client_id, &ts];
+    if !inboxed {
         conn.execute(
-            "INSERT INTO inbox (owner, id, lo, hi, seq) VALUES ($1, $2, $3, $4, $5)",
-            &[&recipient, &id, &lo, &hi, &seq],
+            "INSERT INTO private_messages (lo, hi, seq, sender, from_name, to_name, text, client_id, ts)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &row,
         )?;
+        return Ok(Ok(seq));
     }
+    // The message, and the recipient's next inbox id under its row's lock
+    // with the inbox entry: one round trip.
+    let mut params = row.to_vec();
+    params.push(&recipient);
+    conn.execute(
+        "WITH m AS (INSERT INTO private_messages (lo, hi, seq, sender, from_name, to_name, text, client_id, ts)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq),
+              s AS (INSERT INTO inbox_sizes (owner, pending, last_id) VALUES ($10, 1, 1)
+                    ON CONFLICT (owner) DO UPDATE
+                    SET pending = inbox_sizes.pending + 1, last_id = inbox_sizes.last_id + 1
+                    RETURNING last_id)
+         INSERT INTO inbox (owner, id, lo, hi, seq) SELECT $10, s.last_id, $1, $2, m.seq FROM s, m",
+        &params,
+    )?;
     Ok(Ok(seq))
 }
 
