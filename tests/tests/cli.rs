@@ -73,7 +73,8 @@ natter_tests::cases! {
         expect_bad_flag(bin, &[], &[("NATTER_SYNC", "fast")]);
         // Both modes run, and the database they write is the server user's only.
         for mode in ["normal", "full"] {
-            let s = Server::start(bin, &["--sync", mode]);
+            // --sync and the file modes are the embedded store's.
+            let s = Server::start_prepared(bin, &["--sync", mode], &[], |_| {});
             let (_, mut a) = s.user("ann");
             a.join(&uniq("r"));
             #[cfg(unix)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use natter_core::store::InboxBound;
 
-use crate::store::{SqliteOptions, SyncMode};
+use crate::store::{PostgresOptions, SqliteOptions, SyncMode};
 use clap::{Arg, ArgAction, Command};
 
 /// Everything a runtime binary needs to start.
@@ -38,6 +38,9 @@ pub struct Settings {
     pub core: natter_core::Config,
     /// How the embedded database trades safety for speed.
     pub sqlite: SqliteOptions,
+    /// The PostgreSQL store's pool and client-id retention (the same
+    /// `--id-retention` and `--max-ids` as SQLite's), used with `--database`.
+    pub postgres: PostgresOptions,
 }
 
 /// Why parsing stopped.
@@ -57,6 +60,12 @@ const FLAGS: &[(&str, Option<&str>, &str)] = &[
     ("data", Some("DIR"), "directory of the embedded SQLite database [default: ./natter-data]"),
     ("database", Some("URL"), "postgres://... : use PostgreSQL instead of SQLite"),
     ("redis", Some("URL"), "redis://... : join the cluster that shares this Redis (needs --database)"),
+    ("database-pool", Some("N"), "PostgreSQL connections this node may open, at most [default: 4]"),
+    (
+        "database-timeout",
+        Some("SECS"),
+        "time to connect to PostgreSQL before a storage request fails as unavailable [default: 5]",
+    ),
     ("threads", Some("N"), "I/O threads [default: number of cores]"),
     ("heartbeat", Some("SECS"), "heartbeat_s in welcome; silence past twice this closes a WebSocket [default: 30]"),
     ("no-guests", None, "refuse guest hello and nickname logins"),
@@ -199,6 +208,13 @@ fn settings(value: Lookup<'_>) -> Result<Settings, ConfigExit> {
         id_retention: secs(&value("id-retention")?, "id-retention", s.id_retention)?,
         max_ids: number(&value("max-ids")?, "max-ids", s.max_ids)?,
     };
+    let p = PostgresOptions::default();
+    let postgres = PostgresOptions {
+        pool_size: number(&value("database-pool")?, "database-pool", p.pool_size)?,
+        connect_timeout: secs(&value("database-timeout")?, "database-timeout", p.connect_timeout)?,
+        id_retention: sqlite.id_retention,
+        max_ids: sqlite.max_ids,
+    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     Ok(Settings {
         http: address(&value("http")?, "http", "0.0.0.0:8080")?,
@@ -211,6 +227,7 @@ fn settings(value: Lookup<'_>) -> Result<Settings, ConfigExit> {
         password_queue: number(&value("password-queue")?, "password-queue", crate::store::DEFAULT_PASSWORD_QUEUE)?,
         core,
         sqlite,
+        postgres,
     })
 }
 
@@ -257,6 +274,10 @@ fn core_config(value: Lookup<'_>) -> Result<natter_core::Config, ConfigExit> {
     })
 }
 
+/// Most PostgreSQL connections one node may hold: the storage thread uses
+/// one at a time, and the server's connections are shared by every node.
+const MAX_DATABASE_POOL: u32 = 64;
+
 /// What each value allows alone cannot say: ranges, and flags that need others.
 fn validate(settings: &Settings) -> Result<(), ConfigExit> {
     if settings.threads == 0 || settings.threads > 1024 {
@@ -264,6 +285,11 @@ fn validate(settings: &Settings) -> Result<(), ConfigExit> {
     }
     if settings.redis.is_some() && settings.database.is_none() {
         return Err(ConfigExit::Bad("--redis needs --database: cluster nodes share one PostgreSQL".into()));
+    }
+    // Every node holds this many sessions on a server whose own limit
+    // (`max_connections`, 100 by default) is shared by all the nodes.
+    if settings.postgres.pool_size > MAX_DATABASE_POOL {
+        return Err(ConfigExit::Bad(format!("invalid value for --database-pool: from 1 to {MAX_DATABASE_POOL}")));
     }
     for (name, v) in [
         ("rate", settings.core.rate as usize),
@@ -284,6 +310,8 @@ fn validate(settings: &Settings) -> Result<(), ConfigExit> {
         ("user-session-rate", settings.core.user_session_rate as usize),
         ("peer-session-rate", settings.core.peer_session_rate as usize),
         ("password-queue", settings.password_queue),
+        ("database-pool", settings.postgres.pool_size as usize),
+        ("database-timeout", settings.postgres.connect_timeout.as_secs() as usize),
     ] {
         if v == 0 {
             return Err(ConfigExit::Bad(format!("invalid value for --{name}: must be at least 1")));
@@ -464,6 +492,33 @@ mod tests {
         assert_eq!((s.core.user_session_rate, s.core.peer_session_rate, s.password_queue), (6, 7, 8));
         assert_eq!(s.core.presence_grace, Duration::from_millis(250));
         assert_eq!(run(&[], &[]).unwrap().password_queue, crate::store::DEFAULT_PASSWORD_QUEUE);
+    }
+
+    #[test]
+    fn postgres_options_from_flags_env_and_file() {
+        let s = run(&[], &[]).unwrap();
+        assert_eq!(s.postgres, PostgresOptions::default());
+        assert_eq!((s.postgres.pool_size, s.postgres.connect_timeout), (4, Duration::from_secs(5)));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("n.toml");
+        std::fs::write(&file, "database-pool = 2\nid-retention = 60\n").unwrap();
+        let f = file.to_str().unwrap();
+        let s = run(&["--config", f, "--max-ids", "9"], &[("NATTER_DATABASE_TIMEOUT", "3")]).unwrap();
+        assert_eq!(
+            s.postgres,
+            PostgresOptions {
+                pool_size: 2,
+                connect_timeout: Duration::from_secs(3),
+                id_retention: Duration::from_secs(60),
+                max_ids: 9,
+            }
+        );
+        for bad in [["--database-pool", "0"], ["--database-pool", "65"], ["--database-timeout", "0"]] {
+            match run(&bad, &[]) {
+                Err(ConfigExit::Bad(line)) => assert!(line.contains(&bad[0][2..]) && !line.contains('\n'), "{line}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

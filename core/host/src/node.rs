@@ -16,7 +16,7 @@ use crate::conns::Seat;
 use crate::hub_thread::{HubMail, ShardMail};
 use crate::mailbox::Mailbox;
 use crate::signals::Shutdown;
-use crate::store::{spawn_store_with, Backend, SqliteBackend, StoreConfig, StoreHandle};
+use crate::store::{spawn_store_with, Backend, PostgresBackend, SqliteBackend, StoreConfig, StoreHandle};
 
 /// Storage requests that may wait; more are refused as `unavailable`.
 const STORE_QUEUE: usize = 65_536;
@@ -62,14 +62,13 @@ impl Node {
         };
         crate::logging::init(settings.log.as_deref());
         return_big_blocks_to_the_system();
-        if settings.database.is_some() || settings.redis.is_some() {
-            return Err(fail("PostgreSQL and Redis clustering are not available in this build yet; run without --database and --redis to use the embedded SQLite store"));
+        if settings.redis.is_some() {
+            return Err(fail("several nodes on Redis are not available in this build yet; run without --redis (one node on --database, or the embedded SQLite store)"));
         }
-        let mut backend = SqliteBackend::open_with(&settings.data, settings.sqlite)
-            .map_err(|e| fail(format_args!("cannot use --data {}: {e}", settings.data.display())))?;
+        let mut backend = open_backend(&settings)?;
         let snapshot = backend.execute(&[&StoreOp::LoadAll]).pop();
         let Some(Ok(StoreValue::Snapshot { users, rooms })) = snapshot else {
-            return Err(fail(format_args!("cannot read the database in {}", settings.data.display())));
+            return Err(fail(format_args!("cannot read the database in {}", store_name(&settings))));
         };
         let bind = |addr, what| listen(addr).map_err(|e| fail(format_args!("cannot listen on --{what} {addr}: {e}")));
         let http = bind(settings.http, "http")?;
@@ -109,7 +108,7 @@ impl Node {
         let shutdown = Arc::new(Shutdown::default());
         crate::signals::install(Arc::clone(&shutdown)).map_err(fail)?;
         let (http_addr, line_addr) = (http.local_addr().map_err(fail)?, line.local_addr().map_err(fail)?);
-        tracing::info!(%http_addr, %line_addr, threads, data = %settings.data.display(), runtime = binary, "listening");
+        tracing::info!(%http_addr, %line_addr, threads, store = %store_name(&settings), runtime = binary, "listening");
         {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
@@ -166,6 +165,27 @@ impl Node {
         }
         tracing::info!("stopped");
         ExitCode::SUCCESS
+    }
+}
+
+/// The store the settings name: PostgreSQL with `--database`, else the
+/// embedded SQLite in `--data`.
+fn open_backend(settings: &Settings) -> Result<Box<dyn Backend>, ExitCode> {
+    match &settings.database {
+        Some(url) => PostgresBackend::open_with(url, settings.postgres.clone())
+            .map(|b| Box::new(b) as Box<dyn Backend>)
+            .map_err(|e| fail(format_args!("cannot use --database: {e}"))),
+        None => SqliteBackend::open_with(&settings.data, settings.sqlite)
+            .map(|b| Box::new(b) as Box<dyn Backend>)
+            .map_err(|e| fail(format_args!("cannot use --data {}: {e}", settings.data.display()))),
+    }
+}
+
+/// Where the data is, for messages (never a password).
+fn store_name(settings: &Settings) -> String {
+    match settings.database {
+        Some(_) => "--database".to_string(),
+        None => settings.data.display().to_string(),
     }
 }
 

@@ -186,6 +186,18 @@ impl FakeStore {
         token
     }
 
+    /// Stores `token` as it is given, as a real backend stores a token's
+    /// hash: for a test adapter that runs the fake as a backend.
+    pub fn add_token(&mut self, token: &str, user: &str, expires_ms: u64) {
+        self.data.tokens.insert(token.to_string(), Token { user: user.to_string(), expires_ms, revoked: false });
+    }
+
+    /// What [`FakeStore::add_user`] stored as `user`'s password (the fake
+    /// does not hash): for a test adapter that runs the fake as a backend.
+    pub fn password_of(&self, user: &str) -> Option<&str> {
+        self.data.users.get(user).map(String::as_str)
+    }
+
     /// Stores a membership directly (before the hub loads the store).
     pub fn add_member(&mut self, user: &str, room: &str) {
         self.data.rooms.entry(room.to_string()).or_default().members.entry(user.to_string()).or_insert(0);

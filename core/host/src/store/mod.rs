@@ -18,6 +18,7 @@
 //! past the bound complete at once with [`StoreError::Overloaded`].
 
 mod password;
+mod postgres;
 mod sqlite;
 
 use std::collections::VecDeque;
@@ -31,6 +32,9 @@ use natter_core::metrics::Metrics;
 use natter_core::store::{Cancel, StoreDone, StoreError, StoreFailure, StoreOp, StoreReqId, StoreRequest, StoreValue};
 
 pub use password::{hash_password, new_token, random_secret, token_hash, verify_password};
+pub use postgres::{
+    failure_kind as postgres_failure_kind, PostgresBackend, PostgresOpenError, PostgresOptions, POSTGRES_SCHEMA_VERSION,
+};
 pub use sqlite::{failure_kind, OpenError, SqliteBackend, SqliteOptions, SyncMode, DB_FILE, SCHEMA_VERSION};
 
 use password::{Finish, LoginTerms, PasswordJob, PasswordPool};
@@ -61,6 +65,26 @@ pub trait Backend: Send + 'static {
 
     /// Stores a token (as its [`token_hash`]) for `user`.
     fn create_token(&mut self, token_hash: &str, user: &str, expires_ms: u64) -> Result<(), StoreError>;
+}
+
+/// A backend chosen at start-up: SQLite with `--data`, PostgreSQL with
+/// `--database`.
+impl Backend for Box<dyn Backend> {
+    fn execute(&mut self, ops: &[&StoreOp]) -> Vec<Result<StoreValue, StoreError>> {
+        (**self).execute(ops)
+    }
+
+    fn password_hash(&mut self, user: &str) -> Result<Option<String>, StoreError> {
+        (**self).password_hash(user)
+    }
+
+    fn create_user(&mut self, user: &str, hash: &str, created_ms: u64) -> Result<bool, StoreError> {
+        (**self).create_user(user, hash, created_ms)
+    }
+
+    fn create_token(&mut self, token_hash: &str, user: &str, expires_ms: u64) -> Result<(), StoreError> {
+        (**self).create_token(token_hash, user, expires_ms)
+    }
 }
 
 /// Password operations that may wait for a hashing thread, by default. An
@@ -501,5 +525,7 @@ fn finish_password<B: Backend>(backend: &mut B, shared: &Shared, finish: Finish)
     }
 }
 
+#[cfg(test)]
+mod contract;
 #[cfg(test)]
 mod tests;

@@ -130,6 +130,16 @@ fn completions_come_in_submission_order_and_reads_see_earlier_writes() {
     assert!(metrics.store_latency_us_sum.load(Relaxed) > 0);
 }
 
+#[test]
+fn a_backend_chosen_at_start_up_runs_boxed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Arc::new(Collector::default());
+    let backend: Box<dyn Backend> = Box::new(sqlite(&tmp));
+    let store = spawn_store(backend, collector.sink(), Arc::new(Metrics::default()), 100).unwrap();
+    store.submit(vec![req(0, append("r", "one")), req(1, append("r", "two"))]);
+    assert_eq!(collector.result(1), Ok(StoreValue::Appended { seq: 2, ts: 1, duplicate: false }));
+}
+
 /// Holds each batch until told to go on.
 struct Gate {
     started: mpsc::Sender<usize>,
