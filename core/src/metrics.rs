@@ -73,6 +73,26 @@ pub struct Metrics {
     pub store_latency_us_sum: AtomicU64,
     /// Storage transactions (each holds a batch of requests).
     pub store_batches: AtomicU64,
+    /// Cluster: messages published on the bus (one per topic).
+    pub bus_published: AtomicU64,
+    /// Cluster: messages received from the bus.
+    pub bus_received: AtomicU64,
+    /// Cluster: messages dropped because their `seq` was delivered already.
+    pub bus_duplicates: AtomicU64,
+    /// Cluster: gaps found (a `seq` past the next, or behind storage).
+    pub bus_gaps: AtomicU64,
+    /// Cluster: storage reads that filled a gap.
+    pub bus_fill_reads: AtomicU64,
+    /// Cluster: messages delivered from storage instead of the bus.
+    pub bus_filled: AtomicU64,
+    /// Cluster: messages not held for want of room (read from storage later).
+    pub bus_held_overflow: AtomicU64,
+    /// Cluster: catch-up checks of the newest `seq`s (periodic, and after `Up`).
+    pub bus_checks: AtomicU64,
+    /// Cluster: bytes from the bus that were not a message (the host counts).
+    pub bus_decode_errors: AtomicU64,
+    /// Cluster: 1 while the bus link is up.
+    pub bus_up: AtomicI64,
 }
 
 impl Metrics {
@@ -99,6 +119,7 @@ impl Metrics {
         self.render_traffic(&mut out);
         self.render_limits(&mut out);
         self.render_store(&mut out);
+        self.render_cluster(&mut out);
         out.0
     }
 
@@ -262,6 +283,46 @@ impl Metrics {
             "counter",
             "Storage transactions, each carrying a batch of requests.",
             &[("", count(&self.store_batches) as f64)],
+        );
+    }
+}
+
+impl Metrics {
+    /// The bus between the nodes of a cluster (all zero on a single node).
+    fn render_cluster(&self, out: &mut Exposition) {
+        out.metric("natter_bus_up", "gauge", "1 while the cluster bus link is up.", &[("", gauge(&self.bus_up) as f64)]);
+        out.metric(
+            "natter_bus_messages_total",
+            "counter",
+            "Cluster bus messages, by what happened to them.",
+            &[
+                ("{event=\"published\"}", count(&self.bus_published) as f64),
+                ("{event=\"received\"}", count(&self.bus_received) as f64),
+                ("{event=\"duplicate_dropped\"}", count(&self.bus_duplicates) as f64),
+                ("{event=\"not_held\"}", count(&self.bus_held_overflow) as f64),
+                ("{event=\"undecodable\"}", count(&self.bus_decode_errors) as f64),
+            ],
+        );
+        out.metric(
+            "natter_bus_gaps_total",
+            "counter",
+            "Gaps in a room's or conversation's seq found on this node.",
+            &[("", count(&self.bus_gaps) as f64)],
+        );
+        out.metric(
+            "natter_bus_catchup_reads_total",
+            "counter",
+            "Storage reads for the cluster: gap fills and checks of the newest seqs.",
+            &[
+                ("{read=\"fill\"}", count(&self.bus_fill_reads) as f64),
+                ("{read=\"check\"}", count(&self.bus_checks) as f64),
+            ],
+        );
+        out.metric(
+            "natter_bus_filled_total",
+            "counter",
+            "Messages delivered from storage because the bus did not bring them in order.",
+            &[("", count(&self.bus_filled) as f64)],
         );
     }
 }

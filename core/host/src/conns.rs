@@ -111,6 +111,9 @@ impl Seat {
                         LocalOutput::Write(k) => self.effects.push_back(Effect::Write(k)),
                         LocalOutput::Close(k) => self.effects.push_back(Effect::Close(k)),
                         LocalOutput::Store(requests) => submit(store, requests),
+                        // Only a node started in a cluster emits these; the
+                        // host has no bus yet (issue 12).
+                        LocalOutput::Bus(_) => {}
                     }
                 }
             }

@@ -64,6 +64,9 @@ pub(crate) fn spawn(
             while let Some(output) = hub.poll_output() {
                 match output {
                     HubOutput::Store(requests) => store.submit(requests),
+                    // Only a node started in a cluster emits these; the host
+                    // has no bus yet (issue 12).
+                    HubOutput::Bus(_) => {}
                     HubOutput::ToShard(i, messages) => {
                         if let Some(shard) = shards.get(usize::from(i)) {
                             shard.push(ShardMail::Hub(messages));

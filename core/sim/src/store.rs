@@ -74,8 +74,12 @@ struct Queued {
 /// the store sees exactly what completions have reported.
 pub struct FakeStore {
     data: Data,
+    /// The current node's queues (see [`FakeStore::set_node`]).
     queue: VecDeque<Queued>,
     passwords: Vec<Queued>,
+    node: usize,
+    /// Other nodes' queues, while another is current.
+    parked: HashMap<usize, (VecDeque<Queued>, Vec<Queued>)>,
     submitted: u64,
     latency: Duration,
     jitter: Duration,
@@ -113,6 +117,8 @@ impl FakeStore {
             data: Data::default(),
             queue: VecDeque::new(),
             passwords: Vec::new(),
+            node: 0,
+            parked: HashMap::new(),
             submitted: 0,
             latency: Duration::ZERO,
             jitter: Duration::ZERO,
@@ -258,9 +264,31 @@ impl FakeStore {
         &self.log
     }
 
-    /// Requests submitted and not completed.
+    /// Requests submitted by the current node and not completed.
     pub fn in_flight(&self) -> usize {
         self.queue.len() + self.passwords.len()
+    }
+
+    /// Requests submitted by any node and not completed.
+    pub fn in_flight_all(&self) -> usize {
+        self.in_flight() + self.parked.values().map(|(q, p)| q.len() + p.len()).sum::<usize>()
+    }
+
+    /// Makes `node` the one that submits and completes from now on. One
+    /// store shared by the nodes of a cluster keeps a queue per node: each
+    /// node's requests complete in its own submission order, as each node
+    /// has its own storage thread and connection; nothing orders the
+    /// queues of two nodes with each other.
+    pub fn set_node(&mut self, node: usize) {
+        if node == self.node {
+            return;
+        }
+        let current = (std::mem::take(&mut self.queue), std::mem::take(&mut self.passwords));
+        self.parked.insert(self.node, current);
+        let (queue, passwords) = self.parked.remove(&node).unwrap_or_default();
+        self.queue = queue;
+        self.passwords = passwords;
+        self.node = node;
     }
 
     /// Requests completed so far.
@@ -382,6 +410,7 @@ impl Data {
             StoreOp::Ack { user, with, seq } => self.ack(user, with, *seq),
             StoreOp::Read { user, target, seq } => self.read(user, target, *seq),
             StoreOp::Conversations { user, limit } => self.conversation_list(user, *limit),
+            StoreOp::LastSeqs { rooms, users } => self.last_seqs(rooms, users),
             StoreOp::ReadMarks { user } => {
                 let marks = self
                     .rooms
@@ -391,6 +420,17 @@ impl Data {
                 StoreValue::ReadMarks { marks }
             }
         }
+    }
+
+    fn last_seqs(&self, rooms: &[String], users: &[String]) -> StoreValue {
+        let rooms = rooms.iter().map(|r| (r.clone(), self.rooms.get(r).map_or(0, |r| r.seq))).collect();
+        let conversations = self
+            .conversations
+            .iter()
+            .filter(|((a, b), _)| users.iter().any(|u| u == a || u == b))
+            .map(|((a, b), c)| (a.clone(), b.clone(), c.seq))
+            .collect();
+        StoreValue::LastSeqs { rooms, conversations }
     }
 
     fn load_all(&self) -> StoreValue {
@@ -819,6 +859,27 @@ mod tests {
         let passwords: Vec<u64> = order.iter().copied().filter(|i| i % 5 == 0).collect();
         assert_eq!(passwords.len(), 8);
         assert!(t >= t0 + Duration::from_millis(10));
+    }
+
+    #[test]
+    fn last_seqs_names_the_newest_seq_of_rooms_and_conversations() {
+        let mut s = FakeStore::default();
+        room_append(&mut s, "a", "x", None);
+        room_append(&mut s, "a", "x", None);
+        room_append(&mut s, "b", "x", None);
+        pm(&mut s, "x", "y", 1);
+        pm(&mut s, "y", "x", 2);
+        pm(&mut s, "z", "x", 3);
+        let ask = StoreOp::LastSeqs { rooms: vec!["a".into(), "nope".into(), "b".into()], users: vec!["x".into(), "y".into()] };
+        assert_eq!(
+            s.run(&ask).unwrap(),
+            StoreValue::LastSeqs {
+                rooms: vec![("a".into(), 2), ("nope".into(), 0), ("b".into(), 1)],
+                conversations: vec![("x".into(), "y".into(), 2), ("x".into(), "z".into(), 1)],
+            }
+        );
+        let none = s.run(&StoreOp::LastSeqs { rooms: vec![], users: vec!["w".into()] }).unwrap();
+        assert_eq!(none, StoreValue::LastSeqs { rooms: vec![], conversations: vec![] });
     }
 
     #[test]

@@ -26,6 +26,7 @@ impl Hub {
                 held_echoes: Vec::new(),
                 replaying: Vec::new(),
                 queries: None,
+                private_seen: Vec::new(),
             })
         });
         if info.phase != Phase::New {
@@ -326,6 +327,7 @@ impl Hub {
         let back = online.gone.take().is_some();
         let first = online.sessions.is_empty() && !back;
         online.sessions.push(sid);
+        self.state.touch(user);
         if back {
             Metrics::add(&self.metrics.presence_coalesced, 1);
         }
@@ -343,6 +345,7 @@ impl Hub {
         let Some(info) = self.state.sessions.remove(&sid) else { return };
         let Phase::Welcomed { user, .. } = info.phase else { return };
         self.count_session(info.line, -1);
+        self.state.touch(&user);
         let Some(online) = self.state.online.get_mut(&user) else { return };
         online.sessions.retain(|s| *s != sid);
         if !online.sessions.is_empty() {

@@ -53,6 +53,9 @@ impl Hub {
     pub(super) fn send_held_echoes(&mut self, sid: SessionId) {
         let Some(info) = self.state.sessions.get_mut(&sid) else { return };
         for echo in std::mem::take(&mut info.held_echoes) {
+            if !self.private_fresh(sid, &echo.with, echo.message.seq) {
+                continue;
+            }
             let (_, event) = private_message(&echo.message, None);
             self.deliver(&[sid], &event);
         }
@@ -78,7 +81,10 @@ impl Hub {
         let last_page = !full_page || next == cursor;
         let messages = merge_held_echoes(&mut info.held_echoes, messages, last_page);
         let budget = self.config.max_queue / 2;
-        for InboxMessage { message, .. } in &messages {
+        for InboxMessage { with, message } in &messages {
+            if !self.private_fresh(sid, with, message.seq) {
+                continue;
+            }
             round.sent += 1;
             round.bytes += message.text.len() + message.from.len() + 128;
             let (to_recipient, echo) = private_message(message, Some(&user));

@@ -20,6 +20,7 @@ mod state;
 
 mod auth;
 mod chat;
+mod cluster;
 mod guest;
 mod inbox;
 mod limits;
@@ -27,6 +28,7 @@ mod limits;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::bus::{BusCommand, BusEvent};
 use crate::config::Config;
 use crate::ids::SessionId;
 use crate::link::{Tag, ToHub, ToHubInner, ToShard, ToShardInner};
@@ -48,6 +50,9 @@ pub enum HubInput {
     Store(StoreDone),
     /// The deadline from [`Hub::poll_timeout`] passed (early calls are harmless).
     Timeout,
+    /// From the bus between the nodes of a cluster (ignored on a single
+    /// node, which has none).
+    Bus(BusEvent),
 }
 
 /// Something the hub wants done.
@@ -58,6 +63,8 @@ pub enum HubOutput {
     ToShard(u16, Vec<ToShard>),
     /// Submit these to storage, in order.
     Store(Vec<StoreRequest>),
+    /// Carry this out on the bus (only with `Config::cluster`).
+    Bus(BusCommand),
 }
 
 /// The routing state machine. See the module docs.
@@ -82,12 +89,16 @@ pub struct Hub {
     out: Vec<Vec<ToShard>>,
     dirty: Vec<u16>,
     store_out: Vec<StoreRequest>,
+    cluster: cluster::ClusterState,
 }
 
 impl Hub {
     /// A hub over what storage holds (`StoreOp::LoadAll`'s snapshot).
     pub fn new(config: Config, metrics: Arc<Metrics>, users: Vec<String>, rooms: Vec<StoredRoom>, now: Now) -> Hub {
         let mut state = State::with_users(users);
+        if config.cluster {
+            state.track_touched();
+        }
         for room in rooms {
             let entry = state.rooms.entry(room.name.clone()).or_default();
             entry.seq = room.seq;
@@ -109,6 +120,7 @@ impl Hub {
             out: Vec::new(),
             dirty: Vec::new(),
             store_out: Vec::new(),
+            cluster: Default::default(),
         }
     }
 
@@ -118,6 +130,10 @@ impl Hub {
             HubInput::FromShard(ToHub(msg)) => self.handle_shard(now, msg),
             HubInput::Store(done) => self.handle_store(now, done),
             HubInput::Timeout => self.handle_timeout(now),
+            HubInput::Bus(event) => self.handle_bus(now, event),
+        }
+        if self.config.cluster {
+            self.sync_subscriptions(now);
         }
     }
 
@@ -126,6 +142,9 @@ impl Hub {
         if !self.store_out.is_empty() {
             return Some(HubOutput::Store(std::mem::take(&mut self.store_out)));
         }
+        if let Some(command) = self.cluster.out.pop_front() {
+            return Some(HubOutput::Bus(command));
+        }
         let shard = self.dirty.pop()?;
         Some(HubOutput::ToShard(shard, std::mem::take(&mut self.out[usize::from(shard)])))
     }
@@ -133,10 +152,7 @@ impl Hub {
     /// When to call with [`HubInput::Timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
         let grace = self.grace.front().map(|(at, _)| *at);
-        match (self.pending.next_deadline(), grace) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.pending.next_deadline(), grace, self.cluster.next_check()].into_iter().flatten().min()
     }
 
     /// Storage requests waiting for completion.
@@ -163,8 +179,14 @@ impl Hub {
 
     fn handle_timeout(&mut self, now: Now) {
         self.end_graces(now);
+        self.cluster_timeout(now);
         for id in self.pending.expire(now.instant) {
             let Some(p) = self.pending.get_expired(id) else { continue };
+            if let PendingKind::Fill { key, .. } = &p.kind {
+                let key = key.clone();
+                self.fill_expired(&key);
+                continue;
+            }
             let (sid, tag, held, api) = (p.sid, p.tag.clone(), p.kind.held_back(), p.kind.is_api());
             self.release(sid, held);
             if let Some(tag) = tag {
@@ -182,7 +204,7 @@ impl Hub {
             return;
         };
         if expired {
-            return self.complete_expired(pending, done.result);
+            return self.complete_expired(now, pending, done.result);
         }
         self.complete(now, pending, done.result);
     }
@@ -190,10 +212,10 @@ impl Hub {
     /// A completion after its client was told `unavailable`: only what keeps
     /// other clients' view whole is still applied, and what the hub holds for
     /// the request (a reserved name, a login count) is settled.
-    fn complete_expired(&mut self, pending: Pending, result: Result<StoreValue, StoreError>) {
+    fn complete_expired(&mut self, now: Now, pending: Pending, result: Result<StoreValue, StoreError>) {
         match (pending.kind, result) {
             (PendingKind::SendRoom { room, message }, Ok(value)) => {
-                let _ = self.deliver_room_message(&room, message, value);
+                let _ = self.deliver_room_message(now, pending.sid, &room, message, value);
             }
             (PendingKind::Authenticate(how), result) => {
                 self.cancels.remove(&pending.sid);

@@ -97,6 +97,19 @@ pub(crate) enum PendingKind {
     },
     /// An `ack` request, or (untagged) the hub's ack for a line session.
     Ack,
+    /// In a cluster: a read of `(after, after + FILL_PAGE]` of a room or
+    /// conversation, to fill a gap; `covers` was known stored when it was
+    /// asked (see `hub/cluster.rs`).
+    Fill {
+        key: super::cluster::StreamKey,
+        after: u64,
+        covers: u64,
+    },
+    /// In a cluster: the newest `seq`s of what the node serves; `users`
+    /// asked.
+    Check {
+        users: Vec<String>,
+    },
 }
 
 /// What an HTTP account API call is waiting for.

@@ -19,6 +19,7 @@ struct Bench {
     now: Now,
     mail: Vec<(u16, ToShardInner)>,
     store: Vec<StoreRequest>,
+    bus: Vec<crate::bus::BusCommand>,
     serial: u64,
 }
 
@@ -28,7 +29,7 @@ impl Bench {
         #[allow(clippy::disallowed_methods)]
         let now = Now { instant: Instant::now(), unix_ms: 1_700_000_000_000 };
         let hub = Hub::new(Config::default(), Default::default(), Vec::new(), Vec::new(), now);
-        Bench { hub, now, mail: Vec::new(), store: Vec::new(), serial: 0 }
+        Bench { hub, now, mail: Vec::new(), store: Vec::new(), bus: Vec::new(), serial: 0 }
     }
 
     /// A new session on `shard`.
@@ -47,6 +48,7 @@ impl Bench {
             match output {
                 HubOutput::ToShard(shard, batch) => self.mail.extend(batch.into_iter().map(|ToShard(m)| (shard, m))),
                 HubOutput::Store(requests) => self.store.extend(requests),
+                HubOutput::Bus(command) => self.bus.push(command),
             }
         }
     }
@@ -145,6 +147,10 @@ fn a_room_message_reaches_each_member_once_in_one_delivery_per_shard() {
         assert_eq!(reached.iter().filter(|s| *s == sid).count(), 1, "{sid:?} in {reached:?}");
     }
     assert!(!reached.contains(&outsider));
+    assert!(b.bus.is_empty(), "a single node has no bus: {:?}", b.bus);
+    b.hub.handle_input(b.now, HubInput::Bus(crate::bus::BusEvent::Up));
+    b.collect();
+    assert!(b.bus.is_empty() && b.store.is_empty(), "and ignores one: {:?} {:?}", b.bus, b.store);
 }
 
 #[test]
