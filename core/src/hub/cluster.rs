@@ -346,13 +346,19 @@ impl Hub {
         }
         for (a, b, seq) in conversations {
             let key = conversation(&a, &b);
-            if self.cluster.conversations.contains_key(&key) {
-                behind.push((key, seq));
-            } else if learnt.contains(&a) || learnt.contains(&b) {
+            // Known here, explicitly or (at 0) through a principal whose
+            // conversations this node learnt earlier.
+            let tracked = |k: &String| self.cluster.keys.contains(k) && !self.cluster.baseline.contains(k);
+            let known = self.cluster.conversations.contains_key(&key) || tracked(&a) || tracked(&b);
+            if !known && (learnt.contains(&a) || learnt.contains(&b)) {
                 // Where this node starts: anything still waiting here was
                 // stored after the read began, or is delivered from it.
                 let first_waiting = self.waiting_min(&key).map_or(seq, |w| w - 1);
                 self.cluster.conversations.insert(key, seq.min(first_waiting));
+            } else {
+                // Known, or begun since this node learnt its principals
+                // (then every message of it is new here).
+                behind.push((key, seq));
             }
         }
         for user in &learnt {
