@@ -66,6 +66,8 @@ struct Queued {
     order: u64,
     due: Instant,
     request: StoreRequest,
+    /// The outcome, when the operation ran at submission.
+    ran: Option<Result<StoreValue, StoreError>>,
 }
 
 /// An in-memory [`StoreOp`] executor with latency, failure injection and
@@ -78,6 +80,8 @@ pub struct FakeStore {
     queue: VecDeque<Queued>,
     passwords: Vec<Queued>,
     node: usize,
+    /// Operations run when submitted, not when completed.
+    run_early: bool,
     /// Other nodes' queues, while another is current.
     parked: HashMap<usize, (VecDeque<Queued>, Vec<Queued>)>,
     submitted: u64,
@@ -118,6 +122,7 @@ impl FakeStore {
             queue: VecDeque::new(),
             passwords: Vec::new(),
             node: 0,
+            run_early: false,
             parked: HashMap::new(),
             submitted: 0,
             latency: Duration::ZERO,
@@ -152,6 +157,16 @@ impl FakeStore {
     pub fn set_password_latency(&mut self, latency: Duration, jitter: Duration) {
         self.password_latency = latency;
         self.password_jitter = jitter;
+    }
+
+    /// Operations run when they are submitted (`true`) or when they
+    /// complete (`false`, the default). Both are allowed: a real store runs
+    /// a request somewhere in between. Running early is what a shared
+    /// database does to a cluster: another node's write can be read here
+    /// before its own node hears it is done, and a read here can miss a
+    /// write whose announcement arrives before the read's completion.
+    pub fn set_run_at_submission(&mut self, early: bool) {
+        self.run_early = early;
     }
 
     /// The next `n` operations to run fail with `StoreError::Backend`.
@@ -305,11 +320,13 @@ impl FakeStore {
             self.log.push(request.op.clone());
             if is_password(&request.op) {
                 let due = now + self.password_latency + self.rng.duration(self.password_jitter);
-                self.passwords.push(Queued { order: self.submitted, due, request });
+                let ran = self.run_early.then(|| self.run(&request.op));
+                self.passwords.push(Queued { order: self.submitted, due, request, ran });
             } else {
                 let earliest = self.queue.back().map_or(now, |q| q.due);
                 let due = (now + self.latency + self.rng.duration(self.jitter)).max(earliest);
-                self.queue.push_back(Queued { order: self.submitted, due, request });
+                let ran = self.run_early.then(|| self.run(&request.op));
+                self.queue.push_back(Queued { order: self.submitted, due, request, ran });
             }
         }
     }
@@ -348,7 +365,8 @@ impl FakeStore {
         };
         self.completed += 1;
         let StoreRequest { id, op } = queued.request;
-        Some(StoreDone { id, result: self.run(&op) })
+        let result = queued.ran.unwrap_or_else(|| self.run(&op));
+        Some(StoreDone { id, result })
     }
 
     /// Runs every request still queued, without completions (a node that
@@ -356,7 +374,7 @@ impl FakeStore {
     pub fn run_abandoned(&mut self) {
         let mut all: Vec<Queued> = self.queue.drain(..).chain(self.passwords.drain(..)).collect();
         all.sort_by_key(|q| q.order);
-        for q in all {
+        for q in all.into_iter().filter(|q| q.ran.is_none()) {
             let _ = self.run(&q.request.op);
         }
     }

@@ -303,8 +303,9 @@ mod props {
     }
 
     impl Driver {
-        pub(super) fn new(nodes: usize, seed: u64) -> Driver {
+        pub(super) fn new(nodes: usize, seed: u64, early: bool) -> Driver {
             let mut store = natter_sim::FakeStore::default();
+            store.set_run_at_submission(early);
             for user in USERS {
                 store.add_user(user, "password");
             }
@@ -585,19 +586,24 @@ mod props {
         std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(128)
     }
 
-    pub(super) fn run(nodes: usize, seed: u64, ops: &[Op]) -> Result<(), TestCaseError> {
-        let mut driver = Driver::new(nodes, seed);
+    pub(super) fn run(nodes: usize, seed: u64, early: bool, ops: &[Op]) -> Result<(), TestCaseError> {
+        let mut driver = Driver::new(nodes, seed, early);
         for op in ops {
             driver.apply(op);
         }
         driver.finish();
         let errors = driver.check();
-        prop_assert!(errors.is_empty(), "{nodes} nodes, seed {:#x}:\n{}", driver.cluster.seed(), errors.join("\n"));
+        let seed = driver.cluster.seed();
+        prop_assert!(errors.is_empty(), "{nodes} nodes, early {early}, seed {seed:#x}:\n{}", errors.join("\n"));
         Ok(())
     }
 
-    pub(super) fn strategy() -> impl Strategy<Value = (usize, u64, Vec<Op>)> {
-        (2..=3usize).prop_flat_map(|nodes| (Just(nodes), any::<u64>(), prop::collection::vec(op(nodes), 1..100)))
+    /// Node count, seed, whether storage runs requests when submitted
+    /// (else when completed), and the operations.
+    pub(super) fn strategy() -> impl Strategy<Value = (usize, u64, bool, Vec<Op>)> {
+        (2..=3usize).prop_flat_map(|nodes| {
+            (Just(nodes), any::<u64>(), any::<bool>(), prop::collection::vec(op(nodes), 1..100))
+        })
     }
 
     pub(super) fn runner() -> TestRunner {
@@ -608,23 +614,23 @@ mod props {
         })
     }
 
-    pub(super) type Ran = RefCell<BTreeMap<usize, u32>>;
+    pub(super) type Ran = RefCell<BTreeMap<(usize, bool), u32>>;
 }
 
 #[test]
 fn every_member_gets_each_message_once_in_order_whatever_the_bus_does() {
     let mut runner = props::runner();
     let ran: props::Ran = Default::default();
-    let result = runner.run(&props::strategy(), |(nodes, seed, mut ops)| {
-        *ran.borrow_mut().entry(nodes).or_default() += 1;
+    let result = runner.run(&props::strategy(), |(nodes, seed, early, mut ops)| {
+        *ran.borrow_mut().entry((nodes, early)).or_default() += 1;
         // Every run starts with someone on each node, in one room.
         let mut all: Vec<props::Op> = (0..nodes).map(|node| props::Op::Connect { user: node, node }).collect();
         all.extend((0..nodes).map(|client| props::Op::Join { client, room: 0 }));
         all.append(&mut ops);
-        props::run(nodes, seed, &all)
+        props::run(nodes, seed, early, &all)
     });
     let ran = ran.into_inner();
-    let summary = format!("{} cases by node count: {ran:?}", ran.values().sum::<u32>());
+    let summary = format!("{} cases by (nodes, storage runs at submission): {ran:?}", ran.values().sum::<u32>());
     eprintln!("every_member_gets_each_message_once_in_order_whatever_the_bus_does: {summary}");
     if let Err(e) = result {
         panic!("{e}\n(after {summary})");

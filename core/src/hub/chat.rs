@@ -298,6 +298,7 @@ impl Hub {
 
     fn complete_replay(
         &mut self,
+        now: Now,
         sid: SessionId,
         tag: Tag,
         room: String,
@@ -325,6 +326,48 @@ impl Hub {
         self.reply(sid, tag, Ok(Reply::Joined { room: room.clone(), seq, members, recovery: Some(recovery) }));
         for m in &messages {
             self.deliver(&[sid], &room_message(&room, m));
+        }
+        let top = messages.last().map_or(since, |m| m.seq.max(since));
+        self.replay_rest(now, sid, room, top);
+    }
+
+    /// In a cluster, the bus is not ordered with this node's storage queue:
+    /// a message another node stored after the replay's read ran can have
+    /// been delivered here (and skipped for this session) before the read
+    /// completed. What was delivered past the replay is read once more,
+    /// the session still replaying, until the replay reaches it.
+    fn replay_rest(&mut self, now: Now, sid: SessionId, room: String, top: u64) {
+        if !self.config.cluster || top >= self.state.room_seq(&room) {
+            return;
+        }
+        self.mark_replaying(sid, &room);
+        let range = SeqRange::After { after: top, limit: REPLAY_LIMIT };
+        let op = StoreOp::History { target: Target::Room(room.clone()), range };
+        self.store(now, op, Pending::untagged(sid, PendingKind::ReplayRest { room, after: top }));
+    }
+
+    pub(super) fn complete_replay_rest(
+        &mut self,
+        now: Now,
+        sid: SessionId,
+        room: String,
+        after: u64,
+        result: Result<StoreValue, StoreError>,
+    ) {
+        self.unmark_replaying(sid, &room);
+        let Ok(StoreValue::Messages { mut messages, .. }) = result else { return };
+        let user = self.state.sessions.get(&sid).and_then(|i| i.user()).map(str::to_owned);
+        if !user.is_some_and(|u| self.state.is_member(&u, &room)) {
+            return;
+        }
+        let seq = self.state.room_seq(&room);
+        messages.retain(|m| m.seq > after && m.seq <= seq);
+        for m in &messages {
+            self.deliver(&[sid], &room_message(&room, m));
+        }
+        let top = messages.last().map_or(after, |m| m.seq);
+        if top > after {
+            self.replay_rest(now, sid, room, top);
         }
     }
 
@@ -462,6 +505,7 @@ impl Hub {
             (PendingKind::Inbox { cursor, round }, _) => self.complete_inbox(now, sid, cursor, round, result),
             (PendingKind::Api(call), _) => self.complete_api(sid, call, result),
             (PendingKind::Ack, tag) => self.complete_ack(now, sid, tag, result),
+            (PendingKind::ReplayRest { room, after }, _) => self.complete_replay_rest(now, sid, room, after, result),
             (PendingKind::Fill { key, after, covers }, _) => self.complete_fill(now, key, after, covers, result),
             (PendingKind::Check { users }, _) => self.complete_check(now, users, result),
             (kind, Some(tag)) => self.complete_request(now, sid, tag, kind, result),
@@ -495,7 +539,7 @@ impl Hub {
                 Ok(_) => self.apply_leave(sid, tag, &user, &room),
                 Err(_) => self.reply(sid, tag, Err(unavailable())),
             },
-            PendingKind::Replay { room, since } => self.complete_replay(sid, tag, room, since, result),
+            PendingKind::Replay { room, since } => self.complete_replay(now, sid, tag, room, since, result),
             PendingKind::SendRoom { room, message } => {
                 let sent = result
                     .map_err(|_| unavailable())
@@ -518,6 +562,7 @@ impl Hub {
             | PendingKind::Api(_)
             | PendingKind::Ack
             | PendingKind::Fill { .. }
+            | PendingKind::ReplayRest { .. }
             | PendingKind::Check { .. } => {}
         }
     }

@@ -73,6 +73,12 @@ pub(crate) enum PendingKind {
         room: String,
         since: u64,
     },
+    /// In a cluster: what a `since` replay missed of what was delivered
+    /// while it was read (see `Hub::replay_rest`), after `after`.
+    ReplayRest {
+        room: String,
+        after: u64,
+    },
     Leave {
         user: String,
         room: String,
@@ -139,7 +145,9 @@ pub(crate) enum Held {
 impl PendingKind {
     pub(crate) fn held_back(&self) -> Held {
         match self {
-            Self::Join { room, since: Some(_), .. } | Self::Replay { room, .. } => Held::Room(room.clone()),
+            Self::Join { room, since: Some(_), .. } | Self::Replay { room, .. } | Self::ReplayRest { room, .. } => {
+                Held::Room(room.clone())
+            }
             Self::Inbox { .. } => Held::Inbox,
             _ => Held::Nothing,
         }
