@@ -27,6 +27,7 @@ impl Hub {
                 replaying: Vec::new(),
                 queries: None,
                 private_seen: Vec::new(),
+                inbox_missed: false,
             })
         });
         if info.phase != Phase::New {

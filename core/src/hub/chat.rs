@@ -452,11 +452,16 @@ impl Hub {
         // name is someone else.
         let same_principal = self.state.online.get(&to).is_some_and(|o| o.key == to_key);
         if same_principal {
-            let mut recipients: Vec<SessionId> = self
-                .sessions_of(&to)
-                .into_iter()
-                .filter(|s| self.state.sessions.get(s).is_some_and(|i| !i.inbox.holds_live()))
-                .collect();
+            let cluster = self.config.cluster;
+            let mut recipients = self.sessions_of(&to);
+            recipients.retain(|s| match self.state.sessions.get_mut(s) {
+                Some(info) if info.inbox.holds_live() => {
+                    info.inbox_missed |= cluster;
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            });
             recipients.retain(|s| self.private_fresh(*s, &stored.sender, stored.seq));
             self.deliver(&recipients, &to_view);
         }

@@ -71,6 +71,7 @@ impl Hub {
     ) {
         let Some(info) = self.state.sessions.get_mut(&sid) else { return };
         let Some(user) = info.user().map(str::to_owned) else { return };
+        let read = matches!(result, Ok(StoreValue::Inbox { .. }));
         let (messages, next) = match result {
             Ok(StoreValue::Inbox { messages, cursor }) => (messages, cursor),
             // Nothing was acknowledged, so the next session gets them; live
@@ -92,7 +93,11 @@ impl Hub {
             self.deliver(&[sid], &event);
         }
         let Some(info) = self.state.sessions.get_mut(&sid) else { return };
-        if last_page {
+        if last_page && read && std::mem::take(&mut info.inbox_missed) {
+            // See `SessionInfo::inbox_missed`: what that page already sent
+            // is not sent twice (`Hub::private_fresh`).
+            self.request_page(now, sid, user, next, round);
+        } else if last_page {
             info.inbox = InboxRead::Done;
         } else if round.sent >= ROUND_MESSAGES || round.bytes >= budget {
             info.inbox = InboxRead::Paused { cursor: next };

@@ -14,6 +14,40 @@
 //! A room's `seq` comes from the store's transaction. Completions of appends
 //! arrive in `seq` order, so delivering each as it completes gives every
 //! member a gapless, ordered stream.
+//!
+//! # Ordering in a cluster (`Config::cluster`)
+//! Several nodes share one store, each with its own queue, and announce
+//! what they stored on a bus ([`HubOutput::Bus`], [`HubInput::Bus`]) that
+//! may lose, repeat and reorder. The argument above then no longer holds:
+//! another node's append is not in this node's queue, and its announcement
+//! is not ordered with this node's reads. It is replaced by these:
+//!
+//! - **One sequencer** (`cluster.rs`). Every stored message, whether this
+//!   node's append completed, the bus brought it, or a storage read found
+//!   it, goes through one per-room and per-conversation check against the
+//!   newest `seq` delivered here: the next one is delivered, an older one is
+//!   dropped, a later one waits while the gap is read from storage. Storage
+//!   numbers each target's messages in commit order, so a message this node
+//!   has seen committed proves every lower `seq` committed too: a read
+//!   submitted after it returns the whole gap. Members get each message
+//!   once, in `seq` order, whichever node stored it.
+//! - **Nothing is lost for good.** A message the bus never brings is found
+//!   by a later message's gap, or by the check of the newest `seq`s (every
+//!   `Config::cluster_check`, after the link's `Up`, and when a room or a
+//!   user starts being served here), then read like any gap.
+//! - **`since` replays.** A session still skips live messages of the room
+//!   while its replay is read, and the replay sends what it read up to the
+//!   `seq` delivered here (the `ok`'s); later ones come live. What was
+//!   delivered here but not read (another node stored it after the read
+//!   ran, and the bus was faster than this node's storage queue) is read
+//!   again, the session still replaying, until the replay reaches what was
+//!   delivered (`PendingKind::ReplayRest`).
+//! - **Inbox reads.** Live private messages still wait while the inbox is
+//!   read; one held back while a page was read may have been stored after
+//!   that page's read ran, so then one more page is read before live ones
+//!   flow (`SessionInfo::inbox_missed`). A session never gets one private
+//!   `seq` twice, or an older after a newer, from its inbox and live
+//!   together (`SessionInfo::private_seen`).
 
 mod pending;
 mod state;

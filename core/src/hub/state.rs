@@ -61,6 +61,10 @@ pub(crate) struct SessionInfo {
     /// other principal, so that a message that reaches it both from its
     /// inbox and live (the bus is not ordered with storage) is sent once.
     pub(crate) private_seen: Vec<(String, u64)>,
+    /// In a cluster: a live private message was held back for the inbox
+    /// while a page was read; the page may have been read before it was
+    /// stored (another node stored it), so one more page is read.
+    pub(crate) inbox_missed: bool,
 }
 
 /// A session's progress through its inbox (`hub/inbox.rs`).
