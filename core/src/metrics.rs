@@ -290,7 +290,12 @@ impl Metrics {
 impl Metrics {
     /// The bus between the nodes of a cluster (all zero on a single node).
     fn render_cluster(&self, out: &mut Exposition) {
-        out.metric("natter_bus_up", "gauge", "1 while the cluster bus link is up.", &[("", gauge(&self.bus_up) as f64)]);
+        out.metric(
+            "natter_bus_up",
+            "gauge",
+            "1 while the cluster bus link is up.",
+            &[("", gauge(&self.bus_up) as f64)],
+        );
         out.metric(
             "natter_bus_messages_total",
             "counter",

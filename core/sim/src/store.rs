@@ -888,7 +888,10 @@ mod tests {
         pm(&mut s, "x", "y", 1);
         pm(&mut s, "y", "x", 2);
         pm(&mut s, "z", "x", 3);
-        let ask = StoreOp::LastSeqs { rooms: vec!["a".into(), "nope".into(), "b".into()], users: vec!["x".into(), "y".into()] };
+        let ask = StoreOp::LastSeqs {
+            rooms: vec!["a".into(), "nope".into(), "b".into()],
+            users: vec!["x".into(), "y".into()],
+        };
         assert_eq!(
             s.run(&ask).unwrap(),
             StoreValue::LastSeqs {

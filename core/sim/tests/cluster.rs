@@ -122,7 +122,8 @@ fn messages_the_bus_reorders_are_delivered_in_seq_order() {
     join(&mut c, bob, "r");
     c.take_json(bob);
     c.set_bus_faults(BusFaults { max_delay: Duration::from_millis(200), ..BusFaults::default() });
-    let refs: Vec<String> = (0..20).map(|i| c.send(ann, json!({"type":"send","room":"r","text":format!("m{i}")}))).collect();
+    let refs: Vec<String> =
+        (0..20).map(|i| c.send(ann, json!({"type":"send","room":"r","text":format!("m{i}")}))).collect();
     assert_eq!(refs.len(), 20);
     c.run_until_idle();
     assert_eq!(room_seqs(&mut c, bob, "r"), (1..=20).collect::<Vec<u64>>());
@@ -244,19 +245,48 @@ mod props {
 
     #[derive(Debug, Clone)]
     pub(super) enum Op {
-        Connect { user: usize, node: usize },
-        Join { client: usize, room: usize },
-        Say { client: usize, room: usize },
-        Tell { client: usize, to: usize },
+        Connect {
+            user: usize,
+            node: usize,
+        },
+        Join {
+            client: usize,
+            room: usize,
+        },
+        Say {
+            client: usize,
+            room: usize,
+        },
+        Tell {
+            client: usize,
+            to: usize,
+        },
         /// Hang up, log in on `node`, and join again every room with
         /// `since` the last `seq` seen there.
-        Reconnect { client: usize, node: usize },
-        Disconnect { client: usize },
-        Faults { drop: u64, duplicate: u64, delay_ms: u64 },
-        LinkDown { node: usize },
-        LinkUp { node: usize },
-        Latency { ms: u64 },
-        Advance { ms: u64 },
+        Reconnect {
+            client: usize,
+            node: usize,
+        },
+        Disconnect {
+            client: usize,
+        },
+        Faults {
+            drop: u64,
+            duplicate: u64,
+            delay_ms: u64,
+        },
+        LinkDown {
+            node: usize,
+        },
+        LinkUp {
+            node: usize,
+        },
+        Latency {
+            ms: u64,
+        },
+        Advance {
+            ms: u64,
+        },
         Idle,
     }
 
@@ -476,7 +506,10 @@ mod props {
                 Some("message") => room_message(cluster, &mut rooms, v, fail),
                 Some("private") => {
                     let peer = if v["from"] == s.user { &v["to"] } else { &v["from"] };
-                    private.entry(peer.as_str().unwrap_or_default().to_string()).or_default().push(v["seq"].as_u64().unwrap_or(0));
+                    private
+                        .entry(peer.as_str().unwrap_or_default().to_string())
+                        .or_default()
+                        .push(v["seq"].as_u64().unwrap_or(0));
                 }
                 Some("ok") | Some("error") => {
                     let Some(req) = v["ref"].as_str().and_then(|r| s.reqs.get(r)) else { continue };
@@ -500,7 +533,8 @@ mod props {
             }
         }
         for (&peer, &base) in &s.pm_base {
-            let got: Vec<u64> = private.get(peer).into_iter().flatten().chain(acked.get(peer).into_iter().flatten()).copied().collect();
+            let got: Vec<u64> =
+                private.get(peer).into_iter().flatten().chain(acked.get(peer).into_iter().flatten()).copied().collect();
             for m in cluster.store().conversation(s.user, peer) {
                 if m.seq > base && !got.contains(&m.seq) {
                     fail(format!("private {} with {peer} never reached it (base {base}; got {got:?})", m.seq));
@@ -601,9 +635,8 @@ mod props {
     /// Node count, seed, whether storage runs requests when submitted
     /// (else when completed), and the operations.
     pub(super) fn strategy() -> impl Strategy<Value = (usize, u64, bool, Vec<Op>)> {
-        (2..=3usize).prop_flat_map(|nodes| {
-            (Just(nodes), any::<u64>(), any::<bool>(), prop::collection::vec(op(nodes), 1..100))
-        })
+        (2..=3usize)
+            .prop_flat_map(|nodes| (Just(nodes), any::<u64>(), any::<bool>(), prop::collection::vec(op(nodes), 1..100)))
     }
 
     pub(super) fn runner() -> TestRunner {

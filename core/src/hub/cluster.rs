@@ -327,7 +327,8 @@ impl Hub {
             return;
         }
         self.check_all(now);
-        let stalled: Vec<StreamKey> = self.cluster.streams.iter().filter(|(_, s)| !s.filling).map(|(k, _)| k.clone()).collect();
+        let stalled: Vec<StreamKey> =
+            self.cluster.streams.iter().filter(|(_, s)| !s.filling).map(|(k, _)| k.clone()).collect();
         for key in stalled {
             self.drain(now, &key);
         }

@@ -419,7 +419,8 @@ fn last_seqs_names_the_newest_seq_of_rooms_and_conversations() {
     let ops = [append("a", "1"), append("a", "2"), append("b", "1"), pm("x", "y"), pm("y", "x"), pm("z", "x")];
     let refs: Vec<&StoreOp> = ops.iter().collect();
     assert!(db.execute(&refs).iter().all(Result::is_ok));
-    let ask = StoreOp::LastSeqs { rooms: vec!["a".into(), "nope".into(), "b".into()], users: vec!["x".into(), "y".into()] };
+    let ask =
+        StoreOp::LastSeqs { rooms: vec!["a".into(), "nope".into(), "b".into()], users: vec!["x".into(), "y".into()] };
     let got = db.execute(&[&ask]).remove(0).unwrap();
     assert_eq!(
         got,
