@@ -290,6 +290,12 @@ impl Cluster {
         c
     }
 
+    /// A WebSocket client on `node`, upgraded, before `hello`.
+    pub fn ws_client(&mut self, node: usize) -> NodeClient {
+        let client = self.with_node(node, Sim::ws_client);
+        NodeClient { node, client }
+    }
+
     /// Sends `request` without waiting (a `ref` is added unless it has one);
     /// returns the `ref`.
     pub fn send(&mut self, c: NodeClient, mut request: Value) -> String {

@@ -82,6 +82,8 @@ pub struct FakeStore {
     node: usize,
     /// Operations run when submitted, not when completed.
     run_early: bool,
+    /// Latency and jitter of one node's queue, where it differs.
+    node_latency: HashMap<usize, (Duration, Duration)>,
     /// Other nodes' queues, while another is current.
     parked: HashMap<usize, (VecDeque<Queued>, Vec<Queued>)>,
     submitted: u64,
@@ -123,6 +125,7 @@ impl FakeStore {
             passwords: Vec::new(),
             node: 0,
             run_early: false,
+            node_latency: HashMap::new(),
             parked: HashMap::new(),
             submitted: 0,
             latency: Duration::ZERO,
@@ -150,6 +153,12 @@ impl FakeStore {
     pub fn set_latency(&mut self, latency: Duration, jitter: Duration) {
         self.latency = latency;
         self.jitter = jitter;
+    }
+
+    /// [`FakeStore::set_latency`] for the requests of one node of a
+    /// cluster only (a node whose database connection is slow).
+    pub fn set_node_latency(&mut self, node: usize, latency: Duration, jitter: Duration) {
+        self.node_latency.insert(node, (latency, jitter));
     }
 
     /// Password operations (`Register`, `Login`, `Verify`) take `latency`
@@ -324,7 +333,9 @@ impl FakeStore {
                 self.passwords.push(Queued { order: self.submitted, due, request, ran });
             } else {
                 let earliest = self.queue.back().map_or(now, |q| q.due);
-                let due = (now + self.latency + self.rng.duration(self.jitter)).max(earliest);
+                let (latency, jitter) =
+                    self.node_latency.get(&self.node).copied().unwrap_or((self.latency, self.jitter));
+                let due = (now + latency + self.rng.duration(jitter)).max(earliest);
                 let ran = self.run_early.then(|| self.run(&request.op));
                 self.queue.push_back(Queued { order: self.submitted, due, request, ran });
             }
