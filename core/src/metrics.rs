@@ -367,6 +367,9 @@ mod tests {
         assert!(text.contains("# TYPE natter_messages_delivered_total counter\nnatter_messages_delivered_total 3\n"));
         assert!(text.contains("natter_connections{transport=\"line\"} 2\n"));
         assert!(text.contains("natter_store_latency_seconds_sum 0.0015\n"));
+        Metrics::add(&m.bus_duplicates, 2);
+        assert!(text.contains("natter_bus_up 0\n"), "a single node's bus is never up");
+        assert!(m.render().contains("natter_bus_messages_total{event=\"duplicate_dropped\"} 2\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");
