@@ -34,9 +34,8 @@ pub enum BusTopic {
 }
 
 impl BusTopic {
-    /// The channel name: `natter.room.NAME` or `natter.user.KEY`. Names
-    /// cannot hold a `.`-free ambiguity: rooms and principals live under
-    /// different prefixes.
+    /// The channel name: `natter.room.NAME` or `natter.user.KEY`. The two
+    /// prefixes keep a room and a principal with the same name apart.
     pub fn channel(&self) -> String {
         match self {
             BusTopic::Room(room) => format!("natter.room.{room}"),
