@@ -702,3 +702,22 @@ fn a_private_message_that_overtakes_an_inbox_read_is_not_lost() {
     let live: Vec<Value> = c.take_json(bob_before).into_iter().filter(|v| v["type"] == "private").collect();
     assert_eq!(live.len(), 1, "{live:?}");
 }
+
+#[test]
+fn a_room_joined_on_one_node_is_the_users_on_another() {
+    let mut c = cluster(2);
+    let ann = c.login(0, "ann");
+    let bob = c.login(0, "bob");
+    join(&mut c, ann, "r");
+    join(&mut c, bob, "r");
+    say(&mut c, ann, "r", "before");
+    // Node 1 loaded its rooms before Bob joined r on node 0.
+    let bob_elsewhere = c.login(1, "bob");
+    let welcome = c.log(bob_elsewhere).iter().find_map(|e| e.json().filter(|v| v["type"] == "welcome").cloned());
+    let rooms = welcome.map(|w| w["rooms"].clone()).unwrap_or_default();
+    assert_eq!(rooms, json!([{"room":"r","seq":0,"read":0}]), "node 1 learns the room at welcome");
+    say(&mut c, ann, "r", "after");
+    assert_eq!(room_seqs(&mut c, bob_elsewhere, "r"), [1, 2], "from the welcome's seq on");
+    let ok = c.req(bob_elsewhere, json!({"type":"send","room":"r","text":"from node 1"}));
+    assert_eq!(ok["seq"], 3, "{ok}");
+}
