@@ -26,8 +26,7 @@ impl Hub {
                 held_echoes: Vec::new(),
                 replaying: Vec::new(),
                 queries: None,
-                private_seen: Vec::new(),
-                inbox_missed: false,
+                cluster: None,
             })
         });
         if info.phase != Phase::New {

@@ -456,7 +456,9 @@ impl Hub {
             let mut recipients = self.sessions_of(&to);
             recipients.retain(|s| match self.state.sessions.get_mut(s) {
                 Some(info) if info.inbox.holds_live() => {
-                    info.inbox_missed |= cluster;
+                    if cluster {
+                        info.cluster.get_or_insert_with(Default::default).inbox_missed = true;
+                    }
                     false
                 }
                 Some(_) => true,
@@ -490,14 +492,15 @@ impl Hub {
             return true;
         }
         let Some(info) = self.state.sessions.get_mut(&sid) else { return false };
-        match info.private_seen.iter_mut().find(|(p, _)| p == peer) {
+        let marks = &mut info.cluster.get_or_insert_with(Default::default).private_seen;
+        match marks.iter_mut().find(|(p, _)| p == peer) {
             Some((_, seen)) if *seen >= seq => false,
             Some((_, seen)) => {
                 *seen = seq;
                 true
             }
             None => {
-                info.private_seen.push((peer.to_string(), seq));
+                marks.push((peer.to_string(), seq));
                 true
             }
         }

@@ -93,8 +93,9 @@ impl Hub {
             self.deliver(&[sid], &event);
         }
         let Some(info) = self.state.sessions.get_mut(&sid) else { return };
-        if last_page && read && std::mem::take(&mut info.inbox_missed) {
-            // See `SessionInfo::inbox_missed`: what that page already sent
+        let missed = info.cluster.as_mut().is_some_and(|c| std::mem::take(&mut c.inbox_missed));
+        if last_page && read && missed {
+            // See `ClusterSession::inbox_missed`: what that page already sent
             // is not sent twice (`Hub::private_fresh`).
             self.request_page(now, sid, user, next, round);
         } else if last_page {

@@ -57,13 +57,21 @@ pub(crate) struct SessionInfo {
     /// Its budget for requests whose cost grows with the server
     /// (`rooms`, `who`, `history`, `conversations`): made at the first.
     pub(crate) queries: Option<RateLimit>,
-    /// In a cluster: the newest private `seq` sent to this session per
-    /// other principal, so that a message that reaches it both from its
-    /// inbox and live (the bus is not ordered with storage) is sent once.
+    /// What a session of a node in a cluster needs besides; made at first
+    /// use, so that a single node's sessions pay one pointer for it.
+    pub(crate) cluster: Option<Box<ClusterSession>>,
+}
+
+/// A session's private-message bookkeeping in a cluster.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterSession {
+    /// The newest private `seq` sent to the session per other principal,
+    /// so that a message that reaches it both from its inbox and live (the
+    /// bus is not ordered with storage) is sent once.
     pub(crate) private_seen: Vec<(String, u64)>,
-    /// In a cluster: a live private message was held back for the inbox
-    /// while a page was read; the page may have been read before it was
-    /// stored (another node stored it), so one more page is read.
+    /// A live private message was held back for the inbox while a page was
+    /// read; the page may have been read before it was stored (another node
+    /// stored it), so one more page is read.
     pub(crate) inbox_missed: bool,
 }
 
