@@ -87,6 +87,12 @@ pub struct Config {
     /// Storage requests the hub lets wait for completion; past it, requests
     /// are answered `unavailable` at once. Not a flag: a safety bound.
     pub store_backlog: usize,
+    /// This node is one of several sharing one store, with a bus between
+    /// them (`hub/cluster.rs`). Off: the hub emits no bus output at all.
+    pub cluster: bool,
+    /// In a cluster, how often the hub asks storage for the newest `seq` of
+    /// what it serves, to find messages the bus lost.
+    pub cluster_check: Duration,
 }
 
 /// A secret from the configuration: it never appears in `Debug` output (so
@@ -162,6 +168,8 @@ impl Default for Config {
             peer_session_rate: 60,
             presence_grace: Duration::from_secs(2),
             store_backlog: 100_000,
+            cluster: false,
+            cluster_check: Duration::from_secs(3),
             allowed_origins: Vec::new(),
             // Open: the usual scraper is a Prometheus on the same host or
             // network, and the counters say nothing about users. A public

@@ -19,6 +19,10 @@ impl SessionId {
     /// Slots a shard can address: more connections than that are refused.
     pub const SLOTS: usize = 1 << Self::SLOT_BITS;
 
+    /// Stands for the hub itself in what it asks storage on its own
+    /// account (cluster catch-up reads); names no session.
+    pub(crate) const HUB: SessionId = SessionId(u64::MAX);
+
     /// The id of the `serial`-th session of `shard`, in slot `slot`.
     pub fn new(shard: u16, slot: usize, serial: u64) -> SessionId {
         debug_assert!(u32::from(shard) < (1 << Self::SHARD_BITS));

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::time::Instant;
 
+use crate::bus::{BusCommand, BusEvent};
 use crate::hub::{Hub, HubInput, HubOutput};
 use crate::shard::{ConnKey, Shard, ShardError, ShardInput, ShardOutput};
 use crate::store::{StoreDone, StoreRequest};
@@ -20,6 +21,8 @@ pub enum LocalInput<'a> {
     Shard(ShardInput<'a>),
     /// A storage completion, in the order storage gives them.
     Store(StoreDone),
+    /// From the cluster's bus (see [`HubInput::Bus`]).
+    Bus(BusEvent),
 }
 
 /// What the runtime must do next.
@@ -33,6 +36,8 @@ pub enum LocalOutput {
     /// Submit these to storage, in order, and feed each completion back
     /// as [`LocalInput::Store`].
     Store(Vec<StoreRequest>),
+    /// As [`HubOutput::Bus`].
+    Bus(BusCommand),
 }
 
 /// A caller mistake on a one-thread node.
@@ -76,6 +81,10 @@ impl Local {
             LocalInput::Shard(input) => self.shard.handle_input(now, input)?,
             LocalInput::Store(done) => {
                 self.hub.handle_input(now, HubInput::Store(done));
+                None
+            }
+            LocalInput::Bus(event) => {
+                self.hub.handle_input(now, HubInput::Bus(event));
                 None
             }
         };
@@ -127,6 +136,7 @@ impl Local {
             while let Some(out) = self.hub.poll_output() {
                 match out {
                     HubOutput::Store(requests) => self.outputs.push_back(LocalOutput::Store(requests)),
+                    HubOutput::Bus(command) => self.outputs.push_back(LocalOutput::Bus(command)),
                     HubOutput::ToShard(_, batch) => {
                         moved = true;
                         // Mail from our own hub cannot be refused.

@@ -73,16 +73,31 @@ pub struct Metrics {
     pub store_latency_us_sum: AtomicU64,
     /// Storage transactions (each holds a batch of requests).
     pub store_batches: AtomicU64,
-    /// Set when the node is in a cluster (`--redis`): the bus metrics are
-    /// rendered only then.
-    pub cluster: std::sync::atomic::AtomicBool,
-    /// 1 while the Redis subscription is connected and its probes come back.
-    pub bus_up: AtomicI64,
-    /// Publishes Redis accepted.
+    /// Cluster: messages published on the bus (one per topic).
     pub bus_published: AtomicU64,
-    /// Publishes that failed (the other nodes' periodic check finds them).
+    /// Cluster: messages received from the bus.
+    pub bus_received: AtomicU64,
+    /// Cluster: messages dropped because their `seq` was delivered already.
+    pub bus_duplicates: AtomicU64,
+    /// Cluster: gaps found (a `seq` past the next, or behind storage).
+    pub bus_gaps: AtomicU64,
+    /// Cluster: storage reads that filled a gap.
+    pub bus_fill_reads: AtomicU64,
+    /// Cluster: messages delivered from storage instead of the bus.
+    pub bus_filled: AtomicU64,
+    /// Cluster: messages not held for want of room (read from storage later).
+    pub bus_held_overflow: AtomicU64,
+    /// Cluster: catch-up checks of the newest `seq`s (periodic, and after `Up`).
+    pub bus_checks: AtomicU64,
+    /// Cluster: bytes from the bus that were not a message (the host counts).
+    pub bus_decode_errors: AtomicU64,
+    /// Cluster: 1 while the bus link is up.
+    pub bus_up: AtomicI64,
+    /// Cluster: publishes Redis refused or that failed on the way (the
+    /// other nodes' periodic check finds what they carried).
     pub bus_publish_errors: AtomicU64,
-    /// Probes of the node's own subscription that did not come back in time.
+    /// Cluster: probes of the node's own subscription that did not come
+    /// back in time (the subscription is then restarted).
     pub bus_probe_failures: AtomicU64,
 }
 
@@ -110,35 +125,8 @@ impl Metrics {
         self.render_traffic(&mut out);
         self.render_limits(&mut out);
         self.render_store(&mut out);
-        if self.cluster.load(Relaxed) {
-            self.render_cluster(&mut out);
-        }
+        self.render_cluster(&mut out);
         out.0
-    }
-
-    /// The link to the other nodes, when in a cluster.
-    fn render_cluster(&self, out: &mut Exposition) {
-        out.metric(
-            "natter_bus_up",
-            "gauge",
-            "1 while the Redis subscription is connected and delivering.",
-            &[("", gauge(&self.bus_up) as f64)],
-        );
-        out.metric(
-            "natter_bus_publishes_total",
-            "counter",
-            "Publishes to Redis, by outcome.",
-            &[
-                ("{outcome=\"ok\"}", count(&self.bus_published) as f64),
-                ("{outcome=\"error\"}", count(&self.bus_publish_errors) as f64),
-            ],
-        );
-        out.metric(
-            "natter_bus_probe_failures_total",
-            "counter",
-            "Probes of the node's own subscription that did not come back in time.",
-            &[("", count(&self.bus_probe_failures) as f64)],
-        );
     }
 
     /// Connections, sessions and rooms now.
@@ -305,6 +293,63 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// The bus between the nodes of a cluster (all zero on a single node).
+    fn render_cluster(&self, out: &mut Exposition) {
+        out.metric(
+            "natter_bus_up",
+            "gauge",
+            "1 while the cluster bus link is up.",
+            &[("", gauge(&self.bus_up) as f64)],
+        );
+        out.metric(
+            "natter_bus_messages_total",
+            "counter",
+            "Cluster bus messages, by what happened to them.",
+            &[
+                ("{event=\"published\"}", count(&self.bus_published) as f64),
+                ("{event=\"received\"}", count(&self.bus_received) as f64),
+                ("{event=\"duplicate_dropped\"}", count(&self.bus_duplicates) as f64),
+                ("{event=\"not_held\"}", count(&self.bus_held_overflow) as f64),
+                ("{event=\"undecodable\"}", count(&self.bus_decode_errors) as f64),
+            ],
+        );
+        out.metric(
+            "natter_bus_gaps_total",
+            "counter",
+            "Gaps in a room's or conversation's seq found on this node.",
+            &[("", count(&self.bus_gaps) as f64)],
+        );
+        out.metric(
+            "natter_bus_catchup_reads_total",
+            "counter",
+            "Storage reads for the cluster: gap fills and checks of the newest seqs.",
+            &[
+                ("{read=\"fill\"}", count(&self.bus_fill_reads) as f64),
+                ("{read=\"check\"}", count(&self.bus_checks) as f64),
+            ],
+        );
+        out.metric(
+            "natter_bus_filled_total",
+            "counter",
+            "Messages delivered from storage because the bus did not bring them in order.",
+            &[("", count(&self.bus_filled) as f64)],
+        );
+        out.metric(
+            "natter_bus_publish_errors_total",
+            "counter",
+            "Publishes that failed; the other nodes' periodic check finds what they carried.",
+            &[("", count(&self.bus_publish_errors) as f64)],
+        );
+        out.metric(
+            "natter_bus_probe_failures_total",
+            "counter",
+            "Probes of the node's own subscription that did not come back in time.",
+            &[("", count(&self.bus_probe_failures) as f64)],
+        );
+    }
+}
+
 /// Prometheus text being written.
 struct Exposition(String);
 
@@ -340,6 +385,9 @@ mod tests {
         assert!(text.contains("# TYPE natter_messages_delivered_total counter\nnatter_messages_delivered_total 3\n"));
         assert!(text.contains("natter_connections{transport=\"line\"} 2\n"));
         assert!(text.contains("natter_store_latency_seconds_sum 0.0015\n"));
+        Metrics::add(&m.bus_duplicates, 2);
+        assert!(text.contains("natter_bus_up 0\n"), "a single node's bus is never up");
+        assert!(m.render().contains("natter_bus_messages_total{event=\"duplicate_dropped\"} 2\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");

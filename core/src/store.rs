@@ -132,6 +132,11 @@ pub enum StoreOp {
     Conversations { user: UserKey, limit: u32 },
     /// `user`'s read marks on its rooms: [`StoreValue::ReadMarks`].
     ReadMarks { user: String },
+    /// The newest `seq` of each of `rooms` (0 for a room with no message)
+    /// and of every conversation one of `users` has:
+    /// [`StoreValue::LastSeqs`]. A node of a cluster asks it every few
+    /// seconds for what it serves, to find messages the bus never brought.
+    LastSeqs { rooms: Vec<String>, users: Vec<UserKey> },
 }
 
 /// A message to append.
@@ -312,6 +317,10 @@ pub enum StoreValue {
     Conversations { conversations: Vec<ConversationSummary> },
     /// For `ReadMarks`: `(room, read)` pairs.
     ReadMarks { marks: Vec<(String, u64)> },
+    /// For `LastSeqs`: `(room, seq)` for every room asked, in the order
+    /// asked, and `(a, b, seq)` for each conversation of the users asked,
+    /// its principals sorted (`a < b`), each conversation once.
+    LastSeqs { rooms: Vec<(String, u64)>, conversations: Vec<(UserKey, UserKey, u64)> },
 }
 
 /// Why a request failed. Every variant reaches clients as `unavailable`.

@@ -63,6 +63,36 @@ pub enum BusEvent {
 /// Where bus events go (the hub's mailbox). Must not block for long.
 pub type BusSink = Arc<dyn Fn(BusEvent) + Send + Sync>;
 
+/// The core's command as Redis carries it: the topic's channel name and
+/// the message's bytes.
+pub fn to_redis(command: natter_core::bus::BusCommand) -> BusCommand {
+    use natter_core::bus::BusCommand as Core;
+    match command {
+        Core::Publish { topic, bytes } => BusCommand::Publish { topic: topic.channel(), payload: bytes },
+        Core::Subscribe(topic) => BusCommand::Subscribe(topic.channel()),
+        Core::Unsubscribe(topic) => BusCommand::Unsubscribe(topic.channel()),
+    }
+}
+
+/// What Redis brought, as the core reads it; `None` (counted, logged) for
+/// bytes that are not a message this build knows: the periodic check of
+/// the newest `seq`s fills what it carried.
+pub fn from_redis(event: BusEvent, metrics: &Metrics) -> Option<natter_core::bus::BusEvent> {
+    use natter_core::bus::{BusEvent as Core, BusMessage};
+    match event {
+        BusEvent::Up => Some(Core::Up),
+        BusEvent::Down => Some(Core::Down),
+        BusEvent::Message { topic, payload } => match BusMessage::decode(&payload) {
+            Ok(message) => Some(Core::Message(message)),
+            Err(e) => {
+                Metrics::add(&metrics.bus_decode_errors, 1);
+                tracing::warn!(error = ?e, %topic, "a bus message this build cannot read");
+                None
+            }
+        },
+    }
+}
+
 /// The running link; dropping it does not stop it, [`Bus::stop`] does.
 pub struct Bus {
     pub_topics: Arc<Mailbox<(String, Vec<u8>)>>,
@@ -156,10 +186,7 @@ fn publish_loop(client: &redis::Client, queue: &Mailbox<(String, Vec<u8>)>, stop
                     },
                 };
                 match redis::cmd("PUBLISH").arg(&topic).arg(&payload).query::<i64>(conn) {
-                    Ok(_) => {
-                        Metrics::add(&metrics.bus_published, 1);
-                        break;
-                    }
+                    Ok(_) => break,
                     Err(e) => {
                         // What was committed is caught up by the other nodes'
                         // periodic check; the publish is not retried forever.
@@ -212,7 +239,6 @@ impl Subscriber {
                     self.take_commands();
                     if self.up {
                         self.up = false;
-                        self.metrics.bus_up.store(0, Ordering::Relaxed);
                         (self.sink)(BusEvent::Down);
                     }
                     tracing::warn!(error = %why, "Redis subscription lost; reconnecting");
@@ -267,7 +293,6 @@ impl Subscriber {
             }
         }
         self.up = true;
-        self.metrics.bus_up.store(1, Ordering::Relaxed);
         (self.sink)(BusEvent::Up);
         let mut next_probe = Instant::now() + PROBE_EVERY;
         let mut probe_sent: Option<Instant> = None;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use natter_core::store::StoreRequest;
 use natter_core::{ConnKey, Local, LocalInput, LocalOutput, Now, Shard, ShardInput, ShardOutput, ToHub, Transport};
 
+use crate::bus::{to_redis, Bus};
 use crate::clock::now;
 use crate::hub_thread::{HubMail, ShardMail, HUB_INBOX_BOUND};
 use crate::mailbox::Mailbox;
@@ -39,8 +40,8 @@ pub struct Seat {
 enum Machine {
     /// The hub is on its own thread.
     Shard { shard: Shard, hub: Arc<Mailbox<HubMail>> },
-    /// The hub is here: storage is submitted from this thread.
-    Local { local: Box<Local>, store: Arc<StoreHandle> },
+    /// The hub is here: storage and the bus are fed from this thread.
+    Local { local: Box<Local>, store: Arc<StoreHandle>, bus: Option<Arc<Bus>> },
 }
 
 /// What a seat asks of the sockets.
@@ -54,8 +55,13 @@ impl Seat {
         Seat::with(Machine::Shard { shard, hub }, inbox)
     }
 
-    pub(crate) fn local(local: Local, inbox: Arc<Mailbox<ShardMail>>, store: Arc<StoreHandle>) -> Seat {
-        Seat::with(Machine::Local { local: Box::new(local), store }, inbox)
+    pub(crate) fn local(
+        local: Local,
+        inbox: Arc<Mailbox<ShardMail>>,
+        store: Arc<StoreHandle>,
+        bus: Option<Arc<Bus>>,
+    ) -> Seat {
+        Seat::with(Machine::Local { local: Box::new(local), store, bus }, inbox)
     }
 
     fn with(machine: Machine, inbox: Arc<Mailbox<ShardMail>>) -> Seat {
@@ -105,12 +111,19 @@ impl Seat {
                     }
                 }
             }
-            Machine::Local { local, store } => {
+            Machine::Local { local, store, bus } => {
                 while let Some(output) = local.poll_output() {
                     match output {
                         LocalOutput::Write(k) => self.effects.push_back(Effect::Write(k)),
                         LocalOutput::Close(k) => self.effects.push_back(Effect::Close(k)),
                         LocalOutput::Store(requests) => submit(store, requests),
+                        // Only a node started in a cluster emits these; the
+                        // host has no bus yet (issue 12).
+                        LocalOutput::Bus(command) => {
+                            if let Some(bus) = bus {
+                                bus.send(to_redis(command));
+                            }
+                        }
                     }
                 }
             }
@@ -135,8 +148,13 @@ impl Seat {
                     }
                     self.collect();
                 }
-                (ShardMail::Store(_), Machine::Shard { .. }) => {
-                    debug_assert!(false, "storage answers the hub's thread, not a shard's");
+                (ShardMail::Bus(event), Machine::Local { local, .. }) => {
+                    // Bus events are always accepted.
+                    let _ = local.handle_input(now, LocalInput::Bus(event));
+                    self.collect();
+                }
+                (ShardMail::Store(_) | ShardMail::Bus(_), Machine::Shard { .. }) => {
+                    debug_assert!(false, "storage and the bus answer the hub's thread, not a shard's");
                 }
             }
         }
@@ -182,7 +200,7 @@ impl Seat {
             spawn_store_with(backend, sink, Arc::clone(&metrics), StoreConfig::new(1024)).expect("a store thread");
         let hub = Hub::new(config.clone(), Arc::clone(&metrics), Vec::new(), Vec::new(), now());
         let shard = Shard::new(0, Arc::new(config), metrics);
-        Seat::local(Local::new(shard, hub), inbox, Arc::new(store))
+        Seat::local(Local::new(shard, hub), inbox, Arc::new(store), None)
     }
 }
 

@@ -5,8 +5,11 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use natter_core::bus::BusEvent;
 use natter_core::store::StoreDone;
 use natter_core::{Hub, HubInput, HubOutput, ToHub, ToShard};
+
+use crate::bus::{to_redis, Bus};
 
 use crate::clock::now;
 use crate::mailbox::Mailbox;
@@ -21,6 +24,8 @@ pub enum ShardMail {
     Hub(Vec<ToShard>),
     /// Storage completions, when the hub is in this shard's thread.
     Store(Vec<StoreDone>),
+    /// What the cluster's bus brought, when the hub is in this shard's thread.
+    Bus(BusEvent),
 }
 
 /// What reaches the hub thread.
@@ -28,6 +33,7 @@ pub(crate) enum HubMail {
     /// One loop turn's mail of one shard.
     Shards(Vec<ToHub>),
     Store(Vec<StoreDone>),
+    Bus(BusEvent),
     Stop,
 }
 
@@ -37,6 +43,7 @@ pub(crate) fn spawn(
     inbox: Arc<Mailbox<HubMail>>,
     shards: Vec<Arc<Mailbox<ShardMail>>>,
     store: Arc<StoreHandle>,
+    bus: Option<Arc<Bus>>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("natter-hub".into()).spawn(move || {
         let mut stop = false;
@@ -55,6 +62,7 @@ pub(crate) fn spawn(
                             hub.handle_input(now, HubInput::Store(d));
                         }
                     }
+                    HubMail::Bus(event) => hub.handle_input(now, HubInput::Bus(event)),
                     HubMail::Stop => stop = true,
                 }
             }
@@ -64,6 +72,13 @@ pub(crate) fn spawn(
             while let Some(output) = hub.poll_output() {
                 match output {
                     HubOutput::Store(requests) => store.submit(requests),
+                    // Only a node started in a cluster emits these; the host
+                    // has no bus yet (issue 12).
+                    HubOutput::Bus(command) => {
+                        if let Some(bus) = &bus {
+                            bus.send(to_redis(command));
+                        }
+                    }
                     HubOutput::ToShard(i, messages) => {
                         if let Some(shard) = shards.get(usize::from(i)) {
                             shard.push(ShardMail::Hub(messages));

@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use natter_core::store::{StoreDone, StoreOp, StoreValue};
 use natter_core::{Hub, Local, Metrics, Shard};
 
+use crate::bus::{from_redis, Bus};
 use crate::clock::now;
 use crate::config::{self, ConfigExit, Settings};
 use crate::conns::Seat;
@@ -39,6 +40,7 @@ pub struct Node {
     pub shutdown: Arc<Shutdown>,
     store: Arc<StoreHandle>,
     hub: Option<(Arc<Mailbox<HubMail>>, JoinHandle<()>)>,
+    bus: Option<Arc<Bus>>,
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -62,9 +64,6 @@ impl Node {
         };
         crate::logging::init(settings.log.as_deref());
         return_big_blocks_to_the_system();
-        if settings.redis.is_some() {
-            return Err(fail("several nodes on Redis are not available in this build yet; run without --redis (one node on --database, or the embedded SQLite store)"));
-        }
         let mut backend = open_backend(&settings)?;
         let snapshot = backend.execute(&[&StoreOp::LoadAll]).pop();
         let Some(Ok(StoreValue::Snapshot { users, rooms })) = snapshot else {
@@ -75,26 +74,33 @@ impl Node {
         let line = bind(settings.line, "line")?;
         let metrics = Arc::new(Metrics::default());
         settings.core.guest_secret = crate::store::random_secret();
+        settings.core.cluster = settings.redis.is_some();
         let config = Arc::new(settings.core.clone());
         let hub = Hub::new(settings.core.clone(), Arc::clone(&metrics), users, rooms, now());
         let threads = settings.threads;
         let inboxes: Vec<Arc<Mailbox<ShardMail>>> = (0..threads).map(|_| Arc::default()).collect();
-        let (store, seats, hub_thread);
+        let (store, seats, hub_thread, bus);
         let store_config = StoreConfig { password_queue: settings.password_queue, ..StoreConfig::new(STORE_QUEUE) };
         if threads == 1 {
             let inbox = Arc::clone(&inboxes[0]);
             let sink = Arc::new(move |done: Vec<StoreDone>| inbox.push(ShardMail::Store(done)));
             store = Arc::new(spawn_store_with(backend, sink, Arc::clone(&metrics), store_config).map_err(fail)?);
+            let inbox = Arc::clone(&inboxes[0]);
+            bus = start_bus(&settings, &metrics, move |e| inbox.push(ShardMail::Bus(e)))?;
             let shard = Shard::new(0, Arc::clone(&config), Arc::clone(&metrics));
-            seats = vec![Seat::local(Local::new(shard, hub), Arc::clone(&inboxes[0]), Arc::clone(&store))];
+            let local = Local::new(shard, hub);
+            seats = vec![Seat::local(local, Arc::clone(&inboxes[0]), Arc::clone(&store), bus.clone())];
             hub_thread = None;
         } else {
             let hub_inbox: Arc<Mailbox<HubMail>> = Arc::default();
             let sink_inbox = Arc::clone(&hub_inbox);
             let sink = Arc::new(move |done: Vec<StoreDone>| sink_inbox.push(HubMail::Store(done)));
             store = Arc::new(spawn_store_with(backend, sink, Arc::clone(&metrics), store_config).map_err(fail)?);
-            let thread = crate::hub_thread::spawn(hub, Arc::clone(&hub_inbox), inboxes.clone(), Arc::clone(&store))
-                .map_err(fail)?;
+            let bus_inbox = Arc::clone(&hub_inbox);
+            bus = start_bus(&settings, &metrics, move |e| bus_inbox.push(HubMail::Bus(e)))?;
+            let thread =
+                crate::hub_thread::spawn(hub, Arc::clone(&hub_inbox), inboxes.clone(), Arc::clone(&store), bus.clone())
+                    .map_err(fail)?;
             seats = inboxes
                 .iter()
                 .enumerate()
@@ -115,7 +121,7 @@ impl Node {
             let _ = writeln!(out, "natter listening http={http_addr} line={line_addr}");
             let _ = out.flush();
         }
-        let node = Node { settings, metrics, http, line, shutdown, store, hub: hub_thread };
+        let node = Node { settings, metrics, http, line, shutdown, store, hub: hub_thread, bus };
         Ok((node, seats))
     }
 
@@ -159,6 +165,9 @@ impl Node {
             inbox.push(HubMail::Stop);
             let _ = thread.join();
         }
+        if let Some(bus) = self.bus.and_then(|b| Arc::try_unwrap(b).ok()) {
+            bus.stop();
+        }
         match Arc::try_unwrap(self.store) {
             Ok(store) => store.shutdown(),
             Err(_) => tracing::warn!("storage still referenced at exit; queued writes may be lost"),
@@ -166,6 +175,26 @@ impl Node {
         tracing::info!("stopped");
         ExitCode::SUCCESS
     }
+}
+
+/// With `--redis`, the link to the other nodes, whose events (decoded)
+/// go to `deliver`: the hub's mailbox, or the one seat's with one thread.
+fn start_bus(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    deliver: impl Fn(natter_core::bus::BusEvent) + Send + Sync + 'static,
+) -> Result<Option<Arc<Bus>>, ExitCode> {
+    let Some(url) = &settings.redis else { return Ok(None) };
+    let node = crate::store::new_token().0[..16].to_string();
+    let decoding = Arc::clone(metrics);
+    let sink = Arc::new(move |event| {
+        if let Some(event) = from_redis(event, &decoding) {
+            deliver(event);
+        }
+    });
+    let bus = Bus::start(url, &node, sink, Arc::clone(metrics)).map_err(fail)?;
+    tracing::info!(node, "in a cluster over Redis");
+    Ok(Some(Arc::new(bus)))
 }
 
 /// The store the settings name: PostgreSQL with `--database`, else the

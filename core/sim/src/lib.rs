@@ -24,6 +24,7 @@
 //! picks one ([`Sim::build_with`]) or `NATTER_SIM_TOPOLOGY` says `local`
 //! or a number of shards.
 
+mod cluster;
 mod machines;
 mod rng;
 pub mod script;
@@ -39,12 +40,14 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
+pub use cluster::{BusFaults, Cluster, FakeBus, NodeClient};
 pub use machines::{replay, Recorded, Topology};
 pub use rng::Rng;
 pub use store::{FailPredicate, FakeStore};
 pub use wire::{Event, HttpResponse};
 
 use machines::{Effect, Machines};
+use natter_core::bus::{BusCommand, BusEvent};
 use natter_core::store::{StoreOp, StoreValue, StoredRoom};
 use natter_core::{Config, ConnKey, Hub, Metrics, Now, ShardInput, Transport};
 
@@ -154,6 +157,8 @@ pub struct Sim {
     default_peer: IpAddr,
     /// The most bytes ever queued for one connection.
     max_queued: usize,
+    /// What the hub asked of the bus, for [`Cluster`] to carry.
+    bus_out: Vec<BusCommand>,
 }
 
 impl std::fmt::Debug for Sim {
@@ -231,6 +236,7 @@ impl Sim {
             default_mode: WriteMode::Full,
             default_peer: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
             max_queued: 0,
+            bus_out: Vec::new(),
         }
     }
 
@@ -706,11 +712,26 @@ impl Sim {
         self.settle();
     }
 
-    fn next_event(&self) -> Option<Instant> {
+    pub(crate) fn mail_in_flight(&self) -> bool {
+        self.machines.mail_in_flight()
+    }
+
+    /// Feeds an event of the cluster's bus to the hub.
+    pub fn bus_event(&mut self, event: BusEvent) {
+        self.machines.bus_event(self.now, event);
+        self.drain_effects();
+    }
+
+    /// What the hub asked of the bus since the last call.
+    pub fn take_bus_commands(&mut self) -> Vec<BusCommand> {
+        std::mem::take(&mut self.bus_out)
+    }
+
+    pub(crate) fn next_event(&self) -> Option<Instant> {
         self.machines.poll_timeout().into_iter().chain(self.store.next_due()).min()
     }
 
-    fn move_to(&mut self, t: Instant) {
+    pub(crate) fn move_to(&mut self, t: Instant) {
         if t > self.now.instant {
             self.now = self.now.after(t - self.now.instant);
         }
@@ -778,6 +799,7 @@ impl Sim {
                     st.ended = Some(Ended::ByServer);
                 }
                 Effect::Store(requests) => self.store.submit(self.now.instant, requests),
+                Effect::Bus(command) => self.bus_out.push(command),
             }
         }
         any

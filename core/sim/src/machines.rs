@@ -15,6 +15,7 @@ use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Instant;
 
+use natter_core::bus::{BusCommand, BusEvent};
 use natter_core::store::{StoreDone, StoreRequest, StoredRoom};
 use natter_core::{
     Config, ConnKey, Hub, HubInput, HubOutput, Local, LocalInput, LocalOutput, Metrics, Now, Shard, ShardInput,
@@ -59,6 +60,7 @@ pub(crate) enum Effect {
     Write(u16, ConnKey),
     Close(u16, ConnKey),
     Store(Vec<StoreRequest>),
+    Bus(BusCommand),
 }
 
 enum Kind {
@@ -185,6 +187,20 @@ impl Machines {
         }
     }
 
+    /// An event of the cluster's bus, to whichever machine holds the hub.
+    pub(crate) fn bus_event(&mut self, now: Now, event: BusEvent) {
+        match &mut self.kind {
+            Kind::Local(local) => {
+                if let Some(r) = &mut self.recording {
+                    r.push(Recorded::Local(now, LocalInput::Bus(event.clone())));
+                }
+                local.handle_input(now, LocalInput::Bus(event)).expect("a bus event is always accepted");
+                self.collect(0);
+            }
+            Kind::Threads { .. } => self.feed_hub(now, HubInput::Bus(event)),
+        }
+    }
+
     /// When the next machine wants its timeout.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         match &self.kind {
@@ -281,6 +297,7 @@ impl Machines {
                         LocalOutput::Write(k) => Effect::Write(0, k),
                         LocalOutput::Close(k) => Effect::Close(0, k),
                         LocalOutput::Store(requests) => Effect::Store(requests),
+                        LocalOutput::Bus(command) => Effect::Bus(command),
                     });
                 }
             }
@@ -308,6 +325,7 @@ impl Machines {
             }
             match out {
                 HubOutput::Store(requests) => self.effects.push_back(Effect::Store(requests)),
+                HubOutput::Bus(command) => self.effects.push_back(Effect::Bus(command)),
                 HubOutput::ToShard(i, batch) => match to_shard.get_mut(usize::from(i)) {
                     Some(q) => q.extend(batch),
                     None => panic!("the hub wrote to shard {i}, which does not exist"),
@@ -340,6 +358,7 @@ pub fn replay(
                 m.feed(now, 0, input);
             }
             Recorded::Local(now, LocalInput::Store(done)) => m.store_done(now, done),
+            Recorded::Local(now, LocalInput::Bus(event)) => m.bus_event(now, event),
             Recorded::Shard(i, now, input) => {
                 m.feed(now, i, input);
             }

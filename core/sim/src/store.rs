@@ -66,6 +66,8 @@ struct Queued {
     order: u64,
     due: Instant,
     request: StoreRequest,
+    /// The outcome, when the operation ran at submission.
+    ran: Option<Result<StoreValue, StoreError>>,
 }
 
 /// An in-memory [`StoreOp`] executor with latency, failure injection and
@@ -74,8 +76,16 @@ struct Queued {
 /// the store sees exactly what completions have reported.
 pub struct FakeStore {
     data: Data,
+    /// The current node's queues (see [`FakeStore::set_node`]).
     queue: VecDeque<Queued>,
     passwords: Vec<Queued>,
+    node: usize,
+    /// Operations run when submitted, not when completed.
+    run_early: bool,
+    /// Latency and jitter of one node's queue, where it differs.
+    node_latency: HashMap<usize, (Duration, Duration)>,
+    /// Other nodes' queues, while another is current.
+    parked: HashMap<usize, (VecDeque<Queued>, Vec<Queued>)>,
     submitted: u64,
     latency: Duration,
     jitter: Duration,
@@ -113,6 +123,10 @@ impl FakeStore {
             data: Data::default(),
             queue: VecDeque::new(),
             passwords: Vec::new(),
+            node: 0,
+            run_early: false,
+            node_latency: HashMap::new(),
+            parked: HashMap::new(),
             submitted: 0,
             latency: Duration::ZERO,
             jitter: Duration::ZERO,
@@ -141,11 +155,27 @@ impl FakeStore {
         self.jitter = jitter;
     }
 
+    /// [`FakeStore::set_latency`] for the requests of one node of a
+    /// cluster only (a node whose database connection is slow).
+    pub fn set_node_latency(&mut self, node: usize, latency: Duration, jitter: Duration) {
+        self.node_latency.insert(node, (latency, jitter));
+    }
+
     /// Password operations (`Register`, `Login`, `Verify`) take `latency`
     /// plus up to `jitter`, and may overtake each other and other requests.
     pub fn set_password_latency(&mut self, latency: Duration, jitter: Duration) {
         self.password_latency = latency;
         self.password_jitter = jitter;
+    }
+
+    /// Operations run when they are submitted (`true`) or when they
+    /// complete (`false`, the default). Both are allowed: a real store runs
+    /// a request somewhere in between. Running early is what a shared
+    /// database does to a cluster: another node's write can be read here
+    /// before its own node hears it is done, and a read here can miss a
+    /// write whose announcement arrives before the read's completion.
+    pub fn set_run_at_submission(&mut self, early: bool) {
+        self.run_early = early;
     }
 
     /// The next `n` operations to run fail with `StoreError::Backend`.
@@ -270,9 +300,31 @@ impl FakeStore {
         &self.log
     }
 
-    /// Requests submitted and not completed.
+    /// Requests submitted by the current node and not completed.
     pub fn in_flight(&self) -> usize {
         self.queue.len() + self.passwords.len()
+    }
+
+    /// Requests submitted by any node and not completed.
+    pub fn in_flight_all(&self) -> usize {
+        self.in_flight() + self.parked.values().map(|(q, p)| q.len() + p.len()).sum::<usize>()
+    }
+
+    /// Makes `node` the one that submits and completes from now on. One
+    /// store shared by the nodes of a cluster keeps a queue per node: each
+    /// node's requests complete in its own submission order, as each node
+    /// has its own storage thread and connection; nothing orders the
+    /// queues of two nodes with each other.
+    pub fn set_node(&mut self, node: usize) {
+        if node == self.node {
+            return;
+        }
+        let current = (std::mem::take(&mut self.queue), std::mem::take(&mut self.passwords));
+        self.parked.insert(self.node, current);
+        let (queue, passwords) = self.parked.remove(&node).unwrap_or_default();
+        self.queue = queue;
+        self.passwords = passwords;
+        self.node = node;
     }
 
     /// Requests completed so far.
@@ -289,11 +341,15 @@ impl FakeStore {
             self.log.push(request.op.clone());
             if is_password(&request.op) {
                 let due = now + self.password_latency + self.rng.duration(self.password_jitter);
-                self.passwords.push(Queued { order: self.submitted, due, request });
+                let ran = self.run_early.then(|| self.run(&request.op));
+                self.passwords.push(Queued { order: self.submitted, due, request, ran });
             } else {
                 let earliest = self.queue.back().map_or(now, |q| q.due);
-                let due = (now + self.latency + self.rng.duration(self.jitter)).max(earliest);
-                self.queue.push_back(Queued { order: self.submitted, due, request });
+                let (latency, jitter) =
+                    self.node_latency.get(&self.node).copied().unwrap_or((self.latency, self.jitter));
+                let due = (now + latency + self.rng.duration(jitter)).max(earliest);
+                let ran = self.run_early.then(|| self.run(&request.op));
+                self.queue.push_back(Queued { order: self.submitted, due, request, ran });
             }
         }
     }
@@ -332,7 +388,8 @@ impl FakeStore {
         };
         self.completed += 1;
         let StoreRequest { id, op } = queued.request;
-        Some(StoreDone { id, result: self.run(&op) })
+        let result = queued.ran.unwrap_or_else(|| self.run(&op));
+        Some(StoreDone { id, result })
     }
 
     /// Runs every request still queued, without completions (a node that
@@ -340,7 +397,7 @@ impl FakeStore {
     pub fn run_abandoned(&mut self) {
         let mut all: Vec<Queued> = self.queue.drain(..).chain(self.passwords.drain(..)).collect();
         all.sort_by_key(|q| q.order);
-        for q in all {
+        for q in all.into_iter().filter(|q| q.ran.is_none()) {
             let _ = self.run(&q.request.op);
         }
     }
@@ -394,6 +451,7 @@ impl Data {
             StoreOp::Ack { user, with, seq } => self.ack(user, with, *seq),
             StoreOp::Read { user, target, seq } => self.read(user, target, *seq),
             StoreOp::Conversations { user, limit } => self.conversation_list(user, *limit),
+            StoreOp::LastSeqs { rooms, users } => self.last_seqs(rooms, users),
             StoreOp::ReadMarks { user } => {
                 let marks = self
                     .rooms
@@ -403,6 +461,17 @@ impl Data {
                 StoreValue::ReadMarks { marks }
             }
         }
+    }
+
+    fn last_seqs(&self, rooms: &[String], users: &[String]) -> StoreValue {
+        let rooms = rooms.iter().map(|r| (r.clone(), self.rooms.get(r).map_or(0, |r| r.seq))).collect();
+        let conversations = self
+            .conversations
+            .iter()
+            .filter(|((a, b), _)| users.iter().any(|u| u == a || u == b))
+            .map(|((a, b), c)| (a.clone(), b.clone(), c.seq))
+            .collect();
+        StoreValue::LastSeqs { rooms, conversations }
     }
 
     fn load_all(&self) -> StoreValue {
@@ -831,6 +900,30 @@ mod tests {
         let passwords: Vec<u64> = order.iter().copied().filter(|i| i % 5 == 0).collect();
         assert_eq!(passwords.len(), 8);
         assert!(t >= t0 + Duration::from_millis(10));
+    }
+
+    #[test]
+    fn last_seqs_names_the_newest_seq_of_rooms_and_conversations() {
+        let mut s = FakeStore::default();
+        room_append(&mut s, "a", "x", None);
+        room_append(&mut s, "a", "x", None);
+        room_append(&mut s, "b", "x", None);
+        pm(&mut s, "x", "y", 1);
+        pm(&mut s, "y", "x", 2);
+        pm(&mut s, "z", "x", 3);
+        let ask = StoreOp::LastSeqs {
+            rooms: vec!["a".into(), "nope".into(), "b".into()],
+            users: vec!["x".into(), "y".into()],
+        };
+        assert_eq!(
+            s.run(&ask).unwrap(),
+            StoreValue::LastSeqs {
+                rooms: vec![("a".into(), 2), ("nope".into(), 0), ("b".into(), 1)],
+                conversations: vec![("x".into(), "y".into(), 2), ("x".into(), "z".into(), 1)],
+            }
+        );
+        let none = s.run(&StoreOp::LastSeqs { rooms: vec![], users: vec!["w".into()] }).unwrap();
+        assert_eq!(none, StoreValue::LastSeqs { rooms: vec![], conversations: vec![] });
     }
 
     #[test]

@@ -26,6 +26,7 @@ impl Hub {
                 held_echoes: Vec::new(),
                 replaying: Vec::new(),
                 queries: None,
+                cluster: None,
             })
         });
         if info.phase != Phase::New {
@@ -272,6 +273,9 @@ impl Hub {
             let f = Failure::new(ErrorCode::NameTaken, format!("a guest is online as {user}"));
             return self.reply(sid, tag, Err(f));
         }
+        if self.config.cluster {
+            self.adopt_stored_rooms(&user, &marks);
+        }
         let Some(info) = self.state.sessions.get_mut(&sid) else { return };
         info.inbox = InboxRead::Reading;
         let peer = info.peer;
@@ -306,6 +310,21 @@ impl Hub {
         self.read_inbox(now, sid, 0);
     }
 
+    /// In a cluster, another node may have stored a join or a leave of
+    /// `user` since this node loaded its rooms: the rooms storage just named
+    /// (`ReadMarks`, read after every membership this node stored for the
+    /// user) are the user's rooms from now on.
+    fn adopt_stored_rooms(&mut self, user: &str, marks: &[(String, u64)]) {
+        let known: Vec<String> = self.state.memberships.get(user).cloned().unwrap_or_default();
+        for room in known.iter().filter(|r| !marks.iter().any(|(m, _)| m == *r)) {
+            self.state.remove_member(user, room);
+        }
+        for (room, _) in marks.iter().filter(|(r, _)| !known.contains(r)) {
+            self.state.add_member(user, room);
+        }
+        self.update_room_gauge();
+    }
+
     /// A line session wrote a private message: the store learns it was
     /// received, so it is not delivered again.
     pub(super) fn line_ack(&mut self, now: Now, sid: SessionId, ack: &LineAck) {
@@ -326,6 +345,7 @@ impl Hub {
         let back = online.gone.take().is_some();
         let first = online.sessions.is_empty() && !back;
         online.sessions.push(sid);
+        self.state.touch(user);
         if back {
             Metrics::add(&self.metrics.presence_coalesced, 1);
         }
@@ -343,6 +363,7 @@ impl Hub {
         let Some(info) = self.state.sessions.remove(&sid) else { return };
         let Phase::Welcomed { user, .. } = info.phase else { return };
         self.count_session(info.line, -1);
+        self.state.touch(&user);
         let Some(online) = self.state.online.get_mut(&user) else { return };
         online.sessions.retain(|s| *s != sid);
         if !online.sessions.is_empty() {

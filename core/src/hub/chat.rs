@@ -298,6 +298,7 @@ impl Hub {
 
     fn complete_replay(
         &mut self,
+        now: Now,
         sid: SessionId,
         tag: Tag,
         room: String,
@@ -326,6 +327,48 @@ impl Hub {
         for m in &messages {
             self.deliver(&[sid], &room_message(&room, m));
         }
+        let top = messages.last().map_or(since, |m| m.seq.max(since));
+        self.replay_rest(now, sid, room, top);
+    }
+
+    /// In a cluster, the bus is not ordered with this node's storage queue:
+    /// a message another node stored after the replay's read ran can have
+    /// been delivered here (and skipped for this session) before the read
+    /// completed. What was delivered past the replay is read once more,
+    /// the session still replaying, until the replay reaches it.
+    fn replay_rest(&mut self, now: Now, sid: SessionId, room: String, top: u64) {
+        if !self.config.cluster || top >= self.state.room_seq(&room) {
+            return;
+        }
+        self.mark_replaying(sid, &room);
+        let range = SeqRange::After { after: top, limit: REPLAY_LIMIT };
+        let op = StoreOp::History { target: Target::Room(room.clone()), range };
+        self.store(now, op, Pending::untagged(sid, PendingKind::ReplayRest { room, after: top }));
+    }
+
+    pub(super) fn complete_replay_rest(
+        &mut self,
+        now: Now,
+        sid: SessionId,
+        room: String,
+        after: u64,
+        result: Result<StoreValue, StoreError>,
+    ) {
+        self.unmark_replaying(sid, &room);
+        let Ok(StoreValue::Messages { mut messages, .. }) = result else { return };
+        let user = self.state.sessions.get(&sid).and_then(|i| i.user()).map(str::to_owned);
+        if !user.is_some_and(|u| self.state.is_member(&u, &room)) {
+            return;
+        }
+        let seq = self.state.room_seq(&room);
+        messages.retain(|m| m.seq > after && m.seq <= seq);
+        for m in &messages {
+            self.deliver(&[sid], &room_message(&room, m));
+        }
+        let top = messages.last().map_or(after, |m| m.seq);
+        if top > after {
+            self.replay_rest(now, sid, room, top);
+        }
     }
 
     fn apply_leave(&mut self, sid: SessionId, tag: Tag, user: &str, room: &str) {
@@ -344,9 +387,12 @@ impl Hub {
         self.reply(sid, tag, Ok(Reply::Done));
     }
 
-    /// Delivers a stored room message; returns its `seq`, or the failure.
+    /// Delivers a room message `sid` stored (in a cluster, publishes it and
+    /// delivers it in its turn); returns its `seq`, or the failure.
     pub(super) fn deliver_room_message(
         &mut self,
+        now: Now,
+        sid: SessionId,
         room: &str,
         message: NewMessage,
         value: StoreValue,
@@ -355,9 +401,14 @@ impl Hub {
         if duplicate {
             return Ok(seq);
         }
+        let stored = stored(message, seq, ts);
+        if self.config.cluster {
+            let message = crate::bus::BusMessage::Room { room: room.to_string(), message: stored };
+            self.stored_here(now, message, sid);
+            return Ok(seq);
+        }
         let entry = self.state.rooms.entry(room.to_string()).or_default();
         entry.seq = entry.seq.max(seq);
-        let stored = stored(message, seq, ts);
         let targets = self.room_sessions(room, None, true);
         self.deliver(&targets, &room_message(room, &stored));
         Ok(seq)
@@ -365,6 +416,7 @@ impl Hub {
 
     fn deliver_private(
         &mut self,
+        now: Now,
         sid: SessionId,
         to_key: String,
         message: NewMessage,
@@ -379,37 +431,79 @@ impl Hub {
             }
             _ => return Err(unavailable()),
         };
-        let from = message.from.clone();
-        let to = message.to.clone().unwrap_or_default();
         let stored = stored(message, seq, ts);
+        if self.config.cluster {
+            self.stored_here(now, crate::bus::BusMessage::Private { to_key, message: stored }, sid);
+        } else {
+            self.fan_out_private(Some(sid), &to_key, &stored);
+        }
+        Ok(seq)
+    }
+
+    /// Sends a stored private message to the sessions here of its recipient,
+    /// and the echo to those of its sender but `origin` (which sent it).
+    pub(super) fn fan_out_private(&mut self, origin: Option<SessionId>, to_key: &str, stored: &StoredMessage) {
+        let from = stored.from.clone();
+        let to = stored.to.clone().unwrap_or_default();
         // A guest's principal has a `#`: guests have no inbox to acknowledge.
-        let registered = (!to_key.contains('#')).then_some(to_key.as_str());
-        let (to_view, echo_view) = private_message(&stored, registered);
+        let registered = (!to_key.contains('#')).then_some(to_key);
+        let (to_view, echo_view) = private_message(stored, registered);
         // Only the principal it was sent to: a later guest with the same
         // name is someone else.
         let same_principal = self.state.online.get(&to).is_some_and(|o| o.key == to_key);
         if same_principal {
-            let recipients: Vec<SessionId> = self
-                .sessions_of(&to)
-                .into_iter()
-                .filter(|s| self.state.sessions.get(s).is_some_and(|i| !i.inbox.holds_live()))
-                .collect();
+            let cluster = self.config.cluster;
+            let mut recipients = self.sessions_of(&to);
+            recipients.retain(|s| match self.state.sessions.get_mut(s) {
+                Some(info) if info.inbox.holds_live() => {
+                    if cluster {
+                        info.cluster.get_or_insert_with(Default::default).inbox_missed = true;
+                    }
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            });
+            recipients.retain(|s| self.private_fresh(*s, &stored.sender, stored.seq));
             self.deliver(&recipients, &to_view);
         }
         // The sender's other sessions still reading their inbox get the echo
         // with it, in order (see `SessionInfo::held_echoes`).
+        let same_sender = self.state.online.get(&from).is_some_and(|o| o.key == stored.sender);
         let mut echoes = Vec::new();
-        for s in self.sessions_of(&from).into_iter().filter(|s| *s != sid) {
+        for s in self.sessions_of(&from).into_iter().filter(|s| Some(*s) != origin && same_sender) {
             match self.state.sessions.get_mut(&s) {
                 Some(info) if info.inbox == InboxRead::Reading => {
-                    info.held_echoes.push(InboxMessage { with: to_key.clone(), message: stored.clone() })
+                    info.held_echoes.push(InboxMessage { with: to_key.to_string(), message: stored.clone() })
                 }
                 _ if from != to => echoes.push(s),
                 _ => {}
             }
         }
+        echoes.retain(|s| self.private_fresh(*s, to_key, stored.seq));
         self.deliver(&echoes, &echo_view);
-        Ok(seq)
+    }
+
+    /// Whether `seq` of the conversation with `peer` is new to `sid`, which
+    /// from now on has seen it. Always on a single node, where storage's
+    /// order makes every delivery new.
+    pub(super) fn private_fresh(&mut self, sid: SessionId, peer: &str, seq: u64) -> bool {
+        if !self.config.cluster {
+            return true;
+        }
+        let Some(info) = self.state.sessions.get_mut(&sid) else { return false };
+        let marks = &mut info.cluster.get_or_insert_with(Default::default).private_seen;
+        match marks.iter_mut().find(|(p, _)| p == peer) {
+            Some((_, seen)) if *seen >= seq => false,
+            Some((_, seen)) => {
+                *seen = seq;
+                true
+            }
+            None => {
+                marks.push((peer.to_string(), seq));
+                true
+            }
+        }
     }
 
     /// Finishes a request whose storage work is done.
@@ -419,6 +513,9 @@ impl Hub {
             (PendingKind::Inbox { cursor, round }, _) => self.complete_inbox(now, sid, cursor, round, result),
             (PendingKind::Api(call), _) => self.complete_api(sid, call, result),
             (PendingKind::Ack, tag) => self.complete_ack(now, sid, tag, result),
+            (PendingKind::ReplayRest { room, after }, _) => self.complete_replay_rest(now, sid, room, after, result),
+            (PendingKind::Fill { key, after, covers }, _) => self.complete_fill(now, key, after, covers, result),
+            (PendingKind::Check { users }, _) => self.complete_check(now, users, result),
             (kind, Some(tag)) => self.complete_request(now, sid, tag, kind, result),
             // Only the kinds above are stored untagged (`Pending::untagged`).
             (_, None) => {}
@@ -450,14 +547,16 @@ impl Hub {
                 Ok(_) => self.apply_leave(sid, tag, &user, &room),
                 Err(_) => self.reply(sid, tag, Err(unavailable())),
             },
-            PendingKind::Replay { room, since } => self.complete_replay(sid, tag, room, since, result),
+            PendingKind::Replay { room, since } => self.complete_replay(now, sid, tag, room, since, result),
             PendingKind::SendRoom { room, message } => {
-                let sent = result.map_err(|_| unavailable()).and_then(|v| self.deliver_room_message(&room, message, v));
+                let sent = result
+                    .map_err(|_| unavailable())
+                    .and_then(|v| self.deliver_room_message(now, sid, &room, message, v));
                 self.reply(sid, tag, sent.map(|seq| Reply::Sent { seq }));
             }
             PendingKind::SendPrivate { to_key, message } => {
                 let sent =
-                    result.map_err(|_| unavailable()).and_then(|v| self.deliver_private(sid, to_key, message, v));
+                    result.map_err(|_| unavailable()).and_then(|v| self.deliver_private(now, sid, to_key, message, v));
                 self.reply(sid, tag, sent.map(|seq| Reply::Sent { seq }));
             }
             PendingKind::History { room } => self.reply(sid, tag, history_reply(room, result)),
@@ -467,7 +566,12 @@ impl Hub {
                 self.complete_read(sid, tag, &user, &mark, result)
             }
             // Finished by `complete`, tagged or not.
-            PendingKind::Inbox { .. } | PendingKind::Api(_) | PendingKind::Ack => {}
+            PendingKind::Inbox { .. }
+            | PendingKind::Api(_)
+            | PendingKind::Ack
+            | PendingKind::Fill { .. }
+            | PendingKind::ReplayRest { .. }
+            | PendingKind::Check { .. } => {}
         }
     }
 

@@ -57,7 +57,10 @@ impl Hub {
         });
         let resume = self.resume_secret(&key);
         match self.state.online.get_mut(&name) {
-            Some(online) => online.sessions.push(sid),
+            Some(online) => {
+                online.sessions.push(sid);
+                self.state.touch(&name);
+            }
             None => self.state.set_online(name.clone(), Online { key, guest: true, sessions: vec![sid], gone: None }),
         }
         let line = self.set_welcomed(sid, &name, None);

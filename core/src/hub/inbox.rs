@@ -53,6 +53,9 @@ impl Hub {
     pub(super) fn send_held_echoes(&mut self, sid: SessionId) {
         let Some(info) = self.state.sessions.get_mut(&sid) else { return };
         for echo in std::mem::take(&mut info.held_echoes) {
+            if !self.private_fresh(sid, &echo.with, echo.message.seq) {
+                continue;
+            }
             let (_, event) = private_message(&echo.message, None);
             self.deliver(&[sid], &event);
         }
@@ -68,6 +71,7 @@ impl Hub {
     ) {
         let Some(info) = self.state.sessions.get_mut(&sid) else { return };
         let Some(user) = info.user().map(str::to_owned) else { return };
+        let read = matches!(result, Ok(StoreValue::Inbox { .. }));
         let (messages, next) = match result {
             Ok(StoreValue::Inbox { messages, cursor }) => (messages, cursor),
             // Nothing was acknowledged, so the next session gets them; live
@@ -78,7 +82,10 @@ impl Hub {
         let last_page = !full_page || next == cursor;
         let messages = merge_held_echoes(&mut info.held_echoes, messages, last_page);
         let budget = self.config.max_queue / 2;
-        for InboxMessage { message, .. } in &messages {
+        for InboxMessage { with, message } in &messages {
+            if !self.private_fresh(sid, with, message.seq) {
+                continue;
+            }
             round.sent += 1;
             round.bytes += message.text.len() + message.from.len() + 128;
             let (to_recipient, echo) = private_message(message, Some(&user));
@@ -86,7 +93,12 @@ impl Hub {
             self.deliver(&[sid], &event);
         }
         let Some(info) = self.state.sessions.get_mut(&sid) else { return };
-        if last_page {
+        let missed = info.cluster.as_mut().is_some_and(|c| std::mem::take(&mut c.inbox_missed));
+        if last_page && read && missed {
+            // See `ClusterSession::inbox_missed`: what that page already sent
+            // is not sent twice (`Hub::private_fresh`).
+            self.request_page(now, sid, user, next, round);
+        } else if last_page {
             info.inbox = InboxRead::Done;
         } else if round.sent >= ROUND_MESSAGES || round.bytes >= budget {
             info.inbox = InboxRead::Paused { cursor: next };

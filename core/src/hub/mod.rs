@@ -14,12 +14,47 @@
 //! A room's `seq` comes from the store's transaction. Completions of appends
 //! arrive in `seq` order, so delivering each as it completes gives every
 //! member a gapless, ordered stream.
+//!
+//! # Ordering in a cluster (`Config::cluster`)
+//! Several nodes share one store, each with its own queue, and announce
+//! what they stored on a bus ([`HubOutput::Bus`], [`HubInput::Bus`]) that
+//! may lose, repeat and reorder. The argument above then no longer holds:
+//! another node's append is not in this node's queue, and its announcement
+//! is not ordered with this node's reads. It is replaced by these:
+//!
+//! - **One sequencer** (`cluster.rs`). Every stored message, whether this
+//!   node's append completed, the bus brought it, or a storage read found
+//!   it, goes through one per-room and per-conversation check against the
+//!   newest `seq` delivered here: the next one is delivered, an older one is
+//!   dropped, a later one waits while the gap is read from storage. Storage
+//!   numbers each target's messages in commit order, so a message this node
+//!   has seen committed proves every lower `seq` committed too: a read
+//!   submitted after it returns the whole gap. Members get each message
+//!   once, in `seq` order, whichever node stored it.
+//! - **Nothing is lost for good.** A message the bus never brings is found
+//!   by a later message's gap, or by the check of the newest `seq`s (every
+//!   `Config::cluster_check`, after the link's `Up`, and when a room or a
+//!   user starts being served here), then read like any gap.
+//! - **`since` replays.** A session still skips live messages of the room
+//!   while its replay is read, and the replay sends what it read up to the
+//!   `seq` delivered here (the `ok`'s); later ones come live. What was
+//!   delivered here but not read (another node stored it after the read
+//!   ran, and the bus was faster than this node's storage queue) is read
+//!   again, the session still replaying, until the replay reaches what was
+//!   delivered (`PendingKind::ReplayRest`).
+//! - **Inbox reads.** Live private messages still wait while the inbox is
+//!   read; one held back while a page was read may have been stored after
+//!   that page's read ran, so then one more page is read before live ones
+//!   flow (`ClusterSession::inbox_missed`). A session never gets one private
+//!   `seq` twice, or an older after a newer, from its inbox and live
+//!   together (`ClusterSession::private_seen`).
 
 mod pending;
 mod state;
 
 mod auth;
 mod chat;
+mod cluster;
 mod guest;
 mod inbox;
 mod limits;
@@ -27,6 +62,7 @@ mod limits;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::bus::{BusCommand, BusEvent};
 use crate::config::Config;
 use crate::ids::SessionId;
 use crate::link::{Tag, ToHub, ToHubInner, ToShard, ToShardInner};
@@ -48,6 +84,9 @@ pub enum HubInput {
     Store(StoreDone),
     /// The deadline from [`Hub::poll_timeout`] passed (early calls are harmless).
     Timeout,
+    /// From the bus between the nodes of a cluster (ignored on a single
+    /// node, which has none).
+    Bus(BusEvent),
 }
 
 /// Something the hub wants done.
@@ -58,6 +97,8 @@ pub enum HubOutput {
     ToShard(u16, Vec<ToShard>),
     /// Submit these to storage, in order.
     Store(Vec<StoreRequest>),
+    /// Carry this out on the bus (only with `Config::cluster`).
+    Bus(BusCommand),
 }
 
 /// The routing state machine. See the module docs.
@@ -82,12 +123,16 @@ pub struct Hub {
     out: Vec<Vec<ToShard>>,
     dirty: Vec<u16>,
     store_out: Vec<StoreRequest>,
+    cluster: cluster::ClusterState,
 }
 
 impl Hub {
     /// A hub over what storage holds (`StoreOp::LoadAll`'s snapshot).
     pub fn new(config: Config, metrics: Arc<Metrics>, users: Vec<String>, rooms: Vec<StoredRoom>, now: Now) -> Hub {
         let mut state = State::with_users(users);
+        if config.cluster {
+            state.track_touched();
+        }
         for room in rooms {
             let entry = state.rooms.entry(room.name.clone()).or_default();
             entry.seq = room.seq;
@@ -109,6 +154,7 @@ impl Hub {
             out: Vec::new(),
             dirty: Vec::new(),
             store_out: Vec::new(),
+            cluster: Default::default(),
         }
     }
 
@@ -118,6 +164,10 @@ impl Hub {
             HubInput::FromShard(ToHub(msg)) => self.handle_shard(now, msg),
             HubInput::Store(done) => self.handle_store(now, done),
             HubInput::Timeout => self.handle_timeout(now),
+            HubInput::Bus(event) => self.handle_bus(now, event),
+        }
+        if self.config.cluster {
+            self.sync_subscriptions(now);
         }
     }
 
@@ -126,6 +176,9 @@ impl Hub {
         if !self.store_out.is_empty() {
             return Some(HubOutput::Store(std::mem::take(&mut self.store_out)));
         }
+        if let Some(command) = self.cluster.out.pop_front() {
+            return Some(HubOutput::Bus(command));
+        }
         let shard = self.dirty.pop()?;
         Some(HubOutput::ToShard(shard, std::mem::take(&mut self.out[usize::from(shard)])))
     }
@@ -133,10 +186,7 @@ impl Hub {
     /// When to call with [`HubInput::Timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
         let grace = self.grace.front().map(|(at, _)| *at);
-        match (self.pending.next_deadline(), grace) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.pending.next_deadline(), grace, self.cluster.next_check()].into_iter().flatten().min()
     }
 
     /// Storage requests waiting for completion.
@@ -163,8 +213,14 @@ impl Hub {
 
     fn handle_timeout(&mut self, now: Now) {
         self.end_graces(now);
+        self.cluster_timeout(now);
         for id in self.pending.expire(now.instant) {
             let Some(p) = self.pending.get_expired(id) else { continue };
+            if let PendingKind::Fill { key, .. } = &p.kind {
+                let key = key.clone();
+                self.fill_expired(&key);
+                continue;
+            }
             let (sid, tag, held, api) = (p.sid, p.tag.clone(), p.kind.held_back(), p.kind.is_api());
             self.release(sid, held);
             if let Some(tag) = tag {
@@ -182,7 +238,7 @@ impl Hub {
             return;
         };
         if expired {
-            return self.complete_expired(pending, done.result);
+            return self.complete_expired(now, pending, done.result);
         }
         self.complete(now, pending, done.result);
     }
@@ -190,10 +246,10 @@ impl Hub {
     /// A completion after its client was told `unavailable`: only what keeps
     /// other clients' view whole is still applied, and what the hub holds for
     /// the request (a reserved name, a login count) is settled.
-    fn complete_expired(&mut self, pending: Pending, result: Result<StoreValue, StoreError>) {
+    fn complete_expired(&mut self, now: Now, pending: Pending, result: Result<StoreValue, StoreError>) {
         match (pending.kind, result) {
             (PendingKind::SendRoom { room, message }, Ok(value)) => {
-                let _ = self.deliver_room_message(&room, message, value);
+                let _ = self.deliver_room_message(now, pending.sid, &room, message, value);
             }
             (PendingKind::Authenticate(how), result) => {
                 self.cancels.remove(&pending.sid);

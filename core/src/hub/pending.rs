@@ -73,6 +73,12 @@ pub(crate) enum PendingKind {
         room: String,
         since: u64,
     },
+    /// In a cluster: what a `since` replay missed of what was delivered
+    /// while it was read (see `Hub::replay_rest`), after `after`.
+    ReplayRest {
+        room: String,
+        after: u64,
+    },
     Leave {
         user: String,
         room: String,
@@ -97,6 +103,19 @@ pub(crate) enum PendingKind {
     },
     /// An `ack` request, or (untagged) the hub's ack for a line session.
     Ack,
+    /// In a cluster: a read of `(after, after + FILL_PAGE]` of a room or
+    /// conversation, to fill a gap; `covers` was known stored when it was
+    /// asked (see `hub/cluster.rs`).
+    Fill {
+        key: super::cluster::StreamKey,
+        after: u64,
+        covers: u64,
+    },
+    /// In a cluster: the newest `seq`s of what the node serves; `users`
+    /// asked.
+    Check {
+        users: Vec<String>,
+    },
 }
 
 /// What an HTTP account API call is waiting for.
@@ -126,7 +145,9 @@ pub(crate) enum Held {
 impl PendingKind {
     pub(crate) fn held_back(&self) -> Held {
         match self {
-            Self::Join { room, since: Some(_), .. } | Self::Replay { room, .. } => Held::Room(room.clone()),
+            Self::Join { room, since: Some(_), .. } | Self::Replay { room, .. } | Self::ReplayRest { room, .. } => {
+                Held::Room(room.clone())
+            }
             Self::Inbox { .. } => Held::Inbox,
             _ => Held::Nothing,
         }

@@ -57,6 +57,22 @@ pub(crate) struct SessionInfo {
     /// Its budget for requests whose cost grows with the server
     /// (`rooms`, `who`, `history`, `conversations`): made at the first.
     pub(crate) queries: Option<RateLimit>,
+    /// What a session of a node in a cluster needs besides; made at first
+    /// use, so that a single node's sessions pay one pointer for it.
+    pub(crate) cluster: Option<Box<ClusterSession>>,
+}
+
+/// A session's private-message bookkeeping in a cluster.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterSession {
+    /// The newest private `seq` sent to the session per other principal,
+    /// so that a message that reaches it both from its inbox and live (the
+    /// bus is not ordered with storage) is sent once.
+    pub(crate) private_seen: Vec<(String, u64)>,
+    /// A live private message was held back for the inbox while a page was
+    /// read; the page may have been read before it was stored (another node
+    /// stored it), so one more page is read.
+    pub(crate) inbox_missed: bool,
 }
 
 /// A session's progress through its inbox (`hub/inbox.rs`).
@@ -130,6 +146,9 @@ pub(crate) struct State {
     pub(crate) by_size: BTreeSet<(Reverse<usize>, String)>,
     /// Names online, sorted: `who` without a room reads its first `limit`.
     pub(crate) online_names: BTreeSet<String>,
+    /// In a cluster: users whose sessions or rooms changed since the hub
+    /// last brought its subscriptions in line (`None` on a single node).
+    touched: Option<Vec<String>>,
 }
 
 /// The case-folded form of a user name (names are ASCII by the rules).
@@ -190,6 +209,22 @@ impl State {
         }
     }
 
+    /// Starts recording touched users (see [`State::touch`]).
+    pub(crate) fn track_touched(&mut self) {
+        self.touched.get_or_insert_with(Vec::new);
+    }
+
+    /// Records that `user`'s sessions or rooms changed, in a cluster.
+    pub(crate) fn touch(&mut self, user: &str) {
+        if let Some(t) = &mut self.touched {
+            t.push(user.to_string());
+        }
+    }
+
+    pub(crate) fn take_touched(&mut self) -> Vec<String> {
+        self.touched.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
     pub(crate) fn is_registered(&self, name: &str) -> bool {
         self.registered.contains(name)
     }
@@ -210,12 +245,14 @@ impl State {
     }
 
     pub(crate) fn set_online(&mut self, name: String, online: Online) {
+        self.touch(&name);
         self.index(&name);
         self.online_names.insert(name.clone());
         self.online.insert(name, online);
     }
 
     pub(crate) fn remove_online(&mut self, name: &str) -> Option<Online> {
+        self.touch(name);
         let online = self.online.remove(name);
         self.online_names.remove(name);
         self.unindex(name);
@@ -256,6 +293,7 @@ impl State {
 
     /// Adds a membership; returns whether it is new.
     pub(crate) fn add_member(&mut self, user: &str, room: &str) -> bool {
+        self.touch(user);
         let rooms = self.memberships.entry(user.to_string()).or_default();
         let new = match find_room(rooms, room) {
             Ok(_) => false,
@@ -288,6 +326,7 @@ impl State {
     /// Removes a membership; returns whether there was one. An empty room is
     /// kept while its `seq` is not 0, so that `seq` keeps growing.
     pub(crate) fn remove_member(&mut self, user: &str, room: &str) -> bool {
+        self.touch(user);
         let had = self.memberships.get_mut(user).is_some_and(|r| match find_room(r, room) {
             Ok(at) => {
                 r.remove(at);

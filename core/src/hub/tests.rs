@@ -19,6 +19,7 @@ struct Bench {
     now: Now,
     mail: Vec<(u16, ToShardInner)>,
     store: Vec<StoreRequest>,
+    bus: Vec<crate::bus::BusCommand>,
     serial: u64,
 }
 
@@ -28,7 +29,7 @@ impl Bench {
         #[allow(clippy::disallowed_methods)]
         let now = Now { instant: Instant::now(), unix_ms: 1_700_000_000_000 };
         let hub = Hub::new(Config::default(), Default::default(), Vec::new(), Vec::new(), now);
-        Bench { hub, now, mail: Vec::new(), store: Vec::new(), serial: 0 }
+        Bench { hub, now, mail: Vec::new(), store: Vec::new(), bus: Vec::new(), serial: 0 }
     }
 
     /// A new session on `shard`.
@@ -47,6 +48,7 @@ impl Bench {
             match output {
                 HubOutput::ToShard(shard, batch) => self.mail.extend(batch.into_iter().map(|ToShard(m)| (shard, m))),
                 HubOutput::Store(requests) => self.store.extend(requests),
+                HubOutput::Bus(command) => self.bus.push(command),
             }
         }
     }
@@ -145,6 +147,10 @@ fn a_room_message_reaches_each_member_once_in_one_delivery_per_shard() {
         assert_eq!(reached.iter().filter(|s| *s == sid).count(), 1, "{sid:?} in {reached:?}");
     }
     assert!(!reached.contains(&outsider));
+    assert!(b.bus.is_empty(), "a single node has no bus: {:?}", b.bus);
+    b.hub.handle_input(b.now, HubInput::Bus(crate::bus::BusEvent::Up));
+    b.collect();
+    assert!(b.bus.is_empty() && b.store.is_empty(), "and ignores one: {:?} {:?}", b.bus, b.store);
 }
 
 #[test]
@@ -181,4 +187,99 @@ fn a_closed_session_leaves_its_rooms_and_the_others_hear_it() {
     });
     assert!(told_bob, "{mail:?}");
     assert!(mail.iter().all(|(shard, _)| *shard != 0), "nothing for a closed session: {mail:?}");
+}
+
+mod cluster {
+    use super::*;
+    use crate::bus::{BusCommand, BusEvent, BusMessage};
+    use crate::store::{SeqRange, StoredMessage};
+
+    fn cluster_bench() -> Bench {
+        let mut b = Bench::new();
+        let config = Config { cluster: true, ..Config::default() };
+        b.hub = Hub::new(config, Default::default(), Vec::new(), Vec::new(), b.now);
+        b
+    }
+
+    fn stored(seq: u64) -> StoredMessage {
+        StoredMessage {
+            seq,
+            from: "ann".into(),
+            to: None,
+            sender: "ann".into(),
+            text: seq.to_string(),
+            client_id: None,
+            ts: 0,
+        }
+    }
+
+    /// What storage holds: room `r` with messages 1..=`newest`.
+    fn storage(newest: u64) -> impl Fn(&StoreOp) -> Result<StoreValue, StoreError> {
+        move |op| match op {
+            StoreOp::LastSeqs { rooms, .. } => Ok(StoreValue::LastSeqs {
+                rooms: rooms.iter().map(|r| (r.clone(), 0)).collect(),
+                conversations: Vec::new(),
+            }),
+            StoreOp::History { range: SeqRange::Before { before: Some(before), limit }, .. } => {
+                let from = before.saturating_sub(u64::from(*limit)).max(1);
+                let messages = (from..*before).filter(|s| *s <= newest).map(stored).collect();
+                Ok(StoreValue::Messages { messages, oldest: Some(1) })
+            }
+            _ => Ok(StoreValue::Done),
+        }
+    }
+
+    /// The `seq`s delivered to `sid`, in order.
+    fn delivered(mail: &[(u16, ToShardInner)], sid: SessionId) -> Vec<u64> {
+        mail.iter()
+            .filter_map(|(_, m)| match m {
+                ToShardInner::Deliver { sessions, event } if sessions.contains(&sid) => {
+                    let start = event.ws.iter().position(|&b| b == b'{')?;
+                    let v: serde_json::Value = serde_json::from_slice(&event.ws[start..]).ok()?;
+                    (v["type"] == "message").then(|| v["seq"].as_u64().unwrap_or(0))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn bus(b: &mut Bench, seq: u64) {
+        let message = BusMessage::Room { room: "r".into(), message: stored(seq) };
+        b.hub.handle_input(b.now, HubInput::Bus(BusEvent::Message(message)));
+        b.collect();
+    }
+
+    #[test]
+    fn a_member_here_subscribes_the_room_and_its_user() {
+        let mut b = cluster_bench();
+        let ann = b.guest(0, "ann");
+        b.join(ann, "r");
+        let subscribed: Vec<&BusCommand> = b.bus.iter().filter(|c| matches!(c, BusCommand::Subscribe(_))).collect();
+        assert_eq!(subscribed.len(), 2, "{:?}", b.bus);
+        assert!(b.hub.poll_timeout().is_some(), "the periodic check is due some time");
+    }
+
+    #[test]
+    fn past_the_hold_bound_later_messages_are_read_from_storage_in_order() {
+        let mut b = cluster_bench();
+        let ann = b.guest(0, "ann");
+        b.join(ann, "r");
+        b.complete(storage(0));
+        b.take_mail();
+        let newest = crate::hub::cluster::HOLD as u64 + 6;
+        // 1 is lost; 2.. arrive, more than can be held.
+        for seq in 2..=newest {
+            bus(&mut b, seq);
+        }
+        assert!(delivered(&b.take_mail(), ann).is_empty(), "nothing before 1");
+        b.complete(storage(newest));
+        b.complete(storage(newest));
+        b.complete(storage(newest));
+        assert_eq!(delivered(&b.take_mail(), ann), (1..=newest).collect::<Vec<u64>>());
+        let metrics = std::sync::Arc::clone(&b.hub.metrics);
+        assert_eq!(metrics.bus_held_overflow.load(std::sync::atomic::Ordering::Relaxed), 5);
+        bus(&mut b, 3);
+        assert!(delivered(&b.take_mail(), ann).is_empty(), "a duplicate is dropped");
+        assert_eq!(metrics.bus_duplicates.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
 }

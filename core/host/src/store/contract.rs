@@ -559,6 +559,32 @@ pub(crate) fn data_survives_reopen(f: &mut dyn Fixture) {
     assert_eq!(appended(&out[2]), (2, false));
 }
 
+/// `LastSeqs` names each room's newest `seq` in the order asked (0 when
+/// unknown) and every conversation of the users asked, once, sorted: what a
+/// cluster node's periodic check compares with what it delivered.
+pub(crate) fn last_seqs_names_the_newest_seq_of_rooms_and_conversations(f: &mut dyn Fixture) {
+    let b = f.backend();
+    let ops = vec![
+        room_append("a", "x", "1", 1),
+        room_append("a", "x", "2", 2),
+        room_append("b", "x", "1", 3),
+        pm("x", "y", "hi", 4),
+        pm("y", "x", "hi", 5),
+        pm("z", "x", "hi", 6),
+    ];
+    assert!(run(b, ops).iter().all(Result::is_ok));
+    let ask = Op::LastSeqs { rooms: vec!["a".into(), "nope".into(), "b".into()], users: vec!["x".into(), "y".into()] };
+    assert_eq!(
+        one(b, ask),
+        V::LastSeqs {
+            rooms: vec![("a".into(), 2), ("nope".into(), 0), ("b".into(), 1)],
+            conversations: vec![("x".into(), "y".into(), 2), ("x".into(), "z".into(), 1)],
+        }
+    );
+    let none = one(b, Op::LastSeqs { rooms: vec![], users: vec!["w".into()] });
+    assert_eq!(none, V::LastSeqs { rooms: vec![], conversations: vec![] });
+}
+
 /// One `#[test]` per contract test, on the fixture `$make` builds. `sql_only`
 /// lists the tests the fake store does not pass (see the module docs).
 macro_rules! contract_suite {
@@ -576,7 +602,8 @@ macro_rules! contract_suite {
             a_guest_name_taken_again_continues_the_conversation_seq,
             inbox_bounds_per_sender_and_per_recipient,
             the_inbox_reads_in_pages,
-            data_survives_reopen
+            data_survives_reopen,
+            last_seqs_names_the_newest_seq_of_rooms_and_conversations
         );
         contract_suite!(@sql $sql, $make);
     };

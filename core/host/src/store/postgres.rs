@@ -456,6 +456,7 @@ fn is_write(op: &StoreOp) -> bool {
             | StoreOp::Inbox { .. }
             | StoreOp::Conversations { .. }
             | StoreOp::ReadMarks { .. }
+            | StoreOp::LastSeqs { .. }
     )
 }
 
@@ -663,10 +664,27 @@ fn run_op(conn: &mut Conn, op: &StoreOp) -> Result<StoreValue, PgError> {
             let marks = rows.iter().map(|r| (r.get(0), uint(r.get(1)))).collect();
             Ok(StoreValue::ReadMarks { marks })
         }
+        StoreOp::LastSeqs { rooms, users } => last_seqs(conn, rooms, users),
         StoreOp::Register { .. } | StoreOp::Login { .. } | StoreOp::Verify { .. } => {
             unreachable!("password operations are answered before run_op")
         }
     }
+}
+
+/// The newest `seq` of each room asked (0 when unknown), in the order asked,
+/// and of every conversation of the users asked, each pair once, sorted.
+fn last_seqs(conn: &mut Conn, rooms: &[String], users: &[String]) -> Result<StoreValue, PgError> {
+    let found = conn.query("SELECT name, seq FROM rooms WHERE name = ANY($1)", &[&rooms])?;
+    let seqs: HashMap<String, u64> = found.iter().map(|r| (r.get(0), uint(r.get(1)))).collect();
+    let rooms = rooms.iter().map(|room| (room.clone(), seqs.get(room).copied().unwrap_or(0))).collect();
+    let rows = conn.query(
+        "SELECT lo, hi, seq FROM conversations WHERE lo = ANY($1)
+         UNION SELECT lo, hi, seq FROM conversations WHERE hi = ANY($1)
+         ORDER BY 1, 2",
+        &[&users],
+    )?;
+    let conversations = rows.iter().map(|r| (r.get(0), r.get(1), uint(r.get(2)))).collect();
+    Ok(StoreValue::LastSeqs { rooms, conversations })
 }
 
 fn check_token(conn: &mut Conn, token: &str, now_ms: u64) -> Result<StoreValue, PgError> {

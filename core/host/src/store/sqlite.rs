@@ -641,7 +641,8 @@ fn is_write(op: &StoreOp) -> bool {
         | StoreOp::History { .. }
         | StoreOp::Inbox { .. }
         | StoreOp::Conversations { .. }
-        | StoreOp::ReadMarks { .. } => false,
+        | StoreOp::ReadMarks { .. }
+        | StoreOp::LastSeqs { .. } => false,
     }
 }
 
@@ -741,6 +742,7 @@ fn run_op(conn: &Connection, op: &StoreOp) -> rusqlite::Result<StoreValue> {
             let marks = st.query_map([user], |r| Ok((r.get(0)?, uint(r.get(1)?))))?.collect::<rusqlite::Result<_>>()?;
             Ok(StoreValue::ReadMarks { marks })
         }
+        StoreOp::LastSeqs { rooms, users } => last_seqs(conn, rooms, users),
         StoreOp::Register { .. } | StoreOp::Login { .. } | StoreOp::Verify { .. } => {
             Err(rusqlite::Error::InvalidParameterName("password operations do not run in a batch".into()))
         }
@@ -804,6 +806,31 @@ fn conversations(conn: &Connection, user: &str, limit: u32) -> rusqlite::Result<
         })?
         .collect::<rusqlite::Result<_>>()?;
     Ok(StoreValue::Conversations { conversations })
+}
+
+/// The newest `seq` of `rooms` (0 for an unknown room) and of every
+/// conversation of `users`: one indexed lookup each.
+fn last_seqs(conn: &Connection, rooms: &[String], users: &[String]) -> rusqlite::Result<StoreValue> {
+    let mut room_seq = conn.prepare_cached("SELECT seq FROM rooms WHERE name = ?1")?;
+    let mut out_rooms = Vec::with_capacity(rooms.len());
+    for room in rooms {
+        let seq: Option<i64> = room_seq.query_row([room], |r| r.get(0)).optional()?;
+        out_rooms.push((room.clone(), seq.map_or(0, uint)));
+    }
+    let mut st = conn.prepare_cached(
+        "SELECT lo, hi, seq FROM conversations WHERE lo = ?1
+         UNION SELECT lo, hi, seq FROM conversations WHERE hi = ?1",
+    )?;
+    let mut seen = std::collections::BTreeMap::new();
+    for user in users {
+        let rows = st.query_map([user], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, uint(r.get(2)?))))?;
+        for row in rows {
+            let (lo, hi, seq) = row?;
+            seen.insert((lo, hi), seq);
+        }
+    }
+    let conversations = seen.into_iter().map(|((lo, hi), seq)| (lo, hi, seq)).collect();
+    Ok(StoreValue::LastSeqs { rooms: out_rooms, conversations })
 }
 
 fn load_all(conn: &Connection) -> rusqlite::Result<StoreValue> {

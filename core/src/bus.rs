@@ -1,0 +1,234 @@
+//! What the nodes of a cluster tell each other, as values. The bus (Redis
+//! pub/sub in the host) is an input and an output of the hub, exactly like
+//! storage: the hub emits [`BusCommand`]s through `HubOutput::Bus` and
+//! receives [`BusEvent`]s through `HubInput::Bus`. It never calls anything.
+//!
+//! Only stored messages travel, each with the `seq` storage gave it, so a
+//! node that receives one can tell a duplicate (at or below what it
+//! delivered) from a gap (above the next one), and fill a gap from storage.
+//! The bus may lose, repeat or reorder what it carries; nothing here trusts
+//! it for more than speed.
+//!
+//! The host carries bytes only: [`BusMessage::encode`] and
+//! [`BusMessage::decode`]. The encoding starts with a version byte
+//! ([`BUS_VERSION`]), then JSON; a node refuses a version it does not know
+//! ([`BusError::Version`]) rather than guess, so a rolling upgrade that
+//! changes the format shows up as counted decode errors, not as garbage.
+
+use serde_json::{json, Value};
+
+use crate::store::{StoredMessage, UserKey};
+
+/// The first byte of every encoded [`BusMessage`].
+pub const BUS_VERSION: u8 = 1;
+
+/// A channel of the bus. A node subscribes to a room's topic while one of
+/// its sessions is a member, and to a user's while the user has a session
+/// there.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BusTopic {
+    /// A room, by name.
+    Room(String),
+    /// A principal (a registered name, or a guest's `name#n`).
+    User(UserKey),
+}
+
+impl BusTopic {
+    /// The channel name: `natter.room.NAME` or `natter.user.KEY`. The two
+    /// prefixes keep a room and a principal with the same name apart.
+    pub fn channel(&self) -> String {
+        match self {
+            BusTopic::Room(room) => format!("natter.room.{room}"),
+            BusTopic::User(key) => format!("natter.user.{key}"),
+        }
+    }
+}
+
+/// A stored message, as one node announces it to the others after storage
+/// committed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BusMessage {
+    /// A room message; `message.seq` is the room's.
+    Room {
+        /// The room.
+        room: String,
+        /// The message as stored.
+        message: StoredMessage,
+    },
+    /// A private message; `message.seq` is the conversation's, and the
+    /// conversation is `(message.sender, to_key)`.
+    Private {
+        /// The recipient's principal.
+        to_key: UserKey,
+        /// The message as stored.
+        message: StoredMessage,
+    },
+}
+
+/// Why bytes from the bus are not a [`BusMessage`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    /// Nothing at all.
+    #[error("an empty bus message")]
+    Empty,
+    /// A version this build does not know.
+    #[error("bus message version {0}; this build knows {BUS_VERSION}")]
+    Version(u8),
+    /// The right version, but not what it promises.
+    #[error("a malformed bus message: {0}")]
+    Malformed(&'static str),
+}
+
+impl BusMessage {
+    /// The `seq` it carries.
+    pub fn seq(&self) -> u64 {
+        match self {
+            BusMessage::Room { message, .. } | BusMessage::Private { message, .. } => message.seq,
+        }
+    }
+
+    /// The topics it is published on: its room's; or both principals' of a
+    /// private message (the recipient's sessions, and the sender's other
+    /// sessions for the echo), once if they are the same.
+    pub fn topics(&self) -> Vec<BusTopic> {
+        match self {
+            BusMessage::Room { room, .. } => vec![BusTopic::Room(room.clone())],
+            BusMessage::Private { to_key, message } if *to_key == message.sender => {
+                vec![BusTopic::User(to_key.clone())]
+            }
+            BusMessage::Private { to_key, message } => {
+                vec![BusTopic::User(to_key.clone()), BusTopic::User(message.sender.clone())]
+            }
+        }
+    }
+
+    /// The bytes the host publishes.
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, target, m) = match self {
+            BusMessage::Room { room, message } => ("room", room, message),
+            BusMessage::Private { to_key, message } => ("private", to_key, message),
+        };
+        let body = json!({
+            "k": kind, "t": target, "seq": m.seq, "from": m.from, "to": m.to, "sender": m.sender,
+            "text": m.text, "id": m.client_id, "ts": m.ts,
+        });
+        let mut out = vec![BUS_VERSION];
+        out.extend_from_slice(body.to_string().as_bytes());
+        out
+    }
+
+    /// A message from bytes the host received.
+    pub fn decode(bytes: &[u8]) -> Result<BusMessage, BusError> {
+        let (&version, body) = bytes.split_first().ok_or(BusError::Empty)?;
+        if version != BUS_VERSION {
+            return Err(BusError::Version(version));
+        }
+        let v: Value = serde_json::from_slice(body).map_err(|_| BusError::Malformed("not JSON"))?;
+        let text = |field: &'static str| v[field].as_str().map(str::to_owned).ok_or(BusError::Malformed(field));
+        let number = |field: &'static str| v[field].as_u64().ok_or(BusError::Malformed(field));
+        let optional = |field: &'static str| match &v[field] {
+            Value::Null => Ok(None),
+            Value::String(s) => Ok(Some(s.clone())),
+            _ => Err(BusError::Malformed(field)),
+        };
+        let message = StoredMessage {
+            seq: number("seq")?,
+            from: text("from")?,
+            to: optional("to")?,
+            sender: text("sender")?,
+            text: text("text")?,
+            client_id: optional("id")?,
+            ts: number("ts")?,
+        };
+        match v["k"].as_str() {
+            Some("room") => Ok(BusMessage::Room { room: text("t")?, message }),
+            Some("private") => Ok(BusMessage::Private { to_key: text("t")?, message }),
+            _ => Err(BusError::Malformed("k")),
+        }
+    }
+}
+
+/// What the hub asks of the bus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BusCommand {
+    /// Publish `bytes` (an encoded [`BusMessage`]) on `topic`. Best effort:
+    /// a publish that fails is not retried; the receivers' periodic check
+    /// finds what it carried.
+    Publish {
+        /// Where.
+        topic: BusTopic,
+        /// [`BusMessage::encode`]'s output.
+        bytes: Vec<u8>,
+    },
+    /// Start receiving `topic`, and keep it across reconnections.
+    Subscribe(BusTopic),
+    /// Stop receiving `topic`.
+    Unsubscribe(BusTopic),
+}
+
+/// What the bus tells the hub.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BusEvent {
+    /// A message on a subscribed topic (the host decoded it).
+    Message(BusMessage),
+    /// The link is up: connected, or reconnected with every subscription
+    /// restored. Messages may have been lost before it: the hub catches up
+    /// from storage everything it serves.
+    Up,
+    /// The link is down: nothing arrives until the next `Up`.
+    Down,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(seq: u64, id: Option<&str>, to: Option<&str>) -> StoredMessage {
+        StoredMessage {
+            seq,
+            from: "Ann".into(),
+            to: to.map(Into::into),
+            sender: "Ann".into(),
+            text: "hé \"quoted\"\n".into(),
+            client_id: id.map(Into::into),
+            ts: 1_700_000_000_123,
+        }
+    }
+
+    #[test]
+    fn messages_round_trip_through_bytes() {
+        let all = [
+            BusMessage::Room { room: "lobby".into(), message: message(42, Some("c-1"), None) },
+            BusMessage::Room { room: "r.2".into(), message: message(1, None, None) },
+            BusMessage::Private { to_key: "bob#17".into(), message: message(7, None, Some("bob")) },
+        ];
+        for m in all {
+            let bytes = m.encode();
+            assert_eq!(bytes[0], BUS_VERSION);
+            assert_eq!(BusMessage::decode(&bytes), Ok(m));
+        }
+    }
+
+    #[test]
+    fn bad_bytes_are_typed_errors() {
+        assert_eq!(BusMessage::decode(&[]), Err(BusError::Empty));
+        let mut future = BusMessage::Room { room: "x".into(), message: message(1, None, None) }.encode();
+        future[0] = 2;
+        assert_eq!(BusMessage::decode(&future), Err(BusError::Version(2)));
+        assert_eq!(BusMessage::decode(b"\x01{"), Err(BusError::Malformed("not JSON")));
+        assert_eq!(BusMessage::decode(b"\x01{\"k\":\"room\"}"), Err(BusError::Malformed("seq")));
+        let no_kind = br#"{"t":"x","seq":1,"from":"a","sender":"a","text":"","ts":0}"#;
+        let mut bytes = vec![BUS_VERSION];
+        bytes.extend_from_slice(no_kind);
+        assert_eq!(BusMessage::decode(&bytes), Err(BusError::Malformed("k")));
+    }
+
+    #[test]
+    fn a_private_message_goes_to_both_principals_once() {
+        let to_bob = BusMessage::Private { to_key: "bob".into(), message: message(1, None, Some("bob")) };
+        assert_eq!(to_bob.topics(), [BusTopic::User("bob".into()), BusTopic::User("Ann".into())]);
+        let to_self = BusMessage::Private { to_key: "Ann".into(), message: message(1, None, Some("Ann")) };
+        assert_eq!(to_self.topics(), [BusTopic::User("Ann".into())]);
+        assert_eq!(BusTopic::Room("lobby".into()).channel(), "natter.room.lobby");
+    }
+}
