@@ -201,7 +201,7 @@ fn start_bus(
 /// embedded SQLite in `--data`.
 fn open_backend(settings: &Settings) -> Result<Box<dyn Backend>, ExitCode> {
     match &settings.database {
-        Some(url) => PostgresBackend::open_with(url, settings.postgres.clone())
+        Some(url) => PostgresBackend::open_with(url, settings.postgres)
             .map(|b| Box::new(b) as Box<dyn Backend>)
             .map_err(|e| fail(format_args!("cannot use --database: {e}"))),
         None => SqliteBackend::open_with(&settings.data, settings.sqlite)
