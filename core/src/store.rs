@@ -137,6 +137,10 @@ pub enum StoreOp {
     /// [`StoreValue::LastSeqs`]. A node of a cluster asks it every few
     /// seconds for what it serves, to find messages the bus never brought.
     LastSeqs { rooms: Vec<String>, users: Vec<UserKey> },
+    /// The registered user `name` names, ignoring case:
+    /// [`StoreValue::FoundUser`]. A node of a cluster asks it for a name it
+    /// does not know, which another node may have registered.
+    FindUser { name: String },
 }
 
 /// A message to append.
@@ -321,6 +325,8 @@ pub enum StoreValue {
     /// asked, and `(a, b, seq)` for each conversation of the users asked,
     /// its principals sorted (`a < b`), each conversation once.
     LastSeqs { rooms: Vec<(String, u64)>, conversations: Vec<(UserKey, UserKey, u64)> },
+    /// For `FindUser`: the user's name as registered, if there is one.
+    FoundUser(Option<String>),
 }
 
 /// Why a request failed. Every variant reaches clients as `unavailable`.

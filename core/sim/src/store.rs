@@ -452,6 +452,10 @@ impl Data {
             StoreOp::Read { user, target, seq } => self.read(user, target, *seq),
             StoreOp::Conversations { user, limit } => self.conversation_list(user, *limit),
             StoreOp::LastSeqs { rooms, users } => self.last_seqs(rooms, users),
+            StoreOp::FindUser { name } => {
+                let folded = name.to_lowercase();
+                StoreValue::FoundUser(self.users.keys().find(|u| u.to_lowercase() == folded).cloned())
+            }
             StoreOp::ReadMarks { user } => {
                 let marks = self
                     .rooms

@@ -533,6 +533,7 @@ impl Hub {
     ) {
         match kind {
             PendingKind::Authenticate(how) => self.complete_authenticate(now, sid, tag, how, result),
+            PendingKind::FindUser { user, request } => self.complete_find_user(now, sid, tag, user, request, result),
             PendingKind::Welcome { user, token, expires_ms } => {
                 self.complete_welcome(now, sid, tag, user, token, expires_ms, result)
             }
@@ -740,5 +741,64 @@ mod tests {
         assert_eq!(gap, Recovery { recovered: false, oldest: Some(8) }, "6 and 7 were left out");
         let purged = recovery(9, 5, &[], Some(9));
         assert_eq!(purged, Recovery { recovered: false, oldest: Some(9) }, "storage holds no more");
+    }
+}
+
+impl Hub {
+    /// In a cluster, the user a request names that this node does not know:
+    /// another node may have registered it since this one loaded its users.
+    pub(super) fn unknown_user(&self, request: &ClientRequest) -> Option<String> {
+        if !self.config.cluster {
+            return None;
+        }
+        let name = match request {
+            ClientRequest::Send { to: To::User(name), .. }
+            | ClientRequest::History { of: To::User(name), .. }
+            | ClientRequest::Read { of: To::User(name), .. }
+            | ClientRequest::Typing { to: To::User(name) }
+            | ClientRequest::Ack { with: name, .. } => name,
+            _ => return None,
+        };
+        (is_valid_name(name) && self.state.key_of(name).is_none()).then(|| name.clone())
+    }
+
+    /// Asks storage for `name` before running `request`.
+    pub(super) fn find_user(
+        &mut self,
+        now: Now,
+        sid: SessionId,
+        tag: Tag,
+        user: String,
+        name: String,
+        request: ClientRequest,
+    ) {
+        let op = StoreOp::FindUser { name };
+        self.store(now, op, Pending::request(sid, tag, PendingKind::FindUser { user, request }));
+    }
+
+    /// Learns the user storage found (if any) and runs the request: it then
+    /// reaches that user, or answers `no_such_user` as on one node.
+    fn complete_find_user(
+        &mut self,
+        now: Now,
+        sid: SessionId,
+        tag: Tag,
+        user: String,
+        request: ClientRequest,
+        result: Result<StoreValue, StoreError>,
+    ) {
+        match result {
+            Ok(StoreValue::FoundUser(found)) => {
+                if let Some(name) = found {
+                    self.state.register(name);
+                }
+                if !self.state.sessions.contains_key(&sid) {
+                    return;
+                }
+                let request = self.state.resolve_names(request);
+                self.chat(now, sid, tag, user, request);
+            }
+            _ => self.reply(sid, tag, Err(unavailable())),
+        }
     }
 }

@@ -203,7 +203,10 @@ impl Hub {
                     return self.reply(sid, tag, Err(f));
                 };
                 let request = self.state.resolve_names(request);
-                self.chat(now, sid, tag, user, request);
+                match self.unknown_user(&request) {
+                    Some(name) => self.find_user(now, sid, tag, user, name, request),
+                    None => self.chat(now, sid, tag, user, request),
+                }
             }
             ToHubInner::Api { sid, call, peer } => self.api(now, sid, call, peer),
             ToHubInner::LineAck { sid, ack } => self.line_ack(now, sid, &ack),

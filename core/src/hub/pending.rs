@@ -8,6 +8,7 @@ use super::limits::LoginTicket;
 use crate::ids::SessionId;
 use crate::link::Tag;
 use crate::store::{NewMessage, StoreReqId};
+use crate::transport::request::ClientRequest;
 
 /// How long a storage request may take before its client is told
 /// `unavailable`.
@@ -115,6 +116,12 @@ pub(crate) enum PendingKind {
     /// asked.
     Check {
         users: Vec<String>,
+    },
+    /// In a cluster: a request that names a user this node does not know,
+    /// waiting for storage to say whether another node registered it.
+    FindUser {
+        user: String,
+        request: ClientRequest,
     },
 }
 

@@ -585,6 +585,16 @@ pub(crate) fn last_seqs_names_the_newest_seq_of_rooms_and_conversations(f: &mut 
     assert_eq!(none, V::LastSeqs { rooms: vec![], conversations: vec![] });
 }
 
+/// `FindUser` answers a registered name as it was registered, whatever its
+/// case, and nothing for a name nobody registered.
+pub(crate) fn find_user_ignores_case_and_answers_the_registered_spelling(f: &mut dyn Fixture) {
+    let b = f.backend();
+    assert_eq!(b.create_user("Carol", "hash", 1), Ok(true));
+    assert_eq!(one(b, Op::FindUser { name: "carol".into() }), V::FoundUser(Some("Carol".into())));
+    assert_eq!(one(b, Op::FindUser { name: "Carol".into() }), V::FoundUser(Some("Carol".into())));
+    assert_eq!(one(b, Op::FindUser { name: "dave".into() }), V::FoundUser(None));
+}
+
 /// One `#[test]` per contract test, on the fixture `$make` builds. `sql_only`
 /// lists the tests the fake store does not pass (see the module docs).
 macro_rules! contract_suite {
@@ -603,7 +613,8 @@ macro_rules! contract_suite {
             inbox_bounds_per_sender_and_per_recipient,
             the_inbox_reads_in_pages,
             data_survives_reopen,
-            last_seqs_names_the_newest_seq_of_rooms_and_conversations
+            last_seqs_names_the_newest_seq_of_rooms_and_conversations,
+            find_user_ignores_case_and_answers_the_registered_spelling
         );
         contract_suite!(@sql $sql, $make);
     };

@@ -457,6 +457,7 @@ fn is_write(op: &StoreOp) -> bool {
             | StoreOp::Conversations { .. }
             | StoreOp::ReadMarks { .. }
             | StoreOp::LastSeqs { .. }
+            | StoreOp::FindUser { .. }
     )
 }
 
@@ -665,6 +666,10 @@ fn run_op(conn: &mut Conn, op: &StoreOp) -> Result<StoreValue, PgError> {
             Ok(StoreValue::ReadMarks { marks })
         }
         StoreOp::LastSeqs { rooms, users } => last_seqs(conn, rooms, users),
+        StoreOp::FindUser { name } => {
+            let row = conn.query_opt("SELECT name FROM users WHERE lower(name) = lower($1)", &[name])?;
+            Ok(StoreValue::FoundUser(row.map(|r| r.get(0))))
+        }
         StoreOp::Register { .. } | StoreOp::Login { .. } | StoreOp::Verify { .. } => {
             unreachable!("password operations are answered before run_op")
         }

@@ -642,7 +642,8 @@ fn is_write(op: &StoreOp) -> bool {
         | StoreOp::Inbox { .. }
         | StoreOp::Conversations { .. }
         | StoreOp::ReadMarks { .. }
-        | StoreOp::LastSeqs { .. } => false,
+        | StoreOp::LastSeqs { .. }
+        | StoreOp::FindUser { .. } => false,
     }
 }
 
@@ -743,6 +744,13 @@ fn run_op(conn: &Connection, op: &StoreOp) -> rusqlite::Result<StoreValue> {
             Ok(StoreValue::ReadMarks { marks })
         }
         StoreOp::LastSeqs { rooms, users } => last_seqs(conn, rooms, users),
+        StoreOp::FindUser { name } => {
+            let found = conn
+                .prepare_cached("SELECT name FROM users WHERE name = ?1 COLLATE NOCASE")?
+                .query_row([name], |r| r.get(0))
+                .optional()?;
+            Ok(StoreValue::FoundUser(found))
+        }
         StoreOp::Register { .. } | StoreOp::Login { .. } | StoreOp::Verify { .. } => {
             Err(rusqlite::Error::InvalidParameterName("password operations do not run in a batch".into()))
         }
