@@ -20,13 +20,15 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use super::pending::{Pending, PendingKind};
-use super::Hub;
+use super::{unavailable, Hub};
 use crate::bus::{BusCommand, BusEvent, BusMessage, BusTopic};
-use crate::ids::SessionId;
+use crate::ids::{is_valid_name, SessionId};
+use crate::link::Tag;
 use crate::metrics::Metrics;
 use crate::render::event::room_message;
 use crate::store::{SeqRange, StoreError, StoreOp, StoreValue, StoredMessage, Target, UserKey};
 use crate::time::Now;
+use crate::transport::request::{ClientRequest, Target as To};
 
 /// Most messages held per room or conversation while a gap is filled;
 /// past it, later messages are left for the fill to read from storage.
@@ -464,6 +466,65 @@ fn bus_message(key: &StreamKey, message: StoredMessage) -> BusMessage {
         StreamKey::Conversation(a, b) => {
             let to_key = if message.sender == *a { b.clone() } else { a.clone() };
             BusMessage::Private { to_key, message }
+        }
+    }
+}
+
+impl Hub {
+    /// In a cluster, the user a request names that this node does not know:
+    /// another node may have registered it since this one loaded its users.
+    pub(super) fn unknown_user(&self, request: &ClientRequest) -> Option<String> {
+        if !self.config.cluster {
+            return None;
+        }
+        let name = match request {
+            ClientRequest::Send { to: To::User(name), .. }
+            | ClientRequest::History { of: To::User(name), .. }
+            | ClientRequest::Read { of: To::User(name), .. }
+            | ClientRequest::Typing { to: To::User(name) }
+            | ClientRequest::Ack { with: name, .. } => name,
+            _ => return None,
+        };
+        (is_valid_name(name) && self.state.key_of(name).is_none()).then(|| name.clone())
+    }
+
+    /// Asks storage for `name` before running `request`.
+    pub(super) fn find_user(
+        &mut self,
+        now: Now,
+        sid: SessionId,
+        tag: Tag,
+        user: String,
+        name: String,
+        request: ClientRequest,
+    ) {
+        let op = StoreOp::FindUser { name };
+        self.store(now, op, Pending::request(sid, tag, PendingKind::FindUser { user, request }));
+    }
+
+    /// Learns the user storage found (if any) and runs the request: it then
+    /// reaches that user, or answers `no_such_user` as on one node.
+    pub(super) fn complete_find_user(
+        &mut self,
+        now: Now,
+        sid: SessionId,
+        tag: Tag,
+        user: String,
+        request: ClientRequest,
+        result: Result<StoreValue, StoreError>,
+    ) {
+        match result {
+            Ok(StoreValue::FoundUser(found)) => {
+                if let Some(name) = found {
+                    self.state.register(name);
+                }
+                if !self.state.sessions.contains_key(&sid) {
+                    return;
+                }
+                let request = self.state.resolve_names(request);
+                self.chat(now, sid, tag, user, request);
+            }
+            _ => self.reply(sid, tag, Err(unavailable())),
         }
     }
 }
