@@ -60,6 +60,35 @@ natter_tests::cases! {
         assert_eq!(got, (1..=10).collect::<Vec<_>>());
     }
 
+    fn without_redis_a_node_says_so_and_catches_up_once_it_is_back(bin) {
+        let c = Cluster::start_alone(bin, 2, &[]);
+        let room = uniq("outage");
+        let mut a = WsClient::guest(&c.nodes[0], "a");
+        let mut b = WsClient::guest(&c.nodes[1], "b");
+        a.join(&room);
+        b.join(&room);
+        assert_eq!(a.say(&room, "before"), 1);
+        assert_eq!(seq(&b.wait_for(|v| is_message_in(v, &room))), 1);
+        let health = |n: usize| c.nodes[n].http("GET", "/healthz", &[], b"").status;
+        assert_eq!((health(0), health(1)), (200, 200));
+        c.stop_redis();
+        eventually(std::time::Duration::from_secs(15), "both nodes report the bus down", || {
+            (health(0) == 503 && health(1) == 503).then_some(())
+        });
+        // Each node goes on serving its own sessions, and storing.
+        let during: Vec<u64> = (0..3).map(|i| a.say(&room, &format!("during {i}"))).collect();
+        assert_eq!(during, [2, 3, 4]);
+        c.start_redis();
+        eventually(std::time::Duration::from_secs(20), "both nodes report the bus up", || {
+            (health(0) == 200 && health(1) == 200).then_some(())
+        });
+        let got: Vec<u64> = b.collect(3, |v| is_message_in(v, &room)).iter().map(seq).collect();
+        assert_eq!(got, [2, 3, 4], "what was stored meanwhile arrives once, in order");
+        assert_eq!(a.say(&room, "after"), 5);
+        assert_eq!(seq(&b.wait_for(|v| is_message_in(v, &room))), 5);
+        b.expect_none(std::time::Duration::from_millis(300), |v| is_message_in(v, &room));
+    }
+
     fn a_send_retried_on_another_node_gets_its_first_seq(bin) {
         let c = Cluster::start(bin, 2, &[]);
         let room = uniq("retry");

@@ -62,8 +62,14 @@ pub(crate) fn ok(content_type: &str, body: &[u8], extra_headers: &[(&str, String
     Response { status: 200, content_type, body, extra_headers, close }.encode()
 }
 
-/// `GET /healthz`.
-pub(crate) fn health(close: bool) -> Bytes {
+/// `GET /healthz`: `ok`, or (503) what this node cannot reach. A node of
+/// a cluster whose bus is down serves its own sessions but misses the
+/// others' messages: a load balancer should send new clients elsewhere.
+pub(crate) fn health(bus_down: bool, close: bool) -> Bytes {
+    if bus_down {
+        let body = b"{\"status\":\"unavailable\",\"bus\":\"down\"}";
+        return Response { status: 503, content_type: JSON, body, extra_headers: &[], close }.encode();
+    }
     ok(JSON, b"{\"status\":\"ok\"}", &[], close)
 }
 
@@ -198,6 +204,15 @@ mod tests {
         let text = String::from_utf8(bytes.to_vec()).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         (head.to_string(), serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+    }
+
+    #[test]
+    fn health_is_ok_or_503_naming_the_bus() {
+        let ok = String::from_utf8(health(false, false).to_vec()).unwrap();
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.ends_with("{\"status\":\"ok\"}"), "{ok}");
+        let down = String::from_utf8(health(true, true).to_vec()).unwrap();
+        assert!(down.starts_with("HTTP/1.1 503 "), "{down}");
+        assert!(down.ends_with("{\"status\":\"unavailable\",\"bus\":\"down\"}"), "{down}");
     }
 
     #[test]

@@ -43,7 +43,10 @@ impl Session {
     fn route(&mut self, ctx: &mut Ctx<'_>, req: Request) {
         let close = req.close;
         match (req.method.as_str(), req.path.as_str()) {
-            ("GET", "/healthz") => self.send(ctx, http::health(close)),
+            ("GET", "/healthz") => {
+                let bus_down = ctx.config.cluster && ctx.metrics.bus_up.load(std::sync::atomic::Ordering::Relaxed) != 1;
+                self.send(ctx, http::health(bus_down, close))
+            }
             ("GET", "/metrics") if !metrics_allowed(ctx.config, &req) => self.send(ctx, http::metrics_refused(close)),
             ("GET", "/metrics") => self.send(ctx, http::metrics(&ctx.metrics.render(), close)),
             ("GET", "/" | "/index.html") => {
