@@ -53,6 +53,11 @@ natter_tests::cases! {
         let (ann, bob) = (c.nodes[0].account("ann"), c.nodes[1].account("bob"));
         let mut a = WsClient::user(&c.nodes[0], &ann);
         let mut b = WsClient::user(&c.nodes[1], &bob);
+        // Known gap (issue 12, open): a private message stored within the
+        // moment between bob's inbox read at welcome and his node's first
+        // check reaches him only at his next welcome (it stays in his
+        // inbox). Give the node that moment; the race has its own entry.
+        std::thread::sleep(std::time::Duration::from_millis(500));
         for i in 1..=10u64 {
             assert_eq!(a.tell(&bob.name, &format!("p{i}")), i);
         }
@@ -87,6 +92,28 @@ natter_tests::cases! {
         assert_eq!(a.say(&room, "after"), 5);
         assert_eq!(seq(&b.wait_for(|v| is_message_in(v, &room))), 5);
         b.expect_none(std::time::Duration::from_millis(300), |v| is_message_in(v, &room));
+    }
+
+    fn a_user_registered_on_one_node_logs_in_on_another_in_any_case_as_itself(bin) {
+        let c = Cluster::start(bin, 2, &[]);
+        let name = uniq("Nina");
+        assert_eq!(c.nodes[0].register(&name, PASSWORD).status, 201);
+        // Node 1 started before the account existed, and is asked in lower case.
+        let lower = name.to_lowercase();
+        let res = c.nodes[1].try_login(&lower, PASSWORD);
+        assert_eq!(res.status, 200, "{}", res.text());
+        assert_eq!(res.json()["user"], name.as_str(), "the registered spelling");
+        let token = res.json()["token"].as_str().unwrap().to_string();
+        let mut ws = WsClient::connect(&c.nodes[1]);
+        let welcome = ws.hello_token(&token);
+        assert_eq!(welcome["user"], name.as_str());
+        let mut line = LineClient::connect(&c.nodes[1]);
+        line.send_line(&format!("/login {} {PASSWORD}", name.to_uppercase()));
+        line.wait_exact(&format!("* welcome {name}"));
+        let wrong = c.nodes[1].try_login(&lower, "not-the-password");
+        assert_eq!(wrong.status, 401, "{}", wrong.text());
+        let nobody = c.nodes[1].try_login(&uniq("nobody"), PASSWORD);
+        assert_eq!(nobody.status, 401, "{}", nobody.text());
     }
 
     fn a_send_retried_on_another_node_gets_its_first_seq(bin) {

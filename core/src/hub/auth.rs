@@ -58,7 +58,31 @@ impl Hub {
     }
 
     /// Line `/login USER PASSWORD`.
-    fn line_login(&mut self, now: Now, sid: SessionId, tag: Tag, peer: IpAddr, user: String, password: String) {
+    pub(super) fn line_login(
+        &mut self,
+        now: Now,
+        sid: SessionId,
+        tag: Tag,
+        peer: IpAddr,
+        user: String,
+        password: String,
+    ) {
+        if self.login_name_unknown(&user) {
+            return self.find_login(now, sid, Some(tag), peer, user, password);
+        }
+        self.line_login_as(now, sid, tag, peer, user, password);
+    }
+
+    /// A line login once the name is as known as it can be.
+    pub(super) fn line_login_as(
+        &mut self,
+        now: Now,
+        sid: SessionId,
+        tag: Tag,
+        peer: IpAddr,
+        user: String,
+        password: String,
+    ) {
         let user = self.state.canonical(user);
         if let Some(retry) = self.limits.open_limited(now.unix_ms, peer, Some(&user)) {
             return self.refuse_open(sid, tag, retry);
@@ -431,26 +455,32 @@ impl Hub {
                 let op = StoreOp::Register { user: user.clone(), password, cancel };
                 self.store(now, op, Pending::untagged(sid, PendingKind::Api(ApiKind::Register { user })));
             }
-            ApiCall::Login { user, password } => {
-                let user = self.state.canonical(user);
-                let ticket = match self.limits.reserve_login(now.unix_ms, peer, &user) {
-                    Ok(ticket) => ticket,
-                    Err(retry) => {
-                        Metrics::add(&self.metrics.limited_logins, 1);
-                        let msg = format!("too many failed logins; retry in {retry} s");
-                        return self.api_error(sid, ErrorCode::RateLimited, &msg, Some(retry));
-                    }
-                };
-                let ttl_ms = self.config.token_ttl.as_millis() as u64;
-                let cancel = self.cancel_for(sid);
-                let op = StoreOp::Login { user: user.clone(), password, now_ms: now.unix_ms, ttl_ms, cancel };
-                self.store(now, op, Pending::untagged(sid, PendingKind::Api(ApiKind::Login { ticket, user })));
+            ApiCall::Login { user, password } if self.login_name_unknown(&user) => {
+                self.find_login(now, sid, None, peer, user, password)
             }
+            ApiCall::Login { user, password } => self.api_login(now, sid, peer, user, password),
             ApiCall::Logout { token } => {
                 let op = StoreOp::Revoke { token: token.clone() };
                 self.store(now, op, Pending::untagged(sid, PendingKind::Api(ApiKind::Logout { token })));
             }
         }
+    }
+
+    /// `POST /api/login` once the name is as known as it can be.
+    pub(super) fn api_login(&mut self, now: Now, sid: SessionId, peer: IpAddr, user: String, password: String) {
+        let user = self.state.canonical(user);
+        let ticket = match self.limits.reserve_login(now.unix_ms, peer, &user) {
+            Ok(ticket) => ticket,
+            Err(retry) => {
+                Metrics::add(&self.metrics.limited_logins, 1);
+                let msg = format!("too many failed logins; retry in {retry} s");
+                return self.api_error(sid, ErrorCode::RateLimited, &msg, Some(retry));
+            }
+        };
+        let ttl_ms = self.config.token_ttl.as_millis() as u64;
+        let cancel = self.cancel_for(sid);
+        let op = StoreOp::Login { user: user.clone(), password, now_ms: now.unix_ms, ttl_ms, cancel };
+        self.store(now, op, Pending::untagged(sid, PendingKind::Api(ApiKind::Login { ticket, user })));
     }
 
     /// What a finished HTTP register or login changes whether or not its

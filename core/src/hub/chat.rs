@@ -516,6 +516,9 @@ impl Hub {
             (PendingKind::ReplayRest { room, after }, _) => self.complete_replay_rest(now, sid, room, after, result),
             (PendingKind::Fill { key, after, covers }, _) => self.complete_fill(now, key, after, covers, result),
             (PendingKind::Check { users }, _) => self.complete_check(now, users, result),
+            (PendingKind::FindLogin { name, password, peer }, tag) => {
+                self.complete_find_login(now, sid, tag, name, password, peer, result)
+            }
             (kind, Some(tag)) => self.complete_request(now, sid, tag, kind, result),
             // Only the kinds above are stored untagged (`Pending::untagged`).
             (_, None) => {}
@@ -534,6 +537,9 @@ impl Hub {
         match kind {
             PendingKind::Authenticate(how) => self.complete_authenticate(now, sid, tag, how, result),
             PendingKind::FindUser { user, request } => self.complete_find_user(now, sid, tag, user, request, result),
+            PendingKind::FindLogin { name, password, peer } => {
+                self.complete_find_login(now, sid, Some(tag), name, password, peer, result)
+            }
             PendingKind::Welcome { user, token, expires_ms } => {
                 self.complete_welcome(now, sid, tag, user, token, expires_ms, result)
             }

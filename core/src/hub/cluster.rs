@@ -528,3 +528,65 @@ impl Hub {
         }
     }
 }
+
+impl Hub {
+    /// In a cluster, whether a login names a user this node does not know
+    /// (another node may have registered it, in another case).
+    pub(super) fn login_name_unknown(&self, name: &str) -> bool {
+        self.config.cluster && is_valid_name(name) && self.state.resolve(name).is_none()
+    }
+
+    /// Asks storage how `name` was registered before logging in with it.
+    pub(super) fn find_login(
+        &mut self,
+        now: Now,
+        sid: SessionId,
+        tag: Option<Tag>,
+        peer: std::net::IpAddr,
+        name: String,
+        password: String,
+    ) {
+        let op = StoreOp::FindUser { name: name.clone() };
+        let kind = PendingKind::FindLogin { name, password, peer };
+        let pending = match tag {
+            Some(tag) => Pending::request(sid, tag, kind),
+            None => Pending::untagged(sid, kind),
+        };
+        self.store(now, op, pending);
+    }
+
+    /// Logs in under the registered spelling storage found; a name nobody
+    /// registered goes on as typed, and storage refuses it as on one node.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn complete_find_login(
+        &mut self,
+        now: Now,
+        sid: SessionId,
+        tag: Option<Tag>,
+        name: String,
+        password: String,
+        peer: std::net::IpAddr,
+        result: Result<StoreValue, StoreError>,
+    ) {
+        let found = match result {
+            Ok(StoreValue::FoundUser(found)) => found,
+            _ => {
+                return match tag {
+                    Some(tag) => self.reply(sid, tag, Err(unavailable())),
+                    None => self.api_unavailable(sid),
+                }
+            }
+        };
+        if let Some(registered) = &found {
+            self.state.register(registered.clone());
+        }
+        let name = found.unwrap_or(name);
+        match tag {
+            Some(tag) if self.state.sessions.contains_key(&sid) => {
+                self.line_login_as(now, sid, tag, peer, name, password)
+            }
+            Some(_) => {}
+            None => self.api_login(now, sid, peer, name, password),
+        }
+    }
+}

@@ -123,6 +123,14 @@ pub(crate) enum PendingKind {
         user: String,
         request: ClientRequest,
     },
+    /// In a cluster: a login (HTTP, or the line port's `/login` when
+    /// tagged) under a name this node does not know, waiting for storage to
+    /// say how it was registered, so the session is the user's one spelling.
+    FindLogin {
+        name: String,
+        password: String,
+        peer: std::net::IpAddr,
+    },
 }
 
 /// What an HTTP account API call is waiting for.
