@@ -20,13 +20,14 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use super::pending::{Pending, PendingKind};
+use super::stream::{conversation, StreamKey};
 use super::{unavailable, Hub};
 use crate::bus::{BusCommand, BusEvent, BusMessage, BusTopic};
 use crate::ids::{is_valid_name, SessionId};
 use crate::link::Tag;
 use crate::metrics::Metrics;
 use crate::render::event::room_message;
-use crate::store::{SeqRange, StoreError, StoreOp, StoreValue, StoredMessage, Target, UserKey};
+use crate::store::{SeqRange, StoreError, StoreOp, StoreValue, StoredMessage, UserKey};
 use crate::time::Now;
 use crate::transport::request::{ClientRequest, Target as To};
 
@@ -36,34 +37,6 @@ pub(crate) const HOLD: usize = 1024;
 
 /// Messages per gap-filling read.
 pub(crate) const FILL_PAGE: u32 = 200;
-
-/// A sequence of `seq`s: a room, or a conversation (principals sorted).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum StreamKey {
-    Room(String),
-    Conversation(UserKey, UserKey),
-}
-
-impl StreamKey {
-    fn of(message: &BusMessage) -> StreamKey {
-        match message {
-            BusMessage::Room { room, .. } => StreamKey::Room(room.clone()),
-            BusMessage::Private { to_key, message } => conversation(&message.sender, to_key),
-        }
-    }
-
-    fn target(&self) -> Target {
-        match self {
-            StreamKey::Room(room) => Target::Room(room.clone()),
-            StreamKey::Conversation(a, b) => Target::Conversation(a.clone(), b.clone()),
-        }
-    }
-}
-
-fn conversation(a: &str, b: &str) -> StreamKey {
-    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-    StreamKey::Conversation(lo.to_string(), hi.to_string())
-}
 
 /// A message waiting for its turn, and the session that sent it when it was
 /// sent here (that session gets the `ok`, not an echo).

@@ -51,6 +51,7 @@
 
 mod pending;
 mod state;
+mod stream;
 
 mod auth;
 mod chat;

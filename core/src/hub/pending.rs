@@ -108,7 +108,7 @@ pub(crate) enum PendingKind {
     /// conversation, to fill a gap; `covers` was known stored when it was
     /// asked (see `hub/cluster.rs`).
     Fill {
-        key: super::cluster::StreamKey,
+        key: super::stream::StreamKey,
         after: u64,
         covers: u64,
     },
