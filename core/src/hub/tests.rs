@@ -282,4 +282,30 @@ mod cluster {
         assert!(delivered(&b.take_mail(), ann).is_empty(), "a duplicate is dropped");
         assert_eq!(metrics.bus_duplicates.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
+
+    /// A private message to a name this node never heard of asks storage
+    /// first: found, it is sent (under the registered spelling); not
+    /// found, it is `no_such_user` as on one node.
+    #[test]
+    fn a_name_another_node_registered_is_looked_up_before_no_such_user() {
+        let mut b = cluster_bench();
+        let gus = b.guest(0, "gus");
+        b.take_mail();
+        b.store.clear();
+        let send = |to: &str| ClientRequest::Send { to: Target::User(to.into()), text: "hi".into(), id: None };
+        b.request(gus, RequestKind::Send, send("BOB"));
+        assert!(matches!(&b.store[..], [StoreRequest { op: StoreOp::FindUser { name }, .. }] if name == "BOB"));
+        b.complete(|_| Ok(StoreValue::FoundUser(Some("Bob".into()))));
+        let append = b.store.iter().find_map(|r| match &r.op {
+            StoreOp::Append { message, .. } => message.to.clone(),
+            _ => None,
+        });
+        assert_eq!(append.as_deref(), Some("Bob"), "sent to the registered spelling: {:?}", b.store);
+        b.store.clear();
+        b.request(gus, RequestKind::Send, send("nobody"));
+        b.complete(|_| Ok(StoreValue::FoundUser(None)));
+        assert!(!b.store.iter().any(|r| matches!(r.op, StoreOp::Append { .. })), "{:?}", b.store);
+        let replies = reply_of(&b.take_mail(), gus);
+        assert!(replies.iter().any(|(_, r)| *r == Err(ErrorCode::NoSuchUser)), "{replies:?}");
+    }
 }
