@@ -53,11 +53,6 @@ natter_tests::cases! {
         let (ann, bob) = (c.nodes[0].account("ann"), c.nodes[1].account("bob"));
         let mut a = WsClient::user(&c.nodes[0], &ann);
         let mut b = WsClient::user(&c.nodes[1], &bob);
-        // Known gap (issue 12, open): a private message stored within the
-        // moment between bob's inbox read at welcome and his node's first
-        // check reaches him only at his next welcome (it stays in his
-        // inbox). Give the node that moment; the race has its own entry.
-        std::thread::sleep(std::time::Duration::from_millis(500));
         for i in 1..=10u64 {
             assert_eq!(a.tell(&bob.name, &format!("p{i}")), i);
         }

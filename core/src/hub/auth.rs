@@ -331,6 +331,12 @@ impl Hub {
         self.reply(sid, tag, Ok(welcome));
         self.push(sid.shard(), ToShardInner::Welcomed { sid, expires_ms });
         self.count_session(line, 1);
+        if self.config.cluster {
+            // A principal new here is checked before its inbox is read, so
+            // what the check counts as seen was committed before the inbox
+            // read began, and the inbox read brings it.
+            self.sync_subscriptions(now);
+        }
         self.read_inbox(now, sid, 0);
     }
 
