@@ -497,6 +497,7 @@ async function onWelcome(m) {
   S.everWelcomed = true;
   S.me.user = m.user;
   S.me.guest = !!m.guest;
+  renderMe();
   if (S.me.guest && typeof m.resume === 'string') guestResume.set(m.user, m.resume);
   Net.heartbeat = Math.max(5, Number(m.heartbeat_s) || 30);
   Net.attempt = 0;
@@ -1001,9 +1002,17 @@ function renderSidebar() {
   }, el('span', { class: 'dot on' }), el('span', { class: 'label' }, u)))));
   if (!others.length) $('online-list').append(el('li', { class: 'side-empty' }, S.conn === 'open' ? 'Nobody else is online.' : '—'));
   if (focused) document.querySelector(`.sidebar [data-key="${CSS.escape(focused)}"]`)?.focus();
+  renderMe();
+  $('me-status').textContent = (S.me.guest ? 'Guest · ' : '') + ({ open: 'online', connecting: 'connecting…', waiting: 'reconnecting…', offline: 'offline', kicked: 'disconnected' }[S.conn] || '');
+}
+
+/** Who is signed in, at the foot of the sidebar: drawn at once when the
+ *  session starts, so a name from an earlier attempt never shows beside a
+ *  connected state (the rest of the sidebar waits for the next frame). */
+function renderMe() {
+  if (!S.me) return;
   $('me-avatar').replaceChildren(avatar(S.me.user));
   $('me-name').textContent = S.me.user;
-  $('me-status').textContent = (S.me.guest ? 'Guest · ' : '') + ({ open: 'online', connecting: 'connecting…', waiting: 'reconnecting…', offline: 'offline', kicked: 'disconnected' }[S.conn] || '');
 }
 
 function renderHead() {
@@ -1419,6 +1428,7 @@ function resetState() {
 function beginSession(me, { waitForWelcome }) {
   resetState();
   S.me = me;
+  renderMe();
   S.signingOut = false;
   if (me.guest) for (const r of store.get('rooms.' + me.user, [])) if (NAME_RE.test(r)) chanFor(roomKey(r));
   loadOutbox();
