@@ -13,7 +13,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use natter_core::store::StoreRequest;
 use natter_core::{ConnKey, Local, LocalInput, LocalOutput, Now, Shard, ShardInput, ShardOutput, ToHub, Transport};
 
 use crate::bus::{to_redis, Bus};
@@ -116,9 +115,8 @@ impl Seat {
                     match output {
                         LocalOutput::Write(k) => self.effects.push_back(Effect::Write(k)),
                         LocalOutput::Close(k) => self.effects.push_back(Effect::Close(k)),
-                        LocalOutput::Store(requests) => submit(store, requests),
-                        // Only a node started in a cluster emits these; the
-                        // host has no bus yet (issue 12).
+                        LocalOutput::Store(requests) => store.submit(requests),
+                        // Only a node started with --redis emits these.
                         LocalOutput::Bus(command) => {
                             if let Some(bus) = bus {
                                 bus.send(to_redis(command));
@@ -175,10 +173,6 @@ impl Seat {
             Machine::Local { local, .. } => local.poll_timeout(),
         }
     }
-}
-
-fn submit(store: &StoreHandle, requests: Vec<StoreRequest>) {
-    store.submit(requests);
 }
 
 #[cfg(test)]

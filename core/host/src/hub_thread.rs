@@ -72,8 +72,7 @@ pub(crate) fn spawn(
             while let Some(output) = hub.poll_output() {
                 match output {
                     HubOutput::Store(requests) => store.submit(requests),
-                    // Only a node started in a cluster emits these; the host
-                    // has no bus yet (issue 12).
+                    // Only a node started with --redis emits these.
                     HubOutput::Bus(command) => {
                         if let Some(bus) = &bus {
                             bus.send(to_redis(command));
