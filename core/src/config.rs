@@ -93,6 +93,10 @@ pub struct Config {
     /// In a cluster, how often the hub asks storage for the newest `seq` of
     /// what it serves, to find messages the bus lost.
     pub cluster_check: Duration,
+    /// In a cluster, this node's id: random per start (the host's job), so a
+    /// node that restarts is a new node to the others, and a node tells its
+    /// own announcements from theirs.
+    pub node: u64,
 }
 
 /// A secret from the configuration: it never appears in `Debug` output (so
@@ -170,6 +174,7 @@ impl Default for Config {
             store_backlog: 100_000,
             cluster: false,
             cluster_check: Duration::from_secs(3),
+            node: 0,
             allowed_origins: Vec::new(),
             // Open: the usual scraper is a Prometheus on the same host or
             // network, and the counters say nothing about users. A public

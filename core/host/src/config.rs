@@ -269,9 +269,10 @@ fn core_config(value: Lookup<'_>) -> Result<natter_core::Config, ConfigExit> {
         peer_session_rate: number(&value("peer-session-rate")?, "peer-session-rate", d.peer_session_rate)?,
         presence_grace: millis(&value("presence-grace")?, "presence-grace", d.presence_grace)?,
         store_backlog: d.store_backlog,
-        // Set by `--redis` once the host has a bus (issue 12).
+        // Set at start (node.rs) from `--redis`, with a random node id.
         cluster: d.cluster,
         cluster_check: d.cluster_check,
+        node: d.node,
         allowed_origins: origins(&value("allowed-origin")?)?,
         metrics_token: secret(value("metrics-token")?, "metrics-token")?,
     })

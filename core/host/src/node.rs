@@ -75,6 +75,7 @@ impl Node {
         let metrics = Arc::new(Metrics::default());
         settings.core.guest_secret = crate::store::random_secret();
         settings.core.cluster = settings.redis.is_some();
+        settings.core.node = crate::store::random_node_id();
         let config = Arc::new(settings.core.clone());
         let hub = Hub::new(settings.core.clone(), Arc::clone(&metrics), users, rooms, now());
         let threads = settings.threads;
@@ -185,7 +186,7 @@ fn start_bus(
     deliver: impl Fn(natter_core::bus::BusEvent) + Send + Sync + 'static,
 ) -> Result<Option<Arc<Bus>>, ExitCode> {
     let Some(url) = &settings.redis else { return Ok(None) };
-    let node = crate::store::new_token().0[..16].to_string();
+    let node = format!("{:016x}", settings.core.node);
     let decoding = Arc::clone(metrics);
     let sink = Arc::new(move |event| {
         if let Some(event) = from_redis(event, &decoding) {

@@ -176,7 +176,8 @@ impl Cluster {
         for (i, &topology) in topologies.iter().enumerate() {
             store.set_node(i);
             let node_seed = seed.wrapping_add(i as u64 * 0x9e37_79b9);
-            let mut sim = Sim::build_with(topology, config.clone(), store, node_seed);
+            let config = Config { node: i as u64 + 1, ..config.clone() };
+            let mut sim = Sim::build_with(topology, config, store, node_seed);
             store = std::mem::take(&mut sim.store);
             nodes.push(sim);
         }

@@ -31,7 +31,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use natter_core::metrics::Metrics;
 use natter_core::store::{Cancel, StoreDone, StoreError, StoreFailure, StoreOp, StoreReqId, StoreRequest, StoreValue};
 
-pub use password::{hash_password, new_token, random_secret, token_hash, verify_password};
+pub use password::{hash_password, new_token, random_node_id, random_secret, token_hash, verify_password};
 pub use postgres::{
     failure_kind as postgres_failure_kind, PostgresBackend, PostgresOpenError, PostgresOptions, POSTGRES_SCHEMA_VERSION,
 };

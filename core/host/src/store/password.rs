@@ -56,6 +56,11 @@ pub fn random_secret() -> natter_core::GuestSecret {
     natter_core::GuestSecret(key)
 }
 
+/// A cluster node's id for one run (`Config::node`).
+pub fn random_node_id() -> u64 {
+    OsRng.next_u64()
+}
+
 /// A new login token (32 random bytes, hex) and its stored form.
 pub fn new_token() -> (String, String) {
     let mut bytes = [0u8; 32];
