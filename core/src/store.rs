@@ -136,7 +136,10 @@ pub enum StoreOp {
     /// and of every conversation one of `users` has:
     /// [`StoreValue::LastSeqs`]. A node of a cluster asks it every few
     /// seconds for what it serves, to find messages the bus never brought.
-    LastSeqs { rooms: Vec<String>, users: Vec<UserKey> },
+    /// With `active_since`, only the conversations whose newest message has
+    /// a `ts` at or after it (milliseconds): the periodic check reads what
+    /// moved lately, not every conversation every served user ever had.
+    LastSeqs { rooms: Vec<String>, users: Vec<UserKey>, active_since: Option<u64> },
     /// The registered user `name` names, ignoring case:
     /// [`StoreValue::FoundUser`]. A node of a cluster asks it for a name it
     /// does not know, which another node may have registered.

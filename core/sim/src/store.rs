@@ -451,7 +451,7 @@ impl Data {
             StoreOp::Ack { user, with, seq } => self.ack(user, with, *seq),
             StoreOp::Read { user, target, seq } => self.read(user, target, *seq),
             StoreOp::Conversations { user, limit } => self.conversation_list(user, *limit),
-            StoreOp::LastSeqs { rooms, users } => self.last_seqs(rooms, users),
+            StoreOp::LastSeqs { rooms, users, active_since } => self.last_seqs(rooms, users, *active_since),
             StoreOp::FindUser { name } => {
                 let folded = name.to_lowercase();
                 StoreValue::FoundUser(self.users.keys().find(|u| u.to_lowercase() == folded).cloned())
@@ -467,12 +467,12 @@ impl Data {
         }
     }
 
-    fn last_seqs(&self, rooms: &[String], users: &[String]) -> StoreValue {
+    fn last_seqs(&self, rooms: &[String], users: &[String], active_since: Option<u64>) -> StoreValue {
         let rooms = rooms.iter().map(|r| (r.clone(), self.rooms.get(r).map_or(0, |r| r.seq))).collect();
         let conversations = self
             .conversations
             .iter()
-            .filter(|((a, b), _)| users.iter().any(|u| u == a || u == b))
+            .filter(|((a, b), c)| users.iter().any(|u| u == a || u == b) && c.last_ts >= active_since.unwrap_or(0))
             .map(|((a, b), c)| (a.clone(), b.clone(), c.seq))
             .collect();
         StoreValue::LastSeqs { rooms, conversations }

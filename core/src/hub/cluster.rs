@@ -38,6 +38,16 @@ pub(crate) const HOLD: usize = 1024;
 /// Messages per gap-filling read.
 pub(crate) const FILL_PAGE: u32 = 200;
 
+/// How far before the previous check a periodic check looks for active
+/// conversations: a message's `ts` comes from the clock of the node that
+/// sent it, which may be behind this one's, and it commits a little later.
+const ACTIVE_SLACK_MS: u64 = 60_000;
+
+/// Every this many periodic checks reads every conversation of the served
+/// users, not only the active ones: a message that committed later than
+/// the slack allows (storage stalled for longer) is found within a minute.
+const FULL_CHECK_EVERY: u64 = 20;
+
 /// A message waiting for its turn, and the session that sent it when it was
 /// sent here (that session gets the `ok`, not an echo).
 #[derive(Debug)]
@@ -80,6 +90,9 @@ pub(crate) struct ClusterState {
     /// Private messages of conversations whose `last` is not known yet.
     waiting: Vec<Arrival>,
     next_check: Option<Instant>,
+    /// The wall clock of the last periodic check, and how many there were.
+    checked_ms: Option<u64>,
+    checks: u64,
     pub(crate) out: VecDeque<BusCommand>,
 }
 
@@ -105,7 +118,7 @@ impl Hub {
             BusEvent::Up => {
                 self.cluster.up = true;
                 self.metrics.bus_up.store(1, std::sync::atomic::Ordering::Relaxed);
-                self.check_all(now);
+                self.check_all(now, true);
             }
             BusEvent::Down => {
                 self.cluster.up = false;
@@ -280,19 +293,26 @@ impl Hub {
 
     // ---- checks -----------------------------------------------------------
 
-    /// Asks storage for the newest `seq` of everything served.
-    fn check_all(&mut self, now: Now) {
+    /// Asks storage for the newest `seq` of everything served: every room,
+    /// and the served users' conversations, all of them when `full`, else
+    /// those active since shortly before the previous check.
+    fn check_all(&mut self, now: Now, full: bool) {
         self.cluster.next_check = Some(now.instant + self.config.cluster_check);
+        self.cluster.checks += 1;
+        // A principal still learning its conversations needs all of them.
+        let full = full || !self.cluster.baseline.is_empty() || self.cluster.checks % FULL_CHECK_EVERY == 0;
+        let since = self.cluster.checked_ms.replace(now.unix_ms);
+        let active_since = since.filter(|_| !full).map(|ms| ms.saturating_sub(ACTIVE_SLACK_MS));
         let rooms: Vec<String> = self.cluster.room_refs.keys().cloned().collect();
         let users: Vec<UserKey> = self.cluster.keys.iter().cloned().collect();
         if !rooms.is_empty() || !users.is_empty() {
-            self.check(now, rooms, users);
+            self.check(now, rooms, users, active_since);
         }
     }
 
-    fn check(&mut self, now: Now, rooms: Vec<String>, users: Vec<UserKey>) {
+    fn check(&mut self, now: Now, rooms: Vec<String>, users: Vec<UserKey>, active_since: Option<u64>) {
         Metrics::add(&self.metrics.bus_checks, 1);
-        let op = StoreOp::LastSeqs { rooms, users: users.clone() };
+        let op = StoreOp::LastSeqs { rooms, users: users.clone(), active_since };
         self.store(now, op, Pending::untagged(HUB_SID, PendingKind::Check { users }));
     }
 
@@ -301,7 +321,7 @@ impl Hub {
         if !self.config.cluster || self.cluster.next_check.is_none_or(|t| t > now.instant) {
             return;
         }
-        self.check_all(now);
+        self.check_all(now, false);
         let stalled: Vec<StreamKey> =
             self.cluster.streams.iter().filter(|(_, s)| !s.filling).map(|(k, _)| k.clone()).collect();
         for key in stalled {
@@ -403,7 +423,7 @@ impl Hub {
         }
         if !new_rooms.is_empty() || !new_users.is_empty() {
             self.cluster.next_check.get_or_insert(now.instant + self.config.cluster_check);
-            self.check(now, new_rooms, new_users);
+            self.check(now, new_rooms, new_users, None);
         }
     }
 

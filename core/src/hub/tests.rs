@@ -283,6 +283,45 @@ mod cluster {
         assert_eq!(metrics.bus_duplicates.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
+    /// The `active_since` of each `LastSeqs` asked since the last take.
+    fn checks(b: &mut Bench) -> Vec<Option<u64>> {
+        let asked = b.store.iter().filter_map(|r| match &r.op {
+            StoreOp::LastSeqs { active_since, .. } => Some(*active_since),
+            _ => None,
+        });
+        let asked = asked.collect();
+        b.complete(storage(0));
+        asked
+    }
+
+    /// The periodic check reads the conversations active shortly before
+    /// the previous check, not every conversation of every served user;
+    /// all of them on every twentieth check, and after the link came back.
+    #[test]
+    fn the_periodic_check_reads_recent_conversations_and_now_and_then_all() {
+        let mut b = cluster_bench();
+        let ann = b.guest(0, "ann");
+        b.join(ann, "r");
+        let step = Config::default().cluster_check;
+        let mut seen = Vec::new();
+        for _ in 0..21 {
+            let before = b.now.unix_ms;
+            b.now = b.now.after(step);
+            b.hub.handle_input(b.now, HubInput::Timeout);
+            b.collect();
+            seen.push((before, checks(&mut b)));
+        }
+        let (first_at, first) = &seen[0];
+        assert_eq!(first, &[None], "the first periodic check has no earlier one to start from");
+        for (i, (at, asked)) in seen.iter().enumerate().skip(1) {
+            let want = if (i + 1) % 20 == 0 { None } else { Some(at - 60_000) };
+            assert_eq!(asked, &[want], "check {} (the first at {first_at})", i + 1);
+        }
+        b.hub.handle_input(b.now, HubInput::Bus(BusEvent::Up));
+        b.collect();
+        assert_eq!(checks(&mut b), [None], "after the link came back");
+    }
+
     /// A private message to a name this node never heard of asks storage
     /// first: found, it is sent (under the registered spelling); not
     /// found, it is `no_such_user` as on one node.

@@ -561,7 +561,8 @@ pub(crate) fn data_survives_reopen(f: &mut dyn Fixture) {
 
 /// `LastSeqs` names each room's newest `seq` in the order asked (0 when
 /// unknown) and every conversation of the users asked, once, sorted: what a
-/// cluster node's periodic check compares with what it delivered.
+/// cluster node's periodic check compares with what it delivered. With
+/// `active_since`, only conversations with a message that recent.
 pub(crate) fn last_seqs_names_the_newest_seq_of_rooms_and_conversations(f: &mut dyn Fixture) {
     let b = f.backend();
     let ops = vec![
@@ -573,7 +574,9 @@ pub(crate) fn last_seqs_names_the_newest_seq_of_rooms_and_conversations(f: &mut 
         pm("z", "x", "hi", 6),
     ];
     assert!(run(b, ops).iter().all(Result::is_ok));
-    let ask = Op::LastSeqs { rooms: vec!["a".into(), "nope".into(), "b".into()], users: vec!["x".into(), "y".into()] };
+    let users = vec!["x".to_string(), "y".to_string()];
+    let ask =
+        Op::LastSeqs { rooms: vec!["a".into(), "nope".into(), "b".into()], users: users.clone(), active_since: None };
     assert_eq!(
         one(b, ask),
         V::LastSeqs {
@@ -581,7 +584,9 @@ pub(crate) fn last_seqs_names_the_newest_seq_of_rooms_and_conversations(f: &mut 
             conversations: vec![("x".into(), "y".into(), 2), ("x".into(), "z".into(), 1)],
         }
     );
-    let none = one(b, Op::LastSeqs { rooms: vec![], users: vec!["w".into()] });
+    let recent = one(b, Op::LastSeqs { rooms: vec![], users, active_since: Some(6) });
+    assert_eq!(recent, V::LastSeqs { rooms: vec![], conversations: vec![("x".into(), "z".into(), 1)] });
+    let none = one(b, Op::LastSeqs { rooms: vec![], users: vec!["w".into()], active_since: None });
     assert_eq!(none, V::LastSeqs { rooms: vec![], conversations: vec![] });
 }
 

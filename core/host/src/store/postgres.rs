@@ -665,7 +665,7 @@ fn run_op(conn: &mut Conn, op: &StoreOp) -> Result<StoreValue, PgError> {
             let marks = rows.iter().map(|r| (r.get(0), uint(r.get(1)))).collect();
             Ok(StoreValue::ReadMarks { marks })
         }
-        StoreOp::LastSeqs { rooms, users } => last_seqs(conn, rooms, users),
+        StoreOp::LastSeqs { rooms, users, active_since } => last_seqs(conn, rooms, users, *active_since),
         StoreOp::FindUser { name } => {
             let row = conn.query_opt("SELECT name FROM users WHERE lower(name) = lower($1)", &[name])?;
             Ok(StoreValue::FoundUser(row.map(|r| r.get(0))))
@@ -677,16 +677,22 @@ fn run_op(conn: &mut Conn, op: &StoreOp) -> Result<StoreValue, PgError> {
 }
 
 /// The newest `seq` of each room asked (0 when unknown), in the order asked,
-/// and of every conversation of the users asked, each pair once, sorted.
-fn last_seqs(conn: &mut Conn, rooms: &[String], users: &[String]) -> Result<StoreValue, PgError> {
+/// and of every conversation of the users asked (active since `active_since`
+/// when given), each pair once, sorted.
+fn last_seqs(
+    conn: &mut Conn,
+    rooms: &[String],
+    users: &[String],
+    active_since: Option<u64>,
+) -> Result<StoreValue, PgError> {
     let found = conn.query("SELECT name, seq FROM rooms WHERE name = ANY($1)", &[&rooms])?;
     let seqs: HashMap<String, u64> = found.iter().map(|r| (r.get(0), uint(r.get(1)))).collect();
     let rooms = rooms.iter().map(|room| (room.clone(), seqs.get(room).copied().unwrap_or(0))).collect();
     let rows = conn.query(
-        "SELECT lo, hi, seq FROM conversations WHERE lo = ANY($1)
-         UNION SELECT lo, hi, seq FROM conversations WHERE hi = ANY($1)
+        "SELECT lo, hi, seq FROM conversations WHERE lo = ANY($1) AND last_ts >= $2
+         UNION SELECT lo, hi, seq FROM conversations WHERE hi = ANY($1) AND last_ts >= $2
          ORDER BY 1, 2",
-        &[&users],
+        &[&users, &int(active_since.unwrap_or(0))],
     )?;
     let conversations = rows.iter().map(|r| (r.get(0), r.get(1), uint(r.get(2)))).collect();
     Ok(StoreValue::LastSeqs { rooms, conversations })

@@ -743,7 +743,7 @@ fn run_op(conn: &Connection, op: &StoreOp) -> rusqlite::Result<StoreValue> {
             let marks = st.query_map([user], |r| Ok((r.get(0)?, uint(r.get(1)?))))?.collect::<rusqlite::Result<_>>()?;
             Ok(StoreValue::ReadMarks { marks })
         }
-        StoreOp::LastSeqs { rooms, users } => last_seqs(conn, rooms, users),
+        StoreOp::LastSeqs { rooms, users, active_since } => last_seqs(conn, rooms, users, *active_since),
         StoreOp::FindUser { name } => {
             let found = conn
                 .prepare_cached("SELECT name FROM users WHERE name = ?1 COLLATE NOCASE")?
@@ -817,8 +817,14 @@ fn conversations(conn: &Connection, user: &str, limit: u32) -> rusqlite::Result<
 }
 
 /// The newest `seq` of `rooms` (0 for an unknown room) and of every
-/// conversation of `users`: one indexed lookup each.
-fn last_seqs(conn: &Connection, rooms: &[String], users: &[String]) -> rusqlite::Result<StoreValue> {
+/// conversation of `users` (active since `active_since` when given): one
+/// indexed lookup each.
+fn last_seqs(
+    conn: &Connection,
+    rooms: &[String],
+    users: &[String],
+    active_since: Option<u64>,
+) -> rusqlite::Result<StoreValue> {
     let mut room_seq = conn.prepare_cached("SELECT seq FROM rooms WHERE name = ?1")?;
     let mut out_rooms = Vec::with_capacity(rooms.len());
     for room in rooms {
@@ -826,12 +832,15 @@ fn last_seqs(conn: &Connection, rooms: &[String], users: &[String]) -> rusqlite:
         out_rooms.push((room.clone(), seq.map_or(0, uint)));
     }
     let mut st = conn.prepare_cached(
-        "SELECT lo, hi, seq FROM conversations WHERE lo = ?1
-         UNION SELECT lo, hi, seq FROM conversations WHERE hi = ?1",
+        "SELECT lo, hi, seq FROM conversations WHERE lo = ?1 AND last_ts >= ?2
+         UNION SELECT lo, hi, seq FROM conversations WHERE hi = ?1 AND last_ts >= ?2",
     )?;
+    let since = int(active_since.unwrap_or(0));
     let mut seen = std::collections::BTreeMap::new();
     for user in users {
-        let rows = st.query_map([user], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, uint(r.get(2)?))))?;
+        let rows = st.query_map(rusqlite::params![user, since], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, uint(r.get(2)?)))
+        })?;
         for row in rows {
             let (lo, hi, seq) = row?;
             seen.insert((lo, hi), seq);

@@ -406,39 +406,3 @@ fn shutdown_does_not_wait_for_queued_hashes() {
     assert!(done <= 5, "{done} hashed after shutdown began");
     assert!(metrics.password_cancelled.load(Relaxed) >= 195);
 }
-
-/// What a node of a cluster asks every few seconds: the newest `seq` of
-/// each room asked (0 when it has none) and of every conversation of the
-/// principals asked, each once with its pair sorted.
-#[test]
-fn last_seqs_names_the_newest_seq_of_rooms_and_conversations() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut db = sqlite(&tmp);
-    let pm = |from: &str, to: &str| StoreOp::Append {
-        target: Target::Conversation(from.into(), to.into()),
-        message: NewMessage {
-            sender: from.into(),
-            from: from.into(),
-            to: Some(to.into()),
-            text: "hi".into(),
-            client_id: None,
-            ts: 1,
-            inbox: None,
-        },
-    };
-    let ops = [append("a", "1"), append("a", "2"), append("b", "1"), pm("x", "y"), pm("y", "x"), pm("z", "x")];
-    let refs: Vec<&StoreOp> = ops.iter().collect();
-    assert!(db.execute(&refs).iter().all(Result::is_ok));
-    let ask =
-        StoreOp::LastSeqs { rooms: vec!["a".into(), "nope".into(), "b".into()], users: vec!["x".into(), "y".into()] };
-    let got = db.execute(&[&ask]).remove(0).unwrap();
-    assert_eq!(
-        got,
-        StoreValue::LastSeqs {
-            rooms: vec![("a".into(), 2), ("nope".into(), 0), ("b".into(), 1)],
-            conversations: vec![("x".into(), "y".into(), 2), ("x".into(), "z".into(), 1)],
-        }
-    );
-    let none = db.execute(&[&StoreOp::LastSeqs { rooms: vec![], users: vec!["w".into()] }]).remove(0).unwrap();
-    assert_eq!(none, StoreValue::LastSeqs { rooms: vec![], conversations: vec![] });
-}
