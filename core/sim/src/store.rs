@@ -907,30 +907,6 @@ mod tests {
     }
 
     #[test]
-    fn last_seqs_names_the_newest_seq_of_rooms_and_conversations() {
-        let mut s = FakeStore::default();
-        room_append(&mut s, "a", "x", None);
-        room_append(&mut s, "a", "x", None);
-        room_append(&mut s, "b", "x", None);
-        pm(&mut s, "x", "y", 1);
-        pm(&mut s, "y", "x", 2);
-        pm(&mut s, "z", "x", 3);
-        let ask = StoreOp::LastSeqs {
-            rooms: vec!["a".into(), "nope".into(), "b".into()],
-            users: vec!["x".into(), "y".into()],
-        };
-        assert_eq!(
-            s.run(&ask).unwrap(),
-            StoreValue::LastSeqs {
-                rooms: vec![("a".into(), 2), ("nope".into(), 0), ("b".into(), 1)],
-                conversations: vec![("x".into(), "y".into(), 2), ("x".into(), "z".into(), 1)],
-            }
-        );
-        let none = s.run(&StoreOp::LastSeqs { rooms: vec![], users: vec!["w".into()] }).unwrap();
-        assert_eq!(none, StoreValue::LastSeqs { rooms: vec![], conversations: vec![] });
-    }
-
-    #[test]
     fn failures_are_injected_and_stop() {
         let mut s = FakeStore::default();
         s.fail_next(2);

@@ -300,7 +300,7 @@ impl Hub {
         self.cluster.next_check = Some(now.instant + self.config.cluster_check);
         self.cluster.checks += 1;
         // A principal still learning its conversations needs all of them.
-        let full = full || !self.cluster.baseline.is_empty() || self.cluster.checks % FULL_CHECK_EVERY == 0;
+        let full = full || !self.cluster.baseline.is_empty() || self.cluster.checks.is_multiple_of(FULL_CHECK_EVERY);
         let since = self.cluster.checked_ms.replace(now.unix_ms);
         let active_since = since.filter(|_| !full).map(|ms| ms.saturating_sub(ACTIVE_SLACK_MS));
         let rooms: Vec<String> = self.cluster.room_refs.keys().cloned().collect();
