@@ -322,8 +322,10 @@ pub enum StoreValue {
     Inbox { messages: Vec<InboxMessage>, cursor: u64 },
     /// For `Conversations`.
     Conversations { conversations: Vec<ConversationSummary> },
-    /// For `ReadMarks`: `(room, read)` pairs.
-    ReadMarks { marks: Vec<(String, u64)> },
+    /// For `ReadMarks`: `(room, read, seq)`: the user's read mark and the
+    /// room's newest `seq`. A node of a cluster that has not served the room
+    /// lately learns from it where the room stands before `welcome` says so.
+    ReadMarks { marks: Vec<(String, u64, u64)> },
     /// For `LastSeqs`: `(room, seq)` for every room asked, in the order
     /// asked, and `(a, b, seq)` for each conversation of the users asked,
     /// its principals sorted (`a < b`), each conversation once.

@@ -460,7 +460,7 @@ impl Data {
                 let marks = self
                     .rooms
                     .iter()
-                    .filter_map(|(name, r)| r.members.get(user).map(|read| (name.clone(), *read)))
+                    .filter_map(|(name, r)| r.members.get(user).map(|read| (name.clone(), *read, r.seq)))
                     .collect();
                 StoreValue::ReadMarks { marks }
             }
@@ -864,7 +864,7 @@ mod tests {
         s.run(&StoreOp::Read { user: "a".into(), target: Target::Room("r".into()), seq: 2 }).unwrap();
         assert_eq!(
             s.run(&StoreOp::ReadMarks { user: "a".into() }),
-            Ok(StoreValue::ReadMarks { marks: vec![("r".into(), 4)] })
+            Ok(StoreValue::ReadMarks { marks: vec![("r".into(), 4, 0)] })
         );
         let Ok(StoreValue::Snapshot { users, rooms }) = s.run(&StoreOp::LoadAll) else { panic!() };
         assert_eq!(users, ["a"]);

@@ -715,9 +715,32 @@ fn a_room_joined_on_one_node_is_the_users_on_another() {
     let bob_elsewhere = c.login(1, "bob");
     let welcome = c.log(bob_elsewhere).iter().find_map(|e| e.json().filter(|v| v["type"] == "welcome").cloned());
     let rooms = welcome.map(|w| w["rooms"].clone()).unwrap_or_default();
-    assert_eq!(rooms, json!([{"room":"r","seq":0,"read":0}]), "node 1 learns the room at welcome");
+    assert_eq!(rooms, json!([{"room":"r","seq":1,"read":0}]), "node 1 learns the room and its seq at welcome");
     say(&mut c, ann, "r", "after");
-    assert_eq!(room_seqs(&mut c, bob_elsewhere, "r"), [1, 2], "from the welcome's seq on");
+    assert_eq!(room_seqs(&mut c, bob_elsewhere, "r"), [2], "from the welcome's seq on, not the backlog");
     let ok = c.req(bob_elsewhere, json!({"type":"send","room":"r","text":"from node 1"}));
     assert_eq!(ok["seq"], 3, "{ok}");
+}
+
+/// A node no session of which is in a room has not followed it: a join
+/// there first reads where the room stands, so the `ok` names its newest
+/// `seq` and only what follows is delivered, not the backlog.
+#[test]
+fn a_join_on_a_node_that_did_not_follow_the_room_starts_at_its_newest_seq() {
+    let mut c = cluster(2);
+    let ann = c.login(0, "ann");
+    let bob = c.login(1, "bob");
+    let gus = c.guest(1, "gus");
+    join(&mut c, ann, "r");
+    for i in 0..5 {
+        say(&mut c, ann, "r", &format!("backlog {i}"));
+    }
+    for who in [bob, gus] {
+        let ok = join(&mut c, who, "r");
+        assert_eq!(ok["seq"], 5, "{ok}");
+    }
+    say(&mut c, ann, "r", "live");
+    c.settle();
+    assert_eq!(room_seqs(&mut c, bob, "r"), [6]);
+    assert_eq!(room_seqs(&mut c, gus, "r"), [6]);
 }

@@ -316,7 +316,7 @@ impl Hub {
         let rooms = rooms
             .into_iter()
             .map(|room| {
-                let read = marks.iter().find(|(r, _)| *r == room).map_or(0, |(_, n)| *n);
+                let read = marks.iter().find(|(r, ..)| *r == room).map_or(0, |(_, n, _)| *n);
                 RoomMark { seq: self.state.room_seq(&room), room, read }
             })
             .collect();
@@ -343,14 +343,20 @@ impl Hub {
     /// In a cluster, another node may have stored a join or a leave of
     /// `user` since this node loaded its rooms: the rooms storage just named
     /// (`ReadMarks`, read after every membership this node stored for the
-    /// user) are the user's rooms from now on.
-    fn adopt_stored_rooms(&mut self, user: &str, marks: &[(String, u64)]) {
+    /// user) are the user's rooms from now on. A room this node does not
+    /// serve may have moved on meanwhile: it starts from storage's newest
+    /// `seq`, which `welcome` names, rather than from what this node last
+    /// saw, which would have it deliver the whole backlog as live messages.
+    fn adopt_stored_rooms(&mut self, user: &str, marks: &[(String, u64, u64)]) {
         let known: Vec<String> = self.state.memberships.get(user).cloned().unwrap_or_default();
-        for room in known.iter().filter(|r| !marks.iter().any(|(m, _)| m == *r)) {
+        for room in known.iter().filter(|r| !marks.iter().any(|(m, ..)| m == *r)) {
             self.state.remove_member(user, room);
         }
-        for (room, _) in marks.iter().filter(|(r, _)| !known.contains(r)) {
+        for (room, ..) in marks.iter().filter(|(r, ..)| !known.contains(r)) {
             self.state.add_member(user, room);
+        }
+        for (room, _, seq) in marks {
+            self.catch_up_unserved(room, *seq);
         }
         self.update_room_gauge();
     }

@@ -100,6 +100,13 @@ impl Hub {
         if !is_valid_name(&room) {
             return self.answer(me, Err(bad_room()));
         }
+        self.join_room(now, me, room, since, true);
+    }
+
+    /// A join of a valid room name. In a cluster, a room no session here is
+    /// in may have moved on since this node last saw it: with `learn`, its
+    /// newest `seq` is read first, so the `ok` names where it stands.
+    fn join_room(&mut self, now: Now, me: Asker, room: String, since: Option<u64>, learn: bool) {
         if self.state.is_member(&me.user, &room) {
             return self.joined(now, me.sid, me.tag, room, since);
         }
@@ -107,6 +114,9 @@ impl Hub {
             let max = self.config.max_rooms;
             let f = Failure::new(ErrorCode::TooManyRooms, format!("a user may be in at most {max} rooms"));
             return self.answer(me, Err(f));
+        }
+        if learn && self.room_unserved(&room) {
+            return self.learn_room(now, me.sid, me.tag, room, since);
         }
         if me.guest {
             return self.apply_join(now, me.sid, me.tag, &me.user, room, since);
@@ -542,6 +552,21 @@ impl Hub {
             }
             PendingKind::Welcome { user, token, expires_ms } => {
                 self.complete_welcome(now, sid, tag, user, token, expires_ms, result)
+            }
+            PendingKind::RoomSeq { room, since } => {
+                let Some(user) = self.state.sessions.get(&sid).and_then(|i| i.user()).map(str::to_string) else {
+                    return;
+                };
+                match result {
+                    Ok(StoreValue::LastSeqs { rooms, .. }) => {
+                        for (room, seq) in rooms {
+                            self.catch_up_unserved(&room, seq);
+                        }
+                        let me = self.asker(sid, tag, user);
+                        self.join_room(now, me, room, since, false);
+                    }
+                    _ => self.reply(sid, tag, Err(unavailable())),
+                }
             }
             PendingKind::Join { user, room, since } => match result {
                 Ok(_) => self.apply_join(now, sid, tag, &user, room, since),

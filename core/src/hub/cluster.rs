@@ -378,6 +378,26 @@ impl Hub {
 
     // ---- subscriptions ------------------------------------------------------
 
+    /// Whether this node is in a cluster and no session here is in `room`.
+    pub(super) fn room_unserved(&self, room: &str) -> bool {
+        self.config.cluster && !self.cluster.room_refs.contains_key(room)
+    }
+
+    /// Reads `room`'s newest `seq` before a join completes here.
+    pub(super) fn learn_room(&mut self, now: Now, sid: SessionId, tag: Tag, room: String, since: Option<u64>) {
+        let op = StoreOp::LastSeqs { rooms: vec![room.clone()], users: Vec::new(), active_since: None };
+        self.store(now, op, Pending::request(sid, tag, PendingKind::RoomSeq { room, since }));
+    }
+
+    /// Storage says `room` is at `seq`: if no session here is in the room,
+    /// nobody here has been told an older `seq` nor waits for the ones in
+    /// between, so the room starts there.
+    pub(super) fn catch_up_unserved(&mut self, room: &str, seq: u64) {
+        if !self.cluster.room_refs.contains_key(room) && self.state.room_seq(room) < seq {
+            self.set_last(&StreamKey::Room(room.to_string()), seq);
+        }
+    }
+
     /// Brings the subscriptions in line with the users touched since the
     /// last input: a room's topic while a member has a session here, a
     /// principal's while it has one.

@@ -70,6 +70,12 @@ pub(crate) enum PendingKind {
         room: String,
         since: Option<u64>,
     },
+    /// In a cluster: a `join` of a room no session here is in, waiting for
+    /// the room's newest `seq` (see `Hub::learn_room`).
+    RoomSeq {
+        room: String,
+        since: Option<u64>,
+    },
     Replay {
         room: String,
         since: u64,

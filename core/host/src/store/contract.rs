@@ -352,9 +352,9 @@ pub(crate) fn membership_room_read_marks_and_load_all(f: &mut dyn Fixture) {
     assert_eq!(out[0], Ok(V::Done));
     assert_eq!(
         one(b, Op::ReadMarks { user: "alice".into() }),
-        V::ReadMarks { marks: vec![("dev".into(), 0), ("lobby".into(), 2)] }
+        V::ReadMarks { marks: vec![("dev".into(), 0, 0), ("lobby".into(), 2, 2)] }
     );
-    assert_eq!(one(b, Op::ReadMarks { user: "bob".into() }), V::ReadMarks { marks: vec![("lobby".into(), 1)] });
+    assert_eq!(one(b, Op::ReadMarks { user: "bob".into() }), V::ReadMarks { marks: vec![("lobby".into(), 1, 2)] });
     assert_eq!(one(b, Op::ReadMarks { user: "carol".into() }), V::ReadMarks { marks: vec![] });
     let stored = |name: &str, seq, members: &[&str]| StoredRoom {
         name: name.into(),
@@ -539,7 +539,7 @@ pub(crate) fn data_survives_reopen(f: &mut dyn Fixture) {
         }
     );
     assert_eq!(one(b, Op::CheckToken { token, now_ms: 5 }), V::TokenUser { user: "alice".into(), expires_ms: 100 });
-    assert_eq!(one(b, Op::ReadMarks { user: "alice".into() }), V::ReadMarks { marks: vec![("lobby".into(), 2)] });
+    assert_eq!(one(b, Op::ReadMarks { user: "alice".into() }), V::ReadMarks { marks: vec![("lobby".into(), 2, 2)] });
     assert_eq!(inbox(b, "alice", 10), []);
     assert_eq!(
         one(b, Op::Conversations { user: "alice".into(), limit: 10 }),

@@ -661,8 +661,12 @@ fn run_op(conn: &mut Conn, op: &StoreOp) -> Result<StoreValue, PgError> {
         StoreOp::Read { user, target, seq } => read(conn, user, target, *seq),
         StoreOp::Conversations { user, limit } => conversations(conn, user, *limit),
         StoreOp::ReadMarks { user } => {
-            let rows = conn.query("SELECT room, read FROM members WHERE name = $1 ORDER BY room", &[user])?;
-            let marks = rows.iter().map(|r| (r.get(0), uint(r.get(1)))).collect();
+            let rows = conn.query(
+                "SELECT m.room, m.read, r.seq FROM members m JOIN rooms r ON r.name = m.room
+                 WHERE m.name = $1 ORDER BY m.room",
+                &[user],
+            )?;
+            let marks = rows.iter().map(|r| (r.get(0), uint(r.get(1)), uint(r.get(2)))).collect();
             Ok(StoreValue::ReadMarks { marks })
         }
         StoreOp::LastSeqs { rooms, users, active_since } => last_seqs(conn, rooms, users, *active_since),

@@ -739,8 +739,12 @@ fn run_op(conn: &Connection, op: &StoreOp) -> rusqlite::Result<StoreValue> {
         StoreOp::Read { user, target, seq } => read(conn, user, target, *seq),
         StoreOp::Conversations { user, limit } => conversations(conn, user, *limit),
         StoreOp::ReadMarks { user } => {
-            let mut st = conn.prepare_cached("SELECT room, read FROM members WHERE user = ?1 ORDER BY room")?;
-            let marks = st.query_map([user], |r| Ok((r.get(0)?, uint(r.get(1)?))))?.collect::<rusqlite::Result<_>>()?;
+            let mut st = conn.prepare_cached(
+                "SELECT m.room, m.read, coalesce(r.seq, 0) FROM members m LEFT JOIN rooms r ON r.name = m.room
+                 WHERE m.user = ?1 ORDER BY m.room",
+            )?;
+            let mark = |r: &rusqlite::Row| Ok((r.get(0)?, uint(r.get(1)?), uint(r.get(2)?)));
+            let marks = st.query_map([user], mark)?.collect::<rusqlite::Result<_>>()?;
             Ok(StoreValue::ReadMarks { marks })
         }
         StoreOp::LastSeqs { rooms, users, active_since } => last_seqs(conn, rooms, users, *active_since),
