@@ -93,7 +93,8 @@ pub struct Metrics {
     pub bus_decode_errors: AtomicU64,
     /// Cluster: 1 while the bus link is up.
     pub bus_up: AtomicI64,
-    /// Cluster: publishes Redis refused or that failed on the way (the
+    /// Cluster: publishes Redis refused, that failed on the way, or that were
+    /// dropped while Redis was unreachable or the publish queue full (the
     /// other nodes' periodic check finds what they carried).
     pub bus_publish_errors: AtomicU64,
     /// Cluster: probes of the node's own subscription that did not come
@@ -338,7 +339,7 @@ impl Metrics {
         out.metric(
             "natter_bus_publish_errors_total",
             "counter",
-            "Publishes that failed; the other nodes' periodic check finds what they carried.",
+            "Publishes that failed or were dropped; the other nodes' periodic check finds what they carried.",
             &[("", count(&self.bus_publish_errors) as f64)],
         );
         out.metric(

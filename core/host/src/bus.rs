@@ -37,6 +37,13 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const READ_SLICE: Duration = Duration::from_millis(20);
 /// Connecting gives up after this long, so a dead address is retried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Publishes queued for the publisher thread at most; past it they are
+/// dropped and counted, as a failed publish is: the other nodes' check
+/// finds what they carried. Without it a Redis outage would grow the queue
+/// by every message sent meanwhile.
+pub const PUBLISH_QUEUE: usize = 65_536;
+/// How often the idle publisher looks whether it should stop.
+const STOP_POLL: Duration = Duration::from_millis(100);
 
 /// What the node asks of the bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +105,7 @@ pub struct Bus {
     pub_topics: Arc<Mailbox<(String, Vec<u8>)>>,
     subscriptions: Arc<Mailbox<BusCommand>>,
     stop: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -110,6 +118,7 @@ impl Bus {
         let pub_topics: Arc<Mailbox<(String, Vec<u8>)>> = Arc::default();
         let subscriptions: Arc<Mailbox<BusCommand>> = Arc::default();
         let probe = format!("natter:probe:{node}");
+        let pub_metrics = Arc::clone(&metrics);
         let publisher = {
             let (client, queue, stop, metrics) =
                 (client.clone(), Arc::clone(&pub_topics), Arc::clone(&stop), Arc::clone(&metrics));
@@ -125,13 +134,17 @@ impl Bus {
                 .spawn(move || Subscriber::new(client, probe, queue, sink, metrics).run(&stop))
                 .map_err(|e| e.to_string())?
         };
-        Ok(Bus { pub_topics, subscriptions, stop, threads: vec![publisher, subscriber] })
+        Ok(Bus { pub_topics, subscriptions, stop, metrics: pub_metrics, threads: vec![publisher, subscriber] })
     }
 
     /// Hands a command to the thread that carries it out.
     pub fn send(&self, command: BusCommand) {
         match command {
-            BusCommand::Publish { topic, payload } => self.pub_topics.push((topic, payload)),
+            BusCommand::Publish { topic, payload } => {
+                if !self.pub_topics.push_unless_full((topic, payload), PUBLISH_QUEUE) {
+                    Metrics::add(&self.metrics.bus_publish_errors, 1);
+                }
+            }
             other => self.subscriptions.push(other),
         }
     }
@@ -139,8 +152,6 @@ impl Bus {
     /// Stops both threads and waits for them.
     pub fn stop(self) {
         self.stop.store(true, Ordering::Release);
-        // Wake the publisher if it waits for work.
-        self.pub_topics.push((String::new(), Vec::new()));
         for t in self.threads {
             let _ = t.join();
         }
@@ -158,45 +169,41 @@ fn backoff(current: &mut Duration) -> Duration {
     wait
 }
 
+/// Publishes what the hub asks, each batch in one pipelined round trip.
+/// Best effort, as `BusCommand::Publish` says: a batch that cannot be sent
+/// (Redis unreachable, or the pipeline failed) is dropped and counted, not
+/// retried; the other nodes' check finds what it carried.
 fn publish_loop(client: &redis::Client, queue: &Mailbox<(String, Vec<u8>)>, stop: &AtomicBool, metrics: &Metrics) {
     let mut connection: Option<redis::Connection> = None;
     let mut wait = Duration::from_millis(50);
     while !stop.load(Ordering::Acquire) {
-        let batch = queue.wait_take(None);
-        for (topic, payload) in batch {
-            if topic.is_empty() {
-                continue;
-            }
-            loop {
-                if stop.load(Ordering::Acquire) {
-                    return;
+        let batch = queue.wait_take(Some(std::time::Instant::now() + STOP_POLL));
+        if batch.is_empty() {
+            continue;
+        }
+        let conn = match connection.as_mut() {
+            Some(c) => c,
+            None => match connect(client) {
+                Ok(c) => {
+                    wait = Duration::from_millis(50);
+                    connection.insert(c)
                 }
-                let conn = match connection.as_mut() {
-                    Some(c) => c,
-                    None => match connect(client) {
-                        Ok(c) => {
-                            wait = Duration::from_millis(50);
-                            connection.insert(c)
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot reach Redis to publish; retrying");
-                            std::thread::sleep(backoff(&mut wait));
-                            continue;
-                        }
-                    },
-                };
-                match redis::cmd("PUBLISH").arg(&topic).arg(&payload).query::<i64>(conn) {
-                    Ok(_) => break,
-                    Err(e) => {
-                        // What was committed is caught up by the other nodes'
-                        // periodic check; the publish is not retried forever.
-                        Metrics::add(&metrics.bus_publish_errors, 1);
-                        tracing::warn!(error = %e, %topic, "publish failed");
-                        connection = None;
-                        break;
-                    }
+                Err(e) => {
+                    Metrics::add(&metrics.bus_publish_errors, batch.len() as u64);
+                    tracing::warn!(error = %e, dropped = batch.len(), "cannot reach Redis to publish; retrying");
+                    std::thread::sleep(backoff(&mut wait));
+                    continue;
                 }
-            }
+            },
+        };
+        let mut pipe = redis::pipe();
+        for (topic, payload) in &batch {
+            pipe.cmd("PUBLISH").arg(topic).arg(payload).ignore();
+        }
+        if let Err(e) = pipe.query::<()>(conn) {
+            Metrics::add(&metrics.bus_publish_errors, batch.len() as u64);
+            tracing::warn!(error = %e, dropped = batch.len(), "publish failed");
+            connection = None;
         }
     }
 }
@@ -338,5 +345,30 @@ impl Subscriber {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With Redis unreachable, publishes are dropped and counted, never
+    /// queued without bound and never blocking the caller (the hub).
+    #[test]
+    fn publishes_while_redis_is_unreachable_are_dropped_and_counted() {
+        let metrics = Arc::new(Metrics::default());
+        // Port 1 on loopback: nothing listens, so every connect is refused.
+        let bus = Bus::start("redis://127.0.0.1:1", "test", Arc::new(|_| {}), Arc::clone(&metrics)).unwrap();
+        let sent = PUBLISH_QUEUE as u64 + 100;
+        for i in 0..sent {
+            bus.send(BusCommand::Publish { topic: "natter.room.r".into(), payload: i.to_le_bytes().to_vec() });
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while metrics.bus_publish_errors.load(Ordering::Relaxed) < sent && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(metrics.bus_publish_errors.load(Ordering::Relaxed), sent, "each one dropped once, and counted");
+        assert!(bus.pub_topics.take().is_empty(), "nothing left queued");
+        bus.stop();
     }
 }

@@ -51,6 +51,27 @@ impl<T> Mailbox<T> {
         self.push_within(item, bound);
     }
 
+    /// Adds an item unless `bound` items are queued already; never blocks.
+    /// Returns whether it was added.
+    pub fn push_unless_full(&self, item: T, bound: usize) -> bool {
+        let was_empty = {
+            let mut items = self.lock();
+            if items.len() >= bound {
+                return false;
+            }
+            let was_empty = items.is_empty();
+            items.push(item);
+            was_empty
+        };
+        if was_empty {
+            self.arrived.notify_one();
+            if let Some(wake) = self.waker.get() {
+                wake();
+            }
+        }
+        true
+    }
+
     fn push_within(&self, item: T, bound: usize) {
         let was_empty = {
             let mut items = self.lock();
@@ -122,6 +143,16 @@ mod tests {
         assert_eq!(m.take(), vec![1, 2]);
         m.push(3);
         assert_eq!(wakes.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn push_unless_full_refuses_at_the_bound_without_waiting() {
+        let m = Mailbox::default();
+        assert!(m.push_unless_full(1, 2));
+        assert!(m.push_unless_full(2, 2));
+        assert!(!m.push_unless_full(3, 2));
+        assert_eq!(m.take(), vec![1, 2]);
+        assert!(m.push_unless_full(4, 2));
     }
 
     #[test]
