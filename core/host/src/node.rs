@@ -87,7 +87,7 @@ impl Node {
             let sink = Arc::new(move |done: Vec<StoreDone>| inbox.push(ShardMail::Store(done)));
             store = Arc::new(spawn_store_with(backend, sink, Arc::clone(&metrics), store_config).map_err(fail)?);
             let inbox = Arc::clone(&inboxes[0]);
-            bus = start_bus(&settings, &metrics, move |e| inbox.push(ShardMail::Bus(e)))?;
+            bus = start_bus(&settings, &metrics, move |e| inbox.push_bounded(ShardMail::Bus(e), BUS_BACKLOG))?;
             let shard = Shard::new(0, Arc::clone(&config), Arc::clone(&metrics));
             let local = Local::new(shard, hub);
             seats = vec![Seat::local(local, Arc::clone(&inboxes[0]), Arc::clone(&store), bus.clone())];
@@ -98,7 +98,7 @@ impl Node {
             let sink = Arc::new(move |done: Vec<StoreDone>| sink_inbox.push(HubMail::Store(done)));
             store = Arc::new(spawn_store_with(backend, sink, Arc::clone(&metrics), store_config).map_err(fail)?);
             let bus_inbox = Arc::clone(&hub_inbox);
-            bus = start_bus(&settings, &metrics, move |e| bus_inbox.push(HubMail::Bus(e)))?;
+            bus = start_bus(&settings, &metrics, move |e| bus_inbox.push_bounded(HubMail::Bus(e), BUS_BACKLOG))?;
             let thread =
                 crate::hub_thread::spawn(hub, Arc::clone(&hub_inbox), inboxes.clone(), Arc::clone(&store), bus.clone())
                     .map_err(fail)?;
@@ -177,6 +177,13 @@ impl Node {
         ExitCode::SUCCESS
     }
 }
+
+/// Mail queued for the hub past which the bus's subscriber waits before it
+/// hands over the next event: a hub that falls behind slows the reader, and
+/// Redis, whose buffer for the subscription then fills, cuts it off; the
+/// node reconnects and catches up from storage, instead of queueing what
+/// the other nodes send without bound.
+const BUS_BACKLOG: usize = 65_536;
 
 /// With `--redis`, the link to the other nodes, whose events (decoded)
 /// go to `deliver`: the hub's mailbox, or the one seat's with one thread.
