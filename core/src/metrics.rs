@@ -85,7 +85,8 @@ pub struct Metrics {
     pub bus_fill_reads: AtomicU64,
     /// Cluster: messages delivered from storage instead of the bus.
     pub bus_filled: AtomicU64,
-    /// Cluster: messages not held for want of room (read from storage later).
+    /// Cluster: messages not held for want of room, in the sequencer or in
+    /// the hub's mailbox (read from storage later).
     pub bus_held_overflow: AtomicU64,
     /// Cluster: catch-up checks of the newest `seq`s (periodic, and after `Up`).
     pub bus_checks: AtomicU64,

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use natter_core::bus::BusEvent;
 use natter_core::store::{StoreDone, StoreOp, StoreValue};
 use natter_core::{Hub, Local, Metrics, Shard};
 
@@ -87,7 +88,7 @@ impl Node {
             let sink = Arc::new(move |done: Vec<StoreDone>| inbox.push(ShardMail::Store(done)));
             store = Arc::new(spawn_store_with(backend, sink, Arc::clone(&metrics), store_config).map_err(fail)?);
             let inbox = Arc::clone(&inboxes[0]);
-            bus = start_bus(&settings, &metrics, move |e| inbox.push_bounded(ShardMail::Bus(e), BUS_BACKLOG))?;
+            bus = start_bus(&settings, &metrics, move |e, m: &Metrics| hand_over(&inbox, e, ShardMail::Bus, m))?;
             let shard = Shard::new(0, Arc::clone(&config), Arc::clone(&metrics));
             let local = Local::new(shard, hub);
             seats = vec![Seat::local(local, Arc::clone(&inboxes[0]), Arc::clone(&store), bus.clone())];
@@ -98,7 +99,7 @@ impl Node {
             let sink = Arc::new(move |done: Vec<StoreDone>| sink_inbox.push(HubMail::Store(done)));
             store = Arc::new(spawn_store_with(backend, sink, Arc::clone(&metrics), store_config).map_err(fail)?);
             let bus_inbox = Arc::clone(&hub_inbox);
-            bus = start_bus(&settings, &metrics, move |e| bus_inbox.push_bounded(HubMail::Bus(e), BUS_BACKLOG))?;
+            bus = start_bus(&settings, &metrics, move |e, m: &Metrics| hand_over(&bus_inbox, e, HubMail::Bus, m))?;
             let thread =
                 crate::hub_thread::spawn(hub, Arc::clone(&hub_inbox), inboxes.clone(), Arc::clone(&store), bus.clone())
                     .map_err(fail)?;
@@ -178,26 +179,38 @@ impl Node {
     }
 }
 
-/// Mail queued for the hub past which the bus's subscriber waits before it
-/// hands over the next event: a hub that falls behind slows the reader, and
-/// Redis, whose buffer for the subscription then fills, cuts it off; the
-/// node reconnects and catches up from storage, instead of queueing what
-/// the other nodes send without bound.
+/// Mail queued for the hub past which a message from the bus is dropped
+/// rather than queued: the hub is behind, and its sequencer reads the gap
+/// from storage, the truth the bus only hints at. Without it what the other
+/// nodes send would queue without bound.
 const BUS_BACKLOG: usize = 65_536;
+
+/// Hands `event` to the mailbox of the thread that runs the hub. A message
+/// finding it full is dropped and counted; `Up` and `Down` never are.
+fn hand_over<M>(inbox: &Mailbox<M>, event: BusEvent, wrap: fn(BusEvent) -> M, metrics: &Metrics) {
+    match event {
+        BusEvent::Message(_) => {
+            if !inbox.push_unless_full(wrap(event), BUS_BACKLOG) {
+                Metrics::add(&metrics.bus_held_overflow, 1);
+            }
+        }
+        BusEvent::Up | BusEvent::Down => inbox.push(wrap(event)),
+    }
+}
 
 /// With `--redis`, the link to the other nodes, whose events (decoded)
 /// go to `deliver`: the hub's mailbox, or the one seat's with one thread.
 fn start_bus(
     settings: &Settings,
     metrics: &Arc<Metrics>,
-    deliver: impl Fn(natter_core::bus::BusEvent) + Send + Sync + 'static,
+    deliver: impl Fn(BusEvent, &Metrics) + Send + Sync + 'static,
 ) -> Result<Option<Arc<Bus>>, ExitCode> {
     let Some(url) = &settings.redis else { return Ok(None) };
     let node = format!("{:016x}", settings.core.node);
     let decoding = Arc::clone(metrics);
     let sink = Arc::new(move |event| {
         if let Some(event) = from_redis(event, &decoding) {
-            deliver(event);
+            deliver(event, &decoding);
         }
     });
     let bus = Bus::start(url, &node, sink, Arc::clone(metrics)).map_err(fail)?;
