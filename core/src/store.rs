@@ -141,6 +141,15 @@ pub enum StoreOp {
     /// [`StoreValue::FoundUser`]. A node of a cluster asks it for a name it
     /// does not know, which another node may have registered.
     FindUser { name: String },
+    /// Claims the guest name `name` (ignoring case) for node `node`, so no
+    /// two nodes of a cluster welcome a guest under one name: it succeeds
+    /// when no node holds it, `node` holds it already, or its holder is not
+    /// in `alive` (a dead node's claim is taken over). In one step, so two
+    /// nodes claiming together cannot both win: [`StoreValue::Claimed`].
+    ClaimGuest { name: String, node: u64, alive: Vec<u64> },
+    /// Gives up `node`'s claim of `name`, if it still holds it:
+    /// [`StoreValue::Done`].
+    ReleaseGuest { name: String, node: u64 },
 }
 
 /// A message to append.
@@ -327,6 +336,8 @@ pub enum StoreValue {
     LastSeqs { rooms: Vec<(String, u64)>, conversations: Vec<(UserKey, UserKey, u64)> },
     /// For `FindUser`: the user's name as registered, if there is one.
     FoundUser(Option<String>),
+    /// For `ClaimGuest`: whether the name is now the node's.
+    Claimed(bool),
 }
 
 /// Why a request failed. Every variant reaches clients as `unavailable`.

@@ -58,6 +58,8 @@ struct Data {
     inbox: Vec<(u64, String, (String, String), u64)>,
     inbox_cursor: u64,
     tokens_issued: u64,
+    /// Case-folded guest name → the node that claimed it.
+    guest_claims: HashMap<String, u64>,
 }
 
 /// A submitted request waiting for its completion time.
@@ -238,6 +240,11 @@ impl FakeStore {
         if let Some(r) = self.data.rooms.get_mut(room) {
             r.messages.retain(|m| m.seq >= keep_from);
         }
+    }
+
+    /// The node holding the claim of guest name `name`, if any.
+    pub fn guest_claim(&self, name: &str) -> Option<u64> {
+        self.data.guest_claims.get(&name.to_lowercase()).copied()
     }
 
     /// Whether `user` has an account.
@@ -455,6 +462,20 @@ impl Data {
             StoreOp::FindUser { name } => {
                 let folded = name.to_lowercase();
                 StoreValue::FoundUser(self.users.keys().find(|u| u.to_lowercase() == folded).cloned())
+            }
+            StoreOp::ClaimGuest { name, node, alive } => {
+                let holder = self.guest_claims.get(&name.to_lowercase()).copied();
+                let free = holder.is_none_or(|h| h == *node || !alive.contains(&h));
+                if free {
+                    self.guest_claims.insert(name.to_lowercase(), *node);
+                }
+                StoreValue::Claimed(free)
+            }
+            StoreOp::ReleaseGuest { name, node } => {
+                if self.guest_claims.get(&name.to_lowercase()) == Some(node) {
+                    self.guest_claims.remove(&name.to_lowercase());
+                }
+                StoreValue::Done
             }
             StoreOp::ReadMarks { user } => {
                 let marks = self
