@@ -334,6 +334,13 @@ impl FakeStore {
         self.node = node;
     }
 
+    /// The current node's requests are lost, unanswered (the node crashed).
+    /// What they would have written is not written.
+    pub fn drop_queue(&mut self) {
+        self.queue.clear();
+        self.passwords.clear();
+    }
+
     /// Requests completed so far.
     pub fn completed(&self) -> u64 {
         self.completed
