@@ -143,10 +143,12 @@ pub enum StoreOp {
     FindUser { name: String },
     /// Claims the guest name `name` (ignoring case) for node `node`, so no
     /// two nodes of a cluster welcome a guest under one name: it succeeds
-    /// when no node holds it, `node` holds it already, or its holder is not
-    /// in `alive` (a dead node's claim is taken over). In one step, so two
-    /// nodes claiming together cannot both win: [`StoreValue::Claimed`].
-    ClaimGuest { name: String, node: u64, alive: Vec<u64> },
+    /// when no node holds it, `node` holds it already, or `alive` is given
+    /// and the holder is not in it (a dead node's claim is taken over; a
+    /// node that cannot tell yet who is alive gives `None`). In one step,
+    /// so two nodes claiming together cannot both win:
+    /// [`StoreValue::Claimed`].
+    ClaimGuest { name: String, node: u64, alive: Option<Vec<u64>> },
     /// Gives up `node`'s claim of `name`, if it still holds it:
     /// [`StoreValue::Done`].
     ReleaseGuest { name: String, node: u64 },

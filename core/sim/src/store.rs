@@ -472,7 +472,8 @@ impl Data {
             }
             StoreOp::ClaimGuest { name, node, alive } => {
                 let holder = self.guest_claims.get(&name.to_lowercase()).copied();
-                let free = holder.is_none_or(|h| h == *node || !alive.contains(&h));
+                let dead = |h: u64| alive.as_ref().is_some_and(|a| !a.contains(&h));
+                let free = holder.is_none_or(|h| h == *node || dead(h));
                 if free {
                     self.guest_claims.insert(name.to_lowercase(), *node);
                 }

@@ -76,6 +76,8 @@ pub(crate) struct Nodes {
     remote: BTreeMap<String, usize>,
     next_beat: Option<Instant>,
     last_sync: Option<Instant>,
+    /// Since when the link has been up without a break.
+    up_since: Option<Instant>,
 }
 
 impl Hub {
@@ -125,6 +127,7 @@ impl Hub {
     /// may have counted this node dead. Deadlines restart from now.
     pub(super) fn nodes_up(&mut self, now: Now) {
         self.nodes.up = true;
+        self.nodes.up_since.get_or_insert(now.instant);
         for peer in self.nodes.peers.values_mut() {
             peer.heard = now.instant;
             peer.synced = false;
@@ -135,6 +138,7 @@ impl Hub {
 
     pub(super) fn nodes_down(&mut self) {
         self.nodes.up = false;
+        self.nodes.up_since = None;
     }
 
     /// Publishes `news` with this node's next number.
@@ -382,9 +386,7 @@ impl Hub {
         // Held here while the claim runs, so a second hello for the name on
         // this node is refused rather than claiming it again.
         self.state.reserve(name.clone());
-        let mut alive: Vec<u64> = self.nodes.peers.keys().copied().collect();
-        alive.push(self.config.node);
-        let op = StoreOp::ClaimGuest { name: name.clone(), node: self.config.node, alive };
+        let op = StoreOp::ClaimGuest { name: name.clone(), node: self.config.node, alive: self.alive_nodes(now) };
         self.store(now, op, Pending::request(sid, tag, PendingKind::ClaimGuest { name, key, peer }));
     }
 
@@ -430,6 +432,15 @@ impl Hub {
         if *result == Ok(StoreValue::Claimed(true)) && !self.state.online.contains_key(name) {
             self.release_guest(now, name);
         }
+    }
+
+    /// The nodes alive, this one included, once this node has heard every
+    /// live node: its link has been up for a whole `node_timeout`, in which
+    /// each beat several times. Before that a node it has not heard yet
+    /// could be alive, and its claims are left alone.
+    fn alive_nodes(&self, now: Now) -> Option<Vec<u64>> {
+        let settled = self.nodes.up_since.is_some_and(|t| t + self.config.node_timeout <= now.instant);
+        settled.then(|| self.nodes.peers.keys().copied().chain([self.config.node]).collect())
     }
 
     fn release_guest(&mut self, now: Now, name: &str) {

@@ -601,14 +601,18 @@ pub(crate) fn find_user_ignores_case_and_answers_the_registered_spelling(f: &mut
 pub(crate) fn a_guest_name_is_claimed_by_one_live_node(f: &mut dyn Fixture) {
     let b = f.backend();
     let claim =
-        |name: &str, node: u64, alive: &[u64]| Op::ClaimGuest { name: name.into(), node, alive: alive.to_vec() };
+        |name: &str, node: u64, alive: &[u64]| Op::ClaimGuest { name: name.into(), node, alive: Some(alive.to_vec()) };
     let big = u64::MAX - 1;
     assert_eq!(one(b, claim("Zed", big, &[big, 2])), V::Claimed(true));
     assert_eq!(one(b, claim("zED", 2, &[big, 2])), V::Claimed(false), "held by a live node");
     assert_eq!(one(b, claim("zed", big, &[big, 2])), V::Claimed(true), "the holder again");
     assert_eq!(one(b, Op::ReleaseGuest { name: "ZED".into(), node: 2 }), V::Done);
     assert_eq!(one(b, claim("zed", 2, &[big, 2])), V::Claimed(false), "only the holder's release counts");
+    let unsure = Op::ClaimGuest { name: "zed".into(), node: 2, alive: None };
+    assert_eq!(one(b, unsure), V::Claimed(false), "no claim is taken over without knowing who is alive");
     assert_eq!(one(b, claim("zed", 2, &[2])), V::Claimed(true), "a dead node's claim is taken over");
+    let unsure = Op::ClaimGuest { name: "zed".into(), node: 2, alive: None };
+    assert_eq!(one(b, unsure), V::Claimed(true), "the holder's own claim, all the same");
     assert_eq!(one(b, claim("Zed", big, &[big, 2])), V::Claimed(false));
     assert_eq!(one(b, Op::ReleaseGuest { name: "zed".into(), node: 2 }), V::Done);
     assert_eq!(one(b, claim("zed", big, &[big, 2])), V::Claimed(true), "free once released");

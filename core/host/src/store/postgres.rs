@@ -673,13 +673,14 @@ fn run_op(conn: &mut Conn, op: &StoreOp) -> Result<StoreValue, PgError> {
         StoreOp::ClaimGuest { name, node, alive } => {
             // One statement: the row lock of the conflict makes two nodes
             // claiming together take turns, and the second sees the first's.
-            let alive: Vec<i64> = alive.iter().map(|&n| n as i64).collect();
+            let take_over = alive.is_some();
+            let alive: Vec<i64> = alive.iter().flatten().map(|&n| n as i64).collect();
             let row = conn.query_opt(
                 "INSERT INTO guest_claims (lname, node) VALUES (lower($1), $2)
                  ON CONFLICT (lname) DO UPDATE SET node = excluded.node, claimed_at = now()
-                 WHERE guest_claims.node = excluded.node OR NOT (guest_claims.node = ANY($3))
+                 WHERE guest_claims.node = excluded.node OR ($4 AND NOT (guest_claims.node = ANY($3)))
                  RETURNING node",
-                &[name, &(*node as i64), &alive],
+                &[name, &(*node as i64), &alive, &take_over],
             )?;
             Ok(StoreValue::Claimed(row.is_some()))
         }

@@ -772,13 +772,14 @@ fn run_op(conn: &Connection, op: &StoreOp) -> rusqlite::Result<StoreValue> {
 
 /// `StoreOp::ClaimGuest`. One writer at a time holds the database, so
 /// reading the claim and writing it in one transaction cannot race.
-fn claim_guest(conn: &Connection, name: &str, node: u64, alive: &[u64]) -> rusqlite::Result<StoreValue> {
+fn claim_guest(conn: &Connection, name: &str, node: u64, alive: &Option<Vec<u64>>) -> rusqlite::Result<StoreValue> {
     let lname = name.to_ascii_lowercase();
     let holder: Option<i64> = conn
         .prepare_cached("SELECT node FROM guest_claims WHERE lname = ?1")?
         .query_row([&lname], |r| r.get(0))
         .optional()?;
-    let free = holder.is_none_or(|h| h as u64 == node || !alive.contains(&(h as u64)));
+    let dead = |h: u64| alive.as_ref().is_some_and(|a| !a.contains(&h));
+    let free = holder.is_none_or(|h| h as u64 == node || dead(h as u64));
     if free {
         conn.prepare_cached("INSERT OR REPLACE INTO guest_claims (lname, node) VALUES (?1, ?2)")?
             .execute(rusqlite::params![lname, node as i64])?;
