@@ -206,6 +206,27 @@ fn a_node_cut_off_past_the_timeout_comes_back_with_its_users() {
     assert_eq!(who(&mut c, bob), ["ann", "bob"]);
 }
 
+#[test]
+fn a_snapshot_past_one_page_arrives_whole() {
+    let many = Config { peer_session_rate: 10_000, max_connections_per_ip: 10_000, ..config() };
+    let mut c = Cluster::of(2, many, store());
+    let ann = c.login(0, "ann");
+    let page = natter_core::bus::SNAPSHOT_PAGE;
+    for i in 0..=page {
+        c.guest(1, &format!("g{i:04}"));
+    }
+    c.run_until_idle();
+    // Node 0 counts node 1 dead, then hears it again: node 1's users come
+    // back only through its snapshot, which takes two pages.
+    c.link_down(1);
+    c.advance(TIMEOUT * 2);
+    assert_eq!(who(&mut c, ann), ["ann"]);
+    c.link_up(1);
+    c.advance(BEAT * 3);
+    let all = c.req(ann, json!({"type":"who","limit":1000}));
+    assert_eq!(all["users"].as_array().unwrap().len(), page + 2, "ann and every guest of node 1");
+}
+
 // ---- the property ---------------------------------------------------------------
 
 #[derive(Debug, Clone)]
