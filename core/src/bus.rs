@@ -31,6 +31,9 @@ pub enum BusTopic {
     Room(String),
     /// A principal (a registered name, or a guest's `name#n`).
     User(UserKey),
+    /// The nodes' announcements to each other ([`BusMessage::Node`]):
+    /// every node of a cluster subscribes to it from its start.
+    Nodes,
 }
 
 impl BusTopic {
@@ -40,6 +43,7 @@ impl BusTopic {
         match self {
             BusTopic::Room(room) => format!("natter.room.{room}"),
             BusTopic::User(key) => format!("natter.user.{key}"),
+            BusTopic::Nodes => "natter.nodes".to_string(),
         }
     }
 }
@@ -63,7 +67,59 @@ pub enum BusMessage {
         /// The message as stored.
         message: StoredMessage,
     },
+    /// A node's announcement about itself (`hub/nodes.rs`), on
+    /// [`BusTopic::Nodes`]. Not a stored message: it has no `seq`.
+    Node {
+        /// The announcing node (`Config::node`).
+        node: u64,
+        /// Its announcement counter, +1 per announcement of this node run:
+        /// a receiver that sees one missing knows it missed something.
+        n: u64,
+        /// What it says.
+        news: NodeNews,
+    },
 }
+
+/// A user online at a node, as that node announces it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeUser {
+    /// The display name.
+    pub user: String,
+    /// The principal.
+    pub key: UserKey,
+    /// Whether it is a guest.
+    pub guest: bool,
+}
+
+/// What a node announces about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeNews {
+    /// It is alive (every `Config::node_beat`).
+    Beat,
+    /// A user's first session there was welcomed.
+    Online(NodeUser),
+    /// A user's last session there ended (a registered user's once the
+    /// presence grace is over).
+    Offline {
+        /// The display name.
+        user: String,
+    },
+    /// It needs every other node's [`NodeNews::Snapshot`].
+    Sync,
+    /// One page of the users online there; the pages of one snapshot have
+    /// consecutive `n`, from page 0 to the one with `last`.
+    Snapshot {
+        /// At most [`SNAPSHOT_PAGE`] users.
+        users: Vec<NodeUser>,
+        /// Its number, from 0.
+        page: u32,
+        /// Whether it is the snapshot's last page.
+        last: bool,
+    },
+}
+
+/// Most users in one [`NodeNews::Snapshot`] page.
+pub const SNAPSHOT_PAGE: usize = 500;
 
 /// Why bytes from the bus are not a [`BusMessage`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -84,6 +140,7 @@ impl BusMessage {
     pub fn seq(&self) -> u64 {
         match self {
             BusMessage::Room { message, .. } | BusMessage::Private { message, .. } => message.seq,
+            BusMessage::Node { .. } => 0,
         }
     }
 
@@ -99,6 +156,7 @@ impl BusMessage {
             BusMessage::Private { to_key, message } => {
                 vec![BusTopic::User(to_key.clone()), BusTopic::User(message.sender.clone())]
             }
+            BusMessage::Node { .. } => vec![BusTopic::Nodes],
         }
     }
 
@@ -107,14 +165,13 @@ impl BusMessage {
         let (kind, target, m) = match self {
             BusMessage::Room { room, message } => ("room", room, message),
             BusMessage::Private { to_key, message } => ("private", to_key, message),
+            BusMessage::Node { node, n, news } => return with_version(encode_node(*node, *n, news)),
         };
         let body = json!({
             "k": kind, "t": target, "seq": m.seq, "from": m.from, "to": m.to, "sender": m.sender,
             "text": m.text, "id": m.client_id, "ts": m.ts,
         });
-        let mut out = vec![BUS_VERSION];
-        out.extend_from_slice(body.to_string().as_bytes());
-        out
+        with_version(body)
     }
 
     /// A message from bytes the host received.
@@ -124,6 +181,9 @@ impl BusMessage {
             return Err(BusError::Version(version));
         }
         let v: Value = serde_json::from_slice(body).map_err(|_| BusError::Malformed("not JSON"))?;
+        if v["k"] == "node" {
+            return decode_node(&v);
+        }
         let text = |field: &'static str| v[field].as_str().map(str::to_owned).ok_or(BusError::Malformed(field));
         let number = |field: &'static str| v[field].as_u64().ok_or(BusError::Malformed(field));
         let optional = |field: &'static str| match &v[field] {
@@ -146,6 +206,69 @@ impl BusMessage {
             _ => Err(BusError::Malformed("k")),
         }
     }
+}
+
+fn with_version(body: Value) -> Vec<u8> {
+    let mut out = vec![BUS_VERSION];
+    out.extend_from_slice(body.to_string().as_bytes());
+    out
+}
+
+fn user_json(u: &NodeUser) -> Value {
+    json!([u.user, u.key, u.guest])
+}
+
+fn encode_node(node: u64, n: u64, news: &NodeNews) -> Value {
+    let mut body = json!({"k": "node", "node": node, "n": n});
+    match news {
+        NodeNews::Beat => body["what"] = json!("beat"),
+        NodeNews::Sync => body["what"] = json!("sync"),
+        NodeNews::Online(u) => {
+            body["what"] = json!("online");
+            body["user"] = user_json(u);
+        }
+        NodeNews::Offline { user } => {
+            body["what"] = json!("offline");
+            body["user"] = json!(user);
+        }
+        NodeNews::Snapshot { users, page, last } => {
+            body["what"] = json!("snapshot");
+            body["users"] = Value::Array(users.iter().map(user_json).collect());
+            body["page"] = json!(page);
+            body["last"] = json!(last);
+        }
+    }
+    body
+}
+
+fn decode_user(v: &Value) -> Result<NodeUser, BusError> {
+    let bad = BusError::Malformed("user");
+    let (Some(user), Some(key), Some(guest)) = (v[0].as_str(), v[1].as_str(), v[2].as_bool()) else { return Err(bad) };
+    Ok(NodeUser { user: user.to_string(), key: key.to_string(), guest })
+}
+
+fn decode_node(v: &Value) -> Result<BusMessage, BusError> {
+    let number = |field: &'static str| v[field].as_u64().ok_or(BusError::Malformed(field));
+    let news = match v["what"].as_str() {
+        Some("beat") => NodeNews::Beat,
+        Some("sync") => NodeNews::Sync,
+        Some("online") => NodeNews::Online(decode_user(&v["user"])?),
+        Some("offline") => {
+            NodeNews::Offline { user: v["user"].as_str().ok_or(BusError::Malformed("user"))?.to_string() }
+        }
+        Some("snapshot") => NodeNews::Snapshot {
+            users: v["users"]
+                .as_array()
+                .ok_or(BusError::Malformed("users"))?
+                .iter()
+                .map(decode_user)
+                .collect::<Result<_, _>>()?,
+            page: u32::try_from(number("page")?).map_err(|_| BusError::Malformed("page"))?,
+            last: v["last"].as_bool().ok_or(BusError::Malformed("last"))?,
+        },
+        _ => return Err(BusError::Malformed("what")),
+    };
+    Ok(BusMessage::Node { node: number("node")?, n: number("n")?, news })
 }
 
 /// What the hub asks of the bus.
@@ -207,6 +330,30 @@ mod tests {
             assert_eq!(bytes[0], BUS_VERSION);
             assert_eq!(BusMessage::decode(&bytes), Ok(m));
         }
+    }
+
+    #[test]
+    fn node_announcements_round_trip_through_bytes() {
+        let ann = NodeUser { user: "ann".into(), key: "ann".into(), guest: false };
+        let zed = NodeUser { user: "zed".into(), key: "zed#1.2".into(), guest: true };
+        let all = [
+            NodeNews::Beat,
+            NodeNews::Sync,
+            NodeNews::Online(zed.clone()),
+            NodeNews::Offline { user: "ann".into() },
+            NodeNews::Snapshot { users: vec![ann, zed], page: 3, last: true },
+            NodeNews::Snapshot { users: vec![], page: 0, last: false },
+        ];
+        for news in all {
+            let m = BusMessage::Node { node: u64::MAX, n: 7, news };
+            assert_eq!(m.topics(), [BusTopic::Nodes]);
+            assert_eq!(BusMessage::decode(&m.encode()), Ok(m));
+        }
+        assert_eq!(BusTopic::Nodes.channel(), "natter.nodes");
+        let bad = br#"{"k":"node","node":1,"n":1,"what":"online","user":["a"]}"#;
+        let mut bytes = vec![BUS_VERSION];
+        bytes.extend_from_slice(bad);
+        assert_eq!(BusMessage::decode(&bytes), Err(BusError::Malformed("user")));
     }
 
     #[test]

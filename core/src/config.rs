@@ -97,6 +97,12 @@ pub struct Config {
     /// node that restarts is a new node to the others, and a node tells its
     /// own announcements from theirs.
     pub node: u64,
+    /// In a cluster, how often this node tells the others it is alive
+    /// (`hub/nodes.rs`).
+    pub node_beat: Duration,
+    /// In a cluster, how long a node may be silent before the others count
+    /// it dead and its users go offline.
+    pub node_timeout: Duration,
 }
 
 /// A secret from the configuration: it never appears in `Debug` output (so
@@ -175,6 +181,8 @@ impl Default for Config {
             cluster: false,
             cluster_check: Duration::from_secs(3),
             node: 0,
+            node_beat: Duration::from_secs(1),
+            node_timeout: Duration::from_secs(5),
             allowed_origins: Vec::new(),
             // Open: the usual scraper is a Prometheus on the same host or
             // network, and the counters say nothing about users. A public

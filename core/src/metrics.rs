@@ -101,6 +101,12 @@ pub struct Metrics {
     /// Cluster: probes of the node's own subscription that did not come
     /// back in time (the subscription is then restarted).
     pub bus_probe_failures: AtomicU64,
+    /// Cluster: other nodes this node hears and counts alive.
+    pub cluster_peers: AtomicI64,
+    /// Cluster: nodes this node declared dead (silent past `node_timeout`).
+    pub cluster_peers_lost: AtomicU64,
+    /// Cluster: times this node asked every other node for its users.
+    pub cluster_syncs: AtomicU64,
 }
 
 impl Metrics {
@@ -349,6 +355,24 @@ impl Metrics {
             "Probes of the node's own subscription that did not come back in time.",
             &[("", count(&self.bus_probe_failures) as f64)],
         );
+        out.metric(
+            "natter_cluster_peers",
+            "gauge",
+            "Other nodes this node hears and counts alive.",
+            &[("", gauge(&self.cluster_peers) as f64)],
+        );
+        out.metric(
+            "natter_cluster_peers_lost_total",
+            "counter",
+            "Nodes declared dead after node_timeout without a word; their users went offline here.",
+            &[("", count(&self.cluster_peers_lost) as f64)],
+        );
+        out.metric(
+            "natter_cluster_syncs_total",
+            "counter",
+            "Times this node asked the others for their online users (a node new to it, a missed announcement, a link back up).",
+            &[("", count(&self.cluster_syncs) as f64)],
+        );
     }
 }
 
@@ -390,6 +414,9 @@ mod tests {
         Metrics::add(&m.bus_duplicates, 2);
         assert!(text.contains("natter_bus_up 0\n"), "a single node's bus is never up");
         assert!(m.render().contains("natter_bus_messages_total{event=\"duplicate_dropped\"} 2\n"));
+        assert!(text.contains("natter_cluster_peers 0\n"));
+        assert!(text.contains("natter_cluster_peers_lost_total 0\n"));
+        assert!(text.contains("natter_cluster_syncs_total 0\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");

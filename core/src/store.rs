@@ -144,6 +144,17 @@ pub enum StoreOp {
     /// [`StoreValue::FoundUser`]. A node of a cluster asks it for a name it
     /// does not know, which another node may have registered.
     FindUser { name: String },
+    /// Claims the guest name `name` (ignoring case) for node `node`, so no
+    /// two nodes of a cluster welcome a guest under one name: it succeeds
+    /// when no node holds it, `node` holds it already, or `alive` is given
+    /// and the holder is not in it (a dead node's claim is taken over; a
+    /// node that cannot tell yet who is alive gives `None`). In one step,
+    /// so two nodes claiming together cannot both win:
+    /// [`StoreValue::Claimed`].
+    ClaimGuest { name: String, node: u64, alive: Option<Vec<u64>> },
+    /// Gives up `node`'s claim of `name`, if it still holds it:
+    /// [`StoreValue::Done`].
+    ReleaseGuest { name: String, node: u64 },
 }
 
 /// A message to append.
@@ -332,6 +343,8 @@ pub enum StoreValue {
     LastSeqs { rooms: Vec<(String, u64)>, conversations: Vec<(UserKey, UserKey, u64)> },
     /// For `FindUser`: the user's name as registered, if there is one.
     FoundUser(Option<String>),
+    /// For `ClaimGuest`: whether the name is now the node's.
+    Claimed(bool),
 }
 
 /// Why a request failed. Every variant reaches clients as `unavailable`.

@@ -306,6 +306,18 @@ impl Server {
         }
     }
 
+    /// SIGKILL (`Child::kill`), as a machine that dies: nothing of the
+    /// server runs after it, nothing is said to anyone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(t) = self.stdout_thread.take() {
+            let _ = t.join();
+        }
+    }
+
     /// SIGTERM, then wait (at most 15 s) for the exit status.
     pub fn sigterm_and_wait(&mut self) -> ExitStatus {
         self.signal_and_wait("TERM")

@@ -125,4 +125,81 @@ natter_tests::cases! {
         let history = again.ok("history", json!({"room": room}));
         assert_eq!(history["messages"].as_array().map(Vec::len), Some(1), "{history}");
     }
+
+    fn presence_crosses_nodes_and_who_lists_every_node(bin) {
+        let c = Cluster::start(bin, 2, &["--presence-grace", "200"]);
+        let room = uniq("seen");
+        let (ann, bob) = (c.nodes[0].account("ann"), c.nodes[0].account("bob"));
+        // Bob joins through node 0 first, so node 0 has him as a member.
+        let mut b0 = WsClient::user(&c.nodes[0], &bob);
+        b0.join(&room);
+        b0.disconnect();
+        let mut a = WsClient::user(&c.nodes[0], &ann);
+        a.join(&room);
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        let _ = a.drain(std::time::Duration::from_millis(100));
+        let mut b = WsClient::user(&c.nodes[1], &bob);
+        a.wait_for(|v| is_presence(v, &room, &bob.name, "online"));
+        let who = a.ok("who", json!({}));
+        let names: Vec<&str> = who["users"].as_array().unwrap().iter().filter_map(|u| u["user"].as_str()).collect();
+        assert!(names.contains(&bob.name.as_str()), "who on node 0 lists bob on node 1: {who}");
+        let members = a.ok("who", json!({"room": room}));
+        let bob_online = members["users"].as_array().unwrap().iter().any(|u| u["user"] == bob.name.as_str() && u["online"] == true);
+        assert!(bob_online, "{members}");
+        b.ok("who", json!({}));
+        b.disconnect();
+        a.wait_for(|v| is_presence(v, &room, &bob.name, "offline"));
+    }
+
+    fn a_guest_name_online_on_one_node_is_taken_on_another(bin) {
+        let c = Cluster::start(bin, 2, &[]);
+        let g = WsClient::guest(&c.nodes[0], "held");
+        let name = g.user.clone();
+        let mut ws = WsClient::connect(&c.nodes[1]);
+        let e = ws.hello_guest(&name.to_uppercase());
+        assert_eq!((ty(&e), e["code"].as_str()), ("error", Some("name_taken")), "{e}");
+        let mut line = LineClient::connect(&c.nodes[1]);
+        line.send_line(&name);
+        let l = line.recv_line();
+        assert!(l.starts_with("! name_taken"), "{l}");
+        g.disconnect();
+        let again = eventually(std::time::Duration::from_secs(5), "the name is free once its guest left", || {
+            let mut ws = WsClient::connect(&c.nodes[1]);
+            (ty(&ws.hello_guest(&name)) == "welcome").then_some(ws)
+        });
+        assert_eq!(again.user, name);
+    }
+
+    fn a_killed_node_s_users_go_offline_and_its_guests_leave_elsewhere(bin) {
+        let mut c = Cluster::start(bin, 2, &["--node-timeout", "1000", "--presence-grace", "200"]);
+        let room = uniq("dies");
+        let (ann, bob) = (c.nodes[0].account("ann"), c.nodes[0].account("bob"));
+        let mut b0 = WsClient::user(&c.nodes[0], &bob);
+        b0.join(&room);
+        b0.disconnect();
+        // Past bob's presence grace on node 0: he is offline everywhere.
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        let mut a = WsClient::user(&c.nodes[0], &ann);
+        a.join(&room);
+        let mut b = WsClient::user(&c.nodes[1], &bob);
+        b.join(&room);
+        a.wait_for(|v| is_presence(v, &room, &bob.name, "online"));
+        let g = WsClient::guest(&c.nodes[1], "doomed");
+        let guest = g.user.clone();
+        eventually(std::time::Duration::from_secs(5), "node 0 lists the guest of node 1", || {
+            let who = a.ok("who", json!({}));
+            who["users"].as_array().unwrap().iter().any(|u| u["user"] == guest.as_str()).then_some(())
+        });
+        c.nodes[1].kill();
+        // The timeout (1 s) and a beat, well within this.
+        a.timeout = std::time::Duration::from_secs(5);
+        a.wait_for(|v| is_presence(v, &room, &bob.name, "offline"));
+        let who = a.ok("who", json!({}));
+        let names: Vec<&str> = who["users"].as_array().unwrap().iter().filter_map(|u| u["user"].as_str()).collect();
+        // (Other cases' clusters share the test Redis, so their users are
+        // listed too: one Redis serves one cluster.)
+        assert!(names.contains(&ann.name.as_str()), "{who}");
+        assert!(!names.contains(&bob.name.as_str()) && !names.contains(&guest.as_str()), "{who}");
+        let _ = (b, g);
+    }
 }

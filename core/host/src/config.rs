@@ -97,6 +97,11 @@ const FLAGS: &[(&str, Option<&str>, &str)] = &[
     ("user-session-rate", Some("N"), "sessions opened per user per minute [default: 30]"),
     ("peer-session-rate", Some("N"), "sessions opened per client address per minute [default: 60]"),
     ("presence-grace", Some("MS"), "a registered user's offline waits this long for a new session [default: 2000]"),
+    (
+        "node-timeout",
+        Some("MS"),
+        "in a cluster, silence after which a node counts as dead; nodes beat 5 times in it [default: 5000]",
+    ),
     ("password-queue", Some("N"), "password hashes that may wait for a hashing thread [default: 16 per thread]"),
     (
         "inbox-per-sender",
@@ -273,6 +278,8 @@ fn core_config(value: Lookup<'_>) -> Result<natter_core::Config, ConfigExit> {
         cluster: d.cluster,
         cluster_check: d.cluster_check,
         node: d.node,
+        node_beat: node_timeout(&value("node-timeout")?, d.node_timeout)?.0,
+        node_timeout: node_timeout(&value("node-timeout")?, d.node_timeout)?.1,
         allowed_origins: origins(&value("allowed-origin")?)?,
         metrics_token: secret(value("metrics-token")?, "metrics-token")?,
     })
@@ -369,6 +376,16 @@ fn secs(v: &Option<String>, name: &str, default: Duration) -> Result<Duration, C
 
 fn millis(v: &Option<String>, name: &str, default: Duration) -> Result<Duration, ConfigExit> {
     number(v, name, default.as_millis() as u64).map(Duration::from_millis)
+}
+
+/// The node timeout and the beat it implies: five beats per timeout, so a
+/// node is counted dead only after several beats in a row were lost.
+fn node_timeout(v: &Option<String>, default: Duration) -> Result<(Duration, Duration), ConfigExit> {
+    let timeout = millis(v, "node-timeout", default)?;
+    if timeout < Duration::from_millis(100) {
+        return Err(bad("node-timeout", v.as_deref().unwrap_or_default(), "at least 100"));
+    }
+    Ok((timeout / 5, timeout))
 }
 
 fn switch(v: &Option<String>, name: &str) -> Result<bool, ConfigExit> {
@@ -495,6 +512,9 @@ mod tests {
         assert_eq!((s.core.register_rate, s.core.name_probe_rate, s.core.account_login_rate), (3, 4, 5),);
         assert_eq!((s.core.user_session_rate, s.core.peer_session_rate, s.password_queue), (6, 7, 8));
         assert_eq!(s.core.presence_grace, Duration::from_millis(250));
+        let s = run(&["--node-timeout", "1500"], &[]).unwrap();
+        assert_eq!((s.core.node_beat, s.core.node_timeout), (Duration::from_millis(300), Duration::from_millis(1500)));
+        assert!(run(&["--node-timeout", "99"], &[]).is_err(), "a timeout shorter than a few beats is refused");
         assert_eq!(run(&[], &[]).unwrap().password_queue, crate::store::DEFAULT_PASSWORD_QUEUE);
     }
 

@@ -150,6 +150,8 @@ pub struct Cluster {
     bus: FakeBus,
     seed: u64,
     next_ref: u64,
+    /// Nodes stopped for good by [`Cluster::crash`].
+    crashed: Vec<bool>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -182,7 +184,8 @@ impl Cluster {
             nodes.push(sim);
         }
         store.reseed(seed);
-        let mut cluster = Cluster { bus: FakeBus::new(nodes.len(), seed), nodes, store, seed, next_ref: 0 };
+        let crashed = vec![false; nodes.len()];
+        let mut cluster = Cluster { bus: FakeBus::new(nodes.len(), seed), nodes, store, seed, next_ref: 0, crashed };
         for i in 0..cluster.nodes.len() {
             cluster.with_node(i, |sim| sim.bus_event(BusEvent::Up));
         }
@@ -239,6 +242,7 @@ impl Cluster {
     /// Runs `f` on node `i` with the shared store in its hands, then
     /// carries what its hub asked of the bus.
     fn with_node<R>(&mut self, i: usize, f: impl FnOnce(&mut Sim) -> R) -> R {
+        assert!(!self.crashed[i], "node {i} crashed: it runs nothing any more");
         self.store.set_node(i);
         std::mem::swap(&mut self.store, &mut self.nodes[i].store);
         let r = f(&mut self.nodes[i]);
@@ -259,6 +263,24 @@ impl Cluster {
             self.bus.in_flight.retain(|d| d.node != i);
             self.with_node(i, |sim| sim.bus_event(BusEvent::Down));
         }
+    }
+
+    /// Node `i` stops for good, as a process killed: it runs nothing more,
+    /// beats no more, hears nothing; its clients are gone with it (no
+    /// other node is told), its storage requests in flight are lost, and
+    /// what it stored (guest name claims too) stays.
+    pub fn crash(&mut self, i: usize) {
+        self.crashed[i] = true;
+        self.bus.up[i] = false;
+        self.bus.subscriptions[i].clear();
+        self.bus.in_flight.retain(|d| d.node != i);
+        self.store.set_node(i);
+        self.store.drop_queue();
+    }
+
+    /// Whether node `i` crashed.
+    pub fn is_crashed(&self, i: usize) -> bool {
+        self.crashed[i]
     }
 
     /// Node `i`'s link comes back with its subscriptions (it hears `Up`).
@@ -345,12 +367,18 @@ impl Cluster {
 
     // ---- time -------------------------------------------------------------
 
+    /// A node whose clock still moves (a crashed node's stopped).
+    fn clock(&self) -> &Sim {
+        let i = self.crashed.iter().position(|c| !c).unwrap_or(0);
+        &self.nodes[i]
+    }
+
     fn now(&self) -> Instant {
-        self.nodes[0].now().instant
+        self.clock().now().instant
     }
 
     fn now_ms(&self) -> u64 {
-        self.nodes[0].now().unix_ms
+        self.clock().now().unix_ms
     }
 
     /// Processes everything that can happen without time moving, on every
@@ -358,7 +386,7 @@ impl Cluster {
     pub fn settle(&mut self) {
         for round in 0.. {
             assert!(round < 100_000, "livelock (seed {:#x})", self.seed);
-            for i in 0..self.nodes.len() {
+            for i in self.live() {
                 self.with_node(i, Sim::settle);
             }
             let Some((node, bytes)) = self.bus.take_due(self.now()) else { break };
@@ -369,7 +397,7 @@ impl Cluster {
 
     fn next_event(&mut self) -> Option<Instant> {
         let mut next = self.bus.next_due();
-        for i in 0..self.nodes.len() {
+        for i in self.live() {
             let t = self.with_node(i, |sim| sim.next_event());
             next = next.into_iter().chain(t).min();
         }
@@ -377,9 +405,14 @@ impl Cluster {
     }
 
     fn move_to(&mut self, t: Instant) {
-        for sim in &mut self.nodes {
+        for (sim, _) in self.nodes.iter_mut().zip(&self.crashed).filter(|(_, crashed)| !**crashed) {
             sim.move_to(t);
         }
+    }
+
+    /// The nodes that did not crash.
+    fn live(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|&i| !self.crashed[i]).collect()
     }
 
     /// Moves time to the next event anywhere and processes it; `false`
@@ -403,7 +436,7 @@ impl Cluster {
             assert!(steps < 1_000_000, "the cluster never went idle (seed {:#x})", self.seed);
             let busy = self.store.in_flight_all() > 0
                 || !self.bus.in_flight.is_empty()
-                || self.nodes.iter().any(Sim::mail_in_flight);
+                || self.live().into_iter().any(|i| self.nodes[i].mail_in_flight());
             if !busy || !self.step() {
                 break;
             }

@@ -58,6 +58,8 @@ struct Data {
     inbox: Vec<(u64, String, (String, String), u64)>,
     inbox_cursor: u64,
     tokens_issued: u64,
+    /// Case-folded guest name → the node that claimed it.
+    guest_claims: HashMap<String, u64>,
 }
 
 /// A submitted request waiting for its completion time.
@@ -240,6 +242,11 @@ impl FakeStore {
         }
     }
 
+    /// The node holding the claim of guest name `name`, if any.
+    pub fn guest_claim(&self, name: &str) -> Option<u64> {
+        self.data.guest_claims.get(&name.to_lowercase()).copied()
+    }
+
     /// Whether `user` has an account.
     pub fn has_user(&self, user: &str) -> bool {
         self.data.users.contains_key(user)
@@ -325,6 +332,13 @@ impl FakeStore {
         self.queue = queue;
         self.passwords = passwords;
         self.node = node;
+    }
+
+    /// The current node's requests are lost, unanswered (the node crashed).
+    /// What they would have written is not written.
+    pub fn drop_queue(&mut self) {
+        self.queue.clear();
+        self.passwords.clear();
     }
 
     /// Requests completed so far.
@@ -455,6 +469,21 @@ impl Data {
             StoreOp::FindUser { name } => {
                 let folded = name.to_lowercase();
                 StoreValue::FoundUser(self.users.keys().find(|u| u.to_lowercase() == folded).cloned())
+            }
+            StoreOp::ClaimGuest { name, node, alive } => {
+                let holder = self.guest_claims.get(&name.to_lowercase()).copied();
+                let dead = |h: u64| alive.as_ref().is_some_and(|a| !a.contains(&h));
+                let free = holder.is_none_or(|h| h == *node || dead(h));
+                if free {
+                    self.guest_claims.insert(name.to_lowercase(), *node);
+                }
+                StoreValue::Claimed(free)
+            }
+            StoreOp::ReleaseGuest { name, node } => {
+                if self.guest_claims.get(&name.to_lowercase()) == Some(node) {
+                    self.guest_claims.remove(&name.to_lowercase());
+                }
+                StoreValue::Done
             }
             StoreOp::ReadMarks { user } => {
                 let marks = self

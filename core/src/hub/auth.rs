@@ -46,11 +46,11 @@ impl Hub {
             }
             Auth::Guest(name) => match self.guest_name_problem(now, peer, &name) {
                 Some(f) => self.reply(sid, tag, Err(f)),
-                None => self.open_guest(now, sid, tag, peer, name, None),
+                None => self.claim_guest(now, sid, tag, peer, name, None),
             },
             Auth::Resume { name, resume } => match self.guest_name_problem_for_resume(now, peer, &name, &resume) {
                 Err(f) => self.reply(sid, tag, Err(f)),
-                Ok(key) => self.open_guest(now, sid, tag, peer, name, key),
+                Ok(key) => self.claim_guest(now, sid, tag, peer, name, key),
             },
             Auth::Password { user, password } => self.line_login(now, sid, tag, peer, user, password),
             Auth::Register { user, password } => self.line_register(now, sid, tag, peer, user, password),
@@ -130,7 +130,7 @@ impl Hub {
         self.push(sid.shard(), ToShardInner::Close { sid, reason: HubClose::TooManySessions });
     }
 
-    fn set_phase(&mut self, sid: SessionId, phase: Phase) {
+    pub(super) fn set_phase(&mut self, sid: SessionId, phase: Phase) {
         if let Some(info) = self.state.sessions.get_mut(&sid) {
             info.phase = phase;
         }
@@ -308,6 +308,10 @@ impl Hub {
         let first = self.add_registered_session(&user, sid);
         let rooms: Vec<String> = self.state.memberships.get(&user).cloned().unwrap_or_default();
         if first {
+            self.announce_online(&user, &user, false);
+        }
+        // Online elsewhere in the cluster: the members heard `online` then.
+        if first && !self.online_elsewhere(&user) {
             for room in &rooms {
                 let targets = self.room_sessions(room, Some(&user), false);
                 self.deliver(&targets, &presence(room, &user, Presence::Online));
@@ -406,10 +410,10 @@ impl Hub {
             return;
         }
         if online.guest {
-            return self.guest_gone(&user);
+            return self.guest_gone(now, &user);
         }
         if self.config.presence_grace.is_zero() {
-            return self.registered_gone(&user);
+            return self.registered_gone(now, &user);
         }
         let due = now.instant + self.config.presence_grace;
         online.gone = Some(due);
@@ -425,28 +429,31 @@ impl Hub {
             let Some((due, user)) = self.grace.pop_front() else { break };
             let still_gone = self.state.online.get(&user).is_some_and(|o| o.gone == Some(due) && o.sessions.is_empty());
             if still_gone {
-                self.registered_gone(&user);
+                self.registered_gone(now, &user);
             }
         }
     }
 
-    fn registered_gone(&mut self, user: &str) {
-        self.gone(user, Presence::Offline);
+    fn registered_gone(&mut self, now: Now, user: &str) {
+        self.gone(now, user, Presence::Offline);
     }
 
     /// A guest's memberships end with its last session.
-    fn guest_gone(&mut self, user: &str) {
-        self.gone(user, Presence::Leave);
+    fn guest_gone(&mut self, now: Now, user: &str) {
+        self.gone(now, user, Presence::Leave);
         self.update_room_gauge();
     }
 
     /// `user` is offline now: its rooms hear `presence`, and on `Leave` it is
     /// no member of them any more.
-    fn gone(&mut self, user: &str, presence_now: Presence) {
+    fn gone(&mut self, now: Now, user: &str, presence_now: Presence) {
         self.state.remove_online(user);
+        self.announce_offline(now, user, presence_now == Presence::Leave);
+        // Still online elsewhere in the cluster: nothing changed for others.
+        let elsewhere = self.online_elsewhere(user);
         let rooms: Vec<String> = self.state.memberships.get(user).cloned().unwrap_or_default();
         for room in rooms {
-            let targets = self.room_sessions(&room, Some(user), false);
+            let targets = if elsewhere { Vec::new() } else { self.room_sessions(&room, Some(user), false) };
             self.deliver(&targets, &presence(&room, user, presence_now));
             if presence_now == Presence::Leave {
                 self.state.remove_member(user, &room);
@@ -561,7 +568,7 @@ impl Hub {
 /// `Retry-After` when the password queue is full, seconds.
 const BUSY_RETRY_S: u64 = 1;
 
-fn busy() -> Failure {
+pub(super) fn busy() -> Failure {
     Failure::new(ErrorCode::Unavailable, "the server is busy; retry shortly")
 }
 

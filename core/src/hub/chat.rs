@@ -205,9 +205,9 @@ impl Hub {
         let max = limit(given, 100, 1000) as usize;
         let users: Vec<(String, bool)> = match &room {
             Some(room) => self.state.rooms.get(room).map_or_else(Vec::new, |r| {
-                r.members.iter().take(max).map(|u| (u.clone(), self.state.online.contains_key(u))).collect()
+                r.members.iter().take(max).map(|u| (u.clone(), self.online_in_cluster(u))).collect()
             }),
-            None => self.state.online_names.iter().take(max).map(|u| (u.clone(), true)).collect(),
+            None => self.online_names(max).into_iter().map(|u| (u, true)).collect(),
         };
         self.answer(me, Ok(Reply::Users(users)));
     }
@@ -529,6 +529,7 @@ impl Hub {
             (PendingKind::FindLogin { name, password, peer }, tag) => {
                 self.complete_find_login(now, sid, tag, name, password, peer, result)
             }
+            (PendingKind::ReleaseGuest, _) => {}
             (kind, Some(tag)) => self.complete_request(now, sid, tag, kind, result),
             // Only the kinds above are stored untagged (`Pending::untagged`).
             (_, None) => {}
@@ -550,6 +551,7 @@ impl Hub {
             PendingKind::FindLogin { name, password, peer } => {
                 self.complete_find_login(now, sid, Some(tag), name, password, peer, result)
             }
+            PendingKind::ClaimGuest { name, key, peer } => self.complete_claim(now, sid, tag, name, key, peer, result),
             PendingKind::Welcome { user, token, expires_ms } => {
                 self.complete_welcome(now, sid, tag, user, token, expires_ms, result)
             }
@@ -603,7 +605,8 @@ impl Hub {
             | PendingKind::Ack
             | PendingKind::Fill { .. }
             | PendingKind::ReplayRest { .. }
-            | PendingKind::Check { .. } => {}
+            | PendingKind::Check { .. }
+            | PendingKind::ReleaseGuest => {}
         }
     }
 

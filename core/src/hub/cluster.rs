@@ -111,6 +111,7 @@ impl Hub {
             return;
         }
         match event {
+            BusEvent::Message(BusMessage::Node { node, n, news }) => self.node_news(now, node, n, news),
             BusEvent::Message(message) => {
                 Metrics::add(&self.metrics.bus_received, 1);
                 self.arrive(now, Arrival { message, origin: None });
@@ -119,10 +120,12 @@ impl Hub {
                 self.cluster.up = true;
                 self.metrics.bus_up.store(1, std::sync::atomic::Ordering::Relaxed);
                 self.check_all(now, true);
+                self.nodes_up(now);
             }
             BusEvent::Down => {
                 self.cluster.up = false;
                 self.metrics.bus_up.store(0, std::sync::atomic::Ordering::Relaxed);
+                self.nodes_down();
             }
         }
     }
@@ -288,6 +291,7 @@ impl Hub {
                 self.deliver(&targets, &room_message(&room, &message));
             }
             BusMessage::Private { to_key, message } => self.fan_out_private(arrival.origin, &to_key, &message),
+            BusMessage::Node { .. } => {}
         }
     }
 

@@ -61,7 +61,10 @@ impl Hub {
                 online.sessions.push(sid);
                 self.state.touch(&name);
             }
-            None => self.state.set_online(name.clone(), Online { key, guest: true, sessions: vec![sid], gone: None }),
+            None => {
+                self.announce_online(&name, &key, true);
+                self.state.set_online(name.clone(), Online { key, guest: true, sessions: vec![sid], gone: None });
+            }
         }
         let line = self.set_welcomed(sid, &name, None);
         let rooms = self

@@ -59,6 +59,7 @@ mod cluster;
 mod guest;
 mod inbox;
 mod limits;
+mod nodes;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -125,6 +126,7 @@ pub struct Hub {
     dirty: Vec<u16>,
     store_out: Vec<StoreRequest>,
     cluster: cluster::ClusterState,
+    nodes: nodes::Nodes,
 }
 
 impl Hub {
@@ -142,7 +144,7 @@ impl Hub {
             }
         }
         metrics.rooms.store(state.live_rooms() as i64, std::sync::atomic::Ordering::Relaxed);
-        Hub {
+        let mut hub = Hub {
             limits: limits::Limits::new(&config),
             config,
             metrics,
@@ -156,7 +158,12 @@ impl Hub {
             dirty: Vec::new(),
             store_out: Vec::new(),
             cluster: Default::default(),
+            nodes: Default::default(),
+        };
+        if hub.config.cluster {
+            hub.nodes_start(now);
         }
+        hub
     }
 
     /// Feeds one input. Drain [`Hub::poll_output`] afterwards.
@@ -187,7 +194,8 @@ impl Hub {
     /// When to call with [`HubInput::Timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
         let grace = self.grace.front().map(|(at, _)| *at);
-        [self.pending.next_deadline(), grace, self.cluster.next_check()].into_iter().flatten().min()
+        let nodes = self.nodes_deadline();
+        [self.pending.next_deadline(), grace, self.cluster.next_check(), nodes].into_iter().flatten().min()
     }
 
     /// Storage requests waiting for completion.
@@ -218,6 +226,7 @@ impl Hub {
     fn handle_timeout(&mut self, now: Now) {
         self.end_graces(now);
         self.cluster_timeout(now);
+        self.nodes_timeout(now);
         for id in self.pending.expire(now.instant) {
             let Some(p) = self.pending.get_expired(id) else { continue };
             if let PendingKind::Fill { key, .. } = &p.kind {
@@ -260,6 +269,7 @@ impl Hub {
                 self.settle_password(&how, &result);
             }
             (PendingKind::Api(call), result) => self.settle_api(&call, &result),
+            (PendingKind::ClaimGuest { name, .. }, result) => self.settle_claim(now, &name, &result),
             _ => {}
         }
     }

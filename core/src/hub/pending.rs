@@ -137,6 +137,15 @@ pub(crate) enum PendingKind {
         password: String,
         peer: std::net::IpAddr,
     },
+    /// In a cluster: a guest `hello` waiting for its name's claim
+    /// (`hub/nodes.rs`); `key` is its principal when it resumes.
+    ClaimGuest {
+        name: String,
+        key: Option<String>,
+        peer: std::net::IpAddr,
+    },
+    /// In a cluster: a guest name given back.
+    ReleaseGuest,
 }
 
 /// What an HTTP account API call is waiting for.

@@ -17,6 +17,9 @@ impl StreamKey {
         match message {
             BusMessage::Room { room, .. } => StreamKey::Room(room.clone()),
             BusMessage::Private { to_key, message } => conversation(&message.sender, to_key),
+            // Never sequenced: `Hub::handle_bus` takes node announcements
+            // aside before the sequencer sees anything.
+            BusMessage::Node { .. } => StreamKey::Room(String::new()),
         }
     }
 

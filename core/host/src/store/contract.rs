@@ -600,6 +600,33 @@ pub(crate) fn find_user_ignores_case_and_answers_the_registered_spelling(f: &mut
     assert_eq!(one(b, Op::FindUser { name: "dave".into() }), V::FoundUser(None));
 }
 
+/// A guest name is claimed for one node at a time, ignoring case; the
+/// holder claims it again, a dead holder's claim (not in `alive`) is taken
+/// over, and a release counts only from the holder.
+pub(crate) fn a_guest_name_is_claimed_by_one_live_node(f: &mut dyn Fixture) {
+    let b = f.backend();
+    let claim =
+        |name: &str, node: u64, alive: &[u64]| Op::ClaimGuest { name: name.into(), node, alive: Some(alive.to_vec()) };
+    let big = u64::MAX - 1;
+    assert_eq!(one(b, claim("Zed", big, &[big, 2])), V::Claimed(true));
+    assert_eq!(one(b, claim("zED", 2, &[big, 2])), V::Claimed(false), "held by a live node");
+    assert_eq!(one(b, claim("zed", big, &[big, 2])), V::Claimed(true), "the holder again");
+    assert_eq!(one(b, Op::ReleaseGuest { name: "ZED".into(), node: 2 }), V::Done);
+    assert_eq!(one(b, claim("zed", 2, &[big, 2])), V::Claimed(false), "only the holder's release counts");
+    let unsure = Op::ClaimGuest { name: "zed".into(), node: 2, alive: None };
+    assert_eq!(one(b, unsure), V::Claimed(false), "no claim is taken over without knowing who is alive");
+    assert_eq!(one(b, claim("zed", 2, &[2])), V::Claimed(true), "a dead node's claim is taken over");
+    let unsure = Op::ClaimGuest { name: "zed".into(), node: 2, alive: None };
+    assert_eq!(one(b, unsure), V::Claimed(true), "the holder's own claim, all the same");
+    assert_eq!(one(b, claim("Zed", big, &[big, 2])), V::Claimed(false));
+    assert_eq!(one(b, Op::ReleaseGuest { name: "zed".into(), node: 2 }), V::Done);
+    assert_eq!(one(b, claim("zed", big, &[big, 2])), V::Claimed(true), "free once released");
+    let both = run(b, vec![claim("amy", 1, &[1, 2]), claim("AMY", 2, &[1, 2])]);
+    assert_eq!(both, [Ok(V::Claimed(true)), Ok(V::Claimed(false))], "one batch, one winner");
+    f.reopen();
+    assert_eq!(one(f.backend(), claim("amy", 2, &[1, 2])), V::Claimed(false), "claims are stored");
+}
+
 /// One `#[test]` per contract test, on the fixture `$make` builds. `sql_only`
 /// lists the tests the fake store does not pass (see the module docs).
 macro_rules! contract_suite {
@@ -619,7 +646,8 @@ macro_rules! contract_suite {
             the_inbox_reads_in_pages,
             data_survives_reopen,
             last_seqs_names_the_newest_seq_of_rooms_and_conversations,
-            find_user_ignores_case_and_answers_the_registered_spelling
+            find_user_ignores_case_and_answers_the_registered_spelling,
+            a_guest_name_is_claimed_by_one_live_node
         );
         contract_suite!(@sql $sql, $make);
     };

@@ -674,6 +674,24 @@ fn run_op(conn: &mut Conn, op: &StoreOp) -> Result<StoreValue, PgError> {
             let row = conn.query_opt("SELECT name FROM users WHERE lower(name) = lower($1)", &[name])?;
             Ok(StoreValue::FoundUser(row.map(|r| r.get(0))))
         }
+        StoreOp::ClaimGuest { name, node, alive } => {
+            // One statement: the row lock of the conflict makes two nodes
+            // claiming together take turns, and the second sees the first's.
+            let take_over = alive.is_some();
+            let alive: Vec<i64> = alive.iter().flatten().map(|&n| n as i64).collect();
+            let row = conn.query_opt(
+                "INSERT INTO guest_claims (lname, node) VALUES (lower($1), $2)
+                 ON CONFLICT (lname) DO UPDATE SET node = excluded.node, claimed_at = now()
+                 WHERE guest_claims.node = excluded.node OR ($4 AND NOT (guest_claims.node = ANY($3)))
+                 RETURNING node",
+                &[name, &(*node as i64), &alive, &take_over],
+            )?;
+            Ok(StoreValue::Claimed(row.is_some()))
+        }
+        StoreOp::ReleaseGuest { name, node } => {
+            conn.execute("DELETE FROM guest_claims WHERE lname = lower($1) AND node = $2", &[name, &(*node as i64)])?;
+            Ok(StoreValue::Done)
+        }
         StoreOp::Register { .. } | StoreOp::Login { .. } | StoreOp::Verify { .. } => {
             unreachable!("password operations are answered before run_op")
         }

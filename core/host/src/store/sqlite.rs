@@ -154,6 +154,10 @@ CREATE TABLE IF NOT EXISTS inbox_sizes (
     user    TEXT PRIMARY KEY,
     pending INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS guest_claims (
+    lname TEXT PRIMARY KEY,
+    node  INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// Why the database could not be opened.
@@ -634,7 +638,9 @@ fn is_write(op: &StoreOp) -> bool {
         | StoreOp::Read { .. }
         | StoreOp::Revoke { .. }
         | StoreOp::Register { .. }
-        | StoreOp::Login { .. } => true,
+        | StoreOp::Login { .. }
+        | StoreOp::ClaimGuest { .. }
+        | StoreOp::ReleaseGuest { .. } => true,
         StoreOp::LoadAll
         | StoreOp::Verify { .. }
         | StoreOp::CheckToken { .. }
@@ -755,10 +761,34 @@ fn run_op(conn: &Connection, op: &StoreOp) -> rusqlite::Result<StoreValue> {
                 .optional()?;
             Ok(StoreValue::FoundUser(found))
         }
+        StoreOp::ClaimGuest { name, node, alive } => claim_guest(conn, name, *node, alive),
+        StoreOp::ReleaseGuest { name, node } => {
+            let lname = name.to_ascii_lowercase();
+            conn.prepare_cached("DELETE FROM guest_claims WHERE lname = ?1 AND node = ?2")?
+                .execute(rusqlite::params![lname, *node as i64])?;
+            Ok(StoreValue::Done)
+        }
         StoreOp::Register { .. } | StoreOp::Login { .. } | StoreOp::Verify { .. } => {
             Err(rusqlite::Error::InvalidParameterName("password operations do not run in a batch".into()))
         }
     }
+}
+
+/// `StoreOp::ClaimGuest`. One writer at a time holds the database, so
+/// reading the claim and writing it in one transaction cannot race.
+fn claim_guest(conn: &Connection, name: &str, node: u64, alive: &Option<Vec<u64>>) -> rusqlite::Result<StoreValue> {
+    let lname = name.to_ascii_lowercase();
+    let holder: Option<i64> = conn
+        .prepare_cached("SELECT node FROM guest_claims WHERE lname = ?1")?
+        .query_row([&lname], |r| r.get(0))
+        .optional()?;
+    let dead = |h: u64| alive.as_ref().is_some_and(|a| !a.contains(&h));
+    let free = holder.is_none_or(|h| h as u64 == node || dead(h as u64));
+    if free {
+        conn.prepare_cached("INSERT OR REPLACE INTO guest_claims (lname, node) VALUES (?1, ?2)")?
+            .execute(rusqlite::params![lname, node as i64])?;
+    }
+    Ok(StoreValue::Claimed(free))
 }
 
 fn check_token(conn: &Connection, token: &str, now_ms: u64) -> rusqlite::Result<StoreValue> {

@@ -9,9 +9,9 @@
 use postgres::Client;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
-const MIGRATIONS: &[&str] = &[include_str!("v1_schema.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("v1_schema.sql"), include_str!("v2_guest_claims.sql")];
 
 /// The advisory lock key that serialises migrations ("natter" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6e61_7474_6572;

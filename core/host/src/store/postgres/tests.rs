@@ -25,11 +25,19 @@ fn open_creates_the_schema_once_and_refuses_a_newer_one() {
     db.reopen();
     assert_eq!(appended(&run(db.backend(), vec![room_append("r", "a", "1", 1)])[0]), (1, false));
     db.backend = None;
+    // A version 1 database (before guest name claims) is brought to 2.
+    client.batch_execute("DROP TABLE guest_claims; UPDATE schema_version SET version = 1").unwrap();
+    db.reopen();
+    let claim = natter_core::store::StoreOp::ClaimGuest { name: "Zed".into(), node: 1, alive: None };
+    assert_eq!(run(db.backend(), vec![claim])[0], Ok(natter_core::store::StoreValue::Claimed(true)));
+    let version: i64 = client.query_one("SELECT version FROM schema_version", &[]).unwrap().get(0);
+    assert_eq!(version, 2);
+    db.backend = None;
     client.execute("UPDATE schema_version SET version = 99", &[]).unwrap();
     match PostgresBackend::open(&db.url) {
         Err(e @ PostgresOpenError::TooNew { found: 99, supported: POSTGRES_SCHEMA_VERSION, .. }) => {
             let line = e.to_string();
-            assert!(line.contains("schema version 99") && line.contains("up to 1"), "{line}");
+            assert!(line.contains("schema version 99") && line.contains("up to 2"), "{line}");
         }
         other => panic!("{other:?}"),
     }

@@ -193,7 +193,7 @@ fn a_failing_transaction_commits_nothing_and_the_backend_recovers() {
         Ok(V::Messages { messages, .. }) => assert_eq!(messages.len(), 1),
         other => panic!("{other:?}"),
     }
-    assert_eq!(out[5], Ok(V::ReadMarks { marks: vec![("r".into(), 0, 0)] }));
+    assert_eq!(out[5], Ok(V::ReadMarks { marks: vec![("r".into(), 0, 1)] }));
     // The connection is reopened (without the limit) and works again; the
     // failed appends left no gap.
     let out = run(&mut b, vec![room_append("r", "a", "after", 4), room_append("r", "a", &huge, 5)]);
