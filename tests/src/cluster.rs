@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use tempfile::TempDir;
+
 use crate::server::{new_database, Server};
 
 /// Cases share one Redis; a case that stops it runs alone.
@@ -28,6 +30,9 @@ pub struct Cluster {
     pub database: String,
     /// The Redis URL.
     pub redis: String,
+    /// The PostgreSQL server of this cluster's own, if it has one (last:
+    /// it stops after the nodes).
+    pub postgres: Option<PrivatePostgres>,
 }
 
 /// The private Redis's directory (tests/services/redis).
@@ -65,15 +70,99 @@ impl Cluster {
         redis_script(&["start", port.trim()]);
     }
 
+    /// As [`Cluster::start`], on a PostgreSQL server of its own, which the
+    /// case may stop and start again (`c.postgres.as_ref().unwrap()`) and
+    /// which stops with the cluster.
+    pub fn start_on_private_postgres(bin: &str, n: usize, extra_args: &[&str]) -> Cluster {
+        let hold = Hold::Shared(REDIS.read().unwrap_or_else(|e| e.into_inner()));
+        let postgres = PrivatePostgres::start();
+        Cluster::start_on(hold, &postgres.base.clone(), Some(postgres), bin, n, extra_args)
+    }
+
+    /// The private PostgreSQL server (only in a cluster started on one).
+    pub fn postgres(&self) -> &PrivatePostgres {
+        self.postgres.as_ref().expect("Cluster::start_on_private_postgres")
+    }
+
+    /// Another node of `bin` on the cluster's database and Redis.
+    pub fn add_node(&mut self, bin: &str, extra_args: &[&str]) -> usize {
+        self.nodes.push(Server::start_node(bin, &self.database, &self.redis, extra_args));
+        self.nodes.len() - 1
+    }
+
     fn start_holding(hold: Hold, bin: &str, n: usize, extra_args: &[&str]) -> Cluster {
         let base = std::env::var("NATTER_TEST_DATABASE").expect(
             "cluster tests need NATTER_TEST_DATABASE and NATTER_TEST_REDIS_DIR (tests/run starts both services)",
         );
-        let database = new_database(&base);
+        Cluster::start_on(hold, &base, None, bin, n, extra_args)
+    }
+
+    fn start_on(
+        hold: Hold,
+        base: &str,
+        postgres: Option<PrivatePostgres>,
+        bin: &str,
+        n: usize,
+        extra_args: &[&str],
+    ) -> Cluster {
+        let database = new_database(base);
         let redis = std::fs::read_to_string(redis_dir().join("url")).expect("the Redis dir's url").trim().to_string();
         let nodes = (0..n).map(|_| Server::start_node(bin, &database, &redis, extra_args)).collect();
-        Cluster { _redis: hold, nodes, database, redis }
+        Cluster { _redis: hold, nodes, database, redis, postgres }
     }
+}
+
+/// A PostgreSQL server of one case's own (tests/services/postgres in a
+/// temporary directory under /tmp, which the server's user can reach), for
+/// a case that stops it: the others share the one tests/run starts. It is
+/// stopped by PID when dropped.
+pub struct PrivatePostgres {
+    dir: TempDir,
+    port: String,
+    /// `postgres://natter@127.0.0.1:PORT`, for [`new_database`].
+    pub base: String,
+}
+
+impl PrivatePostgres {
+    /// Starts one on a free port (a second or two: `initdb` runs).
+    pub fn start() -> PrivatePostgres {
+        let dir = tempfile::Builder::new().prefix("natter-pg-case.").tempdir_in("/tmp").expect("a temp dir in /tmp");
+        assert!(postgres_script(dir.path(), &["start"]), "tests/services/postgres start failed");
+        let port = std::fs::read_to_string(dir.path().join("port")).expect("the PostgreSQL dir's port");
+        let port = port.trim().to_string();
+        let base = format!("postgres://natter@127.0.0.1:{port}");
+        PrivatePostgres { dir, port, base }
+    }
+
+    /// A new database on it, for `--database`.
+    pub fn new_database(&self) -> String {
+        new_database(&self.base)
+    }
+
+    /// Stops it (fast shutdown: its clients are disconnected).
+    pub fn stop(&self) {
+        assert!(postgres_script(self.dir.path(), &["stop"]), "tests/services/postgres stop failed");
+    }
+
+    /// Starts it again, on its port, with its data.
+    pub fn restart(&self) {
+        assert!(postgres_script(self.dir.path(), &["start", &self.port]), "tests/services/postgres start failed");
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        // No assert: this may run while a failed case unwinds.
+        postgres_script(self.dir.path(), &["stop"]);
+    }
+}
+
+/// tests/services/postgres ACTION DIR [ARGS]: whether it succeeded.
+fn postgres_script(dir: &std::path::Path, args: &[&str]) -> bool {
+    let script = crate::server::workspace_root().join("tests/services/postgres");
+    let mut cmd = Command::new(script);
+    cmd.arg(args[0]).arg(dir).args(&args[1..]).stdout(Stdio::null());
+    cmd.status().is_ok_and(|s| s.success())
 }
 
 /// tests/services/redis ACTION DIR [ARGS].

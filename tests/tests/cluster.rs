@@ -1,14 +1,43 @@
 //! Several nodes as one server (issue 12): three nodes of each runtime
 //! binary on one PostgreSQL database and one Redis, with clients on every
 //! node. Needs the feature `cluster-tests` and the services tests/run
-//! starts (see tests/src/cluster.rs).
+//! starts (see tests/src/cluster.rs). The cases that stop PostgreSQL run
+//! on a [`PrivatePostgres`] of their own.
 #![cfg(feature = "cluster-tests")]
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use natter_tests::*;
 
+/// How long a store batch waits for an unreachable PostgreSQL: short, so
+/// that a refused send is answered well within a client's patience.
+const DB_TIMEOUT: &[&str] = &["--database-timeout", "2"];
+
 natter_tests::cases! {
+    fn a_node_whose_database_is_stopped_answers_503_until_it_is_back(bin) {
+        let pg = PrivatePostgres::start();
+        let node = Server::start_on_database(bin, &pg.new_database(), DB_TIMEOUT);
+        let room = uniq("dbdown");
+        let mut a = WsClient::guest(&node, "a");
+        a.join(&room);
+        assert_eq!(a.say(&room, "before"), 1);
+        let health = || node.http("GET", "/healthz", &[], b"");
+        assert_eq!(health().status, 200);
+        pg.stop();
+        // Nobody sends: the storage thread's idle probe finds it out.
+        let down = eventually(Duration::from_secs(10), "healthz reports the database down", || {
+            Some(health()).filter(|r| r.status == 503)
+        });
+        assert_eq!(down.text(), r#"{"status":"unavailable","database":"down"}"#);
+        assert!(node.http("GET", "/metrics", &[], b"").text().contains("natter_database_up 0\n"));
+        assert_eq!(a.error("send", json!({"room": room, "text": "refused"})), "unavailable");
+        pg.restart();
+        eventually(Duration::from_secs(15), "healthz reports ok again", || (health().status == 200).then_some(()));
+        assert!(node.http("GET", "/metrics", &[], b"").text().contains("natter_database_up 1\n"));
+        assert_eq!(a.say(&room, "after"), 2, "the refused send took no seq");
+    }
+
     fn a_room_message_reaches_every_member_on_every_node_once_and_in_order(bin) {
         let c = Cluster::start(bin, 3, &[]);
         let room = uniq("across");
