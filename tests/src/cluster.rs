@@ -4,9 +4,13 @@
 //! `NATTER_TEST_REDIS_DIR` the Redis instance's directory, see
 //! tests/services/).
 
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
@@ -84,9 +88,10 @@ impl Cluster {
         self.postgres.as_ref().expect("Cluster::start_on_private_postgres")
     }
 
-    /// Another node of `bin` on the cluster's database and Redis.
-    pub fn add_node(&mut self, bin: &str, extra_args: &[&str]) -> usize {
-        self.nodes.push(Server::start_node(bin, &self.database, &self.redis, extra_args));
+    /// Another node of `bin` on the cluster's database, reaching its Redis
+    /// at `redis` (the cluster's, or a [`SlowLink`] to it).
+    pub fn add_node(&mut self, bin: &str, redis: &str, extra_args: &[&str]) -> usize {
+        self.nodes.push(Server::start_node(bin, &self.database, redis, extra_args));
         self.nodes.len() - 1
     }
 
@@ -173,4 +178,73 @@ fn redis_script(args: &[&str]) {
     cmd.arg(args[0]).arg(&dir).args(&args[1..]).stdout(Stdio::null());
     let status = cmd.status().expect("run tests/services/redis");
     assert!(status.success(), "tests/services/redis {args:?} failed");
+}
+
+/// A TCP relay on loopback that holds everything the server sends for
+/// `delay` before passing it on (what the client sends goes at once): a
+/// busy or distant Redis. Stops accepting when dropped; the connections it
+/// relays end with their client.
+pub struct SlowLink {
+    /// `redis://127.0.0.1:PORT`, the relay's end.
+    pub url: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl SlowLink {
+    /// A relay to the Redis at `url` (`redis://HOST:PORT`).
+    pub fn start(url: &str, delay: Duration) -> SlowLink {
+        let target = url.trim_start_matches("redis://").trim_end_matches('/').to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a relay port");
+        listener.set_nonblocking(true).expect("a non-blocking listener");
+        let port = listener.local_addr().expect("the relay's address").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => relay(client, &target, delay),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        SlowLink { url: format!("redis://127.0.0.1:{port}"), stop }
+    }
+}
+
+impl Drop for SlowLink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Relays `client` to `target`: client to server at once, server to client
+/// each chunk `delay` after it came (chunks keep their order and pace).
+fn relay(client: TcpStream, target: &str, delay: Duration) {
+    let Ok(server) = TcpStream::connect(target) else { return };
+    let _ = client.set_nonblocking(false);
+    let (Ok(mut client_in), Ok(mut server_out)) = (client.try_clone(), server.try_clone()) else { return };
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client_in, &mut server_out);
+        let _ = server_out.shutdown(Shutdown::Write);
+    });
+    let (held, due) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    let mut server_in = server;
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = server_in.read(&mut buf) {
+            if held.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    });
+    let mut client_out = client;
+    std::thread::spawn(move || {
+        for (at, chunk) in due {
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            if client_out.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = client_out.shutdown(Shutdown::Both);
+    });
 }

@@ -189,6 +189,32 @@ natter_tests::cases! {
         b.expect_none(std::time::Duration::from_millis(300), |v| is_message_in(v, &room));
     }
 
+    fn a_node_whose_redis_answers_slowly_stays_up_and_delivers(bin) {
+        let mut c = Cluster::start(bin, 1, &[]);
+        // Every answer from Redis, subscription confirmations included,
+        // comes 100 ms late to node 1: slower than a subscriber's read slice.
+        let slow = SlowLink::start(&c.redis, Duration::from_millis(100));
+        let n = c.add_node(bin, &slow.url, &[]);
+        let health = || c.nodes[n].http("GET", "/healthz", &[], b"").status;
+        eventually(Duration::from_secs(10), "the node behind the slow link reports its bus up", || {
+            (health() == 200).then_some(())
+        });
+        let mut a = WsClient::guest(&c.nodes[0], "a");
+        let mut b = WsClient::guest(&c.nodes[n], "b");
+        for r in 0..3 {
+            // Each new room is a new subscription on node 1.
+            let room = uniq(&format!("slow{r}"));
+            a.join(&room);
+            b.join(&room);
+            let acked: Vec<u64> = (0..3).map(|i| a.say(&room, &format!("m{i}"))).collect();
+            let got: Vec<u64> = b.collect(3, |v| is_message_in(v, &room)).iter().map(seq).collect();
+            assert_eq!(got, acked, "room {r}: once each, in order");
+            assert_eq!(health(), 200, "the link was never taken for lost");
+        }
+        let log = c.nodes[n].log_tail(200);
+        assert!(!log.contains("Redis subscription lost"), "{log}");
+    }
+
     fn a_user_registered_on_one_node_logs_in_on_another_in_any_case_as_itself(bin) {
         let c = Cluster::start(bin, 2, &[]);
         let name = uniq("Nina");
