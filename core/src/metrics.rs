@@ -5,7 +5,7 @@
 //! core stays pure.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use crate::peers::PeerConns;
 
@@ -73,6 +73,18 @@ pub struct Metrics {
     pub store_latency_us_sum: AtomicU64,
     /// Storage transactions (each holds a batch of requests).
     pub store_batches: AtomicU64,
+    /// Storage transactions run again after a deadlock or a lock timeout
+    /// (other nodes writing the same rows).
+    pub store_busy_retries: AtomicU64,
+    /// The database server could not be reached at the last attempt (a
+    /// batch, or the idle probe). Stored inverted so that a node without
+    /// a database server (SQLite, the simulation) reads as up without
+    /// anyone setting it; rendered as `natter_database_up`.
+    pub database_down: AtomicBool,
+    /// Connections the database pool holds open (PostgreSQL; 0 on SQLite).
+    pub database_pool_size: AtomicI64,
+    /// Of those, checked out for a batch now.
+    pub database_pool_in_use: AtomicI64,
     /// Cluster: messages published on the bus (one per topic).
     pub bus_published: AtomicU64,
     /// Cluster: messages received from the bus.
@@ -298,6 +310,35 @@ impl Metrics {
             "Storage transactions, each carrying a batch of requests.",
             &[("", count(&self.store_batches) as f64)],
         );
+        out.metric(
+            "natter_store_busy_retries_total",
+            "counter",
+            "Storage transactions run again after a deadlock or a lock timeout.",
+            &[("", count(&self.store_busy_retries) as f64)],
+        );
+        self.render_database(out);
+    }
+
+    /// The database server: reachable, and its connection pool.
+    fn render_database(&self, out: &mut Exposition) {
+        out.metric(
+            "natter_database_up",
+            "gauge",
+            "1 while the database answers (always 1 on SQLite).",
+            &[("", f64::from(u8::from(!self.database_down.load(Relaxed))))],
+        );
+        out.metric(
+            "natter_database_pool_size",
+            "gauge",
+            "PostgreSQL connections the pool holds open.",
+            &[("", gauge(&self.database_pool_size) as f64)],
+        );
+        out.metric(
+            "natter_database_pool_in_use",
+            "gauge",
+            "PostgreSQL connections checked out by the storage thread now.",
+            &[("", gauge(&self.database_pool_in_use) as f64)],
+        );
     }
 }
 
@@ -411,6 +452,9 @@ mod tests {
         assert!(text.contains("# TYPE natter_messages_delivered_total counter\nnatter_messages_delivered_total 3\n"));
         assert!(text.contains("natter_connections{transport=\"line\"} 2\n"));
         assert!(text.contains("natter_store_latency_seconds_sum 0.0015\n"));
+        assert!(text.contains("natter_database_up 1\n"), "a node without a database server reads as up");
+        m.database_down.store(true, Relaxed);
+        assert!(m.render().contains("natter_database_up 0\n"));
         Metrics::add(&m.bus_duplicates, 2);
         assert!(text.contains("natter_bus_up 0\n"), "a single node's bus is never up");
         assert!(m.render().contains("natter_bus_messages_total{event=\"duplicate_dropped\"} 2\n"));

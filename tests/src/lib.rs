@@ -19,7 +19,7 @@ pub mod ws;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-pub use cluster::Cluster;
+pub use cluster::{Cluster, PrivatePostgres, SlowLink};
 pub use http::{http, http_raw, HttpResponse};
 pub use line::LineClient;
 pub use raw_ws::RawWs;

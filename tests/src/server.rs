@@ -139,6 +139,12 @@ impl Server {
         Server::start_in(bin, &args, &[], Some(database.to_string()), |_| {})
     }
 
+    /// A single node (no `--redis`) of `bin` on the PostgreSQL database
+    /// `database`, with `extra_args`.
+    pub fn start_on_database(bin: &str, database: &str, extra_args: &[&str]) -> Server {
+        Server::start_in(bin, extra_args, &[], Some(database.to_string()), |_| {})
+    }
+
     fn start_in(
         bin: &str,
         extra_args: &[&str],

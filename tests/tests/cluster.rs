@@ -1,14 +1,114 @@
 //! Several nodes as one server (issue 12): three nodes of each runtime
 //! binary on one PostgreSQL database and one Redis, with clients on every
 //! node. Needs the feature `cluster-tests` and the services tests/run
-//! starts (see tests/src/cluster.rs).
+//! starts (see tests/src/cluster.rs). The cases that stop PostgreSQL run
+//! on a [`PrivatePostgres`] of their own.
 #![cfg(feature = "cluster-tests")]
 
 use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use natter_tests::*;
 
+/// How long a store batch waits for an unreachable PostgreSQL: short, so
+/// that a refused send is answered well within a client's patience.
+const DB_TIMEOUT: &[&str] = &["--database-timeout", "2"];
+
+/// How many messages each chatting sender sends in the failure cases.
+const EACH: usize = 30;
+
+/// A sender in a failure case: what it got acknowledged, and how many
+/// times it had to move to another node.
+struct Sent {
+    acked: Vec<u64>,
+    moved: usize,
+}
+
+/// Sends `EACH` messages to `room`, one at a time with a short pause, from a
+/// new guest session on `nodes[0]`. When that node dies under it, the
+/// message in flight is given up (it may or may not have been stored: the
+/// members' checks allow either) and it goes on from a new session on the
+/// next of `nodes`. Counts each acknowledgement in `progress`.
+fn chat(nodes: &[&Server], room: &str, tag: &str, progress: &AtomicUsize) -> Sent {
+    let start = |node: &Server| {
+        let mut c = WsClient::guest(node, tag);
+        c.join(room);
+        c
+    };
+    let mut at = 0;
+    let mut client = start(nodes[at]);
+    let mut sent = Sent { acked: Vec::new(), moved: 0 };
+    for i in 0..EACH {
+        let text = format!("{tag}-{i}");
+        match catch_unwind(AssertUnwindSafe(|| client.say(room, &text))) {
+            Ok(seq) => {
+                sent.acked.push(seq);
+                progress.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                at += 1;
+                assert!(at < nodes.len(), "{tag}: no node left to move to");
+                sent.moved += 1;
+                client = start(nodes[at]);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    sent
+}
+
+/// The seqs of `client`'s messages in `room`, up to and including `last`
+/// (buffered ones first).
+fn seqs_until(client: &mut WsClient, room: &str, last: u64) -> Vec<u64> {
+    client.timeout = Duration::from_secs(30);
+    let got = client.recv_until(|v| is_message_in(v, room) && v["seq"].as_u64() >= Some(last));
+    got.iter().filter(|v| is_message_in(v, room)).map(seq).collect()
+}
+
+/// What every member must have seen: every stored message once and in
+/// order (`1..=last`: a send that failed in flight may have been stored
+/// without its `ok`), which includes every acknowledged one.
+fn assert_complete(who: &str, seen: &[u64], acked: &[u64], last: u64) {
+    assert_eq!(seen, (1..=last).collect::<Vec<_>>(), "{who}: every message once, in order");
+    assert!(acked.iter().all(|s| (1..=last).contains(s)), "{who}: acknowledged {acked:?} past {last}");
+}
+
+/// Every sender's acknowledged seqs, checked to be distinct, sorted.
+fn all_acked(sent: &[Sent]) -> Vec<u64> {
+    let mut acked: Vec<u64> = sent.iter().flat_map(|s| s.acked.iter().copied()).collect();
+    acked.sort_unstable();
+    let n = acked.len();
+    acked.dedup();
+    assert_eq!(acked.len(), n, "no seq acknowledged twice");
+    acked
+}
+
 natter_tests::cases! {
+    fn a_node_whose_database_is_stopped_answers_503_until_it_is_back(bin) {
+        let pg = PrivatePostgres::start();
+        let node = Server::start_on_database(bin, &pg.new_database(), DB_TIMEOUT);
+        let room = uniq("dbdown");
+        let mut a = WsClient::guest(&node, "a");
+        a.join(&room);
+        assert_eq!(a.say(&room, "before"), 1);
+        let health = || node.http("GET", "/healthz", &[], b"");
+        assert_eq!(health().status, 200);
+        pg.stop();
+        // Nobody sends: the storage thread's idle probe finds it out.
+        let down = eventually(Duration::from_secs(10), "healthz reports the database down", || {
+            Some(health()).filter(|r| r.status == 503)
+        });
+        assert_eq!(down.text(), r#"{"status":"unavailable","database":"down"}"#);
+        assert!(node.http("GET", "/metrics", &[], b"").text().contains("natter_database_up 0\n"));
+        assert_eq!(a.error("send", json!({"room": room, "text": "refused"})), "unavailable");
+        pg.restart();
+        eventually(Duration::from_secs(15), "healthz reports ok again", || (health().status == 200).then_some(()));
+        assert!(node.http("GET", "/metrics", &[], b"").text().contains("natter_database_up 1\n"));
+        assert_eq!(a.say(&room, "after"), 2, "the refused send took no seq");
+    }
+
     fn a_room_message_reaches_every_member_on_every_node_once_and_in_order(bin) {
         let c = Cluster::start(bin, 3, &[]);
         let room = uniq("across");
@@ -87,6 +187,32 @@ natter_tests::cases! {
         assert_eq!(a.say(&room, "after"), 5);
         assert_eq!(seq(&b.wait_for(|v| is_message_in(v, &room))), 5);
         b.expect_none(std::time::Duration::from_millis(300), |v| is_message_in(v, &room));
+    }
+
+    fn a_node_whose_redis_answers_slowly_stays_up_and_delivers(bin) {
+        let mut c = Cluster::start(bin, 1, &[]);
+        // Every answer from Redis, subscription confirmations included,
+        // comes 100 ms late to node 1: slower than a subscriber's read slice.
+        let slow = SlowLink::start(&c.redis, Duration::from_millis(100));
+        let n = c.add_node(bin, &slow.url, &[]);
+        let health = || c.nodes[n].http("GET", "/healthz", &[], b"").status;
+        eventually(Duration::from_secs(10), "the node behind the slow link reports its bus up", || {
+            (health() == 200).then_some(())
+        });
+        let mut a = WsClient::guest(&c.nodes[0], "a");
+        let mut b = WsClient::guest(&c.nodes[n], "b");
+        for r in 0..3 {
+            // Each new room is a new subscription on node 1.
+            let room = uniq(&format!("slow{r}"));
+            a.join(&room);
+            b.join(&room);
+            let acked: Vec<u64> = (0..3).map(|i| a.say(&room, &format!("m{i}"))).collect();
+            let got: Vec<u64> = b.collect(3, |v| is_message_in(v, &room)).iter().map(seq).collect();
+            assert_eq!(got, acked, "room {r}: once each, in order");
+            assert_eq!(health(), 200, "the link was never taken for lost");
+        }
+        let log = c.nodes[n].log_tail(200);
+        assert!(!log.contains("Redis subscription lost"), "{log}");
     }
 
     fn a_user_registered_on_one_node_logs_in_on_another_in_any_case_as_itself(bin) {
@@ -201,5 +327,130 @@ natter_tests::cases! {
         assert!(names.contains(&ann.name.as_str()), "{who}");
         assert!(!names.contains(&bob.name.as_str()) && !names.contains(&guest.as_str()), "{who}");
         let _ = (b, g);
+    }
+
+    fn postgres_stopped_under_a_cluster_refuses_sends_then_resumes_and_nothing_is_lost(bin) {
+        let c = Cluster::start_on_private_postgres(bin, 2, DB_TIMEOUT);
+        let room = uniq("pgout");
+        let mut a = WsClient::guest(&c.nodes[0], "a");
+        let mut b = WsClient::guest(&c.nodes[1], "b");
+        a.join(&room);
+        b.join(&room);
+        let mut acked = Vec::new();
+        for i in 0..5 {
+            acked.push(a.say(&room, &format!("a-before-{i}")));
+            acked.push(b.say(&room, &format!("b-before-{i}")));
+        }
+        let health = |n: usize| c.nodes[n].http("GET", "/healthz", &[], b"");
+        c.postgres().stop();
+        eventually(Duration::from_secs(10), "both nodes report the database down", || {
+            (health(0).json()["database"] == "down" && health(1).json()["database"] == "down").then_some(())
+        });
+        for (who, client) in [("a", &mut a), ("b", &mut b)] {
+            for i in 0..2 {
+                let reply = client.request("send", json!({"room": room, "text": format!("{who}-during-{i}")}));
+                assert_eq!((ty(&reply), reply["code"].as_str()), ("error", Some("unavailable")), "{reply}");
+            }
+        }
+        c.postgres().restart();
+        // No node is restarted: each finds the server back by itself.
+        eventually(Duration::from_secs(20), "both nodes report ok again", || {
+            (health(0).status == 200 && health(1).status == 200).then_some(())
+        });
+        for i in 0..5 {
+            acked.push(a.say(&room, &format!("a-after-{i}")));
+            acked.push(b.say(&room, &format!("b-after-{i}")));
+        }
+        acked.sort_unstable();
+        assert_eq!(acked, (1..=20).collect::<Vec<_>>(), "gapless: the refused sends took no seq");
+        for (who, client) in [("a", &mut a), ("b", &mut b)] {
+            let seen = seqs_until(client, &room, 20);
+            assert_complete(who, &seen, &acked, 20);
+            client.expect_none(Duration::from_millis(300), |v| is_message_in(v, &room));
+        }
+    }
+
+    fn a_node_killed_mid_chat_loses_nothing_its_clients_resume_elsewhere(bin) {
+        let c = Cluster::start(bin, 3, &[]);
+        let room = uniq("kill");
+        let mut members: Vec<WsClient> = (0..3).map(|n| WsClient::guest(&c.nodes[n], &format!("m{n}"))).collect();
+        for m in &mut members {
+            m.join(&room);
+        }
+        let progress = AtomicUsize::new(0);
+        let (n0, n1, n2) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
+        let sent: Vec<Sent> = std::thread::scope(|s| {
+            let progress = &progress;
+            let room = room.as_str();
+            let senders = [
+                s.spawn(move || chat(&[n0], room, "s0", progress)),
+                s.spawn(move || chat(&[n1], room, "s1", progress)),
+                s.spawn(move || chat(&[n2, n0], room, "s2", progress)),
+            ];
+            eventually(Duration::from_secs(30), "a third of the messages acknowledged", || {
+                (progress.load(Ordering::Relaxed) >= EACH).then_some(())
+            });
+            n2.signal("KILL");
+            senders.into_iter().map(|h| h.join().expect("a sender")).collect()
+        });
+        assert_eq!((sent[0].moved, sent[1].moved, sent[2].moved), (0, 0, 1), "only node 2's sender moved");
+        let acked = all_acked(&sent);
+        // The member on node 2 keeps what it saw, and resumes on node 1 from there.
+        let mut seen2: Vec<u64> = members[2].drain(Duration::from_millis(500)).iter()
+            .filter(|v| is_message_in(v, &room)).map(seq).collect();
+        let mut resumed = WsClient::guest(&c.nodes[1], "m2again");
+        let since = seen2.last().copied().unwrap_or(0);
+        let joined = resumed.ok("join", json!({"room": room, "since": since}));
+        assert_eq!(joined["recovered"], true, "{joined}");
+        members[2] = resumed;
+        let last = members[0].say(&room, "end");
+        seen2.extend(seqs_until(&mut members[2], &room, last));
+        assert_complete("the member from node 2", &seen2, &acked, last);
+        for (n, m) in members.iter_mut().enumerate().take(2) {
+            let seen = seqs_until(m, &room, last);
+            assert_complete(&format!("the member on node {n}"), &seen, &acked, last);
+        }
+        for n in 0..2 {
+            assert_eq!(c.nodes[n].http("GET", "/healthz", &[], b"").status, 200, "node {n} serves on");
+        }
+    }
+
+    fn redis_restarted_mid_chat_with_senders_on_every_node_loses_nothing(bin) {
+        let c = Cluster::start_alone(bin, 2, &[]);
+        let room = uniq("busout");
+        let mut members: Vec<WsClient> = (0..2).map(|n| WsClient::guest(&c.nodes[n], &format!("m{n}"))).collect();
+        for m in &mut members {
+            m.join(&room);
+        }
+        let progress = AtomicUsize::new(0);
+        let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
+        let sent: Vec<Sent> = std::thread::scope(|s| {
+            let progress = &progress;
+            let room = room.as_str();
+            let senders = [
+                s.spawn(move || chat(&[n0], room, "s0", progress)),
+                s.spawn(move || chat(&[n1], room, "s1", progress)),
+            ];
+            eventually(Duration::from_secs(30), "some messages acknowledged", || {
+                (progress.load(Ordering::Relaxed) >= EACH / 2).then_some(())
+            });
+            c.stop_redis();
+            std::thread::sleep(Duration::from_millis(500));
+            c.start_redis();
+            senders.into_iter().map(|h| h.join().expect("a sender")).collect()
+        });
+        assert!(sent.iter().all(|s| s.moved == 0), "every sender was served throughout");
+        let acked = all_acked(&sent);
+        assert_eq!(acked, (1..=2 * EACH as u64).collect::<Vec<_>>(), "every send stored, seqs gapless");
+        let health = |n: usize| c.nodes[n].http("GET", "/healthz", &[], b"").status;
+        eventually(Duration::from_secs(20), "both nodes report the bus up", || {
+            (health(0) == 200 && health(1) == 200).then_some(())
+        });
+        let last = members[0].say(&room, "end");
+        for (n, m) in members.iter_mut().enumerate() {
+            let seen = seqs_until(m, &room, last);
+            assert_complete(&format!("the member on node {n}"), &seen, &acked, last);
+            m.expect_none(Duration::from_millis(300), |v| is_message_in(v, &room));
+        }
     }
 }

@@ -35,6 +35,10 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a read waits before the subscriber looks at its mailbox again:
 /// the delay a new subscription can take.
 const READ_SLICE: Duration = Duration::from_millis(20);
+/// How long a `SUBSCRIBE` or `UNSUBSCRIBE` may wait for Redis's
+/// confirmation. Not a [`READ_SLICE`]: on a busy machine a confirmation
+/// takes longer than 20 ms, and the link is not lost for that.
+const CONFIRM_PATIENCE: Duration = PROBE_PATIENCE;
 /// Connecting gives up after this long, so a dead address is retried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Publishes queued for the publisher thread at most; past it they are
@@ -160,6 +164,23 @@ impl Bus {
 
 fn connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
     client.get_connection_with_timeout(CONNECT_TIMEOUT)
+}
+
+/// Subscribes to `add` and unsubscribes from `remove`, each waiting up to
+/// [`CONFIRM_PATIENCE`] for its confirmation, then leaves the reads waiting
+/// a [`READ_SLICE`] (nothing to change: nothing done, not even that).
+fn change_subscriptions(pubsub: &mut redis::PubSub<'_>, add: &[String], remove: &[String]) -> redis::RedisResult<()> {
+    if add.is_empty() && remove.is_empty() {
+        return Ok(());
+    }
+    pubsub.set_read_timeout(Some(CONFIRM_PATIENCE))?;
+    for topic in add {
+        pubsub.subscribe(topic)?;
+    }
+    for topic in remove {
+        pubsub.unsubscribe(topic)?;
+    }
+    pubsub.set_read_timeout(Some(READ_SLICE))
 }
 
 /// Doubles the wait after each failure, up to [`MAX_BACKOFF`].
@@ -288,16 +309,11 @@ impl Subscriber {
             Err(e) => return Ended::Lost(e.to_string()),
         };
         let mut pubsub = sub.as_pubsub();
-        if let Err(e) = pubsub.set_read_timeout(Some(READ_SLICE)) {
-            return Ended::Lost(e.to_string());
-        }
         self.take_commands();
-        let mut all: Vec<&String> = self.topics.iter().collect();
-        all.push(&self.probe);
-        for topic in all {
-            if let Err(e) = pubsub.subscribe(topic) {
-                return Ended::Lost(e.to_string());
-            }
+        let mut all: Vec<String> = self.topics.iter().cloned().collect();
+        all.push(self.probe.clone());
+        if let Err(e) = change_subscriptions(&mut pubsub, &all, &[]) {
+            return Ended::Lost(e.to_string());
         }
         self.up = true;
         (self.sink)(BusEvent::Up);
@@ -308,15 +324,8 @@ impl Subscriber {
                 return Ended::Stopped;
             }
             let (add, remove) = self.take_commands();
-            for t in &add {
-                if let Err(e) = pubsub.subscribe(t) {
-                    return Ended::Lost(e.to_string());
-                }
-            }
-            for t in &remove {
-                if let Err(e) = pubsub.unsubscribe(t) {
-                    return Ended::Lost(e.to_string());
-                }
+            if let Err(e) = change_subscriptions(&mut pubsub, &add, &remove) {
+                return Ended::Lost(e.to_string());
             }
             match pubsub.get_message() {
                 Ok(msg) => {

@@ -56,6 +56,19 @@ fn healthz_metrics_page_and_unknown_paths() {
 }
 
 #[test]
+fn healthz_says_the_database_is_down_while_the_store_cannot_reach_it() {
+    let mut sim = Sim::new(Config::default());
+    let down = |sim: &Sim, v: bool| sim.metrics().database_down.store(v, std::sync::atomic::Ordering::Relaxed);
+    down(&sim, true);
+    let res = sim.http("GET", "/healthz", "", &[]);
+    assert_eq!(res.status, 503);
+    assert_eq!(res.text(), r#"{"status":"unavailable","database":"down"}"#);
+    assert!(sim.http("GET", "/metrics", "", &[]).text().contains("natter_database_up 0\n"));
+    down(&sim, false);
+    assert_eq!(sim.http("GET", "/healthz", "", &[]).status, 200);
+}
+
+#[test]
 fn metrics_with_a_token_need_it_as_a_bearer() {
     let config = Config { metrics_token: Some(natter_core::Secret::new("m-token")), ..Config::default() };
     let mut sim = Sim::new(config);

@@ -62,15 +62,25 @@ pub(crate) fn ok(content_type: &str, body: &[u8], extra_headers: &[(&str, String
     Response { status: 200, content_type, body, extra_headers, close }.encode()
 }
 
-/// `GET /healthz`: `ok`, or (503) what this node cannot reach. A node of
-/// a cluster whose bus is down serves its own sessions but misses the
-/// others' messages: a load balancer should send new clients elsewhere.
-pub(crate) fn health(bus_down: bool, close: bool) -> Bytes {
-    if bus_down {
-        let body = b"{\"status\":\"unavailable\",\"bus\":\"down\"}";
-        return Response { status: 503, content_type: JSON, body, extra_headers: &[], close }.encode();
+/// `GET /healthz`: `ok`, or (503) what this node cannot reach. A node whose
+/// database is unreachable refuses every send (`unavailable`); a node of a
+/// cluster whose bus is down serves its own sessions but misses the others'
+/// messages. Either way a load balancer should send new clients elsewhere.
+pub(crate) fn health(database_down: bool, bus_down: bool, close: bool) -> Bytes {
+    if !database_down && !bus_down {
+        return ok(JSON, b"{\"status\":\"ok\"}", &[], close);
     }
-    ok(JSON, b"{\"status\":\"ok\"}", &[], close)
+    // Written out rather than through a map, which would sort `status` last.
+    let mut body = String::from("{\"status\":\"unavailable\"");
+    if database_down {
+        body.push_str(",\"database\":\"down\"");
+    }
+    if bus_down {
+        body.push_str(",\"bus\":\"down\"");
+    }
+    body.push('}');
+    let body = body.into_bytes();
+    Response { status: 503, content_type: JSON, body: &body, extra_headers: &[], close }.encode()
 }
 
 /// `GET /metrics`: Prometheus's text format.
@@ -207,12 +217,18 @@ mod tests {
     }
 
     #[test]
-    fn health_is_ok_or_503_naming_the_bus() {
-        let ok = String::from_utf8(health(false, false).to_vec()).unwrap();
+    fn health_is_ok_or_503_naming_what_is_down() {
+        let text = |database_down, bus_down| String::from_utf8(health(database_down, bus_down, true).to_vec()).unwrap();
+        let ok = text(false, false);
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.ends_with("{\"status\":\"ok\"}"), "{ok}");
-        let down = String::from_utf8(health(true, true).to_vec()).unwrap();
-        assert!(down.starts_with("HTTP/1.1 503 "), "{down}");
-        assert!(down.ends_with("{\"status\":\"unavailable\",\"bus\":\"down\"}"), "{down}");
+        for (database, bus, body) in [
+            (false, true, r#"{"status":"unavailable","bus":"down"}"#),
+            (true, false, r#"{"status":"unavailable","database":"down"}"#),
+            (true, true, r#"{"status":"unavailable","database":"down","bus":"down"}"#),
+        ] {
+            let down = text(database, bus);
+            assert!(down.starts_with("HTTP/1.1 503 ") && down.ends_with(body), "{down}");
+        }
     }
 
     #[test]

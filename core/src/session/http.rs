@@ -44,8 +44,10 @@ impl Session {
         let close = req.close;
         match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/healthz") => {
-                let bus_down = ctx.config.cluster && ctx.metrics.bus_up.load(std::sync::atomic::Ordering::Relaxed) != 1;
-                self.send(ctx, http::health(bus_down, close))
+                use std::sync::atomic::Ordering::Relaxed;
+                let bus_down = ctx.config.cluster && ctx.metrics.bus_up.load(Relaxed) != 1;
+                let database_down = ctx.metrics.database_down.load(Relaxed);
+                self.send(ctx, http::health(database_down, bus_down, close))
             }
             ("GET", "/metrics") if !metrics_allowed(ctx.config, &req) => self.send(ctx, http::metrics_refused(close)),
             ("GET", "/metrics") => self.send(ctx, http::metrics(&ctx.metrics.render(), close)),

@@ -94,10 +94,65 @@ impl Config {
 }
 
 /// A running server; stopped (SIGTERM by PID) when dropped, a panic included.
-struct Server {
-    child: Child,
-    http: SocketAddr,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) http: SocketAddr,
+    /// Its `--data` directory, removed once it stopped.
     data: std::path::PathBuf,
+}
+
+/// What every benchmarked server is started with: loopback listeners, and
+/// the limits that would measure themselves rather than the server lifted.
+pub(crate) fn base_args(heartbeat: u32) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--http",
+        "127.0.0.1:0",
+        "--line",
+        "127.0.0.1:0",
+        "--rate",
+        "1000000",
+        "--burst",
+        "1000000",
+        // Every load client comes from 127.0.0.1: the per-address abuse
+        // limits would measure themselves, not the server.
+        "--peer-session-rate",
+        "1000000000",
+        "--user-session-rate",
+        "1000000000",
+        "--register-rate",
+        "1000000000",
+        "--log",
+        "warn",
+        // Every load generator connection comes from loopback.
+        "--max-connections-per-ip",
+        "1000000",
+    ]
+    .map(str::to_owned)
+    .into();
+    args.extend(["--heartbeat".into(), heartbeat.to_string()]);
+    args
+}
+
+/// Starts `cmd` (the binary, or `taskset` before it) with `args` and waits
+/// for its listening line; `data` is its `--data` directory (or an empty
+/// one to remove), `name` names it in a panic.
+pub(crate) fn launch(mut cmd: Command, args: &[String], data: std::path::PathBuf, name: &str) -> Server {
+    let mut child = cmd
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e} (build with cargo build --release --bins)"));
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    BufReader::new(stdout).read_line(&mut line).expect("listening line");
+    let http = line.split_whitespace().find_map(|w| w.strip_prefix("http=")).and_then(|a| a.parse().ok());
+    let Some(http) = http else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{name}: no listening line, got {line:?}");
+    };
+    Server { child, http, data }
 }
 
 impl Drop for Server {
@@ -140,34 +195,9 @@ impl Comparison<'_> {
         let data = std::env::temp_dir().join(format!("natter-bench-{}-{}-{binary}", std::process::id(), self.runs));
         let _ = std::fs::remove_dir_all(&data);
         let path = format!("{}/{binary}", self.a.dir);
-        let mut args: Vec<String> = [
-            "--http",
-            "127.0.0.1:0",
-            "--line",
-            "127.0.0.1:0",
-            "--rate",
-            "1000000",
-            "--burst",
-            "1000000",
-            // Every load client comes from 127.0.0.1: the per-address abuse
-            // limits would measure themselves, not the server.
-            "--peer-session-rate",
-            "1000000000",
-            "--user-session-rate",
-            "1000000000",
-            "--register-rate",
-            "1000000000",
-            "--log",
-            "warn",
-            // Every load generator connection comes from loopback.
-            "--max-connections-per-ip",
-            "1000000",
-        ]
-        .map(str::to_owned)
-        .into();
+        let mut args = base_args(self.a.heartbeat);
         args.extend(["--data".into(), data.to_string_lossy().into_owned()]);
-        args.extend(["--heartbeat".into(), self.a.heartbeat.to_string()]);
-        let mut cmd = match config {
+        let cmd = match config {
             Config::Pinned => {
                 args.extend(["--threads".into(), self.a.threads.to_string()]);
                 let mut c = Command::new("taskset");
@@ -176,22 +206,7 @@ impl Comparison<'_> {
             }
             Config::All => Command::new(&path),
         };
-        let mut child = cmd
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {path}: {e} (build with cargo build --release --bins)"));
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("stdout");
-        BufReader::new(stdout).read_line(&mut line).expect("listening line");
-        let http = line.split_whitespace().find_map(|w| w.strip_prefix("http=")).and_then(|a| a.parse().ok());
-        let Some(http) = http else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{binary}: no listening line, got {line:?}");
-        };
-        Server { child, http, data }
+        launch(cmd, &args, data, binary)
     }
 
     /// Runs scenario `name` against every binary; one table.

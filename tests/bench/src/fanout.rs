@@ -8,7 +8,7 @@
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use crate::fleet::{summary, Event, Fleet, Hello, Plan, Rooms};
+use crate::fleet::{on_second, summary, Event, Fleet, Hello, Plan, Rooms};
 use crate::phase::{Schedule, Stage, Timeline};
 use crate::proc::Window;
 use crate::report::{col, mib, ratio, text, Cell, Col, Row};
@@ -70,14 +70,41 @@ pub(crate) struct Rig {
     members: Vec<SeqCheck>,
     senders: Vec<usize>,
     pid: Option<u32>,
+    /// The second node of a cluster, if the rooms are split over two.
+    second: Option<Node>,
     step: u64,
+}
+
+/// A second node of the same cluster, for [`Rig::open_split`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Node {
+    pub(crate) http: std::net::SocketAddr,
+    pub(crate) pid: Option<u32>,
 }
 
 impl Rig {
     /// Opens `clients` guests in rooms of `room_size`, the first `senders`
     /// of each room sending; panics unless every session opened.
     pub(crate) fn open(target: &Target, clients: usize, room_size: usize, senders: usize, o: &OpenArgs) -> Rig {
+        Rig::open_split(target, None, clients, room_size, senders, o)
+    }
+
+    /// As [`Rig::open`], with the second half of each room's members on
+    /// `second`, another node of the same cluster (the senders, first in
+    /// their rooms, stay on the target): half of every message's
+    /// deliveries cross from one node to the other.
+    pub(crate) fn open_split(
+        target: &Target,
+        second: Option<Node>,
+        clients: usize,
+        room_size: usize,
+        senders: usize,
+        o: &OpenArgs,
+    ) -> Rig {
         target.check();
+        if let Some(node) = &second {
+            assert!(node.http.ip().is_loopback(), "{}: load goes to loopback addresses only", node.http);
+        }
         let prefix = name_prefix('g');
         let rooms = Rooms::new(room_size, format!("{prefix}r"), clients);
         let plan = Plan {
@@ -87,6 +114,7 @@ impl Rig {
             count: clients,
             sources: sources_for(clients, o.sources),
             local: None,
+            second: second.map(|n| n.http),
             in_flight: o.in_flight,
             session_timeout: Duration::from_secs(30),
         };
@@ -96,7 +124,7 @@ impl Rig {
         let members = opened.join_seq.iter().map(|&s| SeqCheck::from(s)).collect();
         let senders =
             (0..rooms.count()).flat_map(|r| rooms.members(r).take(senders.min(room_size))).collect::<Vec<_>>();
-        Rig { fleet, rooms, members, senders, pid: target.pid, step: 0 }
+        Rig { fleet, rooms, members, senders, pid: target.pid, second, step: 0 }
     }
 
     /// Deliveries a second offered at `rate` per sender.
@@ -112,7 +140,9 @@ impl Rig {
         let gone_before = self.fleet.gone_count();
         let start = Instant::now();
         let t0 = self.fleet.t0;
-        let mut timeline = Timeline::new(start, warmup, measure, drain, self.pid);
+        let others: Vec<u32> = self.second.and_then(|n| n.pid).into_iter().collect();
+        let mut timeline = Timeline::new(start, warmup, measure, drain, self.pid).with_others(&others);
+        let split = self.second.is_some();
         let window = timeline.window_us(t0);
         let mut schedule = Schedule::new(start, self.senders.len(), rate);
         let room_names: Vec<String> = self.senders.iter().map(|&i| self.rooms.name(self.rooms.of(i))).collect();
@@ -147,8 +177,9 @@ impl Rig {
                 }
             }
             let wait = timeline.wait(now, schedule.next());
-            let (members, latency, integrity, late) =
-                (&mut self.members, &mut r.latency, &mut r.integrity, &mut r.late);
+            let (members, latency, cross, integrity, late) =
+                (&mut self.members, &mut r.latency, &mut r.cross_latency, &mut r.integrity, &mut r.late);
+            let rooms = &self.rooms;
             self.fleet.pump(wait, |i, ev, now_us| {
                 let Event::Text(t) = ev else { return };
                 let f = scan(t);
@@ -170,6 +201,9 @@ impl Rig {
                 if integrity.count(order) && window.contains(&sent_us) {
                     in_window += 1;
                     latency.record(now_us.saturating_sub(sent_us));
+                    if split && on_second(Some(rooms), i) {
+                        cross.record(now_us.saturating_sub(sent_us));
+                    }
                 }
             });
         }
@@ -196,6 +230,9 @@ pub(crate) struct PhaseReport {
     /// Deliveries of messages sent in the window, per second of it.
     pub(crate) deliveries_per_s: f64,
     pub(crate) latency: Histogram,
+    /// Of those, the deliveries to the second node of a split rig: each
+    /// went through the bus.
+    pub(crate) cross_latency: Histogram,
     pub(crate) window: Window,
     pub(crate) measure_s: f64,
     pub(crate) rss_kib: Option<u64>,

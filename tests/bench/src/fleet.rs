@@ -79,6 +79,9 @@ pub struct Plan<'a> {
     pub sources: usize,
     /// Every client from this source address instead (`sources` is then unused).
     pub local: Option<IpAddr>,
+    /// A second node of the same cluster: the second half of each room's
+    /// members (every other client without rooms) connect there instead.
+    pub second: Option<SocketAddr>,
     pub in_flight: usize,
     /// A session not through its set-up after this long has failed.
     pub session_timeout: Duration,
@@ -116,6 +119,16 @@ impl Opened {
             self.ready + self.failures(),
             self.failure_summary()
         );
+    }
+}
+
+/// Whether client `i` is one [`Plan::second`] sends to the second node: the
+/// second half of its room (so a room's first members, its senders, are on
+/// the first node), or every other client without rooms.
+pub fn on_second(rooms: Option<&Rooms>, i: usize) -> bool {
+    match rooms {
+        Some(r) => (i % r.size) * 2 >= r.size,
+        None => i % 2 == 1,
     }
 }
 
@@ -217,7 +230,11 @@ impl Fleet {
                 let i = fleet.clients.len();
                 p.started.push(Instant::now());
                 p.stage.push(Stage::Welcome);
-                match Client::connect(plan.http, plan.local.or_else(|| local_addr_for(i, plan.sources))) {
+                let node = match plan.second {
+                    Some(second) if on_second(plan.rooms, i) => second,
+                    _ => plan.http,
+                };
+                match Client::connect(node, plan.local.or_else(|| local_addr_for(i, plan.sources))) {
                     Ok(mut c) => {
                         fleet
                             .poll
@@ -471,6 +488,16 @@ mod tests {
         assert_eq!(r.of(199), 1);
         assert_eq!(r.members(2), 200..250);
         assert_eq!(r.name(2), "r2");
+    }
+
+    #[test]
+    fn a_split_puts_the_second_half_of_each_room_on_the_second_node() {
+        let r = Rooms::new(4, "r".into(), 10);
+        let second: Vec<usize> = (0..10).filter(|&i| on_second(Some(&r), i)).collect();
+        assert_eq!(second, [2, 3, 6, 7], "a room's first members (its senders) stay on the first node");
+        let one = Rooms::new(1, "r".into(), 3);
+        assert!((0..3).all(|i| !on_second(Some(&one), i)), "a room of one is not split");
+        assert!(!on_second(None, 0) && on_second(None, 1));
     }
 
     #[test]

@@ -135,6 +135,7 @@ pub(crate) fn hold(target: &Target, sessions: usize, room_size: usize, hold_s: f
         count: sessions,
         sources,
         local: None,
+        second: None,
         in_flight: open.in_flight,
         session_timeout: Duration::from_secs(30),
     };

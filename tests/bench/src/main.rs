@@ -11,6 +11,7 @@
 //! the senders' rate (`compare` passes `--rate 1000000 --burst 1000000`).
 
 mod attack;
+mod cluster;
 mod compare;
 mod fanout;
 mod fleet;
@@ -60,6 +61,10 @@ enum Command {
     /// Starts each runtime binary in turn, runs the scenarios against it and
     /// prints one table per scenario with ratios against the first binary.
     Compare(compare::CompareArgs),
+    /// One binary on SQLite, on PostgreSQL, and as two nodes on PostgreSQL
+    /// and Redis (private instances it starts): the fan-out side by side,
+    /// cross-node latency apart; then private messages on PostgreSQL.
+    Cluster(cluster::ClusterArgs),
 }
 
 /// The server under load, and how to print.
@@ -120,6 +125,7 @@ fn main() {
         Command::Scale(a) => single(&a, &a.target, scale::run),
         Command::Attack(a) => attack::run(&a),
         Command::Compare(a) => compare::run(&a),
+        Command::Cluster(a) => cluster::run(&a),
     };
     std::process::exit(status);
 }

@@ -28,6 +28,8 @@ pub struct Timeline {
     measure_end: Instant,
     drain_end: Instant,
     pid: Option<u32>,
+    /// Other servers whose CPU is counted with `pid`'s (a cluster's nodes).
+    others: Vec<u32>,
     usage: (Option<Usage>, Option<Usage>),
     threads: (ThreadTimes, ThreadTimes),
     settled_at: Option<Instant>,
@@ -44,11 +46,24 @@ impl Timeline {
             measure_end,
             drain_end: measure_end + Duration::from_secs_f64(drain),
             pid,
+            others: Vec::new(),
             usage: (None, None),
             threads: (Vec::new(), Vec::new()),
             settled_at: None,
             rss_kib: (None, None),
         }
+    }
+
+    /// Counts the CPU of `others` too (the other nodes of a cluster); the
+    /// memory and thread figures stay `pid`'s.
+    pub fn with_others(mut self, others: &[u32]) -> Timeline {
+        self.others = others.to_vec();
+        self
+    }
+
+    fn usage_now(&self) -> Usage {
+        let pids: Vec<u32> = self.pid.iter().chain(&self.others).copied().collect();
+        Usage::now_of(&pids)
     }
 
     /// The window in microseconds since `t0`: sends due in it are measured.
@@ -61,11 +76,11 @@ impl Timeline {
     /// do now; `settled` is whether everything sent so far has arrived.
     pub fn turn(&mut self, now: Instant, settled: bool) -> Stage {
         if self.usage.0.is_none() && now >= self.warm_end {
-            self.usage.0 = Some(Usage::now(self.pid));
+            self.usage.0 = Some(self.usage_now());
             self.threads.0 = self.pid.map(proc::thread_cpu).unwrap_or_default();
         }
         if self.usage.1.is_none() && now >= self.measure_end {
-            self.usage.1 = Some(Usage::now(self.pid));
+            self.usage.1 = Some(self.usage_now());
             self.threads.1 = self.pid.map(proc::thread_cpu).unwrap_or_default();
             self.rss_kib = self.pid.map_or((None, None), proc::rss_kib);
         }

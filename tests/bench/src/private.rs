@@ -226,6 +226,7 @@ pub(crate) fn run(a: &PrivateArgs) -> Report {
         count: n,
         sources: sources_for(n, a.open.sources),
         local: None,
+        second: None,
         in_flight: a.open.in_flight,
         session_timeout: Duration::from_secs(30),
     };

@@ -111,7 +111,14 @@ pub struct Usage {
 
 impl Usage {
     pub fn now(pid: Option<u32>) -> Usage {
-        Usage { server: pid.and_then(cpu_seconds), own: self_cpu_seconds(), at: std::time::Instant::now() }
+        Usage::now_of(pid.as_slice())
+    }
+
+    /// The servers' CPU summed (the nodes of a cluster): `None` when one
+    /// of them cannot be read, or there are none.
+    pub fn now_of(pids: &[u32]) -> Usage {
+        let server = if pids.is_empty() { None } else { pids.iter().map(|&p| cpu_seconds(p)).sum::<Option<f64>>() };
+        Usage { server, own: self_cpu_seconds(), at: std::time::Instant::now() }
     }
 
     /// What was used from `self` to `later`.

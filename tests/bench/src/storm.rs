@@ -129,6 +129,7 @@ pub(crate) fn run(a: &StormArgs) -> Report {
         count: a.sessions,
         sources: sources_for(a.sessions, a.open.sources),
         local: None,
+        second: None,
         in_flight: a.open.in_flight,
         session_timeout: Duration::from_secs_f64(a.session_timeout),
     };

@@ -65,6 +65,16 @@ pub trait Backend: Send + 'static {
 
     /// Stores a token (as its [`token_hash`]) for `user`.
     fn create_token(&mut self, token_hash: &str, user: &str, expires_ms: u64) -> Result<(), StoreError>;
+
+    /// Hands the backend the node's metrics, for what only it sees (whether
+    /// its server answers, its connection pool). Called once, before the
+    /// first operation. A backend without a server has nothing to report.
+    fn attach_metrics(&mut self, _metrics: Arc<Metrics>) {}
+
+    /// Called on the batch thread once it has had nothing to do for
+    /// [`PROBE_IDLE`]: a cheap round trip to the server, so that
+    /// `natter_database_up` (and `/healthz`) follow it without traffic.
+    fn probe(&mut self) {}
 }
 
 /// A backend chosen at start-up: SQLite with `--data`, PostgreSQL with
@@ -85,7 +95,21 @@ impl Backend for Box<dyn Backend> {
     fn create_token(&mut self, token_hash: &str, user: &str, expires_ms: u64) -> Result<(), StoreError> {
         (**self).create_token(token_hash, user, expires_ms)
     }
+
+    fn attach_metrics(&mut self, metrics: Arc<Metrics>) {
+        (**self).attach_metrics(metrics);
+    }
+
+    fn probe(&mut self) {
+        (**self).probe();
+    }
 }
+
+/// How long the batch thread waits idle before it calls [`Backend::probe`]
+/// (and again after each probe while still idle). A load balancer polling
+/// `/healthz` learns of an unreachable server within about this plus the
+/// probe's own timeout.
+pub const PROBE_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Password operations that may wait for a hashing thread, by default. An
 /// argon2id hash takes some 50 ms on one core: 32 waiting for 2 threads is
@@ -132,11 +156,12 @@ pub fn spawn_store<B: Backend>(
 
 /// Starts a worker on `backend`: the batch thread and the password pool.
 pub fn spawn_store_with<B: Backend>(
-    backend: B,
+    mut backend: B,
     sink: Sink,
     metrics: Arc<Metrics>,
     config: StoreConfig,
 ) -> std::io::Result<StoreHandle> {
+    backend.attach_metrics(Arc::clone(&metrics));
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
         wake: Condvar::new(),
@@ -226,6 +251,16 @@ impl Drop for StoreHandle {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// What the batch thread does next.
+enum Next {
+    /// Runs these.
+    Batch(Vec<Job>),
+    /// Nothing came for a while: probes the server.
+    Idle,
+    /// Closed and drained: exits.
+    Done,
 }
 
 /// What the batch thread takes from the queue.
@@ -323,21 +358,25 @@ impl Shared {
         self.wake.notify_all();
     }
 
-    /// The next batch, waiting for one; `None` once closed and drained.
-    fn next_batch(&self, max: usize) -> Option<Vec<Job>> {
+    /// The next batch, waiting for one at most `idle`.
+    fn next_batch(&self, max: usize, idle: std::time::Duration) -> Next {
         let mut state = self.lock();
         loop {
             if !state.jobs.is_empty() {
                 let n = max.min(state.jobs.len());
                 let batch: Vec<Job> = state.jobs.drain(..n).collect();
                 state.waiting -= batch.iter().filter(|j| matches!(j, Job::Request(..))).count();
-                return Some(batch);
+                return Next::Batch(batch);
             }
             if state.closed && state.passwords == 0 {
                 state.gone = true;
-                return None;
+                return Next::Done;
             }
-            state = self.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+            let (next, waited) = self.wake.wait_timeout(state, idle).unwrap_or_else(|e| e.into_inner());
+            state = next;
+            if waited.timed_out() && state.jobs.is_empty() && !state.closed {
+                return Next::Idle;
+            }
         }
     }
 
@@ -396,9 +435,16 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError
 
 /// The batch thread.
 fn run<B: Backend>(mut backend: B, shared: &Shared, pool: PasswordPool, max_batch: usize) {
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        while let Some(batch) = shared.next_batch(max_batch) {
-            process(&mut backend, shared, &pool, batch);
+    let result = catch_unwind(AssertUnwindSafe(|| loop {
+        match shared.next_batch(max_batch, PROBE_IDLE) {
+            Next::Batch(batch) => process(&mut backend, shared, &pool, batch),
+            Next::Idle => {
+                let _ = guarded(|| {
+                    backend.probe();
+                    Ok(())
+                });
+            }
+            Next::Done => break,
         }
     }));
     if result.is_err() {

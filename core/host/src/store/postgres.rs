@@ -26,7 +26,11 @@
 //! messages by a global id.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use natter_core::metrics::Metrics;
 
 use natter_core::store::{
     display_pair, id_scope, ConversationSummary, InboxBound, InboxLimit, InboxMessage, NewMessage, SeqRange,
@@ -190,6 +194,9 @@ pub struct PostgresBackend {
     last_purge: Instant,
     /// Batches run again after a deadlock or a lock timeout.
     busy_retries: u64,
+    /// Where reachability, the pool and busy retries are reported (the
+    /// node's, once [`Backend::attach_metrics`] ran).
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -201,6 +208,10 @@ impl std::fmt::Debug for PostgresBackend {
 /// Runs one batch again at most this many more times after a deadlock or a
 /// lock timeout.
 const BUSY_RETRIES: u32 = 2;
+
+/// How long the idle probe waits for a connection: short, as a batch that
+/// comes meanwhile waits for it.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How often client ids past their retention are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(10);
@@ -284,7 +295,8 @@ impl PostgresBackend {
             migrate::Migrated::Done { .. } => {}
         }
         drop(conn);
-        Ok(PostgresBackend { pool, target, options, last_purge: Instant::now(), busy_retries: 0 })
+        let metrics = Arc::new(Metrics::default());
+        Ok(PostgresBackend { pool, target, options, last_purge: Instant::now(), busy_retries: 0, metrics })
     }
 
     /// Opens `url` with the default [`PostgresOptions`].
@@ -305,10 +317,37 @@ impl PostgresBackend {
 
     /// A connection from the pool, or the failure every operation gets.
     fn conn(&self) -> Result<r2d2::PooledConnection<Manager>, StoreError> {
-        self.pool.get().map_err(|e| {
+        let conn = self.pool.get().map_err(|e| {
             tracing::warn!(error = %e, target = %self.target, "no PostgreSQL connection");
+            self.reached(false);
             StoreError::Backend(StoreFailure::Io)
-        })
+        })?;
+        self.report_pool();
+        Ok(conn)
+    }
+
+    /// Records whether the server answered the last attempt, logging when
+    /// that changes.
+    fn reached(&self, up: bool) {
+        let was_down = self.metrics.database_down.swap(!up, Relaxed);
+        if up && was_down {
+            tracing::info!(target = %self.target, "PostgreSQL answers again");
+        }
+    }
+
+    /// Records whether the server answered, by what an attempt returned:
+    /// only a failure of the connection or the server (`Io`) says it did
+    /// not; a constraint or a lock is an answer.
+    fn reached_unless_io<T>(&self, result: &Result<T, StoreError>) {
+        self.reached(!matches!(result, Err(StoreError::Backend(StoreFailure::Io))));
+    }
+
+    /// Publishes the pool's connections, open and checked out.
+    fn report_pool(&self) {
+        let state = self.pool.state();
+        self.metrics.database_pool_size.store(i64::from(state.connections), Relaxed);
+        let in_use = state.connections.saturating_sub(state.idle_connections);
+        self.metrics.database_pool_in_use.store(i64::from(in_use), Relaxed);
     }
 
     /// The batch's transaction, run again after a deadlock, and when it
@@ -325,6 +364,7 @@ impl PostgresBackend {
                 Err(e) if failure_kind(&e) == StoreFailure::Busy && tries < BUSY_RETRIES => {
                     tries += 1;
                     self.busy_retries += 1;
+                    Metrics::add(&self.metrics.store_busy_retries, 1);
                     tracing::debug!(error = %e, tries, "storage transaction hit a lock, running it again");
                 }
                 Err(e) => break e,
@@ -376,10 +416,14 @@ impl PostgresBackend {
     /// Runs `f` on a pooled connection outside a transaction.
     fn alone<T>(&self, what: &str, f: impl FnOnce(&mut Conn) -> Result<T, PgError>) -> Result<T, StoreError> {
         let mut conn = self.conn()?;
-        f(&mut conn).map_err(|e| {
+        let result = f(&mut conn).map_err(|e| {
             tracing::warn!(error = %e, "{what} failed");
             StoreError::Backend(failure_kind(&e))
-        })
+        });
+        drop(conn);
+        self.reached_unless_io(&result);
+        self.report_pool();
+        result
     }
 }
 
@@ -389,12 +433,39 @@ impl Backend for PostgresBackend {
             return Vec::new();
         }
         let results = self.execute_batch(ops);
+        let unreachable = results.iter().find(|r| matches!(r, Err(StoreError::Backend(StoreFailure::Io))));
+        self.reached(unreachable.is_none());
         // While the server is unreachable, a purge would only wait for
         // another connect timeout before the completions go out.
-        if !results.iter().any(|r| matches!(r, Err(StoreError::Backend(StoreFailure::Io)))) {
+        if unreachable.is_none() {
             self.purge_when_due();
         }
+        self.report_pool();
         results
+    }
+
+    fn attach_metrics(&mut self, metrics: Arc<Metrics>) {
+        self.metrics = metrics;
+        self.report_pool();
+    }
+
+    /// `SELECT 1` on a pooled connection (checking it out already tests
+    /// it), waiting at most [`PROBE_TIMEOUT`] for one.
+    fn probe(&mut self) {
+        let result = match self.pool.get_timeout(PROBE_TIMEOUT) {
+            Ok(mut conn) => conn.simple("SELECT 1").map_err(|e| failure_kind(&e)),
+            Err(_) => Err(StoreFailure::Io),
+        };
+        match result {
+            Err(StoreFailure::Io) => {
+                if !self.metrics.database_down.load(Relaxed) {
+                    tracing::warn!(target = %self.target, "PostgreSQL does not answer");
+                }
+                self.reached(false);
+            }
+            _ => self.reached(true),
+        }
+        self.report_pool();
     }
 
     fn password_hash(&mut self, user: &str) -> Result<Option<String>, StoreError> {

@@ -243,6 +243,55 @@ fn a_backend_panic_fails_its_batch_only() {
     drop(store); // Drop shuts down too
 }
 
+/// Counts idle probes and reports them as the server's state.
+struct Probed {
+    probes: mpsc::Sender<()>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Backend for Probed {
+    fn execute(&mut self, ops: &[&StoreOp]) -> Vec<Result<StoreValue, StoreError>> {
+        ops.iter().map(|_| Ok(StoreValue::Done)).collect()
+    }
+
+    fn password_hash(&mut self, _: &str) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+
+    fn create_user(&mut self, _: &str, _: &str, _: u64) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    fn create_token(&mut self, _: &str, _: &str, _: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn attach_metrics(&mut self, metrics: Arc<Metrics>) {
+        self.metrics = Some(metrics);
+    }
+
+    fn probe(&mut self) {
+        if let Some(m) = &self.metrics {
+            m.database_down.store(true, Relaxed);
+        }
+        let _ = self.probes.send(());
+    }
+}
+
+#[test]
+fn an_idle_batch_thread_probes_the_backend_with_the_node_metrics() {
+    let (probes, probed) = mpsc::channel();
+    let metrics = Arc::new(Metrics::default());
+    let backend = Probed { probes, metrics: None };
+    let store = spawn_store(backend, Arc::new(Collector::default()).sink(), Arc::clone(&metrics), 10).unwrap();
+    let started = Instant::now();
+    probed.recv_timeout(PROBE_IDLE * 10).expect("a probe while idle");
+    assert!(started.elapsed() >= PROBE_IDLE / 2, "not before it has been idle a while");
+    assert!(metrics.database_down.load(Relaxed), "the probe reports on the node's metrics");
+    probed.recv_timeout(PROBE_IDLE * 10).expect("and again while still idle");
+    store.shutdown();
+}
+
 #[test]
 fn dropping_the_handle_completes_everything_queued() {
     let tmp = tempfile::tempdir().unwrap();

@@ -61,6 +61,7 @@ impl Bystander {
             count: 2,
             sources: 1,
             local: None,
+            second: None,
             in_flight: 2,
             session_timeout: Duration::from_secs(10),
         };

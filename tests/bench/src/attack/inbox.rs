@@ -110,6 +110,7 @@ fn flood(a: &AttackArgs, k: &InboxArgs, victim: &str, prefix: &str) -> Flood {
         count: k.senders,
         sources: k.sources,
         local: None,
+        second: None,
         in_flight: 50,
         session_timeout: Duration::from_secs(15),
     };

@@ -154,6 +154,7 @@ pub(crate) fn guest_plan<'a>(a: &AttackArgs, prefix: &'a str, count: usize, sour
         count,
         sources,
         local: None,
+        second: None,
         in_flight: 50,
         session_timeout: Duration::from_secs(15),
     }
@@ -168,6 +169,7 @@ pub(crate) fn attacker_session<'a>(a: &AttackArgs, token: &'a [String]) -> Plan<
         count: 1,
         sources: 1,
         local: Some(ATTACKER),
+        second: None,
         in_flight: 1,
         session_timeout: Duration::from_secs(5),
     }

@@ -92,6 +92,7 @@ fn join_lobby(a: &AttackArgs, token: &[String]) {
         count: 1,
         sources: 1,
         local: None,
+        second: None,
         in_flight: 1,
         session_timeout: Duration::from_secs(10),
     };

@@ -75,6 +75,7 @@ pub(crate) fn run(a: &AttackArgs, k: &RoomsArgs) -> Outcome {
         count: k.askers,
         sources: 1,
         local: Some(ATTACKER),
+        second: None,
         in_flight: k.askers,
         session_timeout: Duration::from_secs(15),
     };

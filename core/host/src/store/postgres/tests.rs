@@ -129,7 +129,13 @@ fn while_the_database_is_unreachable_everything_fails_then_service_resumes() {
     let mut db = FreshDatabase::new();
     db.backend = Some(PostgresBackend::open_with(&db.url, quick()).unwrap());
     let b = db.backend.as_mut().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    b.attach_metrics(Arc::clone(&metrics));
+    let down_now = || metrics.database_down.load(Relaxed);
     assert_eq!(appended(&run(b, vec![room_append("r", "a", "1", 1)])[0]), (1, false));
+    assert!(!down_now());
+    assert!(metrics.database_pool_size.load(Relaxed) >= 1);
+    assert_eq!(metrics.database_pool_in_use.load(Relaxed), 0, "nothing is checked out between batches");
     let name = db.name.clone();
     admin().batch_execute(&format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false")).unwrap();
     terminate_sessions(&name);
@@ -147,7 +153,12 @@ fn while_the_database_is_unreachable_everything_fails_then_service_resumes() {
     assert_eq!(b.password_hash("a"), Err(down.clone()));
     assert_eq!(b.create_user("a", "h", 1), Err(down));
     assert!(started.elapsed() < Duration::from_secs(10), "failing took {:?}", started.elapsed());
+    assert!(down_now(), "a batch that could not reach the server says so");
+    b.probe();
+    assert!(down_now(), "so does the idle probe");
     admin().batch_execute(&format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true")).unwrap();
+    b.probe();
+    assert!(!down_now(), "the idle probe finds the server back without traffic");
     // Back by itself, and the failed append took no seq.
     let out = run(b, vec![room_append("r", "a", "2", 3)]);
     assert_eq!(appended(&out[0]), (2, false));
