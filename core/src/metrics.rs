@@ -99,6 +99,14 @@ pub struct Metrics {
     /// Cluster: probes of the node's own subscription that did not come
     /// back in time (the subscription is then restarted).
     pub bus_probe_failures: AtomicU64,
+    /// Cluster: relayed events (membership, typing, revocation) published
+    /// (one per topic).
+    pub bus_relayed_sent: AtomicU64,
+    /// Cluster: relayed events received from other nodes.
+    pub bus_relayed_received: AtomicU64,
+    /// Cluster: storage reads of which tokens are still live, after the
+    /// link came back (a revocation may have been lost).
+    pub bus_token_checks: AtomicU64,
 }
 
 impl Metrics {
@@ -327,6 +335,7 @@ impl Metrics {
             &[
                 ("{read=\"fill\"}", count(&self.bus_fill_reads) as f64),
                 ("{read=\"check\"}", count(&self.bus_checks) as f64),
+                ("{read=\"tokens\"}", count(&self.bus_token_checks) as f64),
             ],
         );
         out.metric(
@@ -340,6 +349,15 @@ impl Metrics {
             "counter",
             "Publishes that failed; the other nodes' periodic check finds what they carried.",
             &[("", count(&self.bus_publish_errors) as f64)],
+        );
+        out.metric(
+            "natter_bus_relayed_total",
+            "counter",
+            "Relayed events (membership, typing, revocation): published here, or received from other nodes.",
+            &[
+                ("{direction=\"sent\"}", count(&self.bus_relayed_sent) as f64),
+                ("{direction=\"received\"}", count(&self.bus_relayed_received) as f64),
+            ],
         );
         out.metric(
             "natter_bus_probe_failures_total",

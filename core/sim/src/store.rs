@@ -456,6 +456,16 @@ impl Data {
                 let folded = name.to_lowercase();
                 StoreValue::FoundUser(self.users.keys().find(|u| u.to_lowercase() == folded).cloned())
             }
+            StoreOp::LiveTokens { tokens } => {
+                let live = |t: &&String| self.tokens.get(*t).is_some_and(|t| !t.revoked);
+                StoreValue::LiveTokens { tokens: tokens.iter().filter(live).cloned().collect() }
+            }
+            StoreOp::RoomMembers { rooms } => {
+                let members = |room: &String| self.rooms.get(room).map(|r| r.members.keys().cloned().collect());
+                StoreValue::RoomMembers {
+                    rooms: rooms.iter().map(|room| (room.clone(), members(room).unwrap_or_default())).collect(),
+                }
+            }
             StoreOp::ReadMarks { user } => {
                 let marks = self
                     .rooms

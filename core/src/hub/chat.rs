@@ -230,15 +230,18 @@ impl Hub {
     }
 
     fn typing(&mut self, me: Asker, to: To) {
-        let (targets, event) = match to {
-            To::Room(room) if !self.state.is_member(&me.user, &room) => {
-                return self.answer(me, Err(not_member(&room)));
+        let (targets, event) = match &to {
+            To::Room(room) if !self.state.is_member(&me.user, room) => {
+                return self.answer(me, Err(not_member(room)));
             }
-            To::Room(room) => (self.room_sessions(&room, None, false), typing_in_room(&room, &me.user)),
-            To::User(to) if self.state.key_of(&to).is_none() => return self.answer(me, Err(no_such_user(&to))),
-            To::User(to) => (self.sessions_of(&to), typing_to_user(&me.user, &to)),
+            To::Room(room) => (self.room_sessions(room, None, false), typing_in_room(room, &me.user)),
+            To::User(to) if self.state.key_of(to).is_none() => return self.answer(me, Err(no_such_user(to))),
+            To::User(to) => (self.sessions_of(to), typing_to_user(&me.user, to)),
         };
         self.deliver(&targets, &event);
+        if self.config.cluster {
+            self.relay(relayed_typing(&me.user, to, &self.state));
+        }
         self.answer(me, Ok(Reply::Done));
     }
 
@@ -269,6 +272,8 @@ impl Hub {
             let targets = self.room_sessions(&room, None, false);
             self.deliver(&targets, &presence(&room, user, Presence::Join));
             self.update_room_gauge();
+            let key = self.state.key_of(user).unwrap_or_else(|| user.to_string());
+            self.relay_member(&room, user, key, true);
         }
         self.joined(now, sid, tag, room, since);
     }
@@ -375,15 +380,9 @@ impl Hub {
         if !self.state.is_member(user, room) {
             return self.reply(sid, tag, Err(not_member(room)));
         }
-        let targets = self.room_sessions(room, None, false);
-        self.deliver(&targets, &presence(room, user, Presence::Leave));
-        self.state.remove_member(user, room);
-        for s in self.sessions_of(user) {
-            if let Some(info) = self.state.sessions.get_mut(&s) {
-                info.replaying.retain(|r| r != room);
-            }
-        }
-        self.update_room_gauge();
+        self.remove_member_here(user, room);
+        let key = self.state.key_of(user).unwrap_or_else(|| user.to_string());
+        self.relay_member(room, user, key, false);
         self.reply(sid, tag, Ok(Reply::Done));
     }
 
@@ -516,6 +515,8 @@ impl Hub {
             (PendingKind::ReplayRest { room, after }, _) => self.complete_replay_rest(now, sid, room, after, result),
             (PendingKind::Fill { key, after, covers }, _) => self.complete_fill(now, key, after, covers, result),
             (PendingKind::Check { users }, _) => self.complete_check(now, users, result),
+            (PendingKind::LiveTokens { tokens }, _) => self.complete_live_tokens(tokens, result),
+            (PendingKind::RoomMembers { rooms }, _) => self.complete_room_members(rooms, result),
             (PendingKind::FindLogin { name, password, peer }, tag) => {
                 self.complete_find_login(now, sid, tag, name, password, peer, result)
             }
@@ -578,7 +579,9 @@ impl Hub {
             | PendingKind::Ack
             | PendingKind::Fill { .. }
             | PendingKind::ReplayRest { .. }
-            | PendingKind::Check { .. } => {}
+            | PendingKind::Check { .. }
+            | PendingKind::LiveTokens { .. }
+            | PendingKind::RoomMembers { .. } => {}
         }
     }
 
@@ -607,6 +610,17 @@ impl Hub {
         }
         if let Some(tag) = tag {
             self.reply(sid, tag, result.map(|_| Reply::Done).map_err(|_| unavailable()));
+        }
+    }
+}
+
+/// What other nodes hear of `from`'s `typing` (the target is known here).
+fn relayed_typing(from: &str, to: To, state: &super::state::State) -> crate::bus::Relayed {
+    match to {
+        To::Room(room) => crate::bus::Relayed::TypingInRoom { room, from: from.to_string() },
+        To::User(to) => {
+            let to_key = state.key_of(&to).unwrap_or_else(|| to.clone());
+            crate::bus::Relayed::TypingToUser { from: from.to_string(), to, to_key }
         }
     }
 }

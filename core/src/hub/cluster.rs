@@ -81,6 +81,8 @@ pub(crate) struct ClusterState {
     waiting: Vec<Arrival>,
     next_check: Option<Instant>,
     pub(crate) out: VecDeque<BusCommand>,
+    /// Member reads of rooms this node starts serving (`hub/relay.rs`).
+    pub(crate) members_reads: super::relay::MembersReads,
 }
 
 impl ClusterState {
@@ -98,6 +100,7 @@ impl Hub {
             return;
         }
         match event {
+            BusEvent::Message(BusMessage::Relayed { node, event }) => self.relayed(node, event),
             BusEvent::Message(message) => {
                 Metrics::add(&self.metrics.bus_received, 1);
                 self.arrive(now, Arrival { message, origin: None });
@@ -106,6 +109,7 @@ impl Hub {
                 self.cluster.up = true;
                 self.metrics.bus_up.store(1, std::sync::atomic::Ordering::Relaxed);
                 self.check_all(now);
+                self.check_tokens(now);
             }
             BusEvent::Down => {
                 self.cluster.up = false;
@@ -151,7 +155,7 @@ impl Hub {
 
     /// One message into the sequencer (see the module docs).
     fn arrive(&mut self, now: Now, arrival: Arrival) {
-        let key = StreamKey::of(&arrival.message);
+        let Some(key) = StreamKey::of(&arrival.message) else { return };
         let seq = arrival.message.seq();
         let Some(last) = self.last(&key) else {
             if matches!(key, StreamKey::Conversation(..)) && self.cluster.waiting.len() < HOLD {
@@ -275,6 +279,8 @@ impl Hub {
                 self.deliver(&targets, &room_message(&room, &message));
             }
             BusMessage::Private { to_key, message } => self.fan_out_private(arrival.origin, &to_key, &message),
+            // Never sequenced: `handle_bus` hands them to `hub/relay.rs`.
+            BusMessage::Relayed { .. } => {}
         }
     }
 
@@ -353,7 +359,12 @@ impl Hub {
     }
 
     fn waiting_min(&self, key: &StreamKey) -> Option<u64> {
-        self.cluster.waiting.iter().filter(|a| StreamKey::of(&a.message) == *key).map(|a| a.message.seq()).min()
+        self.cluster
+            .waiting
+            .iter()
+            .filter(|a| StreamKey::of(&a.message).as_ref() == Some(key))
+            .map(|a| a.message.seq())
+            .min()
     }
 
     // ---- subscriptions ------------------------------------------------------
@@ -401,6 +412,7 @@ impl Hub {
                 self.cluster.served.insert(user, served);
             }
         }
+        self.read_members(now, &new_rooms);
         if !new_rooms.is_empty() || !new_users.is_empty() {
             self.cluster.next_check.get_or_insert(now.instant + self.config.cluster_check);
             self.check(now, new_rooms, new_users);

@@ -59,6 +59,7 @@ mod cluster;
 mod guest;
 mod inbox;
 mod limits;
+mod relay;
 
 use std::sync::Arc;
 use std::time::Instant;

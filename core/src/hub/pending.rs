@@ -112,6 +112,16 @@ pub(crate) enum PendingKind {
         after: u64,
         covers: u64,
     },
+    /// In a cluster: which of `tokens` (this node's sessions') are still
+    /// live, after the bus link was down (see `hub/relay.rs`).
+    LiveTokens {
+        tokens: Vec<String>,
+    },
+    /// In a cluster: the members of rooms this node starts serving (see
+    /// `hub/relay.rs`).
+    RoomMembers {
+        rooms: Vec<String>,
+    },
     /// In a cluster: the newest `seq`s of what the node serves; `users`
     /// asked.
     Check {

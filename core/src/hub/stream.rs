@@ -13,10 +13,12 @@ pub(crate) enum StreamKey {
 }
 
 impl StreamKey {
-    pub(crate) fn of(message: &BusMessage) -> StreamKey {
+    /// `None` for a relayed event, which no sequence numbers.
+    pub(crate) fn of(message: &BusMessage) -> Option<StreamKey> {
         match message {
-            BusMessage::Room { room, .. } => StreamKey::Room(room.clone()),
-            BusMessage::Private { to_key, message } => conversation(&message.sender, to_key),
+            BusMessage::Room { room, .. } => Some(StreamKey::Room(room.clone())),
+            BusMessage::Private { to_key, message } => Some(conversation(&message.sender, to_key)),
+            BusMessage::Relayed { .. } => None,
         }
     }
 

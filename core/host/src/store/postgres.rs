@@ -458,6 +458,8 @@ fn is_write(op: &StoreOp) -> bool {
             | StoreOp::ReadMarks { .. }
             | StoreOp::LastSeqs { .. }
             | StoreOp::FindUser { .. }
+            | StoreOp::LiveTokens { .. }
+            | StoreOp::RoomMembers { .. }
     )
 }
 
@@ -670,6 +672,17 @@ fn run_op(conn: &mut Conn, op: &StoreOp) -> Result<StoreValue, PgError> {
             let row = conn.query_opt("SELECT name FROM users WHERE lower(name) = lower($1)", &[name])?;
             Ok(StoreValue::FoundUser(row.map(|r| r.get(0))))
         }
+        StoreOp::LiveTokens { tokens } => live_tokens(conn, tokens),
+        StoreOp::RoomMembers { rooms } => {
+            let rows =
+                conn.query("SELECT room, name FROM members WHERE room = ANY($1) ORDER BY room, name", &[rooms])?;
+            let mut found: HashMap<String, Vec<String>> = HashMap::new();
+            for row in &rows {
+                found.entry(row.get(0)).or_default().push(row.get(1));
+            }
+            let rooms = rooms.iter().map(|room| (room.clone(), found.remove(room).unwrap_or_default())).collect();
+            Ok(StoreValue::RoomMembers { rooms })
+        }
         StoreOp::Register { .. } | StoreOp::Login { .. } | StoreOp::Verify { .. } => {
             unreachable!("password operations are answered before run_op")
         }
@@ -690,6 +703,15 @@ fn last_seqs(conn: &mut Conn, rooms: &[String], users: &[String]) -> Result<Stor
     )?;
     let conversations = rows.iter().map(|r| (r.get(0), r.get(1), uint(r.get(2)))).collect();
     Ok(StoreValue::LastSeqs { rooms, conversations })
+}
+
+/// The tokens of `tokens` stored and not revoked, in the order asked.
+fn live_tokens(conn: &mut Conn, tokens: &[String]) -> Result<StoreValue, PgError> {
+    let hashes: Vec<String> = tokens.iter().map(|t| token_hash(t)).collect();
+    let rows = conn.query("SELECT hash FROM tokens WHERE hash = ANY($1) AND NOT revoked", &[&hashes])?;
+    let live: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+    let tokens = tokens.iter().zip(&hashes).filter(|(_, h)| live.contains(*h)).map(|(t, _)| t.clone()).collect();
+    Ok(StoreValue::LiveTokens { tokens })
 }
 
 fn check_token(conn: &mut Conn, token: &str, now_ms: u64) -> Result<StoreValue, PgError> {

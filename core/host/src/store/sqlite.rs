@@ -643,7 +643,9 @@ fn is_write(op: &StoreOp) -> bool {
         | StoreOp::Conversations { .. }
         | StoreOp::ReadMarks { .. }
         | StoreOp::LastSeqs { .. }
-        | StoreOp::FindUser { .. } => false,
+        | StoreOp::FindUser { .. }
+        | StoreOp::LiveTokens { .. }
+        | StoreOp::RoomMembers { .. } => false,
     }
 }
 
@@ -751,6 +753,16 @@ fn run_op(conn: &Connection, op: &StoreOp) -> rusqlite::Result<StoreValue> {
                 .optional()?;
             Ok(StoreValue::FoundUser(found))
         }
+        StoreOp::LiveTokens { tokens } => live_tokens(conn, tokens),
+        StoreOp::RoomMembers { rooms } => {
+            let mut st = conn.prepare_cached("SELECT user FROM members WHERE room = ?1 ORDER BY user")?;
+            let mut out = Vec::with_capacity(rooms.len());
+            for room in rooms {
+                let members = st.query_map([room], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+                out.push((room.clone(), members));
+            }
+            Ok(StoreValue::RoomMembers { rooms: out })
+        }
         StoreOp::Register { .. } | StoreOp::Login { .. } | StoreOp::Verify { .. } => {
             Err(rusqlite::Error::InvalidParameterName("password operations do not run in a batch".into()))
         }
@@ -768,6 +780,19 @@ fn check_token(conn: &Connection, token: &str, now_ms: u64) -> rusqlite::Result<
         }
         _ => StoreValue::Rejected,
     })
+}
+
+/// The tokens of `tokens` stored and not revoked: one indexed lookup each.
+fn live_tokens(conn: &Connection, tokens: &[String]) -> rusqlite::Result<StoreValue> {
+    let mut st = conn.prepare_cached("SELECT revoked FROM tokens WHERE hash = ?1")?;
+    let mut live = Vec::new();
+    for token in tokens {
+        let revoked: Option<bool> = st.query_row([token_hash(token)], |r| r.get(0)).optional()?;
+        if revoked == Some(false) {
+            live.push(token.clone());
+        }
+    }
+    Ok(StoreValue::LiveTokens { tokens: live })
 }
 
 fn join(conn: &Connection, user: &str, room: &str) -> rusqlite::Result<StoreValue> {
