@@ -180,7 +180,7 @@ fn who_on_a_node_that_starts_serving_a_room_lists_members_who_joined_elsewhere()
     join(&mut c, bob, "r");
     // Node 1 never served "r": it heard none of this.
     let cyd = c.login(1, "cyd");
-    join(&mut c, cyd, "r");
+    assert_eq!(join(&mut c, cyd, "r")["members"], 3, "the join's ok counts them");
     assert_eq!(who_room(&mut c, cyd, "r"), ["ann", "bob", "cyd"]);
 }
 

@@ -117,6 +117,12 @@ impl Hub {
             // the room wait for its replay, which the `ok` precedes.
             self.mark_replaying(me.sid, &room);
         }
+        if self.config.cluster && !self.serves_room(&room) {
+            // Read before the join is stored, so the `ok` counts the
+            // members who joined on other nodes while this one did not
+            // serve the room.
+            self.read_members(now, std::slice::from_ref(&room));
+        }
         let Asker { sid, tag, user, .. } = me;
         let op = StoreOp::Join { user: user.clone(), room: room.clone() };
         self.store(now, op, Pending::request(sid, tag, PendingKind::Join { user, room, since }));

@@ -419,6 +419,11 @@ impl Hub {
         }
     }
 
+    /// Whether a member session here makes this node serve `room`.
+    pub(super) fn serves_room(&self, room: &str) -> bool {
+        self.cluster.room_refs.contains_key(room)
+    }
+
     fn unref_room(&mut self, room: &str) {
         let Some(refs) = self.cluster.room_refs.get_mut(room) else { return };
         *refs -= 1;
