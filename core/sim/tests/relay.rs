@@ -143,6 +143,58 @@ fn a_revocation_the_bus_lost_closes_the_session_after_the_link_is_back() {
 }
 
 #[test]
+fn a_revocation_published_before_a_new_sessions_subscription_took_effect_is_found_by_the_periodic_check() {
+    let mut c = cluster(2);
+    let token = c.token("ann");
+    let there = c.login_with(1, &token);
+    // As if node 1's subscription to ann were not in effect yet.
+    c.set_bus_faults(BusFaults { drop: 1000, ..BusFaults::default() });
+    let res = c.http(0, "POST", "/api/logout", "", &[("Authorization", &format!("Bearer {token}"))]);
+    assert_eq!(res.status, 204);
+    assert!(c.is_connected(there));
+    c.advance(Config::default().cluster_check + std::time::Duration::from_secs(1));
+    c.run_until_idle();
+    assert_eq!(c.close_code(there), Some(4001));
+}
+
+#[test]
+fn a_join_published_before_a_new_sessions_subscription_took_effect_is_applied_at_the_periodic_check() {
+    let mut c = cluster(2);
+    let ann_here = c.login(0, "ann");
+    let ann = c.login(1, "ann");
+    let bob = c.login(1, "bob");
+    join(&mut c, bob, "r");
+    c.take_json(ann_here);
+    // As if node 0's subscription to ann were not in effect yet.
+    c.set_bus_faults(BusFaults { drop: 1000, ..BusFaults::default() });
+    join(&mut c, ann, "r");
+    c.set_bus_faults(BusFaults::default());
+    assert_eq!(room_events(&mut c, ann_here, "r"), Vec::<String>::new());
+    c.advance(Config::default().cluster_check * 2 + std::time::Duration::from_secs(1));
+    c.run_until_idle();
+    assert_eq!(room_events(&mut c, ann_here, "r"), ["join ann"]);
+    say(&mut c, bob, "r", "now");
+    assert_eq!(room_events(&mut c, ann_here, "r"), ["message now"]);
+}
+
+#[test]
+fn only_the_tokens_of_sessions_welcomed_lately_are_asked_about_at_the_periodic_check() {
+    let mut c = cluster(2);
+    let token = c.token("ann");
+    let there = c.login_with(1, &token);
+    let checks = |c: &Cluster| c.node(1).metrics().bus_token_checks.load(std::sync::atomic::Ordering::Relaxed);
+    let check = Config::default().cluster_check;
+    c.advance(check * 3);
+    c.run_until_idle();
+    let after_three = checks(&c);
+    assert_eq!(after_three, 1, "asked once, at a check at least cluster_check after the welcome");
+    c.advance(check * 3);
+    c.run_until_idle();
+    assert_eq!(checks(&c), after_three, "not any more");
+    assert!(c.is_connected(there));
+}
+
+#[test]
 fn a_revocation_lost_on_the_bus_leaves_live_tokens_alone_after_up() {
     let mut c = cluster(2);
     let token = c.token("ann");

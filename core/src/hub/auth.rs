@@ -304,6 +304,7 @@ impl Hub {
         info.inbox = InboxRead::Reading;
         let peer = info.peer;
         self.limits.opened(now.unix_ms, peer, &user);
+        self.session_welcomed(now, sid);
         let line = self.set_welcomed(sid, &user, token);
         let first = self.add_registered_session(&user, sid);
         let rooms: Vec<String> = self.state.memberships.get(&user).cloned().unwrap_or_default();

@@ -523,6 +523,7 @@ impl Hub {
             (PendingKind::Check { users }, _) => self.complete_check(now, users, result),
             (PendingKind::LiveTokens { tokens }, _) => self.complete_live_tokens(tokens, result),
             (PendingKind::RoomMembers { rooms }, _) => self.complete_room_members(rooms, result),
+            (PendingKind::UserRooms { user }, _) => self.complete_user_rooms(user, result),
             (PendingKind::FindLogin { name, password, peer }, tag) => {
                 self.complete_find_login(now, sid, tag, name, password, peer, result)
             }
@@ -587,7 +588,8 @@ impl Hub {
             | PendingKind::ReplayRest { .. }
             | PendingKind::Check { .. }
             | PendingKind::LiveTokens { .. }
-            | PendingKind::RoomMembers { .. } => {}
+            | PendingKind::RoomMembers { .. }
+            | PendingKind::UserRooms { .. } => {}
         }
     }
 

@@ -81,8 +81,8 @@ pub(crate) struct ClusterState {
     waiting: Vec<Arrival>,
     next_check: Option<Instant>,
     pub(crate) out: VecDeque<BusCommand>,
-    /// Member reads of rooms this node starts serving (`hub/relay.rs`).
-    pub(crate) members_reads: super::relay::MembersReads,
+    /// What relayed events need remembered (`hub/relay.rs`).
+    pub(crate) relay: super::relay::RelayState,
 }
 
 impl ClusterState {
@@ -308,6 +308,7 @@ impl Hub {
             return;
         }
         self.check_all(now);
+        self.recheck_fresh_sessions(now);
         let stalled: Vec<StreamKey> =
             self.cluster.streams.iter().filter(|(_, s)| !s.filling).map(|(k, _)| k.clone()).collect();
         for key in stalled {

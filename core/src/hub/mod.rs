@@ -261,6 +261,11 @@ impl Hub {
                 self.settle_password(&how, &result);
             }
             (PendingKind::Api(call), result) => self.settle_api(&call, &result),
+            // The hub's own reads (`hub/relay.rs`): what they found is as
+            // true late as on time.
+            (PendingKind::RoomMembers { rooms }, result) => self.complete_room_members(rooms, result),
+            (PendingKind::UserRooms { user }, result) => self.complete_user_rooms(user, result),
+            (PendingKind::LiveTokens { tokens }, result) => self.complete_live_tokens(tokens, result),
             _ => {}
         }
     }

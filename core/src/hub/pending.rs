@@ -122,6 +122,11 @@ pub(crate) enum PendingKind {
     RoomMembers {
         rooms: Vec<String>,
     },
+    /// In a cluster: a registered user's rooms, read again after its
+    /// session was welcomed (see `hub/relay.rs`).
+    UserRooms {
+        user: String,
+    },
     /// In a cluster: the newest `seq`s of what the node serves; `users`
     /// asked.
     Check {

@@ -16,15 +16,25 @@
 //!   down: events may be lost), storage is asked which tokens this node's
 //!   sessions were opened with are still live, and the others' sessions
 //!   close as on the node that revoked them.
+//!
+//! A subscription takes effect a moment after the session that asked for
+//! it was welcomed (the host's subscriber applies changes between reads),
+//! and what is published meanwhile does not reach it. So each registered
+//! session welcomed here is looked at once more, at the first periodic
+//! check at least `Config::cluster_check` after its welcome: its token is
+//! asked about (`StoreOp::LiveTokens`) and its user's rooms are read again
+//! (`StoreOp::ReadMarks`); a join or leave it missed is then applied as if
+//! relayed, `presence` included.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
 
 use super::cluster::HUB_SID;
 use super::pending::{Pending, PendingKind};
 use super::state::Phase;
 use super::Hub;
 use crate::bus::{BusCommand, BusMessage, Relayed};
-use crate::ids::is_valid_name;
+use crate::ids::{is_valid_name, SessionId};
 use crate::link::{HubClose, ToShardInner};
 use crate::metrics::Metrics;
 use crate::render::event::{presence, typing_in_room, typing_to_user};
@@ -34,13 +44,23 @@ use crate::store::{
 };
 use crate::time::Now;
 
-/// Rooms whose members are being read from storage (`StoreOp::RoomMembers`):
-/// how many reads each, and the users a relayed event named since the
-/// first began. The bus is not ordered with this node's storage queue, so
-/// such an event may be newer than the read, and the read does not undo it.
+/// What relaying needs to remember, in the hub's cluster state.
 #[derive(Debug, Default)]
-pub(crate) struct MembersReads {
-    rooms: HashMap<String, (u32, HashSet<String>)>,
+pub(crate) struct RelayState {
+    /// Rooms whose members are being read from storage
+    /// (`StoreOp::RoomMembers`): how many reads each, and the users a
+    /// relayed event named since the first began. The bus is not ordered
+    /// with this node's storage queue, so such an event may be newer than
+    /// the read, and the read does not undo it.
+    members_reads: HashMap<String, (u32, HashSet<String>)>,
+    /// Registered sessions welcomed lately, with when, oldest first: their
+    /// user's subscription may not have been in effect yet when an event
+    /// was published (see the module docs).
+    fresh: VecDeque<(Instant, SessionId)>,
+    /// Users whose rooms are being read again: how many reads each, and the
+    /// rooms a relayed event named since the first began (as for
+    /// `members_reads`).
+    rooms_reads: HashMap<String, (u32, HashSet<String>)>,
 }
 
 impl Hub {
@@ -104,8 +124,11 @@ impl Hub {
             // Registered on another node since this one loaded its users.
             self.state.register(user.to_string());
         }
-        if let Some((_, news)) = self.cluster.members_reads.rooms.get_mut(room) {
+        if let Some((_, news)) = self.cluster.relay.members_reads.get_mut(room) {
             news.insert(user.to_string());
+        }
+        if let Some((_, news)) = self.cluster.relay.rooms_reads.get_mut(user) {
+            news.insert(room.to_string());
         }
         if joined {
             if self.state.add_member(user, room) {
@@ -160,6 +183,70 @@ impl Hub {
             .collect();
         tokens.sort_unstable();
         tokens.dedup();
+        self.ask_live_tokens(now, &tokens);
+    }
+
+    /// A registered session was welcomed here.
+    pub(super) fn session_welcomed(&mut self, now: Now, sid: SessionId) {
+        if self.config.cluster {
+            self.cluster.relay.fresh.push_back((now.instant, sid));
+        }
+    }
+
+    /// At a periodic check: the sessions welcomed at least `cluster_check`
+    /// ago and not looked at since have their token asked about and their
+    /// user's rooms read again.
+    pub(super) fn recheck_fresh_sessions(&mut self, now: Now) {
+        let (mut tokens, mut users) = (Vec::new(), Vec::new());
+        while let Some(&(at, sid)) = self.cluster.relay.fresh.front() {
+            if at + self.config.cluster_check > now.instant {
+                break;
+            }
+            self.cluster.relay.fresh.pop_front();
+            if let Some(Phase::Welcomed { user, token }) = self.state.sessions.get(&sid).map(|i| &i.phase) {
+                tokens.extend(token.clone());
+                users.push(user.clone());
+            }
+        }
+        tokens.sort_unstable();
+        tokens.dedup();
+        self.ask_live_tokens(now, &tokens);
+        users.sort_unstable();
+        users.dedup();
+        for user in users {
+            self.cluster.relay.rooms_reads.entry(user.clone()).or_default().0 += 1;
+            let op = StoreOp::ReadMarks { user: user.clone() };
+            self.store(now, op, Pending::untagged(HUB_SID, PendingKind::UserRooms { user }));
+        }
+    }
+
+    /// A user's rooms as storage holds them: a join or a leave this node
+    /// missed is applied now as if relayed, except in rooms a relayed event
+    /// named while the read ran.
+    pub(super) fn complete_user_rooms(&mut self, user: String, result: Result<StoreValue, StoreError>) {
+        let news = match self.cluster.relay.rooms_reads.get_mut(&user) {
+            Some((reads, rooms)) if *reads > 1 => {
+                *reads -= 1;
+                rooms.clone()
+            }
+            Some(_) => self.cluster.relay.rooms_reads.remove(&user).map(|(_, r)| r).unwrap_or_default(),
+            None => HashSet::new(),
+        };
+        let Ok(StoreValue::ReadMarks { marks }) = result else { return };
+        if self.state.online.get(&user).is_none_or(|o| o.guest) {
+            return;
+        }
+        let stored: HashSet<String> = marks.into_iter().map(|(room, _)| room).collect();
+        let here: Vec<String> = self.state.memberships.get(&user).cloned().unwrap_or_default();
+        for room in here.iter().filter(|r| !stored.contains(*r) && !news.contains(*r)) {
+            self.relayed_member(room, &user, &user, false);
+        }
+        for room in stored.iter().filter(|r| !here.contains(r) && !news.contains(*r)) {
+            self.relayed_member(room, &user, &user, true);
+        }
+    }
+
+    fn ask_live_tokens(&mut self, now: Now, tokens: &[String]) {
         for page in tokens.chunks(LIVE_TOKENS_PAGE) {
             Metrics::add(&self.metrics.bus_token_checks, 1);
             let op = StoreOp::LiveTokens { tokens: page.to_vec() };
@@ -196,7 +283,7 @@ impl Hub {
     pub(super) fn read_members(&mut self, now: Now, rooms: &[String]) {
         for page in rooms.chunks(ROOM_MEMBERS_PAGE) {
             for room in page {
-                self.cluster.members_reads.rooms.entry(room.clone()).or_default().0 += 1;
+                self.cluster.relay.members_reads.entry(room.clone()).or_default().0 += 1;
             }
             let op = StoreOp::RoomMembers { rooms: page.to_vec() };
             self.store(now, op, Pending::untagged(HUB_SID, PendingKind::RoomMembers { rooms: page.to_vec() }));
@@ -210,10 +297,10 @@ impl Hub {
     pub(super) fn complete_room_members(&mut self, asked: Vec<String>, result: Result<StoreValue, StoreError>) {
         let mut news = HashMap::new();
         for room in asked {
-            let Some((reads, users)) = self.cluster.members_reads.rooms.get_mut(&room) else { continue };
+            let Some((reads, users)) = self.cluster.relay.members_reads.get_mut(&room) else { continue };
             *reads -= 1;
             let users = if *reads == 0 {
-                self.cluster.members_reads.rooms.remove(&room).map(|(_, u)| u).unwrap_or_default()
+                self.cluster.relay.members_reads.remove(&room).map(|(_, u)| u).unwrap_or_default()
             } else {
                 users.clone()
             };
