@@ -406,6 +406,13 @@ mod tests {
         Metrics::add(&m.bus_duplicates, 2);
         assert!(text.contains("natter_bus_up 0\n"), "a single node's bus is never up");
         assert!(m.render().contains("natter_bus_messages_total{event=\"duplicate_dropped\"} 2\n"));
+        Metrics::add(&m.bus_relayed_sent, 4);
+        Metrics::add(&m.bus_relayed_received, 1);
+        Metrics::add(&m.bus_token_checks, 5);
+        let relayed = m.render();
+        assert!(relayed.contains("natter_bus_relayed_total{direction=\"sent\"} 4\n"));
+        assert!(relayed.contains("natter_bus_relayed_total{direction=\"received\"} 1\n"));
+        assert!(relayed.contains("natter_bus_catchup_reads_total{read=\"tokens\"} 5\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");
