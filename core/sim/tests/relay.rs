@@ -238,6 +238,16 @@ fn who_on_a_node_that_starts_serving_a_room_lists_members_who_joined_elsewhere()
 }
 
 #[test]
+fn a_guests_join_on_a_node_that_starts_serving_the_room_counts_members_who_joined_elsewhere() {
+    let mut c = cluster(2);
+    let ann = c.login(0, "ann");
+    join(&mut c, ann, "r");
+    let gus = c.guest(1, "gus");
+    assert_eq!(join(&mut c, gus, "r")["members"], 2);
+    assert_eq!(who_room(&mut c, gus, "r"), ["ann", "gus"]);
+}
+
+#[test]
 fn relayed_events_the_bus_repeats_change_nothing_twice() {
     let mut c = cluster(2);
     c.set_bus_faults(BusFaults { duplicate: 1000, ..BusFaults::default() });

@@ -108,6 +108,9 @@ impl Hub {
             let f = Failure::new(ErrorCode::TooManyRooms, format!("a user may be in at most {max} rooms"));
             return self.answer(me, Err(f));
         }
+        if me.guest && self.config.cluster && !self.serves_room(&room) {
+            return self.read_members_then_join(now, me.sid, me.tag, me.user, room, since);
+        }
         if me.guest {
             return self.apply_join(now, me.sid, me.tag, &me.user, room, since);
         }
@@ -558,6 +561,13 @@ impl Hub {
                     self.reply(sid, tag, Err(unavailable()))
                 }
             },
+            PendingKind::GuestJoin { user, room, since } => {
+                self.complete_room_members(vec![room.clone()], result);
+                // Its session may have ended while the members were read.
+                if self.state.online.get(&user).is_some_and(|o| o.guest && o.sessions.contains(&sid)) {
+                    self.apply_join(now, sid, tag, &user, room, since);
+                }
+            }
             PendingKind::Leave { user, room } => match result {
                 Ok(_) => self.apply_leave(sid, tag, &user, &room),
                 Err(_) => self.reply(sid, tag, Err(unavailable())),

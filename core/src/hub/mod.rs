@@ -264,6 +264,7 @@ impl Hub {
             // The hub's own reads (`hub/relay.rs`): what they found is as
             // true late as on time.
             (PendingKind::RoomMembers { rooms }, result) => self.complete_room_members(rooms, result),
+            (PendingKind::GuestJoin { room, .. }, result) => self.complete_room_members(vec![room], result),
             (PendingKind::UserRooms { user }, result) => self.complete_user_rooms(user, result),
             (PendingKind::LiveTokens { tokens }, result) => self.complete_live_tokens(tokens, result),
             _ => {}

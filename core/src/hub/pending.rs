@@ -122,6 +122,13 @@ pub(crate) enum PendingKind {
     RoomMembers {
         rooms: Vec<String>,
     },
+    /// In a cluster: a guest's `join` of a room this node does not serve
+    /// yet, once the room's members are read (see `hub/relay.rs`).
+    GuestJoin {
+        user: String,
+        room: String,
+        since: Option<u64>,
+    },
     /// In a cluster: a registered user's rooms, read again after its
     /// session was welcomed (see `hub/relay.rs`).
     UserRooms {

@@ -8,9 +8,10 @@
 //! applies each idempotently (a repeat changes nothing, so it sends nothing)
 //! and skips its own. What a lost one leaves wrong:
 //! - a membership: the user's sessions on the node that missed it follow
-//!   storage again at their next `welcome`; the room's members on it are
-//!   read from storage when the node starts serving the room (nothing
-//!   repairs them while it serves it);
+//!   storage again at their next `welcome` (or at the recheck below); the
+//!   room's members on it are read from storage when the node starts
+//!   serving the room (before a local `join`, so its `ok` counts them), and
+//!   nothing repairs them while it serves it;
 //! - `typing`: nothing; it is a hint that expires anyway;
 //! - a revocation: after every [`crate::bus::BusEvent::Up`] (the link was
 //!   down: events may be lost), storage is asked which tokens this node's
@@ -288,6 +289,24 @@ impl Hub {
             let op = StoreOp::RoomMembers { rooms: page.to_vec() };
             self.store(now, op, Pending::untagged(HUB_SID, PendingKind::RoomMembers { rooms: page.to_vec() }));
         }
+    }
+
+    /// A guest's `join` of a room this node does not serve yet: the room's
+    /// members are read first, so the `ok` counts those who joined
+    /// elsewhere (a registered user's `join` reads them before its own is
+    /// stored, in the same queue).
+    pub(super) fn read_members_then_join(
+        &mut self,
+        now: Now,
+        sid: SessionId,
+        tag: crate::link::Tag,
+        user: String,
+        room: String,
+        since: Option<u64>,
+    ) {
+        self.cluster.relay.members_reads.entry(room.clone()).or_default().0 += 1;
+        let op = StoreOp::RoomMembers { rooms: vec![room.clone()] };
+        self.store(now, op, Pending::request(sid, tag, PendingKind::GuestJoin { user, room, since }));
     }
 
     /// The registered members storage holds become this node's, quietly
