@@ -3,11 +3,17 @@
 //! storage: the hub emits [`BusCommand`]s through `HubOutput::Bus` and
 //! receives [`BusEvent`]s through `HubInput::Bus`. It never calls anything.
 //!
-//! Only stored messages travel, each with the `seq` storage gave it, so a
+//! Stored messages travel each with the `seq` storage gave it, so a
 //! node that receives one can tell a duplicate (at or below what it
 //! delivered) from a gap (above the next one), and fill a gap from storage.
 //! The bus may lose, repeat or reorder what it carries; nothing here trusts
 //! it for more than speed.
+//!
+//! Besides, [`BusMessage::Relayed`] carries what happened on one node that
+//! members on the others see but storage does not number: a membership
+//! change, `typing`, a revoked token ([`Relayed`]). These have no `seq`;
+//! each is applied idempotently, and what matters of a lost one is repaired
+//! from storage or not at all (see `hub/relay.rs`).
 //!
 //! The host carries bytes only: [`BusMessage::encode`] and
 //! [`BusMessage::decode`]. The encoding starts with a version byte
@@ -78,6 +84,60 @@ pub enum BusMessage {
         /// What it says.
         news: NodeNews,
     },
+    /// An event of node `node` that other nodes relay to their sessions:
+    /// never stored, no `seq`, never sequenced.
+    Relayed {
+        /// `Config::node` of the node it happened on, which skips its own.
+        node: u64,
+        /// What happened.
+        event: Relayed,
+    },
+}
+
+/// What one node tells the others happened there (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Relayed {
+    /// `user` (principal `key`) joined or left `room`; for a registered user
+    /// after storage committed it, for a guest at once.
+    Member {
+        /// The room.
+        room: String,
+        /// The display name.
+        user: String,
+        /// The principal.
+        key: UserKey,
+        /// Joined, or left.
+        joined: bool,
+        /// For a join, the room's newest `seq` on the node where it was made
+        /// (the one its `ok` named): a node that did not follow the room
+        /// starts it there, so the user's sessions there get what follows,
+        /// not the backlog. 0 for a leave.
+        room_seq: u64,
+    },
+    /// `from` is typing in `room`.
+    TypingInRoom {
+        /// The room.
+        room: String,
+        /// The display name of who types.
+        from: String,
+    },
+    /// `from` is typing to `to`, whose principal is `to_key`.
+    TypingToUser {
+        /// The display name of who types.
+        from: String,
+        /// The display name of who it types to.
+        to: String,
+        /// Its principal.
+        to_key: UserKey,
+    },
+    /// A token of registered `user` was revoked: every session opened with
+    /// it closes. The token's hash (`token_hash`), never the token.
+    Revoked {
+        /// The user.
+        user: String,
+        /// [`crate::store::token_hash`] of the token.
+        token_hash: String,
+    },
 }
 
 /// A user online at a node, as that node announces it.
@@ -136,11 +196,12 @@ pub enum BusError {
 }
 
 impl BusMessage {
-    /// The `seq` it carries.
+    /// The `seq` it carries; 0 for a relayed event, which has none.
     pub fn seq(&self) -> u64 {
         match self {
             BusMessage::Room { message, .. } | BusMessage::Private { message, .. } => message.seq,
             BusMessage::Node { .. } => 0,
+            BusMessage::Relayed { .. } => 0,
         }
     }
 
@@ -157,6 +218,7 @@ impl BusMessage {
                 vec![BusTopic::User(to_key.clone()), BusTopic::User(message.sender.clone())]
             }
             BusMessage::Node { .. } => vec![BusTopic::Nodes],
+            BusMessage::Relayed { event, .. } => event.topics(),
         }
     }
 
@@ -165,13 +227,14 @@ impl BusMessage {
         let (kind, target, m) = match self {
             BusMessage::Room { room, message } => ("room", room, message),
             BusMessage::Private { to_key, message } => ("private", to_key, message),
-            BusMessage::Node { node, n, news } => return with_version(encode_node(*node, *n, news)),
+            BusMessage::Node { node, n, news } => return with_version(&encode_node(*node, *n, news)),
+            BusMessage::Relayed { node, event } => return with_version(&event.to_json(*node)),
         };
         let body = json!({
             "k": kind, "t": target, "seq": m.seq, "from": m.from, "to": m.to, "sender": m.sender,
             "text": m.text, "id": m.client_id, "ts": m.ts,
         });
-        with_version(body)
+        with_version(&body)
     }
 
     /// A message from bytes the host received.
@@ -183,6 +246,9 @@ impl BusMessage {
         let v: Value = serde_json::from_slice(body).map_err(|_| BusError::Malformed("not JSON"))?;
         if v["k"] == "node" {
             return decode_node(&v);
+        }
+        if let Some(relayed) = Relayed::from_json(&v) {
+            return relayed;
         }
         let text = |field: &'static str| v[field].as_str().map(str::to_owned).ok_or(BusError::Malformed(field));
         let number = |field: &'static str| v[field].as_u64().ok_or(BusError::Malformed(field));
@@ -208,7 +274,7 @@ impl BusMessage {
     }
 }
 
-fn with_version(body: Value) -> Vec<u8> {
+fn with_version(body: &Value) -> Vec<u8> {
     let mut out = vec![BUS_VERSION];
     out.extend_from_slice(body.to_string().as_bytes());
     out
@@ -271,6 +337,60 @@ fn decode_node(v: &Value) -> Result<BusMessage, BusError> {
     Ok(BusMessage::Node { node: number("node")?, n: number("n")?, news })
 }
 
+impl Relayed {
+    /// Where it is published: a room's events on the room's topic (every
+    /// node with a member session of it), a user's on the user's; a
+    /// membership on both, so the user's sessions elsewhere follow it too.
+    pub fn topics(&self) -> Vec<BusTopic> {
+        match self {
+            Relayed::Member { room, key, .. } => vec![BusTopic::Room(room.clone()), BusTopic::User(key.clone())],
+            Relayed::TypingInRoom { room, .. } => vec![BusTopic::Room(room.clone())],
+            Relayed::TypingToUser { to_key, .. } => vec![BusTopic::User(to_key.clone())],
+            Relayed::Revoked { user, .. } => vec![BusTopic::User(user.clone())],
+        }
+    }
+
+    fn to_json(&self, node: u64) -> Value {
+        match self {
+            Relayed::Member { room, user, key, joined, room_seq } => json!({
+                "k": "member", "n": node, "room": room, "user": user, "key": key, "joined": joined, "seq": room_seq,
+            }),
+            Relayed::TypingInRoom { room, from } => json!({"k": "typing", "n": node, "room": room, "from": from}),
+            Relayed::TypingToUser { from, to, to_key } => {
+                json!({"k": "typing", "n": node, "from": from, "to": to, "key": to_key})
+            }
+            Relayed::Revoked { user, token_hash } => {
+                json!({"k": "revoked", "n": node, "user": user, "hash": token_hash})
+            }
+        }
+    }
+
+    /// `None` when `v` is not a relayed event at all (its kind is another).
+    fn from_json(v: &Value) -> Option<Result<BusMessage, BusError>> {
+        let kind = v["k"].as_str()?;
+        if !matches!(kind, "member" | "typing" | "revoked") {
+            return None;
+        }
+        let text = |field: &'static str| v[field].as_str().map(str::to_owned).ok_or(BusError::Malformed(field));
+        let event = || -> Result<Relayed, BusError> {
+            Ok(match kind {
+                "member" => Relayed::Member {
+                    room: text("room")?,
+                    user: text("user")?,
+                    key: text("key")?,
+                    joined: v["joined"].as_bool().ok_or(BusError::Malformed("joined"))?,
+                    room_seq: v["seq"].as_u64().ok_or(BusError::Malformed("seq"))?,
+                },
+                "typing" if v["room"].is_string() => Relayed::TypingInRoom { room: text("room")?, from: text("from")? },
+                "typing" => Relayed::TypingToUser { from: text("from")?, to: text("to")?, to_key: text("key")? },
+                _ => Relayed::Revoked { user: text("user")?, token_hash: text("hash")? },
+            })
+        };
+        let node = v["n"].as_u64().ok_or(BusError::Malformed("n"));
+        Some(node.and_then(|node| Ok(BusMessage::Relayed { node, event: event()? })))
+    }
+}
+
 /// What the hub asks of the bus.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BusCommand {
@@ -318,12 +438,33 @@ mod tests {
         }
     }
 
+    fn relayed(event: Relayed) -> BusMessage {
+        BusMessage::Relayed { node: u64::MAX, event }
+    }
+
     #[test]
     fn messages_round_trip_through_bytes() {
         let all = [
             BusMessage::Room { room: "lobby".into(), message: message(42, Some("c-1"), None) },
             BusMessage::Room { room: "r.2".into(), message: message(1, None, None) },
             BusMessage::Private { to_key: "bob#17".into(), message: message(7, None, Some("bob")) },
+            relayed(Relayed::Member {
+                room: "r".into(),
+                user: "g".into(),
+                key: "g#1.2".into(),
+                joined: true,
+                room_seq: 7,
+            }),
+            relayed(Relayed::Member {
+                room: "r".into(),
+                user: "ann".into(),
+                key: "ann".into(),
+                joined: false,
+                room_seq: 0,
+            }),
+            relayed(Relayed::TypingInRoom { room: "r".into(), from: "ann".into() }),
+            relayed(Relayed::TypingToUser { from: "ann".into(), to: "Bob".into(), to_key: "Bob".into() }),
+            relayed(Relayed::Revoked { user: "ann".into(), token_hash: "ab12".into() }),
         ];
         for m in all {
             let bytes = m.encode();
@@ -368,6 +509,18 @@ mod tests {
         let mut bytes = vec![BUS_VERSION];
         bytes.extend_from_slice(no_kind);
         assert_eq!(BusMessage::decode(&bytes), Err(BusError::Malformed("k")));
+        assert_eq!(BusMessage::decode(b"\x01{\"k\":\"member\",\"n\":1}"), Err(BusError::Malformed("room")));
+        assert_eq!(BusMessage::decode(b"\x01{\"k\":\"revoked\",\"user\":\"a\"}"), Err(BusError::Malformed("n")));
+    }
+
+    #[test]
+    fn a_membership_goes_to_the_room_and_to_the_user() {
+        let member =
+            Relayed::Member { room: "r".into(), user: "ann".into(), key: "ann".into(), joined: true, room_seq: 3 };
+        assert_eq!(member.topics(), [BusTopic::Room("r".into()), BusTopic::User("ann".into())]);
+        let typing = Relayed::TypingToUser { from: "ann".into(), to: "bob".into(), to_key: "bob#1.1".into() };
+        assert_eq!(typing.topics(), [BusTopic::User("bob#1.1".into())]);
+        assert_eq!(relayed(member).seq(), 0, "relayed events carry no seq");
     }
 
     #[test]

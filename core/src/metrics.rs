@@ -119,6 +119,14 @@ pub struct Metrics {
     pub cluster_peers_lost: AtomicU64,
     /// Cluster: times this node asked every other node for its users.
     pub cluster_syncs: AtomicU64,
+    /// Cluster: relayed events (membership, typing, revocation) published
+    /// (one per topic).
+    pub bus_relayed_sent: AtomicU64,
+    /// Cluster: relayed events received from other nodes.
+    pub bus_relayed_received: AtomicU64,
+    /// Cluster: storage reads of which tokens are still live, after the
+    /// link came back (a revocation may have been lost).
+    pub bus_token_checks: AtomicU64,
 }
 
 impl Metrics {
@@ -376,6 +384,7 @@ impl Metrics {
             &[
                 ("{read=\"fill\"}", count(&self.bus_fill_reads) as f64),
                 ("{read=\"check\"}", count(&self.bus_checks) as f64),
+                ("{read=\"tokens\"}", count(&self.bus_token_checks) as f64),
             ],
         );
         out.metric(
@@ -389,6 +398,15 @@ impl Metrics {
             "counter",
             "Publishes that failed or were dropped; the other nodes' periodic check finds what they carried.",
             &[("", count(&self.bus_publish_errors) as f64)],
+        );
+        out.metric(
+            "natter_bus_relayed_total",
+            "counter",
+            "Relayed events (membership, typing, revocation): published here, or received from other nodes.",
+            &[
+                ("{direction=\"sent\"}", count(&self.bus_relayed_sent) as f64),
+                ("{direction=\"received\"}", count(&self.bus_relayed_received) as f64),
+            ],
         );
         out.metric(
             "natter_bus_probe_failures_total",
@@ -461,6 +479,13 @@ mod tests {
         assert!(text.contains("natter_cluster_peers 0\n"));
         assert!(text.contains("natter_cluster_peers_lost_total 0\n"));
         assert!(text.contains("natter_cluster_syncs_total 0\n"));
+        Metrics::add(&m.bus_relayed_sent, 4);
+        Metrics::add(&m.bus_relayed_received, 1);
+        Metrics::add(&m.bus_token_checks, 5);
+        let relayed = m.render();
+        assert!(relayed.contains("natter_bus_relayed_total{direction=\"sent\"} 4\n"));
+        assert!(relayed.contains("natter_bus_relayed_total{direction=\"received\"} 1\n"));
+        assert!(relayed.contains("natter_bus_catchup_reads_total{read=\"tokens\"} 5\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");

@@ -155,7 +155,25 @@ pub enum StoreOp {
     /// Gives up `node`'s claim of `name`, if it still holds it:
     /// [`StoreValue::Done`].
     ReleaseGuest { name: String, node: u64 },
+    /// Which of `tokens` are stored and not revoked (expiry aside: a
+    /// session ends at its token's expiry by itself):
+    /// [`StoreValue::LiveTokens`]. A node of a cluster asks it for the
+    /// tokens its sessions were opened with after its bus link was down, when
+    /// a revocation may have been lost; at most [`LIVE_TOKENS_PAGE`] a time.
+    LiveTokens { tokens: Vec<String> },
+    /// The newest `seq` and the registered members of each of `rooms`:
+    /// [`StoreValue::RoomMembers`].
+    /// A node of a cluster asks it when it starts serving a room, to learn
+    /// who joined on other nodes while it did not; at most
+    /// [`ROOM_MEMBERS_PAGE`] rooms a time.
+    RoomMembers { rooms: Vec<String> },
 }
+
+/// Most rooms one [`StoreOp::RoomMembers`] asks about.
+pub const ROOM_MEMBERS_PAGE: usize = 64;
+
+/// Most tokens one [`StoreOp::LiveTokens`] asks about.
+pub const LIVE_TOKENS_PAGE: usize = 256;
 
 /// A message to append.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -227,6 +245,13 @@ pub fn display_pair(a: &str, b: &str) -> String {
     } else {
         format!("{b} {a}")
     }
+}
+
+/// How a token is stored: the hex SHA-256 of its text. The core needs it
+/// too: a revocation crosses the bus as the hash, never as the token.
+pub fn token_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// Whether a principal is a guest's (`name#incarnation`): guests have no
@@ -345,6 +370,13 @@ pub enum StoreValue {
     FoundUser(Option<String>),
     /// For `ClaimGuest`: whether the name is now the node's.
     Claimed(bool),
+    /// For `LiveTokens`: the live ones of the tokens asked, in the order
+    /// asked.
+    LiveTokens { tokens: Vec<String> },
+    /// For `RoomMembers`: each room asked, in the order asked, with its
+    /// newest `seq` and its registered members sorted (0 and none for a
+    /// room storage does not know).
+    RoomMembers { rooms: Vec<(String, u64, Vec<String>)> },
 }
 
 /// Why a request failed. Every variant reaches clients as `unavailable`.

@@ -310,8 +310,10 @@ natter_tests::cases! {
         let mut b = WsClient::user(&c.nodes[1], &bob);
         b.join(&room);
         a.wait_for(|v| is_presence(v, &room, &bob.name, "online"));
-        let g = WsClient::guest(&c.nodes[1], "doomed");
+        let mut g = WsClient::guest(&c.nodes[1], "doomed");
+        g.join(&room);
         let guest = g.user.clone();
+        a.wait_for(|v| is_presence(v, &room, &guest, "join"));
         eventually(std::time::Duration::from_secs(5), "node 0 lists the guest of node 1", || {
             let who = a.ok("who", json!({}));
             who["users"].as_array().unwrap().iter().any(|u| u["user"] == guest.as_str()).then_some(())
@@ -319,7 +321,12 @@ natter_tests::cases! {
         c.nodes[1].kill();
         // The timeout (1 s) and a beat, well within this.
         a.timeout = std::time::Duration::from_secs(5);
-        a.wait_for(|v| is_presence(v, &room, &bob.name, "offline"));
+        let (mut offline, mut left) = (false, false);
+        while !(offline && left) {
+            let v = a.wait_for(|v| is_presence(v, &room, &bob.name, "offline") || is_presence(v, &room, &guest, "leave"));
+            offline |= v["user"] == bob.name.as_str();
+            left |= v["user"] == guest.as_str();
+        }
         let who = a.ok("who", json!({}));
         let names: Vec<&str> = who["users"].as_array().unwrap().iter().filter_map(|u| u["user"].as_str()).collect();
         // (Other cases' clusters share the test Redis, so their users are
@@ -453,4 +460,97 @@ natter_tests::cases! {
             m.expect_none(Duration::from_millis(300), |v| is_message_in(v, &room));
         }
     }
+
+    fn a_join_and_a_leave_on_one_node_are_presence_on_the_others_on_both_transports(bin) {
+        let c = Cluster::start(bin, 2, &[]);
+        let room = uniq("pres");
+        let mut ws = WsClient::guest(&c.nodes[0], "w0");
+        ws.join(&room);
+        let mut line = LineClient::guest(&c.nodes[0], "l0");
+        line.send_line(&format!("/join {room}"));
+        line.wait_line(|l| l.starts_with(&format!("* you are in {room}")));
+        let account = c.nodes[1].account("joiner");
+        let mut joiner = WsClient::user(&c.nodes[1], &account);
+        joiner.join(&room);
+        ws.wait_for(|v| is_presence(v, &room, &account.name, "join"));
+        line.wait_exact(&format!("* {} joined {room}", account.name));
+        joiner.leave(&room);
+        ws.wait_for(|v| is_presence(v, &room, &account.name, "leave"));
+        line.wait_exact(&format!("* {} left {room}", account.name));
+        // A guest's memberships end with its session, on every node.
+        let guest = uniq("g1");
+        let mut g = WsClient::connect(&c.nodes[1]);
+        assert_eq!(ty(&g.hello_guest(&guest)), "welcome");
+        g.join(&room);
+        ws.wait_for(|v| is_presence(v, &room, &guest, "join"));
+        g.disconnect();
+        ws.wait_for(|v| is_presence(v, &room, &guest, "leave"));
+        line.wait_exact(&format!("* {guest} left {room}"));
+    }
+
+    fn typing_reaches_a_room_and_a_user_on_another_node(bin) {
+        let c = Cluster::start(bin, 2, &[]);
+        let room = uniq("typ");
+        let (ann, bob) = (c.nodes[0].account("ann"), c.nodes[1].account("bob"));
+        let mut a = WsClient::user(&c.nodes[0], &ann);
+        let mut b = WsClient::user(&c.nodes[1], &bob);
+        a.join(&room);
+        b.join(&room);
+        // A subscription takes effect a moment after the `ok` that made
+        // it, and `typing` is a hint nothing repairs: the typist goes on
+        // typing until it shows.
+        let shows = |from: &mut WsClient, to: &mut WsClient, typing: Value, pred: &dyn Fn(&Value) -> bool| {
+            eventually(std::time::Duration::from_secs(10), "typing on the other node", || {
+                from.ok("typing", typing.clone());
+                let seen = to.drain(std::time::Duration::from_millis(200));
+                seen.iter().any(pred).then_some(())
+            })
+        };
+        let (a_name, b_name, r) = (ann.name.clone(), bob.name.clone(), room.clone());
+        let in_room = move |v: &Value| ty(v) == "typing" && v["room"] == r.as_str() && v["user"] == a_name.as_str();
+        shows(&mut a, &mut b, json!({"room": room}), &in_room);
+        let a_name = ann.name.clone();
+        let to_ann = move |v: &Value| ty(v) == "typing" && v["user"] == b_name.as_str() && v["to"] == a_name.as_str();
+        shows(&mut b, &mut a, json!({"to": ann.name}), &to_ann);
+    }
+
+    fn a_logout_on_one_node_closes_the_tokens_session_on_another_with_4001(bin) {
+        let c = Cluster::start(bin, 2, &[]);
+        let account = c.nodes[0].account("out");
+        let other_token = c.nodes[1].login(&account.name, PASSWORD);
+        let mut there = WsClient::user(&c.nodes[1], &account);
+        let mut other = WsClient::connect(&c.nodes[1]);
+        assert_eq!(ty(&other.hello_token(&other_token)), "welcome");
+        let r = c.nodes[0].logout(&account.token);
+        assert_eq!(r.status, 204, "logout: {}", r.text());
+        // At once on the bus; or, if node 1's subscription was not in
+        // effect yet, at its periodic check (every 3 s by default).
+        assert_eq!(there.close_code_within(std::time::Duration::from_secs(10)), Some(4001));
+        assert_eq!(ty(&other.request("ping", json!({}))), "pong", "another token's session goes on");
+    }
+
+    fn a_user_joining_on_one_node_gets_the_rooms_messages_on_its_session_on_another(bin) {
+        let c = Cluster::start(bin, 2, &[]);
+        let room = uniq("follow");
+        let account = c.nodes[0].account("both");
+        let mut here = WsClient::user(&c.nodes[0], &account);
+        let mut there = WsClient::user(&c.nodes[1], &account);
+        let mut speaker = WsClient::guest(&c.nodes[1], "spk");
+        speaker.join(&room);
+        there.join(&room);
+        // On the bus; or, when node 0's subscription to the user was not in
+        // effect yet (it takes a moment after the welcome), at its periodic
+        // check (every 3 s by default) a little later.
+        wait_within(&mut here, 10, |v| is_presence(v, &room, &account.name, "join"));
+        let n = speaker.say(&room, "for every session");
+        let got = wait_within(&mut here, 10, |v| is_message_in(v, &room));
+        assert_eq!((seq(&got), got["text"].as_str()), (n, Some("for every session")));
+    }
+}
+
+/// The first message matching `pred` within `secs` seconds.
+fn wait_within(c: &mut WsClient, secs: u64, pred: impl Fn(&Value) -> bool) -> Value {
+    eventually(std::time::Duration::from_secs(secs), "a matching message", || {
+        c.try_recv_json(std::time::Duration::from_millis(100)).filter(|v| pred(v))
+    })
 }

@@ -304,6 +304,41 @@ impl Cluster {
         c
     }
 
+    /// A token for `user`, valid for the configured TTL from now, issued
+    /// straight into the shared store.
+    pub fn token(&mut self, user: &str) -> String {
+        let ttl = self.nodes[0].config().token_ttl.as_millis() as u64;
+        self.store.issue_token(user, self.now_ms() + ttl)
+    }
+
+    /// A WebSocket session on `node` opened with `token`, welcomed.
+    pub fn login_with(&mut self, node: usize, token: &str) -> NodeClient {
+        let client = self.with_node(node, |sim| sim.ws_client());
+        let c = NodeClient { node, client };
+        let welcome = self.req(c, serde_json::json!({"type":"hello","token":token}));
+        assert_eq!(welcome["type"], "welcome", "token hello on node {node}: {welcome}");
+        c
+    }
+
+    /// One HTTP request to `node` (see [`Sim::http`]).
+    pub fn http(
+        &mut self,
+        node: usize,
+        method: &str,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> crate::HttpResponse {
+        let res = self.with_node(node, |sim| sim.http(method, path, body, headers));
+        self.run_until_idle();
+        res
+    }
+
+    /// The code of the close frame the client read, if any.
+    pub fn close_code(&self, c: NodeClient) -> Option<u16> {
+        self.nodes[c.node].close_code(c.client)
+    }
+
     /// A guest WebSocket session named `name` on `node`, welcomed.
     pub fn guest(&mut self, node: usize, name: &str) -> NodeClient {
         let client = self.with_node(node, |sim| sim.ws_client());

@@ -485,6 +485,21 @@ impl Data {
                 }
                 StoreValue::Done
             }
+            StoreOp::LiveTokens { tokens } => {
+                let live = |t: &&String| self.tokens.get(*t).is_some_and(|t| !t.revoked);
+                StoreValue::LiveTokens { tokens: tokens.iter().filter(live).cloned().collect() }
+            }
+            StoreOp::RoomMembers { rooms } => {
+                let members = |room: &String| self.rooms.get(room).map(|r| r.members.keys().cloned().collect());
+                StoreValue::RoomMembers {
+                    rooms: rooms
+                        .iter()
+                        .map(|room| {
+                            (room.clone(), self.rooms.get(room).map_or(0, |r| r.seq), members(room).unwrap_or_default())
+                        })
+                        .collect(),
+                }
+            }
             StoreOp::ReadMarks { user } => {
                 let marks = self
                     .rooms

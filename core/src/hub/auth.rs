@@ -304,6 +304,7 @@ impl Hub {
         info.inbox = InboxRead::Reading;
         let peer = info.peer;
         self.limits.opened(now.unix_ms, peer, &user);
+        self.session_welcomed(now, sid);
         let line = self.set_welcomed(sid, &user, token);
         let first = self.add_registered_session(&user, sid);
         let rooms: Vec<String> = self.state.memberships.get(&user).cloned().unwrap_or_default();
@@ -447,7 +448,7 @@ impl Hub {
     /// `user` is offline now: its rooms hear `presence`, and on `Leave` it is
     /// no member of them any more.
     fn gone(&mut self, now: Now, user: &str, presence_now: Presence) {
-        self.state.remove_online(user);
+        let key = self.state.remove_online(user).map_or_else(|| user.to_string(), |o| o.key);
         self.announce_offline(now, user, presence_now == Presence::Leave);
         // Still online elsewhere in the cluster: nothing changed for others.
         let elsewhere = self.online_elsewhere(user);
@@ -457,6 +458,7 @@ impl Hub {
             self.deliver(&targets, &presence(&room, user, presence_now));
             if presence_now == Presence::Leave {
                 self.state.remove_member(user, &room);
+                self.relay_member(&room, user, key.clone(), false);
             }
         }
     }
@@ -537,13 +539,9 @@ impl Hub {
             },
             (ApiKind::Logout { token }, result) => match result {
                 Ok(StoreValue::Revoked { user: Some(user) }) => {
-                    for s in self.sessions_of(&user) {
-                        let same = matches!(&self.state.sessions.get(&s).map(|i| &i.phase),
-                            Some(Phase::Welcomed { token: Some(t), .. }) if *t == token);
-                        if same {
-                            self.push(s.shard(), ToShardInner::Close { sid: s, reason: HubClose::TokenRevoked });
-                        }
-                    }
+                    self.close_token_sessions(&user, |t| t == token);
+                    let token_hash = crate::store::token_hash(&token);
+                    self.relay(crate::bus::Relayed::Revoked { user, token_hash });
                     self.api_respond(sid, ApiResponse::logged_out());
                 }
                 Ok(_) => self.api_error(sid, ErrorCode::InvalidToken, "the token is unknown", None),

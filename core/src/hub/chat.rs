@@ -100,13 +100,6 @@ impl Hub {
         if !is_valid_name(&room) {
             return self.answer(me, Err(bad_room()));
         }
-        self.join_room(now, me, room, since, true);
-    }
-
-    /// A join of a valid room name. In a cluster, a room no session here is
-    /// in may have moved on since this node last saw it: with `learn`, its
-    /// newest `seq` is read first, so the `ok` names where it stands.
-    fn join_room(&mut self, now: Now, me: Asker, room: String, since: Option<u64>, learn: bool) {
         if self.state.is_member(&me.user, &room) {
             return self.joined(now, me.sid, me.tag, room, since);
         }
@@ -115,8 +108,8 @@ impl Hub {
             let f = Failure::new(ErrorCode::TooManyRooms, format!("a user may be in at most {max} rooms"));
             return self.answer(me, Err(f));
         }
-        if learn && self.room_unserved(&room) {
-            return self.learn_room(now, me.sid, me.tag, room, since);
+        if me.guest && self.config.cluster && !self.serves_room(&room) {
+            return self.read_members_then_join(now, me.sid, me.tag, me.user, room, since);
         }
         if me.guest {
             return self.apply_join(now, me.sid, me.tag, &me.user, room, since);
@@ -126,6 +119,12 @@ impl Hub {
             // join is stored: from now on this session's live messages of
             // the room wait for its replay, which the `ok` precedes.
             self.mark_replaying(me.sid, &room);
+        }
+        if self.config.cluster && !self.serves_room(&room) {
+            // Read before the join is stored, so the `ok` counts the
+            // members who joined on other nodes while this one did not
+            // serve the room, and names the room's newest `seq`.
+            self.read_members(now, std::slice::from_ref(&room));
         }
         let Asker { sid, tag, user, .. } = me;
         let op = StoreOp::Join { user: user.clone(), room: room.clone() };
@@ -240,15 +239,18 @@ impl Hub {
     }
 
     fn typing(&mut self, me: Asker, to: To) {
-        let (targets, event) = match to {
-            To::Room(room) if !self.state.is_member(&me.user, &room) => {
-                return self.answer(me, Err(not_member(&room)));
+        let (targets, event) = match &to {
+            To::Room(room) if !self.state.is_member(&me.user, room) => {
+                return self.answer(me, Err(not_member(room)));
             }
-            To::Room(room) => (self.room_sessions(&room, None, false), typing_in_room(&room, &me.user)),
-            To::User(to) if self.state.key_of(&to).is_none() => return self.answer(me, Err(no_such_user(&to))),
-            To::User(to) => (self.sessions_of(&to), typing_to_user(&me.user, &to)),
+            To::Room(room) => (self.room_sessions(room, None, false), typing_in_room(room, &me.user)),
+            To::User(to) if self.state.key_of(to).is_none() => return self.answer(me, Err(no_such_user(to))),
+            To::User(to) => (self.sessions_of(to), typing_to_user(&me.user, to)),
         };
         self.deliver(&targets, &event);
+        if self.config.cluster {
+            self.relay(relayed_typing(&me.user, to, &self.state));
+        }
         self.answer(me, Ok(Reply::Done));
     }
 
@@ -279,6 +281,8 @@ impl Hub {
             let targets = self.room_sessions(&room, None, false);
             self.deliver(&targets, &presence(&room, user, Presence::Join));
             self.update_room_gauge();
+            let key = self.state.key_of(user).unwrap_or_else(|| user.to_string());
+            self.relay_member(&room, user, key, true);
         }
         self.joined(now, sid, tag, room, since);
     }
@@ -385,15 +389,9 @@ impl Hub {
         if !self.state.is_member(user, room) {
             return self.reply(sid, tag, Err(not_member(room)));
         }
-        let targets = self.room_sessions(room, None, false);
-        self.deliver(&targets, &presence(room, user, Presence::Leave));
-        self.state.remove_member(user, room);
-        for s in self.sessions_of(user) {
-            if let Some(info) = self.state.sessions.get_mut(&s) {
-                info.replaying.retain(|r| r != room);
-            }
-        }
-        self.update_room_gauge();
+        self.remove_member_here(user, room);
+        let key = self.state.key_of(user).unwrap_or_else(|| user.to_string());
+        self.relay_member(room, user, key, false);
         self.reply(sid, tag, Ok(Reply::Done));
     }
 
@@ -526,6 +524,9 @@ impl Hub {
             (PendingKind::ReplayRest { room, after }, _) => self.complete_replay_rest(now, sid, room, after, result),
             (PendingKind::Fill { key, after, covers }, _) => self.complete_fill(now, key, after, covers, result),
             (PendingKind::Check { users }, _) => self.complete_check(now, users, result),
+            (PendingKind::LiveTokens { tokens }, _) => self.complete_live_tokens(tokens, result),
+            (PendingKind::RoomMembers { rooms }, _) => self.complete_room_members(rooms, result),
+            (PendingKind::UserRooms { user }, _) => self.complete_user_rooms(user, result),
             (PendingKind::FindLogin { name, password, peer }, tag) => {
                 self.complete_find_login(now, sid, tag, name, password, peer, result)
             }
@@ -555,21 +556,6 @@ impl Hub {
             PendingKind::Welcome { user, token, expires_ms } => {
                 self.complete_welcome(now, sid, tag, user, token, expires_ms, result)
             }
-            PendingKind::RoomSeq { room, since } => {
-                let Some(user) = self.state.sessions.get(&sid).and_then(|i| i.user()).map(str::to_string) else {
-                    return;
-                };
-                match result {
-                    Ok(StoreValue::LastSeqs { rooms, .. }) => {
-                        for (room, seq) in rooms {
-                            self.catch_up_unserved(&room, seq);
-                        }
-                        let me = self.asker(sid, tag, user);
-                        self.join_room(now, me, room, since, false);
-                    }
-                    _ => self.reply(sid, tag, Err(unavailable())),
-                }
-            }
             PendingKind::Join { user, room, since } => match result {
                 Ok(_) => self.apply_join(now, sid, tag, &user, room, since),
                 Err(_) => {
@@ -577,6 +563,13 @@ impl Hub {
                     self.reply(sid, tag, Err(unavailable()))
                 }
             },
+            PendingKind::GuestJoin { user, room, since } => {
+                self.complete_room_members(vec![room.clone()], result);
+                // Its session may have ended while the members were read.
+                if self.state.online.get(&user).is_some_and(|o| o.guest && o.sessions.contains(&sid)) {
+                    self.apply_join(now, sid, tag, &user, room, since);
+                }
+            }
             PendingKind::Leave { user, room } => match result {
                 Ok(_) => self.apply_leave(sid, tag, &user, &room),
                 Err(_) => self.reply(sid, tag, Err(unavailable())),
@@ -606,7 +599,10 @@ impl Hub {
             | PendingKind::Fill { .. }
             | PendingKind::ReplayRest { .. }
             | PendingKind::Check { .. }
-            | PendingKind::ReleaseGuest => {}
+            | PendingKind::ReleaseGuest
+            | PendingKind::LiveTokens { .. }
+            | PendingKind::RoomMembers { .. }
+            | PendingKind::UserRooms { .. } => {}
         }
     }
 
@@ -635,6 +631,17 @@ impl Hub {
         }
         if let Some(tag) = tag {
             self.reply(sid, tag, result.map(|_| Reply::Done).map_err(|_| unavailable()));
+        }
+    }
+}
+
+/// What other nodes hear of `from`'s `typing` (the target is known here).
+fn relayed_typing(from: &str, to: To, state: &super::state::State) -> crate::bus::Relayed {
+    match to {
+        To::Room(room) => crate::bus::Relayed::TypingInRoom { room, from: from.to_string() },
+        To::User(to) => {
+            let to_key = state.key_of(&to).unwrap_or_else(|| to.clone());
+            crate::bus::Relayed::TypingToUser { from: from.to_string(), to, to_key }
         }
     }
 }

@@ -94,6 +94,8 @@ pub(crate) struct ClusterState {
     checked_ms: Option<u64>,
     checks: u64,
     pub(crate) out: VecDeque<BusCommand>,
+    /// What relayed events need remembered (`hub/relay.rs`).
+    pub(crate) relay: super::relay::RelayState,
 }
 
 impl ClusterState {
@@ -112,6 +114,7 @@ impl Hub {
         }
         match event {
             BusEvent::Message(BusMessage::Node { node, n, news }) => self.node_news(now, node, n, news),
+            BusEvent::Message(BusMessage::Relayed { node, event }) => self.relayed(node, event),
             BusEvent::Message(message) => {
                 Metrics::add(&self.metrics.bus_received, 1);
                 self.arrive(now, Arrival { message, origin: None });
@@ -121,6 +124,7 @@ impl Hub {
                 self.metrics.bus_up.store(1, std::sync::atomic::Ordering::Relaxed);
                 self.check_all(now, true);
                 self.nodes_up(now);
+                self.check_tokens(now);
             }
             BusEvent::Down => {
                 self.cluster.up = false;
@@ -167,7 +171,7 @@ impl Hub {
 
     /// One message into the sequencer (see the module docs).
     fn arrive(&mut self, now: Now, arrival: Arrival) {
-        let key = StreamKey::of(&arrival.message);
+        let Some(key) = StreamKey::of(&arrival.message) else { return };
         let seq = arrival.message.seq();
         let Some(last) = self.last(&key) else {
             if matches!(key, StreamKey::Conversation(..)) && self.cluster.waiting.len() < HOLD {
@@ -292,6 +296,8 @@ impl Hub {
             }
             BusMessage::Private { to_key, message } => self.fan_out_private(arrival.origin, &to_key, &message),
             BusMessage::Node { .. } => {}
+            // Never sequenced: `handle_bus` hands them to `hub/relay.rs`.
+            BusMessage::Relayed { .. } => {}
         }
     }
 
@@ -326,6 +332,7 @@ impl Hub {
             return;
         }
         self.check_all(now, false);
+        self.recheck_fresh_sessions(now);
         let stalled: Vec<StreamKey> =
             self.cluster.streams.iter().filter(|(_, s)| !s.filling).map(|(k, _)| k.clone()).collect();
         for key in stalled {
@@ -377,21 +384,15 @@ impl Hub {
     }
 
     fn waiting_min(&self, key: &StreamKey) -> Option<u64> {
-        self.cluster.waiting.iter().filter(|a| StreamKey::of(&a.message) == *key).map(|a| a.message.seq()).min()
+        self.cluster
+            .waiting
+            .iter()
+            .filter(|a| StreamKey::of(&a.message).as_ref() == Some(key))
+            .map(|a| a.message.seq())
+            .min()
     }
 
     // ---- subscriptions ------------------------------------------------------
-
-    /// Whether this node is in a cluster and no session here is in `room`.
-    pub(super) fn room_unserved(&self, room: &str) -> bool {
-        self.config.cluster && !self.cluster.room_refs.contains_key(room)
-    }
-
-    /// Reads `room`'s newest `seq` before a join completes here.
-    pub(super) fn learn_room(&mut self, now: Now, sid: SessionId, tag: Tag, room: String, since: Option<u64>) {
-        let op = StoreOp::LastSeqs { rooms: vec![room.clone()], users: Vec::new(), active_since: None };
-        self.store(now, op, Pending::request(sid, tag, PendingKind::RoomSeq { room, since }));
-    }
 
     /// Storage says `room` is at `seq`: if no session here is in the room,
     /// nobody here has been told an older `seq` nor waits for the ones in
@@ -445,10 +446,16 @@ impl Hub {
                 self.cluster.served.insert(user, served);
             }
         }
+        self.read_members(now, &new_rooms);
         if !new_rooms.is_empty() || !new_users.is_empty() {
             self.cluster.next_check.get_or_insert(now.instant + self.config.cluster_check);
             self.check(now, new_rooms, new_users, None);
         }
+    }
+
+    /// Whether a member session here makes this node serve `room`.
+    pub(super) fn serves_room(&self, room: &str) -> bool {
+        self.cluster.room_refs.contains_key(room)
     }
 
     fn unref_room(&mut self, room: &str) {

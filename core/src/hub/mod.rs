@@ -60,6 +60,7 @@ mod guest;
 mod inbox;
 mod limits;
 mod nodes;
+mod relay;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -270,6 +271,12 @@ impl Hub {
             }
             (PendingKind::Api(call), result) => self.settle_api(&call, &result),
             (PendingKind::ClaimGuest { name, .. }, result) => self.settle_claim(now, &name, &result),
+            // The hub's own reads (`hub/relay.rs`): what they found is as
+            // true late as on time.
+            (PendingKind::RoomMembers { rooms }, result) => self.complete_room_members(rooms, result),
+            (PendingKind::GuestJoin { room, .. }, result) => self.complete_room_members(vec![room], result),
+            (PendingKind::UserRooms { user }, result) => self.complete_user_rooms(user, result),
+            (PendingKind::LiveTokens { tokens }, result) => self.complete_live_tokens(tokens, result),
             _ => {}
         }
     }

@@ -70,12 +70,6 @@ pub(crate) enum PendingKind {
         room: String,
         since: Option<u64>,
     },
-    /// In a cluster: a `join` of a room no session here is in, waiting for
-    /// the room's newest `seq` (see `Hub::learn_room`).
-    RoomSeq {
-        room: String,
-        since: Option<u64>,
-    },
     Replay {
         room: String,
         since: u64,
@@ -117,6 +111,28 @@ pub(crate) enum PendingKind {
         key: super::stream::StreamKey,
         after: u64,
         covers: u64,
+    },
+    /// In a cluster: which of `tokens` (this node's sessions') are still
+    /// live, after the bus link was down (see `hub/relay.rs`).
+    LiveTokens {
+        tokens: Vec<String>,
+    },
+    /// In a cluster: the members of rooms this node starts serving (see
+    /// `hub/relay.rs`).
+    RoomMembers {
+        rooms: Vec<String>,
+    },
+    /// In a cluster: a guest's `join` of a room this node does not serve
+    /// yet, once the room's members are read (see `hub/relay.rs`).
+    GuestJoin {
+        user: String,
+        room: String,
+        since: Option<u64>,
+    },
+    /// In a cluster: a registered user's rooms, read again after its
+    /// session was welcomed (see `hub/relay.rs`).
+    UserRooms {
+        user: String,
     },
     /// In a cluster: the newest `seq`s of what the node serves; `users`
     /// asked.

@@ -13,13 +13,13 @@ pub(crate) enum StreamKey {
 }
 
 impl StreamKey {
-    pub(crate) fn of(message: &BusMessage) -> StreamKey {
+    /// `None` for a relayed event or a node announcement: nothing numbers
+    /// those.
+    pub(crate) fn of(message: &BusMessage) -> Option<StreamKey> {
         match message {
-            BusMessage::Room { room, .. } => StreamKey::Room(room.clone()),
-            BusMessage::Private { to_key, message } => conversation(&message.sender, to_key),
-            // Never sequenced: `Hub::handle_bus` takes node announcements
-            // aside before the sequencer sees anything.
-            BusMessage::Node { .. } => StreamKey::Room(String::new()),
+            BusMessage::Room { room, .. } => Some(StreamKey::Room(room.clone())),
+            BusMessage::Private { to_key, message } => Some(conversation(&message.sender, to_key)),
+            BusMessage::Relayed { .. } | BusMessage::Node { .. } => None,
         }
     }
 

@@ -627,6 +627,48 @@ pub(crate) fn a_guest_name_is_claimed_by_one_live_node(f: &mut dyn Fixture) {
     assert_eq!(one(f.backend(), claim("amy", 2, &[1, 2])), V::Claimed(false), "claims are stored");
 }
 
+/// `LiveTokens` names the tokens asked that are stored and not revoked, in
+/// the order asked: what a cluster node asks after its bus link was down,
+/// when a revocation may have been lost.
+pub(crate) fn live_tokens_are_the_stored_unrevoked_ones(f: &mut dyn Fixture) {
+    let b = f.backend();
+    assert!(b.create_user("alice", "hash-a", 1).unwrap());
+    let (t1, h1) = new_token();
+    let (t2, h2) = new_token();
+    let (t3, h3) = new_token();
+    for h in [&h1, &h2, &h3] {
+        b.create_token(h, "alice", 1000).unwrap();
+    }
+    assert_eq!(one(b, Op::Revoke { token: t2.clone() }), V::Revoked { user: Some("alice".into()) });
+    let ask = Op::LiveTokens { tokens: vec![t3.clone(), t2, "unknown".into(), h1, t1.clone()] };
+    assert_eq!(one(b, ask), V::LiveTokens { tokens: vec![t3, t1] }, "a stored hash is not a token");
+    assert_eq!(one(b, Op::LiveTokens { tokens: vec![] }), V::LiveTokens { tokens: vec![] });
+}
+
+/// `RoomMembers` names each room asked, in the order asked, with its newest
+/// `seq` and its registered members sorted: what a cluster node reads when
+/// it starts serving a room.
+pub(crate) fn room_members_are_read_per_room_in_the_order_asked(f: &mut dyn Fixture) {
+    let b = f.backend();
+    let join = |user: &str, room: &str| Op::Join { user: user.into(), room: room.into() };
+    let ops =
+        vec![join("zed", "b"), join("amy", "b"), join("amy", "a"), join("bo", "c"), room_append("b", "amy", "hi", 1)];
+    assert!(run(b, ops).iter().all(Result::is_ok));
+    run(b, vec![Op::Leave { user: "bo".into(), room: "c".into() }]);
+    let ask = Op::RoomMembers { rooms: vec!["b".into(), "nope".into(), "a".into(), "c".into()] };
+    assert_eq!(
+        one(b, ask),
+        V::RoomMembers {
+            rooms: vec![
+                ("b".into(), 1, vec!["amy".into(), "zed".into()]),
+                ("nope".into(), 0, vec![]),
+                ("a".into(), 0, vec!["amy".into()]),
+                ("c".into(), 0, vec![]),
+            ]
+        }
+    );
+}
+
 /// One `#[test]` per contract test, on the fixture `$make` builds. `sql_only`
 /// lists the tests the fake store does not pass (see the module docs).
 macro_rules! contract_suite {
@@ -647,7 +689,9 @@ macro_rules! contract_suite {
             data_survives_reopen,
             last_seqs_names_the_newest_seq_of_rooms_and_conversations,
             find_user_ignores_case_and_answers_the_registered_spelling,
-            a_guest_name_is_claimed_by_one_live_node
+            a_guest_name_is_claimed_by_one_live_node,
+            live_tokens_are_the_stored_unrevoked_ones,
+            room_members_are_read_per_room_in_the_order_asked
         );
         contract_suite!(@sql $sql, $make);
     };
@@ -721,6 +765,15 @@ pub(crate) mod fake {
                         Ok(self.0.execute(&StoreOp::CheckToken { token: token_hash(token), now_ms: *now_ms }))
                     }
                     StoreOp::Revoke { token } => Ok(self.0.execute(&StoreOp::Revoke { token: token_hash(token) })),
+                    StoreOp::LiveTokens { tokens } => {
+                        let hashes = tokens.iter().map(|t| token_hash(t)).collect();
+                        match self.0.execute(&StoreOp::LiveTokens { tokens: hashes }) {
+                            StoreValue::LiveTokens { tokens: live } => Ok(StoreValue::LiveTokens {
+                                tokens: tokens.iter().filter(|t| live.contains(&token_hash(t))).cloned().collect(),
+                            }),
+                            other => Ok(other),
+                        }
+                    }
                     op => Ok(self.0.execute(op)),
                 })
                 .collect()

@@ -26,7 +26,6 @@ use argon2::Argon2;
 use natter_core::store::{Cancel, StoreError, StoreFailure, StoreReqId, StoreValue};
 use rand::rngs::OsRng;
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 
 use super::Shared;
 
@@ -70,10 +69,7 @@ pub fn new_token() -> (String, String) {
     (token, hash)
 }
 
-/// How a token is stored: the hex SHA-256 of its text.
-pub fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
+pub use natter_core::store::token_hash;
 
 /// A hash to verify against when the user is unknown, so that an unknown
 /// user costs as much as a wrong password.

@@ -529,6 +529,8 @@ fn is_write(op: &StoreOp) -> bool {
             | StoreOp::ReadMarks { .. }
             | StoreOp::LastSeqs { .. }
             | StoreOp::FindUser { .. }
+            | StoreOp::LiveTokens { .. }
+            | StoreOp::RoomMembers { .. }
     )
 }
 
@@ -763,6 +765,25 @@ fn run_op(conn: &mut Conn, op: &StoreOp) -> Result<StoreValue, PgError> {
             conn.execute("DELETE FROM guest_claims WHERE lname = lower($1) AND node = $2", &[name, &(*node as i64)])?;
             Ok(StoreValue::Done)
         }
+        StoreOp::LiveTokens { tokens } => live_tokens(conn, tokens),
+        StoreOp::RoomMembers { rooms } => {
+            let rows =
+                conn.query("SELECT room, name FROM members WHERE room = ANY($1) ORDER BY room, name", &[rooms])?;
+            let mut found: HashMap<String, Vec<String>> = HashMap::new();
+            for row in &rows {
+                found.entry(row.get(0)).or_default().push(row.get(1));
+            }
+            let seqs = conn.query("SELECT name, seq FROM rooms WHERE name = ANY($1)", &[rooms])?;
+            let seqs: HashMap<String, u64> = seqs.iter().map(|r| (r.get(0), uint(r.get(1)))).collect();
+            let rooms = rooms
+                .iter()
+                .map(|room| {
+                    let seq = seqs.get(room).copied().unwrap_or(0);
+                    (room.clone(), seq, found.remove(room).unwrap_or_default())
+                })
+                .collect();
+            Ok(StoreValue::RoomMembers { rooms })
+        }
         StoreOp::Register { .. } | StoreOp::Login { .. } | StoreOp::Verify { .. } => {
             unreachable!("password operations are answered before run_op")
         }
@@ -789,6 +810,15 @@ fn last_seqs(
     )?;
     let conversations = rows.iter().map(|r| (r.get(0), r.get(1), uint(r.get(2)))).collect();
     Ok(StoreValue::LastSeqs { rooms, conversations })
+}
+
+/// The tokens of `tokens` stored and not revoked, in the order asked.
+fn live_tokens(conn: &mut Conn, tokens: &[String]) -> Result<StoreValue, PgError> {
+    let hashes: Vec<String> = tokens.iter().map(|t| token_hash(t)).collect();
+    let rows = conn.query("SELECT hash FROM tokens WHERE hash = ANY($1) AND NOT revoked", &[&hashes])?;
+    let live: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+    let tokens = tokens.iter().zip(&hashes).filter(|(_, h)| live.contains(*h)).map(|(t, _)| t.clone()).collect();
+    Ok(StoreValue::LiveTokens { tokens })
 }
 
 fn check_token(conn: &mut Conn, token: &str, now_ms: u64) -> Result<StoreValue, PgError> {

@@ -649,7 +649,9 @@ fn is_write(op: &StoreOp) -> bool {
         | StoreOp::Conversations { .. }
         | StoreOp::ReadMarks { .. }
         | StoreOp::LastSeqs { .. }
-        | StoreOp::FindUser { .. } => false,
+        | StoreOp::FindUser { .. }
+        | StoreOp::LiveTokens { .. }
+        | StoreOp::RoomMembers { .. } => false,
     }
 }
 
@@ -768,6 +770,18 @@ fn run_op(conn: &Connection, op: &StoreOp) -> rusqlite::Result<StoreValue> {
                 .execute(rusqlite::params![lname, *node as i64])?;
             Ok(StoreValue::Done)
         }
+        StoreOp::LiveTokens { tokens } => live_tokens(conn, tokens),
+        StoreOp::RoomMembers { rooms } => {
+            let mut st = conn.prepare_cached("SELECT user FROM members WHERE room = ?1 ORDER BY user")?;
+            let mut seq_of = conn.prepare_cached("SELECT seq FROM rooms WHERE name = ?1")?;
+            let mut out = Vec::with_capacity(rooms.len());
+            for room in rooms {
+                let members = st.query_map([room], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+                let seq: Option<i64> = seq_of.query_row([room], |r| r.get(0)).optional()?;
+                out.push((room.clone(), seq.map_or(0, uint), members));
+            }
+            Ok(StoreValue::RoomMembers { rooms: out })
+        }
         StoreOp::Register { .. } | StoreOp::Login { .. } | StoreOp::Verify { .. } => {
             Err(rusqlite::Error::InvalidParameterName("password operations do not run in a batch".into()))
         }
@@ -802,6 +816,19 @@ fn check_token(conn: &Connection, token: &str, now_ms: u64) -> rusqlite::Result<
         }
         _ => StoreValue::Rejected,
     })
+}
+
+/// The tokens of `tokens` stored and not revoked: one indexed lookup each.
+fn live_tokens(conn: &Connection, tokens: &[String]) -> rusqlite::Result<StoreValue> {
+    let mut st = conn.prepare_cached("SELECT revoked FROM tokens WHERE hash = ?1")?;
+    let mut live = Vec::new();
+    for token in tokens {
+        let revoked: Option<bool> = st.query_row([token_hash(token)], |r| r.get(0)).optional()?;
+        if revoked == Some(false) {
+            live.push(token.clone());
+        }
+    }
+    Ok(StoreValue::LiveTokens { tokens: live })
 }
 
 fn join(conn: &Connection, user: &str, room: &str) -> rusqlite::Result<StoreValue> {
