@@ -414,6 +414,11 @@ impl Metrics {
             "Probes of the node's own subscription that did not come back in time.",
             &[("", count(&self.bus_probe_failures) as f64)],
         );
+        self.render_peers(out);
+    }
+
+    /// The other nodes, as this one sees them (all zero on a single node).
+    fn render_peers(&self, out: &mut Exposition) {
         out.metric(
             "natter_cluster_peers",
             "gauge",

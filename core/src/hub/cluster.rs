@@ -94,8 +94,6 @@ pub(crate) struct ClusterState {
     checked_ms: Option<u64>,
     checks: u64,
     pub(crate) out: VecDeque<BusCommand>,
-    /// What relayed events need remembered (`hub/relay.rs`).
-    pub(crate) relay: super::relay::RelayState,
 }
 
 impl ClusterState {
@@ -105,7 +103,7 @@ impl ClusterState {
 }
 
 /// The hub's own "session" for storage reads nobody asked for.
-pub(crate) const HUB_SID: SessionId = SessionId::HUB;
+const HUB_SID: SessionId = SessionId::HUB;
 
 impl Hub {
     pub(super) fn handle_bus(&mut self, now: Now, event: BusEvent) {

@@ -128,6 +128,8 @@ pub struct Hub {
     store_out: Vec<StoreRequest>,
     cluster: cluster::ClusterState,
     nodes: nodes::Nodes,
+    /// What relayed events need remembered (`hub/relay.rs`).
+    relay: relay::RelayState,
 }
 
 impl Hub {
@@ -160,6 +162,7 @@ impl Hub {
             store_out: Vec::new(),
             cluster: Default::default(),
             nodes: Default::default(),
+            relay: Default::default(),
         };
         if hub.config.cluster {
             hub.nodes_start(now);

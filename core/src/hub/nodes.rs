@@ -445,6 +445,6 @@ impl Hub {
 
     fn release_guest(&mut self, now: Now, name: &str) {
         let op = StoreOp::ReleaseGuest { name: name.to_string(), node: self.config.node };
-        self.store(now, op, Pending::untagged(super::cluster::HUB_SID, PendingKind::ReleaseGuest));
+        self.store(now, op, Pending::untagged(SessionId::HUB, PendingKind::ReleaseGuest));
     }
 }

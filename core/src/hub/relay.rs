@@ -30,7 +30,6 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
-use super::cluster::HUB_SID;
 use super::pending::{Pending, PendingKind};
 use super::state::Phase;
 use super::Hub;
@@ -131,10 +130,10 @@ impl Hub {
             // Registered on another node since this one loaded its users.
             self.state.register(user.to_string());
         }
-        if let Some((_, news)) = self.cluster.relay.members_reads.get_mut(room) {
+        if let Some((_, news)) = self.relay.members_reads.get_mut(room) {
             news.insert(user.to_string());
         }
-        if let Some((_, news)) = self.cluster.relay.rooms_reads.get_mut(user) {
+        if let Some((_, news)) = self.relay.rooms_reads.get_mut(user) {
             news.insert(room.to_string());
         }
         if joined {
@@ -196,7 +195,7 @@ impl Hub {
     /// A registered session was welcomed here.
     pub(super) fn session_welcomed(&mut self, now: Now, sid: SessionId) {
         if self.config.cluster {
-            self.cluster.relay.fresh.push_back((now.instant, sid));
+            self.relay.fresh.push_back((now.instant, sid));
         }
     }
 
@@ -205,11 +204,11 @@ impl Hub {
     /// user's rooms read again.
     pub(super) fn recheck_fresh_sessions(&mut self, now: Now) {
         let (mut tokens, mut users) = (Vec::new(), Vec::new());
-        while let Some(&(at, sid)) = self.cluster.relay.fresh.front() {
+        while let Some(&(at, sid)) = self.relay.fresh.front() {
             if at + self.config.cluster_check > now.instant {
                 break;
             }
-            self.cluster.relay.fresh.pop_front();
+            self.relay.fresh.pop_front();
             if let Some(Phase::Welcomed { user, token }) = self.state.sessions.get(&sid).map(|i| &i.phase) {
                 tokens.extend(token.clone());
                 users.push(user.clone());
@@ -221,9 +220,9 @@ impl Hub {
         users.sort_unstable();
         users.dedup();
         for user in users {
-            self.cluster.relay.rooms_reads.entry(user.clone()).or_default().0 += 1;
+            self.relay.rooms_reads.entry(user.clone()).or_default().0 += 1;
             let op = StoreOp::ReadMarks { user: user.clone() };
-            self.store(now, op, Pending::untagged(HUB_SID, PendingKind::UserRooms { user }));
+            self.store(now, op, Pending::untagged(SessionId::HUB, PendingKind::UserRooms { user }));
         }
     }
 
@@ -231,12 +230,12 @@ impl Hub {
     /// missed is applied now as if relayed, except in rooms a relayed event
     /// named while the read ran.
     pub(super) fn complete_user_rooms(&mut self, user: String, result: Result<StoreValue, StoreError>) {
-        let news = match self.cluster.relay.rooms_reads.get_mut(&user) {
+        let news = match self.relay.rooms_reads.get_mut(&user) {
             Some((reads, rooms)) if *reads > 1 => {
                 *reads -= 1;
                 rooms.clone()
             }
-            Some(_) => self.cluster.relay.rooms_reads.remove(&user).map(|(_, r)| r).unwrap_or_default(),
+            Some(_) => self.relay.rooms_reads.remove(&user).map(|(_, r)| r).unwrap_or_default(),
             None => HashSet::new(),
         };
         let Ok(StoreValue::ReadMarks { marks }) = result else { return };
@@ -263,7 +262,7 @@ impl Hub {
         for page in tokens.chunks(LIVE_TOKENS_PAGE) {
             Metrics::add(&self.metrics.bus_token_checks, 1);
             let op = StoreOp::LiveTokens { tokens: page.to_vec() };
-            self.store(now, op, Pending::untagged(HUB_SID, PendingKind::LiveTokens { tokens: page.to_vec() }));
+            self.store(now, op, Pending::untagged(SessionId::HUB, PendingKind::LiveTokens { tokens: page.to_vec() }));
         }
     }
 
@@ -296,10 +295,10 @@ impl Hub {
     pub(super) fn read_members(&mut self, now: Now, rooms: &[String]) {
         for page in rooms.chunks(ROOM_MEMBERS_PAGE) {
             for room in page {
-                self.cluster.relay.members_reads.entry(room.clone()).or_default().0 += 1;
+                self.relay.members_reads.entry(room.clone()).or_default().0 += 1;
             }
             let op = StoreOp::RoomMembers { rooms: page.to_vec() };
-            self.store(now, op, Pending::untagged(HUB_SID, PendingKind::RoomMembers { rooms: page.to_vec() }));
+            self.store(now, op, Pending::untagged(SessionId::HUB, PendingKind::RoomMembers { rooms: page.to_vec() }));
         }
     }
 
@@ -316,7 +315,7 @@ impl Hub {
         room: String,
         since: Option<u64>,
     ) {
-        self.cluster.relay.members_reads.entry(room.clone()).or_default().0 += 1;
+        self.relay.members_reads.entry(room.clone()).or_default().0 += 1;
         let op = StoreOp::RoomMembers { rooms: vec![room.clone()] };
         self.store(now, op, Pending::request(sid, tag, PendingKind::GuestJoin { user, room, since }));
     }
@@ -328,10 +327,10 @@ impl Hub {
     pub(super) fn complete_room_members(&mut self, asked: Vec<String>, result: Result<StoreValue, StoreError>) {
         let mut news = HashMap::new();
         for room in asked {
-            let Some((reads, users)) = self.cluster.relay.members_reads.get_mut(&room) else { continue };
+            let Some((reads, users)) = self.relay.members_reads.get_mut(&room) else { continue };
             *reads -= 1;
             let users = if *reads == 0 {
-                self.cluster.relay.members_reads.remove(&room).map(|(_, u)| u).unwrap_or_default()
+                self.relay.members_reads.remove(&room).map(|(_, u)| u).unwrap_or_default()
             } else {
                 users.clone()
             };

@@ -32,14 +32,13 @@ use std::time::{Duration, Instant};
 
 use natter_core::metrics::Metrics;
 
-use natter_core::store::{
-    display_pair, id_scope, ConversationSummary, InboxBound, InboxLimit, InboxMessage, NewMessage, SeqRange,
-    StoreError, StoreFailure, StoreOp, StoreValue, StoredMessage, StoredRoom, Target,
-};
+use natter_core::store::{StoreError, StoreFailure, StoreOp, StoreValue, StoredRoom, Target};
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 use r2d2_postgres::PostgresConnectionManager;
 
+mod cluster;
+mod messages;
 mod migrate;
 
 pub use migrate::SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION;
@@ -399,7 +398,7 @@ impl PostgresBackend {
         let Ok(mut conn) = self.conn() else { return };
         let now_ms = int(super::now_ms());
         let result = conn.simple("BEGIN").and_then(|()| {
-            let n = purge_ids(&mut conn, now_ms, &self.options)?;
+            let n = messages::purge_ids(&mut conn, now_ms, &self.options)?;
             conn.simple("COMMIT")?;
             Ok(n)
         });
@@ -727,12 +726,12 @@ fn run_op(conn: &mut Conn, op: &StoreOp) -> Result<StoreValue, PgError> {
             conn.execute("DELETE FROM members WHERE room = $1 AND name = $2", &[room, user])?;
             Ok(StoreValue::Done)
         }
-        StoreOp::Append { target, message } => append(conn, target, message),
-        StoreOp::History { target, range } => history(conn, target, *range),
-        StoreOp::Inbox { user, after, limit } => inbox(conn, user, *after, *limit),
-        StoreOp::Ack { user, with, seq } => ack(conn, user, with, *seq),
-        StoreOp::Read { user, target, seq } => read(conn, user, target, *seq),
-        StoreOp::Conversations { user, limit } => conversations(conn, user, *limit),
+        StoreOp::Append { target, message } => messages::append(conn, target, message),
+        StoreOp::History { target, range } => messages::history(conn, target, *range),
+        StoreOp::Inbox { user, after, limit } => messages::inbox(conn, user, *after, *limit),
+        StoreOp::Ack { user, with, seq } => messages::ack(conn, user, with, *seq),
+        StoreOp::Read { user, target, seq } => messages::read(conn, user, target, *seq),
+        StoreOp::Conversations { user, limit } => messages::conversations(conn, user, *limit),
         StoreOp::ReadMarks { user } => {
             let rows = conn.query(
                 "SELECT m.room, m.read, r.seq FROM members m JOIN rooms r ON r.name = m.room
@@ -742,83 +741,16 @@ fn run_op(conn: &mut Conn, op: &StoreOp) -> Result<StoreValue, PgError> {
             let marks = rows.iter().map(|r| (r.get(0), uint(r.get(1)), uint(r.get(2)))).collect();
             Ok(StoreValue::ReadMarks { marks })
         }
-        StoreOp::LastSeqs { rooms, users, active_since } => last_seqs(conn, rooms, users, *active_since),
-        StoreOp::FindUser { name } => {
-            let row = conn.query_opt("SELECT name FROM users WHERE lower(name) = lower($1)", &[name])?;
-            Ok(StoreValue::FoundUser(row.map(|r| r.get(0))))
-        }
-        StoreOp::ClaimGuest { name, node, alive } => {
-            // One statement: the row lock of the conflict makes two nodes
-            // claiming together take turns, and the second sees the first's.
-            let take_over = alive.is_some();
-            let alive: Vec<i64> = alive.iter().flatten().map(|&n| n as i64).collect();
-            let row = conn.query_opt(
-                "INSERT INTO guest_claims (lname, node) VALUES (lower($1), $2)
-                 ON CONFLICT (lname) DO UPDATE SET node = excluded.node, claimed_at = now()
-                 WHERE guest_claims.node = excluded.node OR ($4 AND NOT (guest_claims.node = ANY($3)))
-                 RETURNING node",
-                &[name, &(*node as i64), &alive, &take_over],
-            )?;
-            Ok(StoreValue::Claimed(row.is_some()))
-        }
-        StoreOp::ReleaseGuest { name, node } => {
-            conn.execute("DELETE FROM guest_claims WHERE lname = lower($1) AND node = $2", &[name, &(*node as i64)])?;
-            Ok(StoreValue::Done)
-        }
-        StoreOp::LiveTokens { tokens } => live_tokens(conn, tokens),
-        StoreOp::RoomMembers { rooms } => {
-            let rows =
-                conn.query("SELECT room, name FROM members WHERE room = ANY($1) ORDER BY room, name", &[rooms])?;
-            let mut found: HashMap<String, Vec<String>> = HashMap::new();
-            for row in &rows {
-                found.entry(row.get(0)).or_default().push(row.get(1));
-            }
-            let seqs = conn.query("SELECT name, seq FROM rooms WHERE name = ANY($1)", &[rooms])?;
-            let seqs: HashMap<String, u64> = seqs.iter().map(|r| (r.get(0), uint(r.get(1)))).collect();
-            let rooms = rooms
-                .iter()
-                .map(|room| {
-                    let seq = seqs.get(room).copied().unwrap_or(0);
-                    (room.clone(), seq, found.remove(room).unwrap_or_default())
-                })
-                .collect();
-            Ok(StoreValue::RoomMembers { rooms })
-        }
+        StoreOp::LastSeqs { rooms, users, active_since } => cluster::last_seqs(conn, rooms, users, *active_since),
+        StoreOp::FindUser { name } => cluster::find_user(conn, name),
+        StoreOp::ClaimGuest { name, node, alive } => cluster::claim_guest(conn, name, *node, alive),
+        StoreOp::ReleaseGuest { name, node } => cluster::release_guest(conn, name, *node),
+        StoreOp::LiveTokens { tokens } => cluster::live_tokens(conn, tokens),
+        StoreOp::RoomMembers { rooms } => cluster::room_members(conn, rooms),
         StoreOp::Register { .. } | StoreOp::Login { .. } | StoreOp::Verify { .. } => {
             unreachable!("password operations are answered before run_op")
         }
     }
-}
-
-/// The newest `seq` of each room asked (0 when unknown), in the order asked,
-/// and of every conversation of the users asked (active since `active_since`
-/// when given), each pair once, sorted.
-fn last_seqs(
-    conn: &mut Conn,
-    rooms: &[String],
-    users: &[String],
-    active_since: Option<u64>,
-) -> Result<StoreValue, PgError> {
-    let found = conn.query("SELECT name, seq FROM rooms WHERE name = ANY($1)", &[&rooms])?;
-    let seqs: HashMap<String, u64> = found.iter().map(|r| (r.get(0), uint(r.get(1)))).collect();
-    let rooms = rooms.iter().map(|room| (room.clone(), seqs.get(room).copied().unwrap_or(0))).collect();
-    let rows = conn.query(
-        "SELECT lo, hi, seq FROM conversations WHERE lo = ANY($1) AND last_ts >= $2
-         UNION SELECT lo, hi, seq FROM conversations WHERE hi = ANY($1) AND last_ts >= $2
-         ORDER BY 1, 2",
-        &[&users, &int(active_since.unwrap_or(0))],
-    )?;
-    let conversations = rows.iter().map(|r| (r.get(0), r.get(1), uint(r.get(2)))).collect();
-    Ok(StoreValue::LastSeqs { rooms, conversations })
-}
-
-/// The tokens of `tokens` stored and not revoked, in the order asked.
-fn live_tokens(conn: &mut Conn, tokens: &[String]) -> Result<StoreValue, PgError> {
-    let hashes: Vec<String> = tokens.iter().map(|t| token_hash(t)).collect();
-    let rows = conn.query("SELECT hash FROM tokens WHERE hash = ANY($1) AND NOT revoked", &[&hashes])?;
-    let live: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
-    let tokens = tokens.iter().zip(&hashes).filter(|(_, h)| live.contains(*h)).map(|(t, _)| t.clone()).collect();
-    Ok(StoreValue::LiveTokens { tokens })
 }
 
 fn check_token(conn: &mut Conn, token: &str, now_ms: u64) -> Result<StoreValue, PgError> {
@@ -829,44 +761,6 @@ fn check_token(conn: &mut Conn, token: &str, now_ms: u64) -> Result<StoreValue, 
         }
         _ => StoreValue::Rejected,
     })
-}
-
-fn read(conn: &mut Conn, user: &str, target: &Target, seq: u64) -> Result<StoreValue, PgError> {
-    match target {
-        Target::Room(room) => {
-            conn.execute(
-                "UPDATE members SET read = greatest(read, $3) WHERE room = $1 AND name = $2",
-                &[room, &user, &int(seq)],
-            )?;
-        }
-        Target::Conversation(a, b) => {
-            // The contract puts `user` first; accept either order.
-            let peer = if a == user { b } else { a };
-            conn.execute(
-                "INSERT INTO conv_marks (owner, peer, read, ack) VALUES ($1, $2, $3, 0)
-                 ON CONFLICT (owner, peer) DO UPDATE SET read = greatest(conv_marks.read, excluded.read)",
-                &[&user, peer, &int(seq)],
-            )?;
-        }
-    }
-    Ok(StoreValue::Done)
-}
-
-fn conversations(conn: &mut Conn, user: &str, limit: u32) -> Result<StoreValue, PgError> {
-    let rows = conn.query(
-        "SELECT p.peer, p.seq, coalesce(k.read, 0)
-         FROM (SELECT CASE WHEN lo = $1 THEN hi ELSE lo END AS peer, seq, last_order
-               FROM conversations WHERE lo = $1 OR hi = $1) AS p
-         LEFT JOIN conv_marks AS k ON k.owner = $1 AND k.peer = p.peer
-         ORDER BY p.last_order DESC
-         LIMIT $2",
-        &[&user, &i64::from(limit)],
-    )?;
-    let conversations = rows
-        .iter()
-        .map(|r| ConversationSummary { with: r.get(0), seq: uint(r.get(1)), read: uint(r.get(2)) })
-        .collect();
-    Ok(StoreValue::Conversations { conversations })
 }
 
 fn load_all(conn: &mut Conn) -> Result<StoreValue, PgError> {
@@ -892,300 +786,6 @@ fn load_all(conn: &mut Conn) -> Result<StoreValue, PgError> {
         })
         .collect();
     Ok(StoreValue::Snapshot { users, rooms })
-}
-
-fn append(conn: &mut Conn, target: &Target, m: &NewMessage) -> Result<StoreValue, PgError> {
-    // Only a message with a client id needs its scope.
-    let id = m.client_id.as_deref().map(|client_id| (client_id, id_scope(target)));
-    let ts = int(m.ts);
-    let mut claimed = false;
-    if let Some((client_id, scope)) = &id {
-        // Claiming the key first: a retry on another node now waits here
-        // until this transaction ends, then finds the message.
-        claimed = conn.execute(
-            "INSERT INTO client_ids (sender, scope, client_id, seq, ts) VALUES ($1, $2, $3, 0, $4)
-             ON CONFLICT (sender, scope, client_id) DO NOTHING",
-            &[&m.sender, scope, client_id, &ts],
-        )? == 1;
-        if !claimed {
-            if let Some((seq, ts)) = repeated(conn, target, scope, m, client_id)? {
-                return Ok(StoreValue::Appended { seq, ts, duplicate: true });
-            }
-        }
-    }
-    let seq = match target {
-        // The room's next seq, under its row's lock, and the message: one
-        // round trip.
-        Target::Room(room) => conn
-            .query_one(
-                "WITH r AS (INSERT INTO rooms (name, seq) VALUES ($1, 1)
-                            ON CONFLICT (name) DO UPDATE SET seq = rooms.seq + 1 RETURNING seq)
-                 INSERT INTO room_messages (room, seq, sender, from_name, text, client_id, ts)
-                 SELECT $1, r.seq, $2, $3, $4, $5, $6 FROM r
-                 RETURNING seq",
-                &[room, &m.sender, &m.from, &m.text, &m.client_id, &ts],
-            )?
-            .get(0),
-        Target::Conversation(a, b) => match append_private(conn, pair(a, b), m)? {
-            Ok(seq) => seq,
-            Err(limit) => {
-                if let (true, Some((client_id, scope))) = (claimed, &id) {
-                    conn.execute(
-                        "DELETE FROM client_ids WHERE sender = $1 AND scope = $2 AND client_id = $3",
-                        &[&m.sender, scope, client_id],
-                    )?;
-                }
-                return Ok(StoreValue::InboxFull { limit });
-            }
-        },
-    };
-    if let Some((client_id, scope)) = &id {
-        // A reused id (other text) now names this message.
-        conn.execute(
-            "UPDATE client_ids SET seq = $4, ts = $5 WHERE sender = $1 AND scope = $2 AND client_id = $3",
-            &[&m.sender, scope, client_id, &seq, &ts],
-        )?;
-    }
-    Ok(StoreValue::Appended { seq: uint(seq), ts: m.ts, duplicate: false })
-}
-
-/// Stores a private message: its `seq`, or the inbox bound it does not fit
-/// (then nothing is written).
-fn append_private(conn: &mut Conn, (lo, hi): (&str, &str), m: &NewMessage) -> Result<Result<i64, InboxLimit>, PgError> {
-    let recipient = if m.sender == lo { hi } else { lo };
-    let inboxed = m.inbox.is_some() && recipient != m.sender;
-    if let Some(bound) = m.inbox.filter(|b| inboxed && *b != InboxBound::UNBOUNDED) {
-        if let Some(limit) = inbox_full(conn, recipient, (lo, hi), bound)? {
-            return Ok(Err(limit));
-        }
-    }
-    let ts = int(m.ts);
-    let seq = next_conversation_seq(conn, lo, hi, ts)?;
-    let row = [&lo as &(dyn ToSql + Sync), &hi, &seq, &m.sender, &m.from, &m.to, &m.text, &m.client_id, &ts];
-    if !inboxed {
-        conn.execute(
-            "INSERT INTO private_messages (lo, hi, seq, sender, from_name, to_name, text, client_id, ts)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &row,
-        )?;
-        return Ok(Ok(seq));
-    }
-    // The message, and the recipient's next inbox id under its row's lock
-    // with the inbox entry: one round trip.
-    let mut params = row.to_vec();
-    params.push(&recipient);
-    conn.execute(
-        "WITH m AS (INSERT INTO private_messages (lo, hi, seq, sender, from_name, to_name, text, client_id, ts)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq),
-              s AS (INSERT INTO inbox_sizes (owner, pending, last_id) VALUES ($10, 1, 1)
-                    ON CONFLICT (owner) DO UPDATE
-                    SET pending = inbox_sizes.pending + 1, last_id = inbox_sizes.last_id + 1
-                    RETURNING last_id)
-         INSERT INTO inbox (owner, id, lo, hi, seq) SELECT $10, s.last_id, $1, $2, m.seq FROM s, m",
-        &params,
-    )?;
-    Ok(Ok(seq))
-}
-
-/// The `(seq, ts)` of the message `client_id` names in `scope`, when `m`
-/// repeats it: same sender, same target, same text. Locks the id's row, so
-/// that two attempts at once are answered one after the other.
-fn repeated(
-    conn: &mut Conn,
-    target: &Target,
-    scope: &str,
-    m: &NewMessage,
-    client_id: &str,
-) -> Result<Option<(u64, u64)>, PgError> {
-    let first = conn.query_opt(
-        "SELECT seq, ts FROM client_ids WHERE sender = $1 AND scope = $2 AND client_id = $3 FOR UPDATE",
-        &[&m.sender, &scope, &client_id],
-    )?;
-    let Some((seq, ts)) = first.map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1))) else { return Ok(None) };
-    let text = match target {
-        Target::Room(room) => {
-            conn.query_opt("SELECT text FROM room_messages WHERE room = $1 AND seq = $2", &[room, &seq])?
-        }
-        Target::Conversation(a, b) => {
-            let (lo, hi) = pair(a, b);
-            conn.query_opt(
-                "SELECT text FROM private_messages WHERE lo = $1 AND hi = $2 AND seq = $3",
-                &[&lo, &hi, &seq],
-            )?
-        }
-    }
-    .map(|r| r.get::<_, String>(0));
-    Ok((text.as_deref() == Some(m.text.as_str())).then(|| (uint(seq), uint(ts))))
-}
-
-/// The next `seq` of the conversation `(lo, hi)`, taken under its row's lock,
-/// creating it when new. A new conversation continues after the newest one
-/// between the same display names (see [`display_pair`]); nodes creating one
-/// at once take turns by an advisory lock on those names.
-fn next_conversation_seq(conn: &mut Conn, lo: &str, hi: &str, ts: i64) -> Result<i64, PgError> {
-    let bumped = conn.query_opt(
-        "UPDATE conversations
-         SET seq = seq + 1, last_ts = greatest(last_ts, $3), last_order = nextval('conversation_order')
-         WHERE lo = $1 AND hi = $2
-         RETURNING seq",
-        &[&lo, &hi, &ts],
-    )?;
-    if let Some(row) = bumped {
-        return Ok(row.get(0));
-    }
-    let names = display_pair(lo, hi);
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&names])?;
-    let row = conn.query_one(
-        "INSERT INTO conversations (lo, hi, seq, last_ts, last_order, names)
-         VALUES ($1, $2, (SELECT coalesce(max(seq), 0) + 1 FROM conversations WHERE names = $4),
-                 $3, nextval('conversation_order'), $4)
-         ON CONFLICT (lo, hi) DO UPDATE
-         SET seq = conversations.seq + 1, last_ts = greatest(conversations.last_ts, excluded.last_ts),
-             last_order = excluded.last_order
-         RETURNING seq",
-        &[&lo, &hi, &ts, &names],
-    )?;
-    Ok(row.get(0))
-}
-
-/// Which bound of `user`'s inbox one more message from the conversation
-/// `(lo, hi)` would pass, if any. Locks the user's inbox row, so that nodes
-/// storing messages to one user at once count one after the other.
-fn inbox_full(
-    conn: &mut Conn,
-    user: &str,
-    (lo, hi): (&str, &str),
-    bound: InboxBound,
-) -> Result<Option<InboxLimit>, PgError> {
-    let pending: i64 = conn
-        .query_opt("SELECT pending FROM inbox_sizes WHERE owner = $1 FOR UPDATE", &[&user])?
-        .map_or(0, |r| r.get(0));
-    if pending >= i64::from(bound.per_recipient) {
-        return Ok(Some(InboxLimit::PerRecipient));
-    }
-    if pending < i64::from(bound.per_sender) {
-        return Ok(None);
-    }
-    // The conversation's messages since `user` last acknowledged it (two key
-    // lookups, where counting inbox rows would cost as many as there are).
-    let peer = if user == lo { hi } else { lo };
-    let seq: i64 =
-        conn.query_opt("SELECT seq FROM conversations WHERE lo = $1 AND hi = $2", &[&lo, &hi])?.map_or(0, |r| r.get(0));
-    let ack: i64 = conn
-        .query_opt("SELECT ack FROM conv_marks WHERE owner = $1 AND peer = $2", &[&user, &peer])?
-        .map_or(0, |r| r.get(0));
-    Ok((seq - ack >= i64::from(bound.per_sender)).then_some(InboxLimit::PerSender))
-}
-
-/// Raises `user`'s ack of the conversation with `with`, and takes what it
-/// acknowledges out of `user`'s inbox.
-fn ack(conn: &mut Conn, user: &str, with: &str, seq: u64) -> Result<StoreValue, PgError> {
-    let seq = int(seq);
-    conn.execute(
-        "INSERT INTO conv_marks (owner, peer, read, ack) VALUES ($1, $2, 0, $3)
-         ON CONFLICT (owner, peer) DO UPDATE SET ack = greatest(conv_marks.ack, excluded.ack)",
-        &[&user, &with, &seq],
-    )?;
-    let (lo, hi) = pair(user, with);
-    let gone = conn.execute(
-        "DELETE FROM inbox WHERE owner = $1 AND lo = $2 AND hi = $3 AND seq <= $4",
-        &[&user, &lo, &hi, &seq],
-    )?;
-    if gone > 0 {
-        conn.execute(
-            "UPDATE inbox_sizes SET pending = greatest(pending - $2, 0) WHERE owner = $1",
-            &[&user, &int(gone)],
-        )?;
-    }
-    Ok(StoreValue::Done)
-}
-
-/// Forgets client ids past the retention, and the oldest past the count
-/// bound, at most [`PURGE_BATCH`] at a time. Returns how many went.
-fn purge_ids(conn: &mut Conn, now_ms: i64, options: &PostgresOptions) -> Result<u64, PgError> {
-    let cutoff = now_ms.saturating_sub(int(options.id_retention.as_millis() as u64));
-    let span = conn.query_one("SELECT min(id), max(id) FROM client_ids", &[])?;
-    let (Some(oldest), Some(newest)) = (span.get::<_, Option<i64>>(0), span.get::<_, Option<i64>>(1)) else {
-        return Ok(0);
-    };
-    let over = (newest - oldest + 1 - int(options.max_ids)).max(0);
-    // Ids are numbered in order of arrival: walk from the oldest while they
-    // are past the retention (or over the bound).
-    let rows = conn.query("SELECT id, ts FROM client_ids ORDER BY id LIMIT $1", &[&PURGE_BATCH])?;
-    let mut last = None;
-    for (n, row) in rows.iter().enumerate() {
-        let (id, ts): (i64, i64) = (row.get(0), row.get(1));
-        if ts >= cutoff && n as i64 >= over {
-            break;
-        }
-        last = Some(id);
-    }
-    let Some(last) = last else { return Ok(0) };
-    conn.execute("DELETE FROM client_ids WHERE id <= $1", &[&last])
-}
-
-/// A message row: `seq, sender, from_name, to_name, text, client_id, ts`
-/// starting at column `at`.
-fn message(r: &Row, at: usize) -> StoredMessage {
-    StoredMessage {
-        seq: uint(r.get(at)),
-        sender: r.get(at + 1),
-        from: r.get(at + 2),
-        to: r.get(at + 3),
-        text: r.get(at + 4),
-        client_id: r.get(at + 5),
-        ts: uint(r.get(at + 6)),
-    }
-}
-
-fn history(conn: &mut Conn, target: &Target, range: SeqRange) -> Result<StoreValue, PgError> {
-    // Both ranges take the newest `limit` of the window, then turn them
-    // oldest first.
-    let (after, before, limit) = match range {
-        SeqRange::Before { before, limit } => (0, before.map_or(i64::MAX, int), limit),
-        SeqRange::After { after, limit } => (int(after), i64::MAX, limit),
-    };
-    let limit = i64::from(limit);
-    let (rows, oldest) = match target {
-        Target::Room(room) => {
-            let rows = conn.query(
-                "SELECT seq, sender, from_name, NULL::text, text, client_id, ts FROM room_messages
-                 WHERE room = $1 AND seq > $2 AND seq < $3 ORDER BY seq DESC LIMIT $4",
-                &[room, &after, &before, &limit],
-            )?;
-            let oldest = conn.query_one("SELECT min(seq) FROM room_messages WHERE room = $1", &[room])?;
-            (rows, oldest.get::<_, Option<i64>>(0))
-        }
-        Target::Conversation(a, b) => {
-            let (lo, hi) = pair(a, b);
-            let rows = conn.query(
-                "SELECT seq, sender, from_name, to_name, text, client_id, ts FROM private_messages
-                 WHERE lo = $1 AND hi = $2 AND seq > $3 AND seq < $4 ORDER BY seq DESC LIMIT $5",
-                &[&lo, &hi, &after, &before, &limit],
-            )?;
-            let oldest =
-                conn.query_one("SELECT min(seq) FROM private_messages WHERE lo = $1 AND hi = $2", &[&lo, &hi])?;
-            (rows, oldest.get::<_, Option<i64>>(0))
-        }
-    };
-    let messages = rows.iter().rev().map(|r| message(r, 0)).collect();
-    Ok(StoreValue::Messages { messages, oldest: oldest.map(uint) })
-}
-
-fn inbox(conn: &mut Conn, user: &str, after: u64, limit: u32) -> Result<StoreValue, PgError> {
-    let rows = conn.query(
-        "SELECT i.id, CASE WHEN i.lo = $1 THEN i.hi ELSE i.lo END,
-                m.seq, m.sender, m.from_name, m.to_name, m.text, m.client_id, m.ts
-         FROM inbox AS i
-         JOIN private_messages AS m ON m.lo = i.lo AND m.hi = i.hi AND m.seq = i.seq
-         WHERE i.owner = $1 AND i.id > $2
-         ORDER BY i.id
-         LIMIT $3",
-        &[&user, &int(after), &i64::from(limit)],
-    )?;
-    let cursor = rows.last().map_or(after, |r| uint(r.get(0)));
-    let messages = rows.iter().map(|r| InboxMessage { with: r.get(1), message: message(r, 2) }).collect();
-    Ok(StoreValue::Inbox { messages, cursor })
 }
 
 #[cfg(all(test, feature = "postgres-tests"))]

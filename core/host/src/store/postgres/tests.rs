@@ -5,7 +5,7 @@
 use super::*;
 use crate::store::contract::postgres::{server_url, FreshDatabase};
 use crate::store::contract::{appended, history, msg, one, room, room_append, run, Fixture};
-use natter_core::store::StoreOp as Op;
+use natter_core::store::{SeqRange, StoreOp as Op};
 
 fn admin() -> Client {
     Client::connect(&server_url(), NoTls).expect("connect to NATTER_TEST_POSTGRES")
