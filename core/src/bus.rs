@@ -149,6 +149,10 @@ pub struct NodeUser {
     pub key: UserKey,
     /// Whether it is a guest.
     pub guest: bool,
+    /// A guest's rooms, sorted; a registered user's memberships are stored,
+    /// so empty. A guest's are nowhere else: a node that starts serving a
+    /// room after the guest joined it learns them from here.
+    pub rooms: Vec<String>,
 }
 
 /// What a node announces about itself.
@@ -281,7 +285,7 @@ fn with_version(body: &Value) -> Vec<u8> {
 }
 
 fn user_json(u: &NodeUser) -> Value {
-    json!([u.user, u.key, u.guest])
+    json!([u.user, u.key, u.guest, u.rooms])
 }
 
 fn encode_node(node: u64, n: u64, news: &NodeNews) -> Value {
@@ -309,8 +313,14 @@ fn encode_node(node: u64, n: u64, news: &NodeNews) -> Value {
 
 fn decode_user(v: &Value) -> Result<NodeUser, BusError> {
     let bad = BusError::Malformed("user");
-    let (Some(user), Some(key), Some(guest)) = (v[0].as_str(), v[1].as_str(), v[2].as_bool()) else { return Err(bad) };
-    Ok(NodeUser { user: user.to_string(), key: key.to_string(), guest })
+    let (Some(user), Some(key), Some(guest), Some(rooms)) =
+        (v[0].as_str(), v[1].as_str(), v[2].as_bool(), v[3].as_array())
+    else {
+        return Err(bad);
+    };
+    let rooms: Result<Vec<String>, BusError> =
+        rooms.iter().map(|r| r.as_str().map(str::to_string).ok_or(BusError::Malformed("rooms"))).collect();
+    Ok(NodeUser { user: user.to_string(), key: key.to_string(), guest, rooms: rooms? })
 }
 
 fn decode_node(v: &Value) -> Result<BusMessage, BusError> {
@@ -475,8 +485,9 @@ mod tests {
 
     #[test]
     fn node_announcements_round_trip_through_bytes() {
-        let ann = NodeUser { user: "ann".into(), key: "ann".into(), guest: false };
-        let zed = NodeUser { user: "zed".into(), key: "zed#1.2".into(), guest: true };
+        let ann = NodeUser { user: "ann".into(), key: "ann".into(), guest: false, rooms: vec![] };
+        let zed =
+            NodeUser { user: "zed".into(), key: "zed#1.2".into(), guest: true, rooms: vec!["a".into(), "b".into()] };
         let all = [
             NodeNews::Beat,
             NodeNews::Sync,

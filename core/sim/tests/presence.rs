@@ -342,3 +342,31 @@ proptest! {
         run(steps);
     }
 }
+
+/// A guest's memberships are stored nowhere: a node that starts serving a
+/// room after a guest of another node joined it learns them from that
+/// node's announcements, so its `join` counts the guest, `who` lists it,
+/// and the guest's `leave` comes when its node dies.
+#[test]
+fn a_node_that_starts_a_room_late_knows_the_guests_of_other_nodes_in_it() {
+    let mut c = cluster(2);
+    let otto = c.guest(0, "otto");
+    let ok = c.req(otto, json!({"type":"join","room":"plaza"}));
+    assert_eq!(ok["members"], 1, "{ok}");
+    c.run_until_idle();
+    let ann = c.login(1, "ann");
+    let ok = c.req(ann, json!({"type":"join","room":"plaza"}));
+    assert_eq!(ok["members"], 2, "the guest of node 0 counts: {ok}");
+    let who = c.req(ann, json!({"type":"who","room":"plaza"}));
+    assert_eq!(who["users"], json!([{"user":"ann","online":true},{"user":"otto","online":true}]), "{who}");
+    c.take_json(ann);
+    c.crash(0);
+    c.advance(TIMEOUT + BEAT);
+    let left: Vec<String> = c
+        .take_json(ann)
+        .into_iter()
+        .filter(|v| v["type"] == "presence" && v["room"] == "plaza" && v["user"] == "otto")
+        .map(|v| v["state"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(left, ["leave"]);
+}

@@ -160,12 +160,8 @@ impl Hub {
 
     /// This node's users, in pages.
     fn send_snapshot(&mut self) {
-        let users: Vec<NodeUser> = self
-            .state
-            .online
-            .iter()
-            .map(|(name, o)| NodeUser { user: name.clone(), key: o.key.clone(), guest: o.guest })
-            .collect();
+        let users: Vec<NodeUser> =
+            self.state.online.iter().map(|(name, o)| self.node_user(name, &o.key, o.guest)).collect();
         let pages = users.len().div_ceil(SNAPSHOT_PAGE).max(1);
         let mut chunks = users.chunks(SNAPSHOT_PAGE);
         for page in 0..pages {
@@ -254,14 +250,34 @@ impl Hub {
             if !old.contains_key(name) {
                 self.peer_user_added(user);
             }
+            let before = old.get(name).map(|u| u.rooms.clone()).unwrap_or_default();
+            self.guest_rooms_changed(before, user);
         }
     }
 
-    /// `user` is online at `node` (again, or for the first time).
+    /// `user` is online at `node` (again, or for the first time), a guest
+    /// with the rooms given.
     fn peer_user_set(&mut self, node: u64, user: NodeUser) {
         let Some(peer) = self.nodes.peers.get_mut(&node) else { return };
-        if peer.users.insert(user.user.clone(), user.clone()).is_none() {
+        let before = peer.users.insert(user.user.clone(), user.clone());
+        if before.is_none() {
             self.peer_user_added(&user);
+        }
+        self.guest_rooms_changed(before.map(|u| u.rooms).unwrap_or_default(), &user);
+    }
+
+    /// A peer's guest is in `user.rooms` now, and was in `before`: the
+    /// member tables here follow, as for a relayed join or leave (which
+    /// may have come first: then nothing changes twice).
+    fn guest_rooms_changed(&mut self, before: Vec<String>, user: &NodeUser) {
+        if !user.guest {
+            return;
+        }
+        for room in before.iter().filter(|r| !user.rooms.contains(r)) {
+            self.relayed_member(room, &user.user, &user.key, false);
+        }
+        for room in user.rooms.iter().filter(|r| !before.contains(r)) {
+            self.relayed_member(room, &user.user, &user.key, true);
         }
     }
 
@@ -345,12 +361,26 @@ impl Hub {
         out
     }
 
+    /// `user` as this node announces it: with its rooms if a guest.
+    fn node_user(&self, user: &str, key: &str, guest: bool) -> NodeUser {
+        let rooms = if guest { self.state.memberships.get(user).cloned().unwrap_or_default() } else { Vec::new() };
+        NodeUser { user: user.to_string(), key: key.to_string(), guest, rooms }
+    }
+
     /// A user's first session here was welcomed.
     pub(super) fn announce_online(&mut self, user: &str, key: &str, guest: bool) {
         if self.config.cluster {
-            let user = NodeUser { user: user.to_string(), key: key.to_string(), guest };
+            let user = self.node_user(user, key, guest);
             self.announce(NodeNews::Online(user));
         }
+    }
+
+    /// A guest here joined or left a room: its rooms are announced again
+    /// (`Online` of a user the peers know is an update).
+    pub(super) fn announce_guest_rooms(&mut self, user: &str) {
+        let Some(online) = self.state.online.get(user).filter(|o| o.guest && self.config.cluster) else { return };
+        let user = self.node_user(user, &online.key.clone(), true);
+        self.announce(NodeNews::Online(user));
     }
 
     /// A user is gone from this node (after the grace, for a registered

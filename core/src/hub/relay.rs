@@ -81,6 +81,7 @@ impl Hub {
     pub(super) fn relay_member(&mut self, room: &str, user: &str, key: UserKey, joined: bool) {
         let room_seq = if joined { self.state.room_seq(room) } else { 0 };
         self.relay(Relayed::Member { room: room.to_string(), user: user.to_string(), key, joined, room_seq });
+        self.announce_guest_rooms(user);
     }
 
     /// An event another node relayed (this node's own come back too, on
@@ -117,7 +118,7 @@ impl Hub {
     /// the room's sessions here hear `presence` exactly as for a local one,
     /// the user's sessions here are in the room from now on (or no longer),
     /// and the subscriptions follow (`State::touch`).
-    fn relayed_member(&mut self, room: &str, user: &str, key: &str, joined: bool) {
+    pub(super) fn relayed_member(&mut self, room: &str, user: &str, key: &str, joined: bool) {
         if !is_valid_name(room) || !is_valid_name(user) {
             return;
         }
