@@ -370,3 +370,28 @@ fn a_node_that_starts_a_room_late_knows_the_guests_of_other_nodes_in_it() {
         .collect();
     assert_eq!(left, ["leave"]);
 }
+
+/// A guest `hello` whose claim passed the storage deadline was answered
+/// `unavailable`; said again on the same connection once storage answers,
+/// it is welcomed, and the first claim's late answer does not give away
+/// the name the second one holds.
+#[test]
+fn a_guest_hello_past_the_storage_deadline_can_be_said_again_and_keeps_its_name() {
+    let config = Config { handshake_timeout: Duration::from_secs(300), ..config() };
+    let mut c = Cluster::of(2, config, store());
+    let zed = c.ws_client(0);
+    c.store_mut().set_node_latency(0, Duration::from_secs(30), Duration::ZERO);
+    c.send(zed, json!({"type":"hello","name":"zed","ref":"h1"}));
+    c.advance(Duration::from_secs(21));
+    let first: Vec<serde_json::Value> = c.take_json(zed);
+    assert!(first.iter().any(|v| v["ref"] == "h1" && v["code"] == "unavailable"), "{first:?}");
+    c.store_mut().set_node_latency(0, Duration::ZERO, Duration::ZERO);
+    let again = c.req(zed, json!({"type":"hello","name":"zed"}));
+    assert_eq!(again["type"], "welcome", "{again}");
+    c.advance(Duration::from_secs(30));
+    c.run_until_idle();
+    assert_eq!(c.store().guest_claim("zed"), Some(1), "node 0 (id 1) still holds the name");
+    let other = c.ws_client(1);
+    let taken = c.req(other, json!({"type":"hello","name":"zed"}));
+    assert_eq!(taken["code"], "name_taken", "{taken}");
+}

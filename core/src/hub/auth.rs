@@ -130,6 +130,19 @@ impl Hub {
         self.push(sid.shard(), ToShardInner::Close { sid, reason: HubClose::TooManySessions });
     }
 
+    /// A `hello` of `sid` was answered `unavailable` before storage
+    /// answered it: the session is back to before its `hello`, and a guest
+    /// name it was claiming is free to be asked for again (the late answer
+    /// is settled by `settle_claim`).
+    pub(super) fn hello_abandoned(&mut self, sid: SessionId, claimed: Option<String>) {
+        if self.state.sessions.get(&sid).is_some_and(|i| i.phase == Phase::Welcoming) {
+            self.set_phase(sid, Phase::New);
+        }
+        if let Some(name) = claimed {
+            self.state.unreserve(&name);
+        }
+    }
+
     pub(super) fn set_phase(&mut self, sid: SessionId, phase: Phase) {
         if let Some(info) = self.state.sessions.get_mut(&sid) {
             info.phase = phase;

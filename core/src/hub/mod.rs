@@ -239,6 +239,15 @@ impl Hub {
                 continue;
             }
             let (sid, tag, held, api) = (p.sid, p.tag.clone(), p.kind.held_back(), p.kind.is_api());
+            if p.kind.is_hello() {
+                // Answered `unavailable`, as if it had failed: the client may
+                // say `hello` again; the late completion welcomes nobody.
+                let claimed = match &p.kind {
+                    PendingKind::ClaimGuest { name, .. } => Some(name.clone()),
+                    _ => None,
+                };
+                self.hello_abandoned(sid, claimed);
+            }
             self.release(sid, held);
             if let Some(tag) = tag {
                 self.reply(sid, tag, Err(unavailable()));

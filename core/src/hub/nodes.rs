@@ -456,10 +456,12 @@ impl Hub {
         }
     }
 
-    /// A claim whose client was told `unavailable`: the name is given back.
+    /// A claim whose client was told `unavailable` (its reservation ended
+    /// then): the name is given back, unless a newer `hello` here is
+    /// claiming it again or holds it (the claim is this node's for both).
     pub(super) fn settle_claim(&mut self, now: Now, name: &str, result: &Result<StoreValue, StoreError>) {
-        self.state.unreserve(name);
-        if *result == Ok(StoreValue::Claimed(true)) && !self.state.online.contains_key(name) {
+        let wanted = self.state.is_reserved(name) || self.state.online.contains_key(name);
+        if *result == Ok(StoreValue::Claimed(true)) && !wanted {
             self.release_guest(now, name);
         }
     }

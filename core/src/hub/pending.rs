@@ -203,6 +203,12 @@ impl PendingKind {
     pub(crate) fn is_api(&self) -> bool {
         matches!(self, Self::Api(_))
     }
+
+    /// Whether it is a step of a `hello` (or a line login): the session is
+    /// welcoming while it runs.
+    pub(crate) fn is_hello(&self) -> bool {
+        matches!(self, Self::Authenticate(_) | Self::Welcome { .. } | Self::ClaimGuest { .. } | Self::FindLogin { .. })
+    }
 }
 
 /// The pending table. Deadlines are all `STORE_DEADLINE` after submission,

@@ -239,6 +239,10 @@ impl State {
         self.reserved.insert(name);
     }
 
+    pub(crate) fn is_reserved(&self, name: &str) -> bool {
+        self.reserved.contains(name)
+    }
+
     pub(crate) fn unreserve(&mut self, name: &str) {
         self.reserved.remove(name);
         self.unindex(name);

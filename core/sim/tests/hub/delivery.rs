@@ -483,3 +483,26 @@ fn a_join_with_since_that_storage_never_answers_holds_nothing_back_for_ever() {
     let texts: Vec<Value> = sim.take_kind(b, "message").iter().map(|m| m["text"].clone()).collect();
     assert!(texts.contains(&json!("two")), "{texts:?}");
 }
+
+/// A `hello` whose storage read passed its deadline was answered
+/// `unavailable`: the session is back where it was before it, so a second
+/// `hello` on the same connection, once storage answers again, is welcomed
+/// (not refused as one already under way). With the default handshake
+/// timeout (10 s, under the storage deadline) the connection is closed
+/// first; a server that allows a longer handshake keeps it.
+#[test]
+fn a_hello_past_the_storage_deadline_can_be_said_again() {
+    let config = Config { handshake_timeout: Duration::from_secs(300), ..Config::default() };
+    let mut sim = Sim::with_users(config, &super::USERS);
+    let token = sim.token("alice");
+    let a = sim.ws_client();
+    sim.store_mut().set_latency(Duration::from_secs(60), Duration::ZERO);
+    sim.send_json(a, json!({"type":"hello","token":token,"ref":"h1"}));
+    sim.advance(Duration::from_secs(21));
+    assert_eq!(code(&sim.take_reply(a, "h1").expect("unavailable at the deadline")), "unavailable");
+    sim.store_mut().set_latency(Duration::ZERO, Duration::ZERO);
+    sim.advance(Duration::from_secs(60));
+    sim.run_until_idle();
+    let again = sim.req(a, json!({"type":"hello","token":token}));
+    assert_eq!(again["type"], "welcome", "{again}");
+}
