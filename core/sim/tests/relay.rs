@@ -281,3 +281,30 @@ fn a_join_on_another_node_brings_what_follows_not_the_backlog() {
     let events = room_events(&mut c, bob_there, "busy");
     assert_eq!(events, ["join bob", "message new"], "node 1 starts the room where the join's ok stood");
 }
+
+/// The read of live tokens after the link came back failed: the next
+/// periodic check asks again, and the revoked token's session is closed
+/// then, not at some later reconnection.
+#[test]
+fn a_failed_read_of_live_tokens_is_asked_again_at_the_next_check() {
+    let mut c = cluster(2);
+    let token = c.token("ann");
+    let there = c.login_with(1, &token);
+    c.run_until_idle();
+    c.advance(Config::default().cluster_check * 2);
+    c.link_down(1);
+    let res = c.http(0, "POST", "/api/logout", "", &[("Authorization", &format!("Bearer {token}"))]);
+    assert_eq!(res.status, 204);
+    let mut failed = false;
+    c.store_mut().fail_when(move |op| {
+        let first = matches!(op, natter_core::store::StoreOp::LiveTokens { .. }) && !failed;
+        failed |= first;
+        first
+    });
+    c.link_up(1);
+    c.run_until_idle();
+    assert!(c.is_connected(there), "the one read after Up failed");
+    c.advance(Config::default().cluster_check + std::time::Duration::from_millis(10));
+    c.run_until_idle();
+    assert_eq!(c.close_code(there), Some(4001));
+}

@@ -61,6 +61,10 @@ pub(crate) struct RelayState {
     /// rooms a relayed event named since the first began (as for
     /// `members_reads`).
     rooms_reads: HashMap<String, (u32, HashSet<String>)>,
+    /// Tokens whose `LiveTokens` read failed: asked again at the next
+    /// periodic check (a lost revocation would otherwise wait for the next
+    /// reconnection).
+    tokens_again: Vec<String>,
 }
 
 impl Hub {
@@ -202,9 +206,9 @@ impl Hub {
 
     /// At a periodic check: the sessions welcomed at least `cluster_check`
     /// ago and not looked at since have their token asked about and their
-    /// user's rooms read again.
+    /// user's rooms read again; tokens whose read failed are asked again.
     pub(super) fn recheck_fresh_sessions(&mut self, now: Now) {
-        let (mut tokens, mut users) = (Vec::new(), Vec::new());
+        let (mut tokens, mut users) = (std::mem::take(&mut self.relay.tokens_again), Vec::new());
         while let Some(&(at, sid)) = self.relay.fresh.front() {
             if at + self.config.cluster_check > now.instant {
                 break;
@@ -268,9 +272,11 @@ impl Hub {
     }
 
     /// Closes the sessions of the tokens asked that are no longer live. A
-    /// failed read closes nothing: the next `Up` asks again.
+    /// failed read closes nothing: the next periodic check asks again.
     pub(super) fn complete_live_tokens(&mut self, asked: Vec<String>, result: Result<StoreValue, StoreError>) {
-        let Ok(StoreValue::LiveTokens { tokens: live }) = result else { return };
+        let Ok(StoreValue::LiveTokens { tokens: live }) = result else {
+            return self.relay.tokens_again.extend(asked);
+        };
         let live: HashSet<String> = live.into_iter().collect();
         let dead: HashSet<String> = asked.into_iter().filter(|t| !live.contains(t)).collect();
         if dead.is_empty() {
