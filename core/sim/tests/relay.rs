@@ -308,3 +308,23 @@ fn a_failed_read_of_live_tokens_is_asked_again_at_the_next_check() {
     c.run_until_idle();
     assert_eq!(c.close_code(there), Some(4001));
 }
+
+/// Bob joins a room on node 0 while node 1's link is down; node 1 serves
+/// the room (Ann is there) but Bob has no session on node 1, so nothing
+/// else would tell it: after the link is back it reads the room's members
+/// again, and `who` there lists Bob.
+#[test]
+fn a_join_relayed_while_the_link_was_down_is_read_after_it_is_back() {
+    let mut c = cluster(2);
+    let ann = c.login(1, "ann");
+    join(&mut c, ann, "r");
+    let bob = c.login(0, "bob");
+    c.run_until_idle();
+    c.link_down(1);
+    join(&mut c, bob, "r");
+    c.run_until_idle();
+    assert_eq!(who_room(&mut c, ann, "r"), ["ann"], "node 1 heard nothing");
+    c.link_up(1);
+    c.run_until_idle();
+    assert_eq!(who_room(&mut c, ann, "r"), ["ann", "bob"]);
+}

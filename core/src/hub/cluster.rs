@@ -123,6 +123,10 @@ impl Hub {
                 self.check_all(now, true);
                 self.nodes_up(now);
                 self.check_tokens(now);
+                // Joins and leaves relayed while the link was down are lost:
+                // the members of every room served here are read again.
+                let rooms: Vec<String> = self.cluster.room_refs.keys().cloned().collect();
+                self.read_members(now, &rooms);
             }
             BusEvent::Down => {
                 self.cluster.up = false;
