@@ -54,34 +54,28 @@ impl<T> Mailbox<T> {
     /// Adds an item unless `bound` items are queued already; never blocks.
     /// Returns whether it was added.
     pub fn push_unless_full(&self, item: T, bound: usize) -> bool {
-        let was_empty = {
-            let mut items = self.lock();
-            if items.len() >= bound {
-                return false;
-            }
-            let was_empty = items.is_empty();
-            items.push(item);
-            was_empty
-        };
-        if was_empty {
-            self.arrived.notify_one();
-            if let Some(wake) = self.waker.get() {
-                wake();
-            }
+        let items = self.lock();
+        if items.len() >= bound {
+            return false;
         }
+        self.push_locked(items, item);
         true
     }
 
     fn push_within(&self, item: T, bound: usize) {
-        let was_empty = {
-            let mut items = self.lock();
-            while items.len() >= bound {
-                items = self.drained.wait(items).unwrap_or_else(|e| e.into_inner());
-            }
-            let was_empty = items.is_empty();
-            items.push(item);
-            was_empty
-        };
+        let mut items = self.lock();
+        while items.len() >= bound {
+            items = self.drained.wait(items).unwrap_or_else(|e| e.into_inner());
+        }
+        self.push_locked(items, item);
+    }
+
+    /// Adds `item` under the lock held, then, outside it, wakes the
+    /// consumer if the queue was empty.
+    fn push_locked(&self, mut items: MutexGuard<'_, Vec<T>>, item: T) {
+        let was_empty = items.is_empty();
+        items.push(item);
+        drop(items);
         if was_empty {
             self.arrived.notify_one();
             if let Some(wake) = self.waker.get() {

@@ -205,6 +205,16 @@ impl FakeStore {
 
     // ---- seeding and inspection ----------------------------------------
 
+    /// A store with an account for each of `names`, each with the password
+    /// `password`.
+    pub fn with_accounts(names: &[&str]) -> FakeStore {
+        let mut store = FakeStore::default();
+        for name in names {
+            store.add_user(name, "password");
+        }
+        store
+    }
+
     /// Creates an account directly (before the hub loads the store).
     pub fn add_user(&mut self, user: &str, password: &str) {
         self.data.users.insert(user.to_string(), password.to_string());

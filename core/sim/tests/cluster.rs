@@ -9,16 +9,8 @@ use serde_json::{json, Value};
 use natter_core::Config;
 use natter_sim::{BusFaults, Cluster, FakeStore, NodeClient, Topology};
 
-fn users(names: &[&str]) -> FakeStore {
-    let mut store = FakeStore::default();
-    for name in names {
-        store.add_user(name, "password");
-    }
-    store
-}
-
 fn cluster(nodes: usize) -> Cluster {
-    Cluster::of(nodes, Config::default(), users(&["ann", "bob", "cyd"]))
+    Cluster::of(nodes, Config::default(), FakeStore::with_accounts(&["ann", "bob", "cyd"]))
 }
 
 fn join(c: &mut Cluster, who: NodeClient, room: &str) -> Value {
@@ -215,7 +207,7 @@ fn a_reconnect_to_another_node_with_since_loses_nothing() {
 #[test]
 fn nodes_in_other_topologies_agree() {
     let topologies = [Topology::Local, Topology::Threads(3)];
-    let mut c = Cluster::new(&topologies, Config::default(), users(&["ann", "bob"]), 7);
+    let mut c = Cluster::new(&topologies, Config::default(), FakeStore::with_accounts(&["ann", "bob"]), 7);
     let ann = c.login(0, "ann");
     let bob = c.login(1, "bob");
     join(&mut c, ann, "r");
@@ -682,7 +674,7 @@ fn every_member_gets_each_message_once_in_order_whatever_the_bus_does() {
 /// its inbox. The first page cannot hold it: one more page is read.
 #[test]
 fn a_private_message_that_overtakes_an_inbox_read_is_not_lost() {
-    let mut store = users(&["ann", "bob"]);
+    let mut store = FakeStore::with_accounts(&["ann", "bob"]);
     store.set_run_at_submission(true);
     let mut c = Cluster::new(&[Topology::Local, Topology::Local], Config::default(), store, 1);
     c.store_mut().set_node_latency(1, Duration::from_millis(100), Duration::ZERO);

@@ -6,16 +6,8 @@ use serde_json::{json, Value};
 use natter_core::Config;
 use natter_sim::{BusFaults, Cluster, FakeStore, NodeClient};
 
-fn users(names: &[&str]) -> FakeStore {
-    let mut store = FakeStore::default();
-    for name in names {
-        store.add_user(name, "password");
-    }
-    store
-}
-
 fn cluster(nodes: usize) -> Cluster {
-    Cluster::of(nodes, Config::default(), users(&["ann", "bob", "cyd"]))
+    Cluster::of(nodes, Config::default(), FakeStore::with_accounts(&["ann", "bob", "cyd"]))
 }
 
 fn ok(c: &mut Cluster, who: NodeClient, request: Value) -> Value {
