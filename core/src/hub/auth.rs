@@ -467,8 +467,10 @@ impl Hub {
         let elsewhere = self.online_elsewhere(user);
         let rooms: Vec<String> = self.state.memberships.get(user).cloned().unwrap_or_default();
         for room in rooms {
-            let targets = if elsewhere { Vec::new() } else { self.room_sessions(&room, Some(user), false) };
-            self.deliver(&targets, &presence(&room, user, presence_now));
+            if !elsewhere {
+                let targets = self.room_sessions(&room, Some(user), false);
+                self.deliver(&targets, &presence(&room, user, presence_now));
+            }
             if presence_now == Presence::Leave {
                 self.state.remove_member(user, &room);
                 self.relay_member(&room, user, key.clone(), false);
