@@ -76,6 +76,17 @@ fn command(bin: &str) -> Command {
     cmd
 }
 
+/// `--threads N` from `NATTER_TEST_THREADS` unless the case sets its own:
+/// the suite runs once with the server's default (on a small machine one
+/// I/O thread with the hub in it) and once with several I/O threads and the
+/// hub on its own thread, so that both topologies are tested end to end.
+fn test_threads(args: &[String]) -> Vec<String> {
+    match std::env::var("NATTER_TEST_THREADS") {
+        Ok(n) if !args.iter().any(|a| a == "--threads") => vec!["--threads".into(), n],
+        _ => Vec::new(),
+    }
+}
+
 /// A registered user with a fresh login token.
 #[derive(Debug, Clone)]
 pub struct Account {
@@ -197,6 +208,7 @@ impl Server {
             .arg(self.data_dir())
             .args(self.database.iter().flat_map(|url| ["--database", url.as_str()]))
             .args(&self.args)
+            .args(test_threads(&self.args))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.dir.path())
             .stdin(Stdio::null())

@@ -66,7 +66,7 @@ const FLAGS: &[(&str, Option<&str>, &str)] = &[
         Some("SECS"),
         "time to connect to PostgreSQL before a storage request fails as unavailable [default: 5]",
     ),
-    ("threads", Some("N"), "I/O threads [default: number of cores]"),
+    ("threads", Some("N"), "I/O threads [default: 1 on up to 2 cores, else one fewer than the cores]"),
     ("heartbeat", Some("SECS"), "heartbeat_s in welcome; silence past twice this closes a WebSocket [default: 30]"),
     ("no-guests", None, "refuse guest hello and nickname logins"),
     ("token-ttl", Some("SECS"), "token lifetime [default: 86400]"),
@@ -227,13 +227,28 @@ fn settings(value: Lookup<'_>) -> Result<Settings, ConfigExit> {
         data: PathBuf::from(value("data")?.unwrap_or_else(|| "./natter-data".into())),
         database: url(value("database")?, "database", &["postgres://", "postgresql://"])?,
         redis: url(value("redis")?, "redis", &["redis://", "rediss://"])?,
-        threads: number(&value("threads")?, "threads", cores)?,
+        threads: number(&value("threads")?, "threads", default_threads(cores))?,
         log: value("log")?,
         password_queue: number(&value("password-queue")?, "password-queue", crate::store::DEFAULT_PASSWORD_QUEUE)?,
         core,
         sqlite,
         postgres,
     })
+}
+
+/// I/O threads when `--threads` is not given. With more than one, the hub
+/// and storage get threads of their own and every message crosses threads
+/// twice; on two cores those four threads and the kernel's network work
+/// fight over the cores (the benchmark held a third of `--threads 1`'s
+/// fan-out rate), so a small machine runs everything on one I/O thread and
+/// leaves the other core to storage and the kernel. On more cores one is
+/// left to the hub and storage threads.
+pub fn default_threads(cores: usize) -> usize {
+    if cores <= 2 {
+        1
+    } else {
+        cores - 1
+    }
 }
 
 /// The core's limits; what no flag sets keeps the core's default.
@@ -543,6 +558,14 @@ mod tests {
                 other => panic!("{bad:?}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_default_threads_leave_small_machines_one_io_thread_and_big_ones_a_core_for_the_hub() {
+        let by_cores: Vec<usize> = [1, 2, 3, 4, 16].into_iter().map(default_threads).collect();
+        assert_eq!(by_cores, [1, 1, 2, 3, 15]);
+        let given = run(&["--threads", "2"], &[]).unwrap();
+        assert_eq!(given.threads, 2);
     }
 
     #[test]
