@@ -66,9 +66,9 @@ pub(crate) struct ClusterArgs {
     /// Private messages per second per user.
     #[arg(long, default_value_t = 20.0)]
     private_rate: f64,
-    /// The servers' `--heartbeat`.
-    #[arg(long, default_value_t = 5)]
-    heartbeat: u32,
+    /// The servers' `--heartbeat` (default: the server's own).
+    #[arg(long)]
+    heartbeat: Option<u32>,
     /// Print the tables as JSON at the end as well.
     #[arg(long)]
     json: bool,

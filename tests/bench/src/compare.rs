@@ -48,7 +48,11 @@ pub(crate) struct CompareArgs {
     /// CPUs for this process in the pinned configuration.
     #[arg(long, default_value = "1")]
     bench_cpu: String,
-    /// The servers' `--heartbeat`: short, so that idle sessions see pings.
+    /// The servers' `--heartbeat` in the scenarios that hold idle sessions
+    /// (`idle`, `scale`): short, so that they see pings. The others run
+    /// with the server's default, as it would serve: at the fan-out's load
+    /// a 5 s heartbeat adds a ping and a pong for every hundred deliveries,
+    /// which `natter-floor` beside it does not have.
     #[arg(long, default_value_t = 5)]
     heartbeat: u32,
     /// A smoke run: small counts and short windows (about 3 minutes).
@@ -103,7 +107,7 @@ pub(crate) struct Server {
 
 /// What every benchmarked server is started with: loopback listeners, and
 /// the limits that would measure themselves rather than the server lifted.
-pub(crate) fn base_args(heartbeat: u32) -> Vec<String> {
+pub(crate) fn base_args(heartbeat: Option<u32>) -> Vec<String> {
     let mut args: Vec<String> = [
         "--http",
         "127.0.0.1:0",
@@ -129,7 +133,9 @@ pub(crate) fn base_args(heartbeat: u32) -> Vec<String> {
     ]
     .map(str::to_owned)
     .into();
-    args.extend(["--heartbeat".into(), heartbeat.to_string()]);
+    if let Some(heartbeat) = heartbeat {
+        args.extend(["--heartbeat".into(), heartbeat.to_string()]);
+    }
     args
 }
 
@@ -190,12 +196,13 @@ struct Comparison<'a> {
 }
 
 impl Comparison<'_> {
-    fn start(&mut self, binary: &str, config: Config) -> Server {
+    fn start(&mut self, binary: &str, config: Config, scenario: &str) -> Server {
         self.runs += 1;
         let data = std::env::temp_dir().join(format!("natter-bench-{}-{}-{binary}", std::process::id(), self.runs));
         let _ = std::fs::remove_dir_all(&data);
         let path = format!("{}/{binary}", self.a.dir);
-        let mut args = base_args(self.a.heartbeat);
+        let holds_idle_sessions = matches!(scenario, "idle" | "scale");
+        let mut args = base_args(holds_idle_sessions.then_some(self.a.heartbeat));
         args.extend(["--data".into(), data.to_string_lossy().into_owned()]);
         let cmd = match config {
             Config::Pinned => {
@@ -218,7 +225,7 @@ impl Comparison<'_> {
         let mut table: Option<Table> = None;
         let mut details = Vec::new();
         for binary in self.bins.clone() {
-            let mut server = self.start(binary, config);
+            let mut server = self.start(binary, config, name);
             let mut argv: Vec<String> = vec![
                 name.into(),
                 "--http".into(),
