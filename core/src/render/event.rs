@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{json, Value};
 
 use crate::store::StoredMessage;
 use crate::transport::ws::text_frame;
@@ -54,27 +55,47 @@ pub(crate) fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
 
 /// A room `message` or a `private` as a JSON object.
 pub(crate) fn message_json(room: Option<&str>, m: &StoredMessage) -> Value {
-    let mut o = Map::new();
-    match room {
-        Some(room) => {
-            o.insert("type".into(), "message".into());
-            o.insert("room".into(), room.into());
+    serde_json::to_value(MessageJson::of(room, m)).unwrap_or_default()
+}
+
+/// A message event as its frame carries it, serialised straight from the
+/// stored message: a live message is rendered once per room and the frame
+/// shared by every delivery, and building a `Value` tree first was half of
+/// the hub's work per message. The fields are in the order a `Value`
+/// object wrote them (alphabetical), so the bytes are the same as before.
+#[derive(Serialize)]
+struct MessageJson<'a> {
+    from: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room: Option<&'a str>,
+    seq: u64,
+    text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<&'a str>,
+    ts: u64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+impl<'a> MessageJson<'a> {
+    fn of(room: Option<&'a str>, m: &'a StoredMessage) -> MessageJson<'a> {
+        MessageJson {
+            from: &m.from,
+            id: m.client_id.as_deref(),
+            room,
+            seq: m.seq,
+            text: &m.text,
+            to: room.is_none().then(|| m.to.as_deref().unwrap_or_default()),
+            ts: m.ts,
+            kind: if room.is_some() { "message" } else { "private" },
         }
-        None => {
-            o.insert("type".into(), "private".into());
-        }
     }
-    o.insert("seq".into(), m.seq.into());
-    o.insert("from".into(), m.from.clone().into());
-    if room.is_none() {
-        o.insert("to".into(), m.to.clone().unwrap_or_default().into());
+
+    fn frame(&self) -> Bytes {
+        text_frame(&serde_json::to_vec(self).unwrap_or_default())
     }
-    o.insert("text".into(), m.text.clone().into());
-    o.insert("ts".into(), m.ts.into());
-    if let Some(id) = &m.client_id {
-        o.insert("id".into(), id.clone().into());
-    }
-    Value::Object(o)
 }
 
 /// A message as the line protocol shows it.
@@ -87,7 +108,7 @@ pub(crate) fn message_line(room: Option<&str>, m: &StoredMessage) -> Bytes {
 }
 
 pub(crate) fn room_message(room: &str, m: &StoredMessage) -> Encoded {
-    let ws = text_frame(&serde_json::to_vec(&message_json(Some(room), m)).unwrap_or_default());
+    let ws = MessageJson::of(Some(room), m).frame();
     Encoded { ws, line: message_line(Some(room), m), ack: None }
 }
 
@@ -96,7 +117,7 @@ pub(crate) fn room_message(room: &str, m: &StoredMessage) -> Encoded {
 /// `recipient` is the recipient's principal when it is a registered user,
 /// whose line sessions acknowledge the message once written.
 pub(crate) fn private_message(m: &StoredMessage, recipient: Option<&str>) -> (Encoded, Encoded) {
-    let ws = text_frame(&serde_json::to_vec(&message_json(None, m)).unwrap_or_default());
+    let ws = MessageJson::of(None, m).frame();
     let to = m.to.as_deref().unwrap_or_default();
     let echo_line = Bytes::from(format!("[pm to {to}] {}: {}\n", m.from, one_line(&m.text)));
     let ack = recipient.map(|user| Arc::new(LineAck { user: user.to_string(), with: m.sender.clone(), seq: m.seq }));
@@ -153,6 +174,21 @@ mod tests {
             client_id: Some("c-17".into()),
             ts: 1_763_836_800_123,
         }
+    }
+
+    #[test]
+    fn a_message_frame_has_the_bytes_a_json_object_had() {
+        let e = room_message("lobby", &msg());
+        let text = r#"{"from":"alice","id":"c-17","room":"lobby","seq":42,"text":"hi <b>\nthere","ts":1763836800123,"type":"message"}"#;
+        assert_eq!(&e.ws[2..], text.as_bytes());
+        let mut m = msg();
+        m.client_id = None;
+        m.to = Some("bob".into());
+        let (to, _) = private_message(&m, None);
+        let text = r#"{"from":"alice","seq":42,"text":"hi <b>\nthere","to":"bob","ts":1763836800123,"type":"private"}"#;
+        assert_eq!(&to.ws[2..], text.as_bytes());
+        let listed = serde_json::to_vec(&message_json(None, &m)).unwrap();
+        assert_eq!(&listed[..], text.as_bytes(), "history lists the same object");
     }
 
     #[test]

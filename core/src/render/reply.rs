@@ -57,8 +57,22 @@ pub(crate) enum Reply {
     Done,
 }
 
+/// A `send`'s `ok`, its keys in the order a JSON object writes them.
+#[derive(serde::Serialize)]
+struct SentJson<'a> {
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a str>,
+    seq: u64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
 /// The WebSocket frame payload answering a request.
 pub(crate) fn reply_json(reference: Option<&str>, kind: &str, result: &Result<Reply, Failure>) -> Vec<u8> {
+    if let Ok(Reply::Sent { seq }) = result {
+        // The one answer sent per message: straight to bytes, no tree.
+        return serde_json::to_vec(&SentJson { reference, seq: *seq, kind: "ok" }).unwrap_or_default();
+    }
     let mut o = Map::new();
     let reply = match result {
         Err(f) => {
@@ -184,6 +198,13 @@ pub(crate) fn reply_lines(result: &Result<Reply, Failure>) -> Bytes {
 mod tests {
     use super::*;
     use crate::render::error::ErrorCode;
+
+    #[test]
+    fn a_sends_ok_has_the_bytes_a_json_object_had() {
+        let ok = Ok(Reply::Sent { seq: 7 });
+        assert_eq!(reply_json(Some("r1"), "send", &ok), br#"{"ref":"r1","seq":7,"type":"ok"}"#);
+        assert_eq!(reply_json(None, "send", &ok), br#"{"seq":7,"type":"ok"}"#);
+    }
 
     #[test]
     fn errors_carry_ref_or_request() {
