@@ -16,6 +16,17 @@ pub struct ToHub(pub(crate) ToHubInner);
 #[derive(Debug, Clone)]
 pub struct ToShard(pub(crate) ToShardInner);
 
+impl ToShard {
+    /// How many sessions this mail delivers an event to (0 for anything but
+    /// a delivery): what a benchmark of the hub counts without a shard.
+    pub fn deliveries(&self) -> usize {
+        match &self.0 {
+            ToShardInner::Deliver { sessions, .. } => sessions.len(),
+            _ => 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) enum ToHubInner {
     Hello {
