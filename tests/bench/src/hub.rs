@@ -52,6 +52,25 @@ pub(crate) fn run(a: &HubArgs) -> i32 {
     bench.route(spec.rooms(), &mut mail);
     bench.feed_shards(&mut mail);
     let before = bench.delivered();
+    let f = measure(&mut bench, a, setup);
+    let expected = a.messages as u64 * bench.deliveries_per_message();
+    let mut clean = f.routed.deliveries == expected;
+    if !a.hub_only {
+        clean &= bench.delivered() - before == expected;
+    }
+    print(a, &f);
+    if !clean {
+        eprintln!("lost deliveries: {} routed, {} expected", f.routed.deliveries, expected);
+    }
+    i32::from(!clean)
+}
+
+/// The measured loop, apart so that a profile can collect it alone
+/// (`valgrind --tool=callgrind --collect-atstart=no
+/// --toggle-collect='natter_bench::hub::measure'`).
+#[inline(never)]
+fn measure(bench: &mut HubBench, a: &HubArgs, setup: Duration) -> Figures {
+    let mut mail = Vec::new();
     let mut f = Figures { routed: Routed::default(), setup, hub: Duration::ZERO, shards: Duration::ZERO, written: 0 };
     let mut left = a.messages;
     while left > 0 {
@@ -69,16 +88,7 @@ pub(crate) fn run(a: &HubArgs) -> i32 {
         f.written += bench.feed_shards(&mut mail);
         f.shards += t.elapsed();
     }
-    let expected = a.messages as u64 * bench.deliveries_per_message();
-    let mut clean = f.routed.deliveries == expected;
-    if !a.hub_only {
-        clean &= bench.delivered() - before == expected;
-    }
-    print(a, &f);
-    if !clean {
-        eprintln!("lost deliveries: {} routed, {} expected", f.routed.deliveries, expected);
-    }
-    i32::from(!clean)
+    f
 }
 
 fn add(total: &mut Routed, r: Routed) {
