@@ -59,7 +59,9 @@ pub(crate) enum ToHubInner {
 #[derive(Debug, Clone)]
 pub(crate) enum ToShardInner {
     Deliver {
-        sessions: Vec<SessionId>,
+        /// Shared: a room's run of sessions on one shard goes to every
+        /// message of the room until its members change (`hub/state.rs`).
+        sessions: Arc<[SessionId]>,
         event: Encoded,
     },
     Reply {

@@ -192,7 +192,12 @@ impl Hub {
             return Some(HubOutput::Bus(command));
         }
         let shard = self.dirty.pop()?;
-        Some(HubOutput::ToShard(shard, std::mem::take(&mut self.out[usize::from(shard)])))
+        let out = &mut self.out[usize::from(shard)];
+        // The next batch for this shard starts as large as this one (within
+        // a bound), instead of growing from nothing by reallocations: under
+        // load a shard gets about as much mail every turn.
+        let next = Vec::with_capacity(out.len().min(MAIL_RESERVE));
+        Some(HubOutput::ToShard(shard, std::mem::replace(out, next)))
     }
 
     /// When to call with [`HubInput::Timeout`].
@@ -323,7 +328,7 @@ impl Hub {
             }
         }
         for (shard, sessions) in by_shard {
-            self.push(shard, ToShardInner::Deliver { sessions, event: event.clone() });
+            self.push(shard, ToShardInner::Deliver { sessions: sessions.into(), event: event.clone() });
         }
     }
 
@@ -334,8 +339,8 @@ impl Hub {
 
     /// Sends `event` to every session of every member of `room`, except
     /// those of `except`, and for a message (`skip_replaying`) except those
-    /// replaying the room: one `Deliver` per shard, each shard's sessions
-    /// copied whole from the room's route (no lookup per member).
+    /// replaying the room: one `Deliver` per shard, each shard's run of the
+    /// room's route shared as it is (no lookup per member, no copy).
     fn deliver_to_room(&mut self, room: &str, except: Option<&str>, skip_replaying: bool, event: &Encoded) {
         #[cfg(debug_assertions)]
         let expected = self.room_sessions_by_members(room, except, skip_replaying);
@@ -345,18 +350,20 @@ impl Hub {
         let replaying = if skip_replaying { state.replaying(room) } else { &[] };
         #[cfg(debug_assertions)]
         let mut routed = Vec::new();
-        for run in r.sessions().chunk_by(|a, b| a.shard() == b.shard()) {
-            let sessions: Vec<SessionId> = if excluded.is_empty() && replaying.is_empty() {
-                run.to_vec()
+        for (shard, run) in r.route() {
+            let sessions: Arc<[SessionId]> = if excluded.is_empty() && replaying.is_empty() {
+                Arc::clone(run)
             } else {
-                run.iter().copied().filter(|s| !excluded.contains(s) && replaying.binary_search(s).is_err()).collect()
+                let kept = |s: &SessionId| !excluded.contains(s) && replaying.binary_search(s).is_err();
+                let kept: Vec<SessionId> = run.iter().copied().filter(kept).collect();
+                if kept.is_empty() {
+                    continue;
+                }
+                kept.into()
             };
-            if sessions.is_empty() {
-                continue;
-            }
             #[cfg(debug_assertions)]
             routed.extend_from_slice(&sessions);
-            post(out, dirty, sessions[0].shard(), ToShardInner::Deliver { sessions, event: event.clone() });
+            post(out, dirty, *shard, ToShardInner::Deliver { sessions, event: event.clone() });
         }
         #[cfg(debug_assertions)]
         {
@@ -386,6 +393,10 @@ impl Hub {
         self.metrics.rooms.store(self.state.live_rooms() as i64, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// The most mail a shard's next batch is made ready for (see
+/// [`Hub::poll_output`]).
+const MAIL_RESERVE: usize = 256;
 
 /// Appends `msg` to shard `shard`'s mail, noting the shard as having some.
 fn post(out: &mut Vec<Vec<ToShard>>, dirty: &mut Vec<u16>, shard: u16, msg: ToShardInner) {

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
 type HashSet<K> = std::collections::HashSet<K, foldhash::quality::RandomState>;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::ids::SessionId;
 use crate::session::rate::RateLimit;
@@ -22,35 +23,63 @@ pub(crate) struct Room {
     /// Newest `seq` delivered: every later message has a greater one.
     pub(crate) seq: u64,
     pub(crate) members: BTreeSet<String>,
-    /// Every session here of every member, ordered by shard (then id): a
-    /// delivery takes each shard's run whole, with no lookup per member.
-    /// Kept in step by [`State`]'s membership and session changes; members
-    /// with no session here (offline, or on another node) have none.
-    sessions: Vec<SessionId>,
+    /// Every session here of every member, in runs of one shard's sessions
+    /// (ordered by shard, then id; at most [`MAX_RUN`] a run): a message of
+    /// the room sends each run, shared, to its shard, with no lookup per
+    /// member and no copy. Kept in step by [`State`]'s membership and
+    /// session changes, which make a new run (members change far less often
+    /// than messages flow; the bound keeps that cheap in a huge room).
+    /// Members with no session here (offline, or on another node) have none.
+    route: Vec<(u16, Arc<[SessionId]>)>,
 }
 
+/// The most sessions in one run of a room's route: a change copies one run.
+pub(crate) const MAX_RUN: usize = 512;
+
 impl Room {
-    /// See [`Room::sessions`](#structfield.sessions).
-    pub(crate) fn sessions(&self) -> &[SessionId] {
-        &self.sessions
+    /// See [`Room::route`](#structfield.route).
+    pub(crate) fn route(&self) -> &[(u16, Arc<[SessionId]>)] {
+        &self.route
+    }
+
+    /// Where `sid` is or would go: the first run that does not end before it.
+    fn run_of(&self, sid: SessionId) -> usize {
+        let key = (sid.shard(), sid);
+        self.route.partition_point(|(shard, run)| (*shard, run[run.len() - 1]) < key)
     }
 
     fn add_session(&mut self, sid: SessionId) {
-        if let Err(at) = self.sessions.binary_search_by_key(&route_key(sid), |s| route_key(*s)) {
-            self.sessions.insert(at, sid);
+        let i = self.run_of(sid);
+        // Into the run that ends after it, or else onto the end of the
+        // shard's run before, or else a run of its own.
+        let i = match (self.route.get(i), i.checked_sub(1).and_then(|p| self.route.get(p))) {
+            (Some((shard, _)), _) if *shard == sid.shard() => i,
+            (_, Some((shard, _))) if *shard == sid.shard() => i - 1,
+            _ => return self.route.insert(i, (sid.shard(), Arc::from([sid]))),
+        };
+        let run = &self.route[i].1;
+        let Err(at) = run.binary_search(&sid) else { return };
+        let new: Vec<SessionId> = run[..at].iter().chain([&sid]).chain(&run[at..]).copied().collect();
+        if new.len() > MAX_RUN {
+            let (low, high) = new.split_at(new.len() / 2);
+            self.route[i].1 = low.into();
+            self.route.insert(i + 1, (sid.shard(), high.into()));
+        } else {
+            self.route[i].1 = new.into();
         }
     }
 
     fn remove_session(&mut self, sid: SessionId) {
-        if let Ok(at) = self.sessions.binary_search_by_key(&route_key(sid), |s| route_key(*s)) {
-            self.sessions.remove(at);
+        let i = self.run_of(sid);
+        let Some((_, run)) = self.route.get(i) else { return };
+        let Ok(at) = run.binary_search(&sid) else { return };
+        if run.len() == 1 {
+            self.route.remove(i);
+        } else {
+            let new: Arc<[SessionId]> = run[..at].iter().chain(&run[at + 1..]).copied().collect();
+            self.route[i].1 = new;
         }
     }
-}
-
-/// The order of [`Room::sessions`]: by shard first.
-fn route_key(sid: SessionId) -> (u16, u64) {
-    (sid.shard(), sid.get())
 }
 
 /// A user with at least one session past `welcome`.
@@ -524,13 +553,24 @@ mod tests {
         out
     }
 
-    /// The route of every room agrees with its members, and is ordered by
-    /// shard with no repeat (what a delivery's runs rely on).
+    /// A room's route, flat.
+    fn sessions(room: &Room) -> Vec<SessionId> {
+        room.route().iter().flat_map(|(_, run)| run.iter().copied()).collect()
+    }
+
+    /// The route of every room agrees with its members, and is in
+    /// non-empty runs of one shard each, at most `MAX_RUN` long, ordered by
+    /// shard then id with no repeat (what finding a session's run relies on).
     fn check_routes(state: &State) {
         for (name, room) in &state.rooms {
-            let route = room.sessions();
-            assert!(route.windows(2).all(|w| route_key(w[0]) < route_key(w[1])), "{name}: {route:?}");
-            let mut sorted = route.to_vec();
+            let route = room.route();
+            for (shard, run) in route {
+                assert!(!run.is_empty() && run.len() <= MAX_RUN, "{name}: {route:?}");
+                assert!(run.iter().all(|s| s.shard() == *shard), "{name}: {route:?}");
+            }
+            let flat: Vec<(u16, SessionId)> = sessions(room).into_iter().map(|s| (s.shard(), s)).collect();
+            assert!(flat.windows(2).all(|w| w[0] < w[1]), "{name}: {route:?}");
+            let mut sorted = sessions(room);
             sorted.sort_unstable();
             assert_eq!(sorted, by_members(state, name), "the route of {name}");
         }
@@ -540,21 +580,21 @@ mod tests {
     fn a_route_follows_joins_leaves_sessions_and_presence() {
         let mut state = State::default();
         state.add_member("ann", "r");
-        assert!(state.rooms["r"].sessions().is_empty(), "a member offline has no session");
+        assert!(sessions(&state.rooms["r"]).is_empty(), "a member offline has no session");
         state.set_online("ann".into(), online(vec![sid(1, 1)]));
-        assert_eq!(state.rooms["r"].sessions(), [sid(1, 1)]);
+        assert_eq!(sessions(&state.rooms["r"]), [sid(1, 1)]);
         state.add_session("ann", sid(0, 2));
-        assert_eq!(state.rooms["r"].sessions(), [sid(0, 2), sid(1, 1)], "by shard");
+        assert_eq!(sessions(&state.rooms["r"]), [sid(0, 2), sid(1, 1)], "by shard");
         state.set_online("bob".into(), online(vec![sid(1, 3)]));
         state.add_member("bob", "r");
         state.add_member("bob", "r");
-        assert_eq!(state.rooms["r"].sessions(), [sid(0, 2), sid(1, 1), sid(1, 3)]);
+        assert_eq!(sessions(&state.rooms["r"]), [sid(0, 2), sid(1, 1), sid(1, 3)]);
         assert_eq!(state.remove_session("ann", sid(1, 1)), 1);
-        assert_eq!(state.rooms["r"].sessions(), [sid(0, 2), sid(1, 3)]);
+        assert_eq!(sessions(&state.rooms["r"]), [sid(0, 2), sid(1, 3)]);
         state.remove_member("bob", "r");
-        assert_eq!(state.rooms["r"].sessions(), [sid(0, 2)]);
+        assert_eq!(sessions(&state.rooms["r"]), [sid(0, 2)]);
         state.remove_online("ann");
-        assert!(state.rooms["r"].sessions().is_empty(), "offline");
+        assert!(sessions(&state.rooms["r"]).is_empty(), "offline");
         check_routes(&state);
     }
 
@@ -584,6 +624,30 @@ mod tests {
         assert!(state.remove_session_info(sid(0, 1)).is_some());
         assert!(state.replaying("s").is_empty(), "a closed session replays nothing");
         assert!(state.replaying.is_empty(), "nothing left behind");
+    }
+
+    #[test]
+    fn a_huge_room_is_routed_in_bounded_runs() {
+        let mut state = State::default();
+        state.add_member("ann", "r");
+        state.set_online("ann".into(), online(vec![]));
+        // Opened in a scrambled order, so sessions land inside runs too.
+        let n = 3 * MAX_RUN as u64;
+        let order: Vec<u64> = (0..n).map(|i| (i * 7919) % n).collect();
+        for (k, &i) in order.iter().enumerate() {
+            state.add_session("ann", sid((i % 2) as u16, i + 1));
+            if k % 97 == 0 {
+                check_routes(&state);
+            }
+        }
+        check_routes(&state);
+        assert!(state.rooms["r"].route().len() >= 4, "split into runs: {}", state.rooms["r"].route().len());
+        for &i in order.iter().step_by(3) {
+            state.remove_session("ann", sid((i % 2) as u16, i + 1));
+        }
+        check_routes(&state);
+        state.remove_online("ann");
+        assert!(state.rooms["r"].route().is_empty());
     }
 
     #[derive(Debug, Clone)]
