@@ -395,8 +395,8 @@ impl Hub {
 }
 
 /// The most mail a shard's next batch is made ready for (see
-/// [`Hub::poll_output`]).
-const MAIL_RESERVE: usize = 256;
+/// [`Hub::poll_output`]): at most 21 KiB a shard stays reserved.
+const MAIL_RESERVE: usize = 128;
 
 /// Appends `msg` to shard `shard`'s mail, noting the shard as having some.
 fn post(out: &mut Vec<Vec<ToShard>>, dirty: &mut Vec<u16>, shard: u16, msg: ToShardInner) {

@@ -34,10 +34,11 @@ pub(crate) struct Room {
 }
 
 /// The most sessions in one run of a room's route: a change copies one run.
-pub(crate) const MAX_RUN: usize = 512;
+const MAX_RUN: usize = 512;
 
 impl Room {
-    /// See [`Room::route`](#structfield.route).
+    /// Every session here of every member, in runs of one shard's sessions
+    /// (see the field).
     pub(crate) fn route(&self) -> &[(u16, Arc<[SessionId]>)] {
         &self.route
     }
