@@ -16,6 +16,17 @@ pub struct ToHub(pub(crate) ToHubInner);
 #[derive(Debug, Clone)]
 pub struct ToShard(pub(crate) ToShardInner);
 
+impl ToShard {
+    /// How many sessions this mail delivers an event to (0 for anything but
+    /// a delivery): what a benchmark of the hub counts without a shard.
+    pub fn deliveries(&self) -> usize {
+        match &self.0 {
+            ToShardInner::Deliver { sessions, .. } => sessions.len(),
+            _ => 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) enum ToHubInner {
     Hello {
@@ -48,7 +59,9 @@ pub(crate) enum ToHubInner {
 #[derive(Debug, Clone)]
 pub(crate) enum ToShardInner {
     Deliver {
-        sessions: Vec<SessionId>,
+        /// Shared: a room's run of sessions on one shard goes to every
+        /// message of the room until its members change (`hub/state.rs`).
+        sessions: Arc<[SessionId]>,
         event: Encoded,
     },
     Reply {

@@ -331,7 +331,7 @@ impl Shard {
     fn apply(&mut self, now: Now, msg: ToShardInner) {
         match msg {
             ToShardInner::Deliver { sessions, event } => {
-                for sid in sessions {
+                for &sid in sessions.iter() {
                     let Some(key) = self.key_of(sid) else { continue };
                     let e = &mut self.entries[key];
                     let mut ctx = Ctx { now, config: &self.config, metrics: &self.metrics, to_hub: &mut self.to_hub };

@@ -25,6 +25,7 @@
 //! or a number of shards.
 
 mod cluster;
+pub mod hub_bench;
 mod machines;
 mod rng;
 pub mod script;

@@ -24,7 +24,6 @@ impl Hub {
                 phase: Phase::New,
                 inbox: InboxRead::Done,
                 held_echoes: Vec::new(),
-                replaying: Vec::new(),
                 queries: None,
                 cluster: None,
             })
@@ -327,8 +326,7 @@ impl Hub {
         // Online elsewhere in the cluster: the members heard `online` then.
         if first && !self.online_elsewhere(&user) {
             for room in &rooms {
-                let targets = self.room_sessions(room, Some(&user), false);
-                self.deliver(&targets, &presence(room, &user, Presence::Online));
+                self.deliver_to_room(room, Some(&user), false, &presence(room, &user, Presence::Online));
             }
         }
         let rooms = rooms
@@ -398,8 +396,7 @@ impl Hub {
         let Some(online) = self.state.online.get_mut(user) else { return false };
         let back = online.gone.take().is_some();
         let first = online.sessions.is_empty() && !back;
-        online.sessions.push(sid);
-        self.state.touch(user);
+        self.state.add_session(user, sid);
         if back {
             Metrics::add(&self.metrics.presence_coalesced, 1);
         }
@@ -414,15 +411,13 @@ impl Hub {
         if let Some(cancel) = self.cancels.remove(&sid) {
             cancel.cancel();
         }
-        let Some(info) = self.state.sessions.remove(&sid) else { return };
+        let Some(info) = self.state.remove_session_info(sid) else { return };
         let Phase::Welcomed { user, .. } = info.phase else { return };
         self.count_session(info.line, -1);
-        self.state.touch(&user);
-        let Some(online) = self.state.online.get_mut(&user) else { return };
-        online.sessions.retain(|s| *s != sid);
-        if !online.sessions.is_empty() {
+        if self.state.remove_session(&user, sid) > 0 {
             return;
         }
+        let Some(online) = self.state.online.get_mut(&user) else { return };
         if online.guest {
             return self.guest_gone(now, &user);
         }
@@ -468,8 +463,7 @@ impl Hub {
         let rooms: Vec<String> = self.state.memberships.get(user).cloned().unwrap_or_default();
         for room in rooms {
             if !elsewhere {
-                let targets = self.room_sessions(&room, Some(user), false);
-                self.deliver(&targets, &presence(&room, user, presence_now));
+                self.deliver_to_room(&room, Some(user), false, &presence(&room, user, presence_now));
             }
             if presence_now == Presence::Leave {
                 self.state.remove_member(user, &room);

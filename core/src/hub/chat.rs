@@ -239,15 +239,17 @@ impl Hub {
     }
 
     fn typing(&mut self, me: Asker, to: To) {
-        let (targets, event) = match &to {
+        match &to {
             To::Room(room) if !self.state.is_member(&me.user, room) => {
                 return self.answer(me, Err(not_member(room)));
             }
-            To::Room(room) => (self.room_sessions(room, None, false), typing_in_room(room, &me.user)),
+            To::Room(room) => self.deliver_to_room(room, None, false, &typing_in_room(room, &me.user)),
             To::User(to) if self.state.key_of(to).is_none() => return self.answer(me, Err(no_such_user(to))),
-            To::User(to) => (self.sessions_of(to), typing_to_user(&me.user, to)),
-        };
-        self.deliver(&targets, &event);
+            To::User(to) => {
+                let targets = self.sessions_of(to);
+                self.deliver(&targets, &typing_to_user(&me.user, to));
+            }
+        }
         if self.config.cluster {
             self.relay(relayed_typing(&me.user, to, &self.state));
         }
@@ -278,8 +280,7 @@ impl Hub {
 
     fn apply_join(&mut self, now: Now, sid: SessionId, tag: Tag, user: &str, room: String, since: Option<u64>) {
         if self.state.add_member(user, &room) {
-            let targets = self.room_sessions(&room, None, false);
-            self.deliver(&targets, &presence(&room, user, Presence::Join));
+            self.deliver_to_room(&room, None, false, &presence(&room, user, Presence::Join));
             self.update_room_gauge();
             let key = self.state.key_of(user).unwrap_or_else(|| user.to_string());
             self.relay_member(&room, user, key, true);
@@ -287,18 +288,15 @@ impl Hub {
         self.joined(now, sid, tag, room, since);
     }
 
+    /// Only a session the hub knows replays (one that closed never will).
     fn mark_replaying(&mut self, sid: SessionId, room: &str) {
-        if let Some(info) = self.state.sessions.get_mut(&sid) {
-            if !info.replaying.iter().any(|r| r == room) {
-                info.replaying.push(room.to_string());
-            }
+        if self.state.sessions.contains_key(&sid) {
+            self.state.mark_replaying(sid, room);
         }
     }
 
     pub(super) fn unmark_replaying(&mut self, sid: SessionId, room: &str) {
-        if let Some(info) = self.state.sessions.get_mut(&sid) {
-            info.replaying.retain(|r| r != room);
-        }
+        self.state.unmark_replaying(sid, room);
     }
 
     fn start_replay(&mut self, now: Now, sid: SessionId, tag: Tag, room: String, since: u64) {
@@ -417,8 +415,7 @@ impl Hub {
         }
         let entry = self.state.rooms.entry(room.to_string()).or_default();
         entry.seq = entry.seq.max(seq);
-        let targets = self.room_sessions(room, None, true);
-        self.deliver(&targets, &room_message(room, &stored));
+        self.deliver_to_room(room, None, true, &room_message(room, &stored));
         Ok(seq)
     }
 

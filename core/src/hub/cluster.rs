@@ -293,8 +293,7 @@ impl Hub {
     fn deliver_arrival(&mut self, arrival: Arrival) {
         match arrival.message {
             BusMessage::Room { room, message } => {
-                let targets = self.room_sessions(&room, None, true);
-                self.deliver(&targets, &room_message(&room, &message));
+                self.deliver_to_room(&room, None, true, &room_message(&room, &message));
             }
             BusMessage::Private { to_key, message } => self.fan_out_private(arrival.origin, &to_key, &message),
             BusMessage::Node { .. } => {}

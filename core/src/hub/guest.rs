@@ -57,9 +57,8 @@ impl Hub {
         });
         let resume = self.resume_secret(&key);
         match self.state.online.get_mut(&name) {
-            Some(online) => {
-                online.sessions.push(sid);
-                self.state.touch(&name);
+            Some(_) => {
+                self.state.add_session(&name, sid);
             }
             None => {
                 self.announce_online(&name, &key, true);

@@ -192,7 +192,12 @@ impl Hub {
             return Some(HubOutput::Bus(command));
         }
         let shard = self.dirty.pop()?;
-        Some(HubOutput::ToShard(shard, std::mem::take(&mut self.out[usize::from(shard)])))
+        let out = &mut self.out[usize::from(shard)];
+        // The next batch for this shard starts as large as this one (within
+        // a bound), instead of growing from nothing by reallocations: under
+        // load a shard gets about as much mail every turn.
+        let next = Vec::with_capacity(out.len().min(MAIL_RESERVE));
+        Some(HubOutput::ToShard(shard, std::mem::replace(out, next)))
     }
 
     /// When to call with [`HubInput::Timeout`].
@@ -296,14 +301,7 @@ impl Hub {
     // ---- output helpers -------------------------------------------------
 
     fn push(&mut self, shard: u16, msg: ToShardInner) {
-        let i = usize::from(shard);
-        if self.out.len() <= i {
-            self.out.resize_with(i + 1, Vec::new);
-        }
-        if self.out[i].is_empty() {
-            self.dirty.push(shard);
-        }
-        self.out[i].push(ToShard(msg));
+        post(&mut self.out, &mut self.dirty, shard, msg);
     }
 
     fn store(&mut self, now: Now, op: StoreOp, pending: Pending) {
@@ -330,7 +328,7 @@ impl Hub {
             }
         }
         for (shard, sessions) in by_shard {
-            self.push(shard, ToShardInner::Deliver { sessions, event: event.clone() });
+            self.push(shard, ToShardInner::Deliver { sessions: sessions.into(), event: event.clone() });
         }
     }
 
@@ -339,32 +337,77 @@ impl Hub {
         self.state.online.get(user).map(|o| o.sessions.clone()).unwrap_or_default()
     }
 
-    /// Every session of every member of `room`, except those of `except`,
-    /// and for a message (`skip_replaying`) except those replaying the room.
-    fn room_sessions(&self, room: &str, except: Option<&str>, skip_replaying: bool) -> Vec<SessionId> {
+    /// Sends `event` to every session of every member of `room`, except
+    /// those of `except`, and for a message (`skip_replaying`) except those
+    /// replaying the room: one `Deliver` per shard, each shard's run of the
+    /// room's route shared as it is (no lookup per member, no copy).
+    fn deliver_to_room(&mut self, room: &str, except: Option<&str>, skip_replaying: bool, event: &Encoded) {
+        #[cfg(debug_assertions)]
+        let expected = self.room_sessions_by_members(room, except, skip_replaying);
+        let Hub { state, out, dirty, .. } = self;
+        let Some(r) = state.rooms.get(room) else { return };
+        let excluded = except.and_then(|u| state.online.get(u)).map_or(&[][..], |o| &o.sessions[..]);
+        let replaying = if skip_replaying { state.replaying(room) } else { &[] };
+        #[cfg(debug_assertions)]
+        let mut routed = Vec::new();
+        for (shard, run) in r.route() {
+            let sessions: Arc<[SessionId]> = if excluded.is_empty() && replaying.is_empty() {
+                Arc::clone(run)
+            } else {
+                let kept = |s: &SessionId| !excluded.contains(s) && replaying.binary_search(s).is_err();
+                let kept: Vec<SessionId> = run.iter().copied().filter(kept).collect();
+                if kept.is_empty() {
+                    continue;
+                }
+                kept.into()
+            };
+            #[cfg(debug_assertions)]
+            routed.extend_from_slice(&sessions);
+            post(out, dirty, *shard, ToShardInner::Deliver { sessions, event: event.clone() });
+        }
+        #[cfg(debug_assertions)]
+        {
+            routed.sort_unstable();
+            debug_assert_eq!(routed, expected, "the route of {room} is out of step with its members");
+        }
+    }
+
+    /// What [`Hub::deliver_to_room`] must reach, computed the slow way from
+    /// the members (sorted): every debug build checks the routes with it.
+    #[cfg(debug_assertions)]
+    fn room_sessions_by_members(&self, room: &str, except: Option<&str>, skip_replaying: bool) -> Vec<SessionId> {
         let Some(r) = self.state.rooms.get(room) else { return Vec::new() };
         let mut out = Vec::new();
-        for member in &r.members {
-            if Some(member.as_str()) == except {
-                continue;
-            }
-            if let Some(o) = self.state.online.get(member) {
-                for sid in &o.sessions {
-                    if skip_replaying
-                        && self.state.sessions.get(sid).is_some_and(|s| s.replaying.iter().any(|x| x == room))
-                    {
-                        continue;
-                    }
-                    out.push(*sid);
+        for member in r.members.iter().filter(|m| Some(m.as_str()) != except) {
+            for &sid in self.state.online.get(member).iter().flat_map(|o| &o.sessions) {
+                if !(skip_replaying && self.state.replaying(room).contains(&sid)) {
+                    out.push(sid);
                 }
             }
         }
+        out.sort_unstable();
         out
     }
 
     fn update_room_gauge(&self) {
         self.metrics.rooms.store(self.state.live_rooms() as i64, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// The most mail a shard's next batch is made ready for (see
+/// [`Hub::poll_output`]): at most 21 KiB a shard stays reserved.
+const MAIL_RESERVE: usize = 128;
+
+/// Appends `msg` to shard `shard`'s mail, noting the shard as having some.
+fn post(out: &mut Vec<Vec<ToShard>>, dirty: &mut Vec<u16>, shard: u16, msg: ToShardInner) {
+    let i = usize::from(shard);
+    if out.len() <= i {
+        out.resize_with(i + 1, Vec::new);
+    }
+    if out[i].is_empty() {
+        dirty.push(shard);
+    }
+    out[i].push(ToShard(msg));
 }
 
 fn unavailable() -> Failure {

@@ -314,8 +314,7 @@ impl Hub {
     fn tell_rooms(&mut self, user: &str, what: Presence) {
         let rooms: Vec<String> = self.state.memberships.get(user).cloned().unwrap_or_default();
         for room in rooms {
-            let targets = self.room_sessions(&room, Some(user), false);
-            self.deliver(&targets, &presence(&room, user, what));
+            self.deliver_to_room(&room, Some(user), false, &presence(&room, user, what));
             if what == Presence::Leave {
                 self.state.remove_member(user, &room);
             }

@@ -103,8 +103,7 @@ impl Hub {
                 self.relayed_member(&room, &user, &key, joined);
             }
             Relayed::TypingInRoom { room, from } => {
-                let targets = self.room_sessions(&room, None, false);
-                self.deliver(&targets, &typing_in_room(&room, &from));
+                self.deliver_to_room(&room, None, false, &typing_in_room(&room, &from));
             }
             Relayed::TypingToUser { from, to, to_key } => {
                 if self.state.online.get(&to).is_some_and(|o| o.key == to_key) {
@@ -143,8 +142,7 @@ impl Hub {
         }
         if joined {
             if self.state.add_member(user, room) {
-                let targets = self.room_sessions(room, None, false);
-                self.deliver(&targets, &presence(room, user, Presence::Join));
+                self.deliver_to_room(room, None, false, &presence(room, user, Presence::Join));
                 self.update_room_gauge();
             }
         } else if self.state.is_member(user, room) {
@@ -155,13 +153,10 @@ impl Hub {
     /// Takes `user` out of `room` here: its members hear `leave` first (the
     /// user's own sessions too), and no session of the user replays it.
     pub(super) fn remove_member_here(&mut self, user: &str, room: &str) {
-        let targets = self.room_sessions(room, None, false);
-        self.deliver(&targets, &presence(room, user, Presence::Leave));
+        self.deliver_to_room(room, None, false, &presence(room, user, Presence::Leave));
         self.state.remove_member(user, room);
         for s in self.sessions_of(user) {
-            if let Some(info) = self.state.sessions.get_mut(&s) {
-                info.replaying.retain(|r| r != room);
-            }
+            self.state.unmark_replaying(s, room);
         }
         self.update_room_gauge();
     }

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
 type HashSet<K> = std::collections::HashSet<K, foldhash::quality::RandomState>;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::ids::SessionId;
 use crate::session::rate::RateLimit;
@@ -22,6 +23,64 @@ pub(crate) struct Room {
     /// Newest `seq` delivered: every later message has a greater one.
     pub(crate) seq: u64,
     pub(crate) members: BTreeSet<String>,
+    /// Every session here of every member, in runs of one shard's sessions
+    /// (ordered by shard, then id; at most [`MAX_RUN`] a run): a message of
+    /// the room sends each run, shared, to its shard, with no lookup per
+    /// member and no copy. Kept in step by [`State`]'s membership and
+    /// session changes, which make a new run (members change far less often
+    /// than messages flow; the bound keeps that cheap in a huge room).
+    /// Members with no session here (offline, or on another node) have none.
+    route: Vec<(u16, Arc<[SessionId]>)>,
+}
+
+/// The most sessions in one run of a room's route: a change copies one run.
+const MAX_RUN: usize = 512;
+
+impl Room {
+    /// Every session here of every member, in runs of one shard's sessions
+    /// (see the field).
+    pub(crate) fn route(&self) -> &[(u16, Arc<[SessionId]>)] {
+        &self.route
+    }
+
+    /// Where `sid` is or would go: the first run that does not end before it.
+    fn run_of(&self, sid: SessionId) -> usize {
+        let key = (sid.shard(), sid);
+        self.route.partition_point(|(shard, run)| (*shard, run[run.len() - 1]) < key)
+    }
+
+    fn add_session(&mut self, sid: SessionId) {
+        let i = self.run_of(sid);
+        // Into the run that ends after it, or else onto the end of the
+        // shard's run before, or else a run of its own.
+        let i = match (self.route.get(i), i.checked_sub(1).and_then(|p| self.route.get(p))) {
+            (Some((shard, _)), _) if *shard == sid.shard() => i,
+            (_, Some((shard, _))) if *shard == sid.shard() => i - 1,
+            _ => return self.route.insert(i, (sid.shard(), Arc::from([sid]))),
+        };
+        let run = &self.route[i].1;
+        let Err(at) = run.binary_search(&sid) else { return };
+        let new: Vec<SessionId> = run[..at].iter().chain([&sid]).chain(&run[at..]).copied().collect();
+        if new.len() > MAX_RUN {
+            let (low, high) = new.split_at(new.len() / 2);
+            self.route[i].1 = low.into();
+            self.route.insert(i + 1, (sid.shard(), high.into()));
+        } else {
+            self.route[i].1 = new.into();
+        }
+    }
+
+    fn remove_session(&mut self, sid: SessionId) {
+        let i = self.run_of(sid);
+        let Some((_, run)) = self.route.get(i) else { return };
+        let Ok(at) = run.binary_search(&sid) else { return };
+        if run.len() == 1 {
+            self.route.remove(i);
+        } else {
+            let new: Arc<[SessionId]> = run[..at].iter().chain(&run[at + 1..]).copied().collect();
+            self.route[i].1 = new;
+        }
+    }
 }
 
 /// A user with at least one session past `welcome`.
@@ -51,9 +110,6 @@ pub(crate) struct SessionInfo {
     /// into it by `seq` and sent with it: each conversation arrives in
     /// order.
     pub(crate) held_echoes: Vec<InboxMessage>,
-    /// Rooms whose `since` replay is being read; live messages of these
-    /// rooms are skipped for this session, as the replay will carry them.
-    pub(crate) replaying: Vec<String>,
     /// Its budget for requests whose cost grows with the server
     /// (`rooms`, `who`, `history`, `conversations`): made at the first.
     pub(crate) queries: Option<RateLimit>,
@@ -146,6 +202,12 @@ pub(crate) struct State {
     pub(crate) by_size: BTreeSet<(Reverse<usize>, String)>,
     /// Names online, sorted: `who` without a room reads its first `limit`.
     pub(crate) online_names: BTreeSet<String>,
+    /// Room → the sessions whose `since` replay of it is being read, sorted;
+    /// live messages of the room skip them, as the replay will carry them.
+    /// Usually empty; private: changed only through
+    /// [`State::mark_replaying`], [`State::unmark_replaying`] and
+    /// [`State::remove_session_info`].
+    replaying: HashMap<String, Vec<SessionId>>,
     /// In a cluster: users whose sessions or rooms changed since the hub
     /// last brought its subscriptions in line (`None` on a single node).
     touched: Option<Vec<String>>,
@@ -252,6 +314,9 @@ impl State {
         self.touch(&name);
         self.index(&name);
         self.online_names.insert(name.clone());
+        for &sid in &online.sessions {
+            self.route_session(&name, sid, true);
+        }
         self.online.insert(name, online);
     }
 
@@ -260,7 +325,86 @@ impl State {
         let online = self.online.remove(name);
         self.online_names.remove(name);
         self.unindex(name);
+        for &sid in online.iter().flat_map(|o| &o.sessions) {
+            self.route_session(name, sid, false);
+        }
         online
+    }
+
+    /// Adds session `sid` to online `user` (and to its rooms' routes);
+    /// `false` if the user is not online.
+    pub(crate) fn add_session(&mut self, user: &str, sid: SessionId) -> bool {
+        let Some(online) = self.online.get_mut(user) else { return false };
+        if !online.sessions.contains(&sid) {
+            online.sessions.push(sid);
+        }
+        self.touch(user);
+        self.route_session(user, sid, true);
+        true
+    }
+
+    /// Takes session `sid` from `user` (and from its rooms' routes); returns
+    /// how many sessions the user has left here.
+    pub(crate) fn remove_session(&mut self, user: &str, sid: SessionId) -> usize {
+        self.touch(user);
+        let Some(online) = self.online.get_mut(user) else { return 0 };
+        online.sessions.retain(|s| *s != sid);
+        let left = online.sessions.len();
+        self.route_session(user, sid, false);
+        left
+    }
+
+    /// Adds `sid` to (or takes it from) the routes of `user`'s rooms.
+    fn route_session(&mut self, user: &str, sid: SessionId, add: bool) {
+        let Some(rooms) = self.memberships.get(user) else { return };
+        for room in rooms {
+            if let Some(r) = self.rooms.get_mut(room) {
+                if add {
+                    r.add_session(sid);
+                } else {
+                    r.remove_session(sid);
+                }
+            }
+        }
+    }
+
+    /// The session's hub record ends (it closed): it replays nothing any
+    /// more.
+    pub(crate) fn remove_session_info(&mut self, sid: SessionId) -> Option<Box<SessionInfo>> {
+        if !self.replaying.is_empty() {
+            self.replaying.retain(|_, sessions| {
+                sessions.retain(|s| *s != sid);
+                !sessions.is_empty()
+            });
+        }
+        self.sessions.remove(&sid)
+    }
+
+    /// From now until [`State::unmark_replaying`], live messages of `room`
+    /// skip `sid`.
+    pub(crate) fn mark_replaying(&mut self, sid: SessionId, room: &str) {
+        let sessions = self.replaying.entry(room.to_string()).or_default();
+        if let Err(at) = sessions.binary_search(&sid) {
+            sessions.insert(at, sid);
+        }
+    }
+
+    pub(crate) fn unmark_replaying(&mut self, sid: SessionId, room: &str) {
+        let Some(sessions) = self.replaying.get_mut(room) else { return };
+        if let Ok(at) = sessions.binary_search(&sid) {
+            sessions.remove(at);
+        }
+        if sessions.is_empty() {
+            self.replaying.remove(room);
+        }
+    }
+
+    /// The sessions replaying `room`, sorted.
+    pub(crate) fn replaying(&self, room: &str) -> &[SessionId] {
+        if self.replaying.is_empty() {
+            return &[];
+        }
+        self.replaying.get(room).map_or(&[], Vec::as_slice)
     }
 
     fn index(&mut self, name: &str) {
@@ -308,7 +452,11 @@ impl State {
         };
         let r = self.rooms.entry(room.to_string()).or_default();
         let before = r.members.len();
-        r.members.insert(user.to_string());
+        if r.members.insert(user.to_string()) {
+            for &sid in self.online.get(user).iter().flat_map(|o| &o.sessions) {
+                r.add_session(sid);
+            }
+        }
         let after = r.members.len();
         self.resize(room, before, after);
         new
@@ -345,7 +493,11 @@ impl State {
         }
         if let Some(r) = self.rooms.get_mut(room) {
             let before = r.members.len();
-            r.members.remove(user);
+            if r.members.remove(user) {
+                for &sid in self.online.get(user).iter().flat_map(|o| &o.sessions) {
+                    r.remove_session(sid);
+                }
+            }
             let after = r.members.len();
             if r.members.is_empty() && r.seq == 0 {
                 self.rooms.remove(room);
@@ -377,4 +529,185 @@ fn find_room(rooms: &[String], room: &str) -> Result<usize, usize> {
 /// The display name in a stored principal (`bob#7` → `bob`).
 pub(crate) fn display_name(key: &str) -> &str {
     key.split_once('#').map_or(key, |(name, _)| name)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn sid(shard: u16, serial: u64) -> SessionId {
+        SessionId::new(shard, serial as usize, serial)
+    }
+
+    fn online(sessions: Vec<SessionId>) -> Online {
+        Online { key: String::new(), guest: false, sessions, gone: None }
+    }
+
+    /// Every session of every member, sorted: what the route must hold.
+    fn by_members(state: &State, room: &str) -> Vec<SessionId> {
+        let Some(r) = state.rooms.get(room) else { return Vec::new() };
+        let mut out: Vec<SessionId> =
+            r.members.iter().filter_map(|m| state.online.get(m)).flat_map(|o| o.sessions.iter().copied()).collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// A room's route, flat.
+    fn sessions(room: &Room) -> Vec<SessionId> {
+        room.route().iter().flat_map(|(_, run)| run.iter().copied()).collect()
+    }
+
+    /// The route of every room agrees with its members, and is in
+    /// non-empty runs of one shard each, at most `MAX_RUN` long, ordered by
+    /// shard then id with no repeat (what finding a session's run relies on).
+    fn check_routes(state: &State) {
+        for (name, room) in &state.rooms {
+            let route = room.route();
+            for (shard, run) in route {
+                assert!(!run.is_empty() && run.len() <= MAX_RUN, "{name}: {route:?}");
+                assert!(run.iter().all(|s| s.shard() == *shard), "{name}: {route:?}");
+            }
+            let flat: Vec<(u16, SessionId)> = sessions(room).into_iter().map(|s| (s.shard(), s)).collect();
+            assert!(flat.windows(2).all(|w| w[0] < w[1]), "{name}: {route:?}");
+            let mut sorted = sessions(room);
+            sorted.sort_unstable();
+            assert_eq!(sorted, by_members(state, name), "the route of {name}");
+        }
+    }
+
+    #[test]
+    fn a_route_follows_joins_leaves_sessions_and_presence() {
+        let mut state = State::default();
+        state.add_member("ann", "r");
+        assert!(sessions(&state.rooms["r"]).is_empty(), "a member offline has no session");
+        state.set_online("ann".into(), online(vec![sid(1, 1)]));
+        assert_eq!(sessions(&state.rooms["r"]), [sid(1, 1)]);
+        state.add_session("ann", sid(0, 2));
+        assert_eq!(sessions(&state.rooms["r"]), [sid(0, 2), sid(1, 1)], "by shard");
+        state.set_online("bob".into(), online(vec![sid(1, 3)]));
+        state.add_member("bob", "r");
+        state.add_member("bob", "r");
+        assert_eq!(sessions(&state.rooms["r"]), [sid(0, 2), sid(1, 1), sid(1, 3)]);
+        assert_eq!(state.remove_session("ann", sid(1, 1)), 1);
+        assert_eq!(sessions(&state.rooms["r"]), [sid(0, 2), sid(1, 3)]);
+        state.remove_member("bob", "r");
+        assert_eq!(sessions(&state.rooms["r"]), [sid(0, 2)]);
+        state.remove_online("ann");
+        assert!(sessions(&state.rooms["r"]).is_empty(), "offline");
+        check_routes(&state);
+    }
+
+    #[test]
+    fn replaying_is_per_room_and_ends_with_the_session() {
+        let mut state = State::default();
+        state.set_online("ann".into(), online(vec![sid(0, 1)]));
+        state.sessions.insert(
+            sid(0, 1),
+            Box::new(SessionInfo {
+                peer: IpAddr::from([127, 0, 0, 1]),
+                line: false,
+                phase: Phase::New,
+                inbox: InboxRead::Done,
+                held_echoes: Vec::new(),
+                queries: None,
+                cluster: None,
+            }),
+        );
+        state.mark_replaying(sid(0, 1), "r");
+        state.mark_replaying(sid(0, 1), "r");
+        state.mark_replaying(sid(0, 1), "s");
+        assert_eq!(state.replaying("r"), [sid(0, 1)]);
+        state.unmark_replaying(sid(0, 1), "r");
+        assert!(state.replaying("r").is_empty());
+        assert_eq!(state.replaying("s"), [sid(0, 1)]);
+        assert!(state.remove_session_info(sid(0, 1)).is_some());
+        assert!(state.replaying("s").is_empty(), "a closed session replays nothing");
+        assert!(state.replaying.is_empty(), "nothing left behind");
+    }
+
+    #[test]
+    fn a_huge_room_is_routed_in_bounded_runs() {
+        let mut state = State::default();
+        state.add_member("ann", "r");
+        state.set_online("ann".into(), online(vec![]));
+        // Opened in a scrambled order, so sessions land inside runs too.
+        let n = 3 * MAX_RUN as u64;
+        let order: Vec<u64> = (0..n).map(|i| (i * 7919) % n).collect();
+        for (k, &i) in order.iter().enumerate() {
+            state.add_session("ann", sid((i % 2) as u16, i + 1));
+            if k % 97 == 0 {
+                check_routes(&state);
+            }
+        }
+        check_routes(&state);
+        assert!(state.rooms["r"].route().len() >= 4, "split into runs: {}", state.rooms["r"].route().len());
+        for &i in order.iter().step_by(3) {
+            state.remove_session("ann", sid((i % 2) as u16, i + 1));
+        }
+        check_routes(&state);
+        state.remove_online("ann");
+        assert!(state.rooms["r"].route().is_empty());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A session of user `.0` is welcomed (on shard `.1`).
+        Open(usize, u16),
+        /// The `.1`-th session of user `.0` closes; the last one takes the
+        /// user offline when `.2`.
+        Close(usize, usize, bool),
+        Join(usize, usize),
+        Leave(usize, usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..5usize, 0..4u16).prop_map(|(u, s)| Op::Open(u, s)),
+            (0..5usize, 0..3usize, any::<bool>()).prop_map(|(u, i, off)| Op::Close(u, i, off)),
+            (0..5usize, 0..3usize).prop_map(|(u, r)| Op::Join(u, r)),
+            (0..5usize, 0..3usize).prop_map(|(u, r)| Op::Leave(u, r)),
+        ]
+    }
+
+    fn apply(state: &mut State, op: Op, serial: &mut u64) {
+        let user = |u: usize| format!("u{u}");
+        let room = |r: usize| format!("r{r}");
+        match op {
+            Op::Open(u, shard) => {
+                *serial += 1;
+                let s = sid(shard, *serial);
+                if !state.add_session(&user(u), s) {
+                    state.set_online(user(u), online(vec![s]));
+                }
+            }
+            Op::Close(u, i, offline) => {
+                let Some(s) = state.online.get(&user(u)).and_then(|o| o.sessions.get(i).copied()) else { return };
+                if state.remove_session(&user(u), s) == 0 && offline {
+                    state.remove_online(&user(u));
+                }
+            }
+            Op::Join(u, r) => {
+                state.add_member(&user(u), &room(r));
+            }
+            Op::Leave(u, r) => {
+                state.remove_member(&user(u), &room(r));
+            }
+        }
+    }
+
+    proptest! {
+        /// Whatever the order of joins, leaves, opens and closes, each
+        /// room's route is what the old per-member computation gives.
+        #[test]
+        fn routes_stay_in_step_with_members_and_sessions(ops in proptest::collection::vec(op(), 1..60)) {
+            let mut state = State::default();
+            let mut serial = 0;
+            for op in ops {
+                apply(&mut state, op, &mut serial);
+                check_routes(&state);
+            }
+        }
+    }
 }

@@ -149,7 +149,7 @@ fn a_room_message_reaches_each_member_once_in_one_delivery_per_shard() {
     let mut deliveries: Vec<(u16, Vec<SessionId>)> = mail
         .into_iter()
         .filter_map(|(shard, m)| match m {
-            ToShardInner::Deliver { sessions, .. } => Some((shard, sessions)),
+            ToShardInner::Deliver { sessions, .. } => Some((shard, sessions.to_vec())),
             _ => None,
         })
         .collect();
@@ -197,7 +197,7 @@ fn a_closed_session_leaves_its_rooms_and_the_others_hear_it() {
     b.complete(|_| Ok(StoreValue::Done));
     let mail = b.take_mail();
     let told_bob = mail.iter().any(|(shard, m)| {
-        *shard == 1 && matches!(m, ToShardInner::Deliver { sessions, event } if sessions == &[bob] && event.ws.windows(5).any(|w| w == b"leave"))
+        *shard == 1 && matches!(m, ToShardInner::Deliver { sessions, event } if sessions[..] == [bob] && event.ws.windows(5).any(|w| w == b"leave"))
     });
     assert!(told_bob, "{mail:?}");
     assert!(mail.iter().all(|(shard, _)| *shard != 0), "nothing for a closed session: {mail:?}");

@@ -16,6 +16,7 @@ mod compare;
 mod fanout;
 mod fleet;
 mod http;
+mod hub;
 mod idle;
 mod phase;
 mod private;
@@ -65,6 +66,10 @@ enum Command {
     /// and Redis (private instances it starts): the fan-out side by side,
     /// cross-node latency apart; then private messages on PostgreSQL.
     Cluster(cluster::ClusterArgs),
+    /// The hub alone, in process (no sockets, no threads): its cost per
+    /// routed message and per delivery against a shard's per delivery, and
+    /// so how many I/O threads one hub can feed.
+    Hub(hub::HubArgs),
 }
 
 /// The server under load, and how to print.
@@ -126,6 +131,7 @@ fn main() {
         Command::Attack(a) => attack::run(&a),
         Command::Compare(a) => compare::run(&a),
         Command::Cluster(a) => cluster::run(&a),
+        Command::Hub(a) => hub::run(&a),
     };
     std::process::exit(status);
 }
