@@ -443,7 +443,7 @@ impl SqliteBackend {
     /// Runs `ops` in one transaction. `Err` means the transaction failed and
     /// nothing of it was committed.
     fn run_batch(&mut self, ops: &[&StoreOp]) -> rusqlite::Result<Vec<Result<StoreValue, StoreError>>> {
-        let writes = ops.iter().any(|op| is_write(op));
+        let writes = ops.iter().any(|op| op.writes());
         let conn = self.conn()?;
         if !conn.is_autocommit() {
             // Left open by an earlier panic: nothing of it was reported done.
@@ -493,7 +493,7 @@ impl SqliteBackend {
                 let mut down: Option<StoreError> = None;
                 ops.iter()
                     .map(|op| {
-                        if is_write(op) {
+                        if op.writes() {
                             return Err(err.clone());
                         }
                         if let Some(down) = &down {
@@ -625,33 +625,6 @@ pub fn failure_kind(e: &rusqlite::Error) -> StoreFailure {
         }
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreFailure::Busy,
         _ => StoreFailure::Other,
-    }
-}
-
-/// Whether `op` writes.
-fn is_write(op: &StoreOp) -> bool {
-    match op {
-        StoreOp::Join { .. }
-        | StoreOp::Leave { .. }
-        | StoreOp::Append { .. }
-        | StoreOp::Ack { .. }
-        | StoreOp::Read { .. }
-        | StoreOp::Revoke { .. }
-        | StoreOp::Register { .. }
-        | StoreOp::Login { .. }
-        | StoreOp::ClaimGuest { .. }
-        | StoreOp::ReleaseGuest { .. } => true,
-        StoreOp::LoadAll
-        | StoreOp::Verify { .. }
-        | StoreOp::CheckToken { .. }
-        | StoreOp::History { .. }
-        | StoreOp::Inbox { .. }
-        | StoreOp::Conversations { .. }
-        | StoreOp::ReadMarks { .. }
-        | StoreOp::LastSeqs { .. }
-        | StoreOp::FindUser { .. }
-        | StoreOp::LiveTokens { .. }
-        | StoreOp::RoomMembers { .. } => false,
     }
 }
 
