@@ -21,6 +21,7 @@
 //! failure, never silently replaced by an empty one), so that a disk that
 //! recovers, or a directory that becomes writable again, is used again.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -100,7 +101,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     PRIMARY KEY (lo, hi)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS conversations_by_hi ON conversations(hi, lo);
-CREATE INDEX IF NOT EXISTS conversations_by_order ON conversations(last_order);
+-- The order was the index's only use: `Orders` keeps the next one now.
+DROP INDEX IF EXISTS conversations_by_order;
 CREATE INDEX IF NOT EXISTS conversations_by_names ON conversations(names);
 
 CREATE TABLE IF NOT EXISTS private_messages (
@@ -200,7 +202,28 @@ pub struct SqliteBackend {
     options: SqliteOptions,
     /// When client ids were last purged (see [`SqliteOptions`]).
     last_purge: Option<Instant>,
+    orders: Orders,
     _checkpointer: Checkpointer,
+}
+
+/// The next `last_order` of a conversation, counted here instead of read
+/// with `max(last_order)` in every private message's statement, which also
+/// needed an index on it that every message moved an entry of. Only this
+/// connection writes the database, so the newest order read once at open
+/// stays ahead of every row. A transaction rolled back leaves a gap, which
+/// the order does not mind: it only has to grow.
+#[derive(Debug, Default)]
+struct Orders(Cell<Option<i64>>);
+
+impl Orders {
+    fn next(&self, conn: &Connection) -> rusqlite::Result<i64> {
+        let last = match self.0.get() {
+            Some(last) => last,
+            None => conn.query_row("SELECT coalesce(max(last_order), 0) FROM conversations", [], |r| r.get(0))?,
+        };
+        self.0.set(Some(last + 1));
+        Ok(last + 1)
+    }
 }
 
 /// How the database trades safety for speed, and how long it remembers
@@ -398,7 +421,8 @@ impl SqliteBackend {
         let checkpointer = Checkpointer::start(path.clone());
         // The first purge waits a round: start-up has enough to do.
         let last_purge = Some(Instant::now());
-        Ok(SqliteBackend { path, conn: Some(conn), options, last_purge, _checkpointer: checkpointer })
+        let orders = Orders::default();
+        Ok(SqliteBackend { path, conn: Some(conn), options, last_purge, orders, _checkpointer: checkpointer })
     }
 
     /// Opens `dir` with the default [`SqliteOptions`].
@@ -426,6 +450,14 @@ impl SqliteBackend {
         Ok(self.conn.insert(conn))
     }
 
+    /// The open connection (reopening it after an I/O failure) with the
+    /// order counter, for [`run_op`].
+    fn conn_and_orders(&mut self) -> rusqlite::Result<(&Connection, &Orders)> {
+        self.conn()?;
+        let conn = self.conn.as_ref().ok_or(rusqlite::Error::InvalidQuery)?;
+        Ok((conn, &self.orders))
+    }
+
     /// Maps `e`, and after an I/O failure drops the connection so that the
     /// next use reopens it.
     fn fail(&mut self, e: &rusqlite::Error) -> StoreError {
@@ -444,14 +476,14 @@ impl SqliteBackend {
     /// nothing of it was committed.
     fn run_batch(&mut self, ops: &[&StoreOp]) -> rusqlite::Result<Vec<Result<StoreValue, StoreError>>> {
         let writes = ops.iter().any(|op| op.writes());
-        let conn = self.conn()?;
+        let (conn, orders) = self.conn_and_orders()?;
         if !conn.is_autocommit() {
             // Left open by an earlier panic: nothing of it was reported done.
             conn.execute_batch("ROLLBACK")?;
         }
         let begin = if writes { "BEGIN IMMEDIATE" } else { "BEGIN DEFERRED" };
         conn.prepare_cached(begin)?.execute([])?;
-        let result = run_without_savepoints(conn, ops)
+        let result = run_without_savepoints(conn, orders, ops)
             .and_then(|done| match done {
                 Some(out) => Ok(out),
                 None => {
@@ -459,7 +491,7 @@ impl SqliteBackend {
                     // savepoint, so that it fails alone.
                     conn.prepare_cached("ROLLBACK")?.execute([])?;
                     conn.prepare_cached(begin)?.execute([])?;
-                    run_in_transaction(conn, ops)
+                    run_in_transaction(conn, orders, ops)
                 }
             })
             .and_then(|out| {
@@ -474,7 +506,7 @@ impl SqliteBackend {
 
     /// Runs one read outside any transaction.
     fn read_alone(&mut self, op: &StoreOp) -> Result<StoreValue, StoreError> {
-        let result = self.conn().and_then(|conn| run_op(conn, op));
+        let result = self.conn_and_orders().and_then(|(conn, orders)| run_op(conn, orders, op));
         result.map_err(|e| {
             tracing::warn!(error = %e, "storage read failed");
             self.fail(&e)
@@ -640,11 +672,12 @@ fn fails_alone(conn: &Connection, e: &rusqlite::Error) -> bool {
 /// runs [`run_in_transaction`] instead.
 fn run_without_savepoints(
     conn: &Connection,
+    orders: &Orders,
     ops: &[&StoreOp],
 ) -> rusqlite::Result<Option<Vec<Result<StoreValue, StoreError>>>> {
     let mut out = Vec::with_capacity(ops.len());
     for op in ops {
-        match run_op(conn, op) {
+        match run_op(conn, orders, op) {
             Ok(value) => out.push(Ok(value)),
             Err(e) if fails_alone(conn, &e) => return Ok(None),
             Err(e) => return Err(e),
@@ -655,11 +688,15 @@ fn run_without_savepoints(
 
 /// The body of a batch transaction with an operation that fails: each op
 /// in a savepoint.
-fn run_in_transaction(conn: &Connection, ops: &[&StoreOp]) -> rusqlite::Result<Vec<Result<StoreValue, StoreError>>> {
+fn run_in_transaction(
+    conn: &Connection,
+    orders: &Orders,
+    ops: &[&StoreOp],
+) -> rusqlite::Result<Vec<Result<StoreValue, StoreError>>> {
     let mut out = Vec::with_capacity(ops.len());
     for op in ops {
         conn.prepare_cached("SAVEPOINT op")?.execute([])?;
-        match run_op(conn, op) {
+        match run_op(conn, orders, op) {
             Ok(value) => {
                 conn.prepare_cached("RELEASE op")?.execute([])?;
                 out.push(Ok(value));
@@ -697,7 +734,7 @@ fn pair<'a>(a: &'a str, b: &'a str) -> (&'a str, &'a str) {
 
 /// Runs one operation (never `Register`, `Login` or `Verify`: those go
 /// through the password pool and the dedicated [`Backend`] methods).
-fn run_op(conn: &Connection, op: &StoreOp) -> rusqlite::Result<StoreValue> {
+fn run_op(conn: &Connection, orders: &Orders, op: &StoreOp) -> rusqlite::Result<StoreValue> {
     match op {
         StoreOp::LoadAll => load_all(conn),
         StoreOp::CheckToken { token, now_ms } => check_token(conn, token, *now_ms),
@@ -713,7 +750,7 @@ fn run_op(conn: &Connection, op: &StoreOp) -> rusqlite::Result<StoreValue> {
             conn.prepare_cached("DELETE FROM members WHERE room = ?1 AND user = ?2")?.execute([room, user])?;
             Ok(StoreValue::Done)
         }
-        StoreOp::Append { target, message } => append(conn, target, message),
+        StoreOp::Append { target, message } => append(conn, orders, target, message),
         StoreOp::History { target, range } => history(conn, target, *range),
         StoreOp::Inbox { user, after, limit } => inbox(conn, user, *after, *limit),
         StoreOp::Ack { user, with, seq } => ack(conn, user, with, *seq),
@@ -914,7 +951,7 @@ fn load_all(conn: &Connection) -> rusqlite::Result<StoreValue> {
     Ok(StoreValue::Snapshot { users, rooms })
 }
 
-fn append(conn: &Connection, target: &Target, m: &NewMessage) -> rusqlite::Result<StoreValue> {
+fn append(conn: &Connection, orders: &Orders, target: &Target, m: &NewMessage) -> rusqlite::Result<StoreValue> {
     // Only a message with a client id needs its scope.
     let id = m.client_id.as_deref().map(|client_id| (client_id, id_scope(target)));
     if let Some((client_id, scope)) = &id {
@@ -947,7 +984,7 @@ fn append(conn: &Connection, target: &Target, m: &NewMessage) -> rusqlite::Resul
                     return Ok(StoreValue::InboxFull { limit });
                 }
             }
-            let (seq, order) = next_conversation_seq(conn, lo, hi, ts)?;
+            let (seq, order) = next_conversation_seq(conn, lo, hi, ts, orders.next(conn)?)?;
             conn.prepare_cached(
                 "INSERT INTO private_messages (lo, hi, seq, sender, from_name, to_name, text, client_id, ts)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -1003,17 +1040,16 @@ fn repeated(
 /// order of all private messages, creating it when new. A new conversation
 /// continues after the newest one between the same display names (see
 /// [`display_pair`]); an existing one, nearly every message, costs one
-/// statement.
-fn next_conversation_seq(conn: &Connection, lo: &str, hi: &str, ts: i64) -> rusqlite::Result<(i64, i64)> {
+/// statement. `order` is the conversation's new `last_order`.
+fn next_conversation_seq(conn: &Connection, lo: &str, hi: &str, ts: i64, order: i64) -> rusqlite::Result<(i64, i64)> {
     let row = |r: &Row<'_>| Ok((r.get(0)?, r.get(1)?));
     let bumped = conn
         .prepare_cached(
-            "UPDATE conversations SET seq = seq + 1, last_ts = max(last_ts, ?3),
-                 last_order = (SELECT coalesce(max(last_order), 0) + 1 FROM conversations)
+            "UPDATE conversations SET seq = seq + 1, last_ts = max(last_ts, ?3), last_order = ?4
              WHERE lo = ?1 AND hi = ?2
              RETURNING seq, last_order",
         )?
-        .query_row(params![lo, hi, ts], row)
+        .query_row(params![lo, hi, ts, order], row)
         .optional()?;
     if let Some(found) = bumped {
         return Ok(found);
@@ -1022,10 +1058,10 @@ fn next_conversation_seq(conn: &Connection, lo: &str, hi: &str, ts: i64) -> rusq
         "INSERT INTO conversations (lo, hi, seq, last_ts, last_order, names)
          VALUES (?1, ?2,
                  (SELECT coalesce(max(seq), 0) + 1 FROM conversations WHERE names = ?4),
-                 ?3, (SELECT coalesce(max(last_order), 0) + 1 FROM conversations), ?4)
+                 ?3, ?5, ?4)
          RETURNING seq, last_order",
     )?
-    .query_row(params![lo, hi, ts, display_pair(lo, hi)], row)
+    .query_row(params![lo, hi, ts, display_pair(lo, hi), order], row)
 }
 
 /// Which bound of `user`'s inbox one more message from the conversation
