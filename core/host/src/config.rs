@@ -127,7 +127,7 @@ const FLAGS: &[(&str, Option<&str>, &str)] = &[
         "commit-window",
         Some("MS"),
         "a storage commit waits up to this long after its first message for more to share it (one fsync for \
-         several); 0: commit at once [default: 2]",
+         several); 0: commit at once [default: 5]",
     ),
     ("id-retention", Some("SECS"), "how long client message ids are remembered [default: 86400]"),
     ("max-ids", Some("N"), "most client message ids remembered; past it the oldest go first [default: 10000000]"),
