@@ -766,8 +766,8 @@ impl Hot {
 /// What the operations of one batch share: the connection, the order
 /// counter, and the [`Hot`] statements, taken from rusqlite's statement
 /// cache once a batch instead of once a message: every take and return
-/// hashes the statement's text, which cost a sixth of a private message's
-/// instructions (callgrind).
+/// hashes the statement's text, and doing it once a batch took 11 % off a
+/// private message's instructions in the backend (callgrind).
 struct Batch<'c> {
     conn: &'c Connection,
     orders: &'c Orders,
