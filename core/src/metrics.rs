@@ -73,6 +73,12 @@ pub struct Metrics {
     pub store_latency_us_sum: AtomicU64,
     /// Storage transactions (each holds a batch of requests).
     pub store_batches: AtomicU64,
+    /// Storage transactions that wrote: each ends in one commit (with
+    /// `--sync full`, one fsync).
+    pub store_commits: AtomicU64,
+    /// Requests run in storage transactions (with `store_batches`, the mean
+    /// batch; password steps run apart and are not counted).
+    pub store_batched_ops: AtomicU64,
     /// Storage transactions run again after a deadlock or a lock timeout
     /// (other nodes writing the same rows).
     pub store_busy_retries: AtomicU64,
@@ -317,6 +323,18 @@ impl Metrics {
             "counter",
             "Storage transactions, each carrying a batch of requests.",
             &[("", count(&self.store_batches) as f64)],
+        );
+        out.metric(
+            "natter_store_commits_total",
+            "counter",
+            "Storage transactions that wrote, each one commit (with --sync full, one fsync).",
+            &[("", count(&self.store_commits) as f64)],
+        );
+        out.metric(
+            "natter_store_batched_ops_total",
+            "counter",
+            "Storage requests run in those transactions: over natter_store_batches_total, requests per transaction.",
+            &[("", count(&self.store_batched_ops) as f64)],
         );
         out.metric(
             "natter_store_busy_retries_total",

@@ -169,6 +169,37 @@ pub enum StoreOp {
     RoomMembers { rooms: Vec<String> },
 }
 
+impl StoreOp {
+    /// Whether the operation writes: a batch holding one ends in a commit
+    /// (with `--sync full`, an fsync). The password operations count as
+    /// writes although their first step is a read.
+    pub fn writes(&self) -> bool {
+        match self {
+            StoreOp::Join { .. }
+            | StoreOp::Leave { .. }
+            | StoreOp::Append { .. }
+            | StoreOp::Ack { .. }
+            | StoreOp::Read { .. }
+            | StoreOp::Revoke { .. }
+            | StoreOp::Register { .. }
+            | StoreOp::Login { .. }
+            | StoreOp::ClaimGuest { .. }
+            | StoreOp::ReleaseGuest { .. } => true,
+            StoreOp::LoadAll
+            | StoreOp::Verify { .. }
+            | StoreOp::CheckToken { .. }
+            | StoreOp::History { .. }
+            | StoreOp::Inbox { .. }
+            | StoreOp::Conversations { .. }
+            | StoreOp::ReadMarks { .. }
+            | StoreOp::LastSeqs { .. }
+            | StoreOp::FindUser { .. }
+            | StoreOp::LiveTokens { .. }
+            | StoreOp::RoomMembers { .. } => false,
+        }
+    }
+}
+
 /// Most rooms one [`StoreOp::RoomMembers`] asks about.
 pub const ROOM_MEMBERS_PAGE: usize = 64;
 

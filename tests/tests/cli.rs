@@ -45,6 +45,13 @@ fn guest_allowed(s: &Server) -> bool {
     }
 }
 
+/// The value of the counter `name` on `/metrics`.
+fn counter(s: &Server, name: &str) -> f64 {
+    let text = s.http("GET", "/metrics", &[], b"").text();
+    let line = text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '));
+    line.and_then(|l| l.rsplit_once(' ')).and_then(|(_, v)| v.parse().ok()).unwrap_or_else(|| panic!("{name}: {text}"))
+}
+
 fn config_file(dir: &tempfile::TempDir, text: &str) -> String {
     let path = dir.path().join("natter.toml");
     std::fs::write(&path, text).unwrap();
@@ -71,6 +78,8 @@ natter_tests::cases! {
         expect_bad_flag(bin, &["--inbox-per-sender", "0"], &[]);
         expect_bad_flag(bin, &["--query-rate", "-1"], &[]);
         expect_bad_flag(bin, &[], &[("NATTER_SYNC", "fast")]);
+        expect_bad_flag(bin, &["--commit-window", "1001"], &[]);
+        expect_bad_flag(bin, &[], &[("NATTER_COMMIT_WINDOW", "soon")]);
         // Both modes run, and the database they write is the server user's only.
         for mode in ["normal", "full"] {
             // --sync and the file modes are the embedded store's.
@@ -89,6 +98,24 @@ natter_tests::cases! {
                 }
             }
         }
+    }
+
+    fn messages_sent_together_share_one_commit_within_the_commit_window(bin) {
+        // A window far longer than sending five messages takes: they are
+        // stored in one transaction, and each `ok` still comes once it is.
+        let s = Server::start(bin, &["--commit-window", "1000"]);
+        let mut ann = WsClient::guest(&s, "ann");
+        let room = uniq("r");
+        ann.join(&room);
+        let (commits, ops) = (counter(&s, "natter_store_commits_total"), counter(&s, "natter_store_batched_ops_total"));
+        let texts: Vec<String> = (0..5).map(|i| format!("m{i}")).collect();
+        let seqs = ann.say_many(&room, &texts, 5);
+        assert_eq!(seqs, [1, 2, 3, 4, 5]);
+        assert_eq!(counter(&s, "natter_store_commits_total") - commits, 1.0, "one commit for the five");
+        assert!(counter(&s, "natter_store_batched_ops_total") - ops >= 5.0);
+        let history = ann.ok("history", json!({ "room": room, "limit": 10 }));
+        let stored: Vec<&str> = history["messages"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
+        assert_eq!(stored, texts);
     }
 
     fn a_bad_config_file_exits_2(bin) {

@@ -34,6 +34,9 @@ pub struct Settings {
     /// Password hashes that may wait for a hashing thread; more are refused
     /// at once (503 with `Retry-After`) rather than left waiting long.
     pub password_queue: usize,
+    /// How long a storage transaction that writes may wait for more requests
+    /// before it commits (`--commit-window`).
+    pub commit_window: Duration,
     /// What the core enforces.
     pub core: natter_core::Config,
     /// How the embedded database trades safety for speed.
@@ -119,6 +122,12 @@ const FLAGS: &[(&str, Option<&str>, &str)] = &[
         "sync",
         Some("MODE"),
         "full: an ok survives a power cut; normal: faster, the last commits can be lost if the machine goes down [default: full]",
+    ),
+    (
+        "commit-window",
+        Some("MS"),
+        "a storage commit waits up to this long after its first message for more to share it (one fsync for \
+         several); 0: commit at once [default: 5]",
     ),
     ("id-retention", Some("SECS"), "how long client message ids are remembered [default: 86400]"),
     ("max-ids", Some("N"), "most client message ids remembered; past it the oldest go first [default: 10000000]"),
@@ -230,6 +239,7 @@ fn settings(value: Lookup<'_>) -> Result<Settings, ConfigExit> {
         threads: number(&value("threads")?, "threads", default_threads(cores))?,
         log: value("log")?,
         password_queue: number(&value("password-queue")?, "password-queue", crate::store::DEFAULT_PASSWORD_QUEUE)?,
+        commit_window: millis(&value("commit-window")?, "commit-window", crate::store::DEFAULT_COMMIT_WINDOW)?,
         core,
         sqlite,
         postgres,
@@ -304,10 +314,21 @@ fn core_config(value: Lookup<'_>) -> Result<natter_core::Config, ConfigExit> {
 /// one at a time, and the server's connections are shared by every node.
 const MAX_DATABASE_POOL: u32 = 64;
 
+/// The longest `--commit-window`.
+const MAX_COMMIT_WINDOW: Duration = Duration::from_millis(1000);
+
 /// What each value allows alone cannot say: ranges, and flags that need others.
 fn validate(settings: &Settings) -> Result<(), ConfigExit> {
     if settings.threads == 0 || settings.threads > 1024 {
         return Err(ConfigExit::Bad("invalid value for --threads: from 1 to 1024".into()));
+    }
+    // Every write's `ok` may wait this long: more would be a server that
+    // seems stuck, not a faster one.
+    if settings.commit_window > MAX_COMMIT_WINDOW {
+        return Err(ConfigExit::Bad(format!(
+            "invalid value for --commit-window: from 0 to {} (milliseconds)",
+            MAX_COMMIT_WINDOW.as_millis()
+        )));
     }
     if settings.redis.is_some() && settings.database.is_none() {
         return Err(ConfigExit::Bad("--redis needs --database: cluster nodes share one PostgreSQL".into()));
@@ -511,6 +532,24 @@ mod tests {
         }
         assert!(matches!(run(&[], &[("NATTER_NO_GUESTS", "maybe")]), Err(ConfigExit::Bad(_))));
         assert!(run(&["--echo"], &[]).unwrap().core.echo);
+    }
+
+    #[test]
+    fn commit_window_from_flag_env_and_file_and_its_bound() {
+        assert_eq!(run(&[], &[]).unwrap().commit_window, crate::store::DEFAULT_COMMIT_WINDOW);
+        assert_eq!(run(&["--commit-window", "0"], &[]).unwrap().commit_window, Duration::ZERO);
+        let s = run(&[], &[("NATTER_COMMIT_WINDOW", "7")]).unwrap();
+        assert_eq!(s.commit_window, Duration::from_millis(7));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("n.toml");
+        std::fs::write(&file, "commit-window = 9\n").unwrap();
+        let s = run(&["--config", file.to_str().unwrap()], &[]).unwrap();
+        assert_eq!(s.commit_window, Duration::from_millis(9));
+        assert_eq!(run(&["--commit-window", "1000"], &[]).unwrap().commit_window, Duration::from_secs(1));
+        match run(&["--commit-window", "1001"], &[]) {
+            Err(ConfigExit::Bad(e)) => assert!(e.contains("--commit-window"), "{e}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -82,7 +82,11 @@ impl Node {
         let threads = settings.threads;
         let inboxes: Vec<Arc<Mailbox<ShardMail>>> = (0..threads).map(|_| Arc::default()).collect();
         let (store, seats, hub_thread, bus);
-        let store_config = StoreConfig { password_queue: settings.password_queue, ..StoreConfig::new(STORE_QUEUE) };
+        let store_config = StoreConfig {
+            password_queue: settings.password_queue,
+            commit_window: settings.commit_window,
+            ..StoreConfig::new(STORE_QUEUE)
+        };
         if threads == 1 {
             let inbox = Arc::clone(&inboxes[0]);
             let sink = Arc::new(move |done: Vec<StoreDone>| inbox.push(ShardMail::Store(done)));

@@ -4,7 +4,10 @@
 //! One batch thread owns the backend. It takes everything queued (up to
 //! [`StoreConfig::max_batch`] requests), runs the ordinary operations of it
 //! as one transaction, and calls the sink once with the batch's completions in
-//! submission order. Batches run one after another, so the completions of all
+//! submission order. A batch that writes and is not full waits for more
+//! requests until [`StoreConfig::commit_window`] after its first request was
+//! submitted: at a steady trickle of messages, one commit (one fsync) then
+//! carries several instead of one each. Batches run one after another, so the completions of all
 //! ordinary operations come in exactly the order they were submitted, and a
 //! read sees every write submitted before it.
 //!
@@ -26,7 +29,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use natter_core::metrics::Metrics;
 use natter_core::store::{Cancel, StoreDone, StoreError, StoreFailure, StoreOp, StoreReqId, StoreRequest, StoreValue};
@@ -109,7 +112,7 @@ impl Backend for Box<dyn Backend> {
 /// (and again after each probe while still idle). A load balancer polling
 /// `/healthz` learns of an unreachable server within about this plus the
 /// probe's own timeout.
-pub const PROBE_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+pub const PROBE_IDLE: Duration = Duration::from_secs(1);
 
 /// Password operations that may wait for a hashing thread, by default. An
 /// argon2id hash takes some 50 ms on one core: 32 waiting for 2 threads is
@@ -129,12 +132,28 @@ pub struct StoreConfig {
     /// Password operations that may wait for a hashing thread; more complete
     /// as overloaded.
     pub password_queue: usize,
+    /// How long after its first request was submitted a batch that writes
+    /// may wait for more before it commits; zero commits at once.
+    pub commit_window: Duration,
 }
+
+/// [`StoreConfig::commit_window`] by default. At the benchmark's fixed load
+/// (200 room messages a second, 5 ms apart on average) 1 or 2 ms grouped
+/// almost nothing, 5 ms cut the commits by a third and 10 ms by 60 %, each
+/// adding up to its length to an `ok` (tests/bench/BENCHMARKS.md, "Issue 15:
+/// storage"). Under a heavier load the batches fill before the window ends.
+pub const DEFAULT_COMMIT_WINDOW: Duration = Duration::from_millis(5);
 
 impl StoreConfig {
     /// The defaults with a queue of `queue_bound`.
     pub fn new(queue_bound: usize) -> Self {
-        StoreConfig { queue_bound, max_batch: 1024, password_threads: 2, password_queue: DEFAULT_PASSWORD_QUEUE }
+        StoreConfig {
+            queue_bound,
+            max_batch: 1024,
+            password_threads: 2,
+            password_queue: DEFAULT_PASSWORD_QUEUE,
+            commit_window: DEFAULT_COMMIT_WINDOW,
+        }
     }
 }
 
@@ -172,10 +191,10 @@ pub fn spawn_store_with<B: Backend>(
     });
     let pool = PasswordPool::spawn(config.password_threads, config.password_queue, Arc::clone(&shared))?;
     let batch_shared = Arc::clone(&shared);
-    let max_batch = config.max_batch.max(1);
+    let batching = Batching { max: config.max_batch.max(1), window: config.commit_window };
     let thread = std::thread::Builder::new()
         .name("natter-store".into())
-        .spawn(move || run(backend, &batch_shared, pool, max_batch))?;
+        .spawn(move || run(backend, &batch_shared, pool, batching))?;
     Ok(StoreHandle { shared, thread: Some(thread) })
 }
 
@@ -212,7 +231,9 @@ impl StoreHandle {
             let mut requests = requests.into_iter();
             state.jobs.extend(requests.by_ref().take(accepted).map(|request| Job::Request(request, now)));
             refused.extend(requests.map(|request| request.id));
-            if accepted > 0 {
+            // A busy batch thread looks at the queue before it waits again:
+            // waking it would only cost a futex call per submit.
+            if accepted > 0 && state.asleep.wakes_for(state.jobs.len()) {
                 self.shared.wake.notify_one();
             }
         }
@@ -271,9 +292,45 @@ enum Job {
     Finish(Finish),
 }
 
+/// What the batch thread waits for, so that a submit wakes it only when it
+/// would act.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Asleep {
+    /// It is running a batch, or about to look at the queue.
+    #[default]
+    Awake,
+    /// The queue was empty.
+    ForWork,
+    /// Filling a batch within the commit window: it needs this many jobs
+    /// queued to fill it, and the window's end wakes it otherwise.
+    ForFill(usize),
+}
+
+impl Asleep {
+    /// Whether `queued` jobs are worth waking the batch thread for.
+    fn wakes_for(self, queued: usize) -> bool {
+        match self {
+            Asleep::Awake => false,
+            Asleep::ForWork => true,
+            Asleep::ForFill(needed) => queued >= needed,
+        }
+    }
+}
+
+/// How the batch thread cuts the queue into transactions.
+#[derive(Clone, Copy, Debug)]
+struct Batching {
+    /// Jobs per batch, at most.
+    max: usize,
+    /// [`StoreConfig::commit_window`].
+    window: Duration,
+}
+
 #[derive(Default)]
 struct State {
     jobs: VecDeque<Job>,
+    /// What the batch thread waits for (see [`StoreHandle::submit`]).
+    asleep: Asleep,
     /// `Job::Request`s in `jobs`.
     waiting: usize,
     /// Password operations handed to the pool and not completed.
@@ -359,24 +416,57 @@ impl Shared {
     }
 
     /// The next batch, waiting for one at most `idle`.
-    fn next_batch(&self, max: usize, idle: std::time::Duration) -> Next {
+    fn next_batch(&self, batching: Batching, idle: Duration) -> Next {
         let mut state = self.lock();
         loop {
             if !state.jobs.is_empty() {
-                let n = max.min(state.jobs.len());
-                let batch: Vec<Job> = state.jobs.drain(..n).collect();
-                state.waiting -= batch.iter().filter(|j| matches!(j, Job::Request(..))).count();
+                let mut batch = Vec::new();
+                take_jobs(&mut state, &mut batch, batching.max);
+                let state = self.fill(state, &mut batch, batching);
+                drop(state);
                 return Next::Batch(batch);
             }
             if state.closed && state.passwords == 0 {
                 state.gone = true;
                 return Next::Done;
             }
+            state.asleep = Asleep::ForWork;
             let (next, waited) = self.wake.wait_timeout(state, idle).unwrap_or_else(|e| e.into_inner());
             state = next;
+            state.asleep = Asleep::Awake;
             if waited.timed_out() && state.jobs.is_empty() && !state.closed {
                 return Next::Idle;
             }
+        }
+    }
+
+    /// Adds to `batch` what comes until the commit window of its first
+    /// request ends, the batch is full, or shutdown begins. A batch that only
+    /// reads does not wait: it has no commit to share, and waiting would
+    /// only delay the reads.
+    fn fill<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        batch: &mut Vec<Job>,
+        batching: Batching,
+    ) -> MutexGuard<'a, State> {
+        let Some(first) = first_submitted(batch) else { return state };
+        let Some(deadline) = first.checked_add(batching.window) else { return state };
+        if batching.window.is_zero() || !batch.iter().any(Job::commits) {
+            return state;
+        }
+        loop {
+            take_jobs(&mut state, batch, batching.max);
+            if batch.len() >= batching.max || state.closed {
+                return state;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return state;
+            }
+            state.asleep = Asleep::ForFill(batching.max - batch.len());
+            state = self.wake.wait_timeout(state, left).unwrap_or_else(|e| e.into_inner()).0;
+            state.asleep = Asleep::Awake;
         }
     }
 
@@ -416,6 +506,35 @@ impl Finish {
     }
 }
 
+/// Moves jobs from the queue to `batch` until it holds `max`.
+fn take_jobs(state: &mut State, batch: &mut Vec<Job>, max: usize) {
+    let n = max.saturating_sub(batch.len()).min(state.jobs.len());
+    let before = batch.len();
+    batch.extend(state.jobs.drain(..n));
+    state.waiting -= batch[before..].iter().filter(|j| matches!(j, Job::Request(..))).count();
+}
+
+/// When the first request of `batch` was submitted (the queue keeps the
+/// order of submission, so no later one waited longer).
+fn first_submitted(batch: &[Job]) -> Option<Instant> {
+    batch.iter().find_map(|job| match job {
+        Job::Request(_, submitted) => Some(*submitted),
+        Job::Finish(_) => None,
+    })
+}
+
+impl Job {
+    /// Whether the job writes in the batch's transaction: an ordinary write,
+    /// or the last step of a password operation. The first step of one only
+    /// reads.
+    fn commits(&self) -> bool {
+        match self {
+            Job::Request(request, _) => !is_password(&request.op) && request.op.writes(),
+            Job::Finish(_) => true,
+        }
+    }
+}
+
 /// Whether `op` goes through the password pool.
 fn is_password(op: &StoreOp) -> bool {
     matches!(op, StoreOp::Register { .. } | StoreOp::Login { .. } | StoreOp::Verify { .. })
@@ -434,9 +553,9 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError
 }
 
 /// The batch thread.
-fn run<B: Backend>(mut backend: B, shared: &Shared, pool: PasswordPool, max_batch: usize) {
+fn run<B: Backend>(mut backend: B, shared: &Shared, pool: PasswordPool, batching: Batching) {
     let result = catch_unwind(AssertUnwindSafe(|| loop {
-        match shared.next_batch(max_batch, PROBE_IDLE) {
+        match shared.next_batch(batching, PROBE_IDLE) {
             Next::Batch(batch) => process(&mut backend, shared, &pool, batch),
             Next::Idle => {
                 let _ = guarded(|| {
@@ -467,8 +586,13 @@ fn process<B: Backend>(backend: &mut B, shared: &Shared, pool: &PasswordPool, ba
     let mut results = if ops.is_empty() {
         Vec::new()
     } else {
-        Metrics::add(&shared.metrics.store_batches, 1);
         let n = ops.len();
+        let m = &shared.metrics;
+        Metrics::add(&m.store_batches, 1);
+        Metrics::add(&m.store_batched_ops, n as u64);
+        if ops.iter().any(|op| op.writes()) {
+            Metrics::add(&m.store_commits, 1);
+        }
         match guarded(|| Ok(backend.execute(&ops))) {
             Ok(results) if results.len() == n => results,
             Ok(results) => {

@@ -374,7 +374,7 @@ impl PostgresBackend {
         let mut down: Option<StoreError> = None;
         ops.iter()
             .map(|op| {
-                if is_write(op) {
+                if op.writes() {
                     return Err(err.clone());
                 }
                 if let Some(down) = &down {
@@ -513,24 +513,6 @@ pub fn failure_kind(e: &PgError) -> StoreFailure {
         _ if ["08", "53", "57", "58"].iter().any(|class| code.starts_with(class)) => StoreFailure::Io,
         _ => StoreFailure::Other,
     }
-}
-
-/// Whether `op` writes.
-fn is_write(op: &StoreOp) -> bool {
-    !matches!(
-        op,
-        StoreOp::LoadAll
-            | StoreOp::Verify { .. }
-            | StoreOp::CheckToken { .. }
-            | StoreOp::History { .. }
-            | StoreOp::Inbox { .. }
-            | StoreOp::Conversations { .. }
-            | StoreOp::ReadMarks { .. }
-            | StoreOp::LastSeqs { .. }
-            | StoreOp::FindUser { .. }
-            | StoreOp::LiveTokens { .. }
-            | StoreOp::RoomMembers { .. }
-    )
 }
 
 /// Whether `op` belongs to the password pool and never runs in a batch.

@@ -76,10 +76,21 @@ fn sqlite(dir: &tempfile::TempDir) -> SqliteBackend {
 
 #[test]
 fn completions_come_in_submission_order_and_reads_see_earlier_writes() {
+    submission_order_holds(DEFAULT_COMMIT_WINDOW);
+}
+
+#[test]
+fn completions_come_in_submission_order_without_a_commit_window_and_with_a_long_one() {
+    submission_order_holds(Duration::ZERO);
+    submission_order_holds(Duration::from_millis(20));
+}
+
+fn submission_order_holds(window: Duration) {
     let tmp = tempfile::tempdir().unwrap();
     let collector = Arc::new(Collector::default());
     let metrics = Arc::new(Metrics::default());
-    let store = spawn_store(sqlite(&tmp), collector.sink(), Arc::clone(&metrics), 10_000).unwrap();
+    let config = StoreConfig { commit_window: window, ..StoreConfig::new(10_000) };
+    let store = spawn_store_with(sqlite(&tmp), collector.sink(), Arc::clone(&metrics), config).unwrap();
     let rooms = ["a", "b", "c"];
     let mut expected = Vec::new(); // (is_history, room, count after)
     let mut counts = [0u64; 3];
@@ -454,4 +465,138 @@ fn shutdown_does_not_wait_for_queued_hashes() {
     let done = all.iter().filter(|d| d.result == Ok(StoreValue::Registered)).count();
     assert!(done <= 5, "{done} hashed after shutdown began");
     assert!(metrics.password_cancelled.load(Relaxed) >= 195);
+}
+
+/// Answers everything and reports each batch as the texts of its appends
+/// (`"read"` for a read).
+struct Recorder {
+    batches: mpsc::Sender<Vec<String>>,
+}
+
+impl Backend for Recorder {
+    fn execute(&mut self, ops: &[&StoreOp]) -> Vec<Result<StoreValue, StoreError>> {
+        let texts = ops
+            .iter()
+            .map(|op| match op {
+                StoreOp::Append { message, .. } => message.text.clone(),
+                _ => "read".into(),
+            })
+            .collect();
+        let _ = self.batches.send(texts);
+        ops.iter().map(|_| Ok(StoreValue::Done)).collect()
+    }
+
+    fn password_hash(&mut self, _: &str) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+
+    fn create_user(&mut self, _: &str, _: &str, _: u64) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    fn create_token(&mut self, _: &str, _: &str, _: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// A worker on a [`Recorder`] with this window and batch bound.
+fn recorded(window: Duration, max_batch: usize) -> (StoreHandle, mpsc::Receiver<Vec<String>>, Arc<Collector>) {
+    let (tx, batches) = mpsc::channel();
+    let collector = Arc::new(Collector::default());
+    let config = StoreConfig { commit_window: window, max_batch, ..StoreConfig::new(1000) };
+    let store = spawn_store_with(Recorder { batches: tx }, collector.sink(), Arc::new(Metrics::default()), config);
+    (store.unwrap(), batches, collector)
+}
+
+/// Far longer than any test runs: a batch that waits for it never starts
+/// unless something else cuts it.
+const FOREVER: Duration = Duration::from_secs(3600);
+
+/// A generous wait for what must happen without the window ending.
+const SOON: Duration = Duration::from_secs(60);
+
+fn history() -> StoreOp {
+    StoreOp::History { target: Target::Room("r".into()), range: SeqRange::After { after: 0, limit: 10 } }
+}
+
+#[test]
+fn writes_submitted_within_the_commit_window_share_one_transaction() {
+    let (store, batches, collector) = recorded(Duration::from_secs(1), 1024);
+    for i in 0..3 {
+        store.submit(vec![req(i, append("r", &i.to_string()))]);
+    }
+    assert_eq!(batches.recv_timeout(SOON).unwrap(), ["0", "1", "2"]);
+    let ids: Vec<u64> = collector.wait(3).iter().map(|d| d.id.0).collect();
+    assert_eq!(ids, [0, 1, 2]);
+    store.shutdown();
+}
+
+#[test]
+fn without_a_commit_window_a_lone_write_runs_at_once() {
+    let (store, batches, _) = recorded(Duration::ZERO, 1024);
+    store.submit(vec![req(0, append("r", "alone"))]);
+    // Nothing else comes and nothing cuts the batch: only no waiting runs it.
+    assert_eq!(batches.recv_timeout(SOON).unwrap(), ["alone"]);
+    store.shutdown();
+}
+
+#[test]
+fn the_batch_bound_cuts_a_batch_inside_the_commit_window() {
+    let (store, batches, collector) = recorded(FOREVER, 3);
+    for i in 0..7 {
+        store.submit(vec![req(i, append("r", &i.to_string()))]);
+    }
+    assert_eq!(batches.recv_timeout(SOON).unwrap(), ["0", "1", "2"]);
+    assert_eq!(batches.recv_timeout(SOON).unwrap(), ["3", "4", "5"]);
+    // The last one waits for its window, or for shutdown.
+    store.shutdown();
+    assert_eq!(batches.recv_timeout(SOON).unwrap(), ["6"]);
+    let ids: Vec<u64> = collector.wait(7).iter().map(|d| d.id.0).collect();
+    assert_eq!(ids, (0..7).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_batch_of_reads_does_not_wait_for_the_commit_window() {
+    let (store, batches, collector) = recorded(FOREVER, 1024);
+    store.submit(vec![req(0, history())]);
+    assert_eq!(batches.recv_timeout(SOON).unwrap(), ["read"]);
+    assert_eq!(collector.result(0), Ok(StoreValue::Done));
+    store.shutdown();
+}
+
+#[test]
+fn shutdown_does_not_wait_for_the_commit_window() {
+    let (store, batches, collector) = recorded(FOREVER, 1024);
+    store.submit(vec![req(0, history()), req(1, append("r", "a"))]);
+    store.submit(vec![req(2, append("r", "b"))]);
+    let (stopped_tx, stopped) = mpsc::channel();
+    std::thread::spawn(move || {
+        store.shutdown();
+        let _ = stopped_tx.send(());
+    });
+    stopped.recv_timeout(SOON).expect("shutdown ends before the window does");
+    assert_eq!(batches.recv().unwrap(), ["read", "a", "b"]);
+    let ids: Vec<u64> = collector.wait(3).iter().map(|d| d.id.0).collect();
+    assert_eq!(ids, [0, 1, 2]);
+}
+
+#[test]
+fn the_commit_metrics_count_transactions_that_write_and_their_requests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Arc::new(Collector::default());
+    let metrics = Arc::new(Metrics::default());
+    let config = StoreConfig { commit_window: Duration::from_secs(1), ..StoreConfig::new(100) };
+    let store = spawn_store_with(sqlite(&tmp), collector.sink(), Arc::clone(&metrics), config).unwrap();
+    store.submit(vec![req(0, history())]);
+    collector.wait(1);
+    store.submit(vec![req(1, append("r", "a"))]);
+    store.submit(vec![req(2, append("r", "b")), req(3, history())]);
+    collector.wait(4);
+    store.shutdown();
+    assert_eq!(metrics.store_batches.load(Relaxed), 2);
+    assert_eq!(metrics.store_commits.load(Relaxed), 1, "the reads alone commit nothing");
+    assert_eq!(metrics.store_batched_ops.load(Relaxed), 4);
+    let text = metrics.render();
+    assert!(text.contains("natter_store_commits_total 1\n"), "{text}");
+    assert!(text.contains("natter_store_batched_ops_total 4\n"), "{text}");
 }
