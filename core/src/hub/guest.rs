@@ -53,7 +53,11 @@ impl Hub {
     fn welcome_guest(&mut self, sid: SessionId, tag: Tag, name: String, key: Option<String>) {
         let key = key.unwrap_or_else(|| {
             self.guests += 1;
-            format!("{name}#{}.{}", self.incarnation, self.guests)
+            // Exact capacity: `format!` leaves up to twice the length
+            // spare, and the key lives as long as the guest is online.
+            let mut key = format!("{name}#{}.{}", self.incarnation, self.guests);
+            key.shrink_to_fit();
+            key
         });
         let resume = self.resume_secret(&key);
         match self.state.online.get_mut(&name) {

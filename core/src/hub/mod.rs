@@ -50,7 +50,7 @@
 //!   together (`ClusterSession::private_seen`).
 
 mod pending;
-mod state;
+pub(crate) mod state;
 mod stream;
 
 mod auth;

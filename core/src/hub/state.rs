@@ -302,6 +302,12 @@ impl State {
         let new = match find_room(rooms, room) {
             Ok(_) => false,
             Err(at) => {
+                // Doubling from one slot, not from the four a first push
+                // takes: most users are in a room or two, and every idle
+                // session pays for its user's list.
+                if rooms.len() == rooms.capacity() {
+                    rooms.reserve_exact(rooms.len().max(1));
+                }
                 rooms.insert(at, room.to_string());
                 true
             }
