@@ -23,10 +23,9 @@ impl Hub {
                 line,
                 phase: Phase::New,
                 inbox: InboxRead::Done,
-                held_echoes: Vec::new(),
                 replaying: Vec::new(),
                 queries: None,
-                cluster: None,
+                extra: None,
             })
         });
         if info.phase != Phase::New {
@@ -206,7 +205,7 @@ impl Hub {
     pub(super) fn set_welcomed(&mut self, sid: SessionId, user: &str, token: Option<String>) -> bool {
         match self.state.sessions.get_mut(&sid) {
             Some(info) => {
-                info.phase = Phase::Welcomed { user: user.to_string(), token };
+                info.phase = Phase::Welcomed { user: user.into(), token: token.map(String::into_boxed_str) };
                 info.line
             }
             None => false,
@@ -320,7 +319,7 @@ impl Hub {
         self.session_welcomed(now, sid);
         let line = self.set_welcomed(sid, &user, token);
         let first = self.add_registered_session(&user, sid);
-        let rooms: Vec<String> = self.state.memberships.get(&user).cloned().unwrap_or_default();
+        let rooms: Vec<String> = self.state.rooms_of(&user);
         if first {
             self.announce_online(&user, &user, false);
         }
@@ -366,7 +365,7 @@ impl Hub {
     /// `seq`, which `welcome` names, rather than from what this node last
     /// saw, which would have it deliver the whole backlog as live messages.
     fn adopt_stored_rooms(&mut self, user: &str, marks: &[(String, u64, u64)]) {
-        let known: Vec<String> = self.state.memberships.get(user).cloned().unwrap_or_default();
+        let known: Vec<String> = self.state.rooms_of(user);
         for room in known.iter().filter(|r| !marks.iter().any(|(m, ..)| m == *r)) {
             self.state.remove_member(user, room);
         }
@@ -392,7 +391,7 @@ impl Hub {
     /// `online` either: the user never stopped being online to others.
     fn add_registered_session(&mut self, user: &str, sid: SessionId) -> bool {
         if !self.state.online.contains_key(user) {
-            let online = Online { key: user.to_string(), guest: false, sessions: Vec::new(), gone: None };
+            let online = Online { key: user.into(), guest: false, sessions: Vec::new(), gone: None };
             self.state.set_online(user.to_string(), online);
         }
         let Some(online) = self.state.online.get_mut(user) else { return false };
@@ -431,7 +430,7 @@ impl Hub {
         }
         let due = now.instant + self.config.presence_grace;
         online.gone = Some(due);
-        self.grace.push_back((due, user));
+        self.grace.push_back((due, user.into()));
     }
 
     /// Sends the `offline`s whose grace is over.
@@ -441,7 +440,8 @@ impl Hub {
                 break;
             }
             let Some((due, user)) = self.grace.pop_front() else { break };
-            let still_gone = self.state.online.get(&user).is_some_and(|o| o.gone == Some(due) && o.sessions.is_empty());
+            let still_gone =
+                self.state.online.get(user.as_str()).is_some_and(|o| o.gone == Some(due) && o.sessions.is_empty());
             if still_gone {
                 self.registered_gone(now, &user);
             }
@@ -461,11 +461,11 @@ impl Hub {
     /// `user` is offline now: its rooms hear `presence`, and on `Leave` it is
     /// no member of them any more.
     fn gone(&mut self, now: Now, user: &str, presence_now: Presence) {
-        let key = self.state.remove_online(user).map_or_else(|| user.to_string(), |o| o.key);
+        let key = self.state.remove_online(user).map_or_else(|| user.to_string(), |o| o.key.into_string());
         self.announce_offline(now, user, presence_now == Presence::Leave);
         // Still online elsewhere in the cluster: nothing changed for others.
         let elsewhere = self.online_elsewhere(user);
-        let rooms: Vec<String> = self.state.memberships.get(user).cloned().unwrap_or_default();
+        let rooms: Vec<String> = self.state.rooms_of(user);
         for room in rooms {
             if !elsewhere {
                 let targets = self.room_sessions(&room, Some(user), false);

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::state::Online;
+use super::state::{Name, Online};
 use super::Hub;
 use crate::ids::SessionId;
 use crate::link::{Tag, ToShardInner};
@@ -53,30 +53,29 @@ impl Hub {
     fn welcome_guest(&mut self, sid: SessionId, tag: Tag, name: String, key: Option<String>) {
         let key = key.unwrap_or_else(|| {
             self.guests += 1;
-            // Exact capacity: `format!` leaves up to twice the length
-            // spare, and the key lives as long as the guest is online.
-            let mut key = format!("{name}#{}.{}", self.incarnation, self.guests);
-            key.shrink_to_fit();
-            key
+            format!("{name}#{}.{}", self.incarnation, self.guests)
         });
         let resume = self.resume_secret(&key);
-        match self.state.online.get_mut(&name) {
+        match self.state.online.get_mut(name.as_str()) {
             Some(online) => {
                 online.sessions.push(sid);
                 self.state.touch(&name);
             }
             None => {
                 self.announce_online(&name, &key, true);
-                self.state.set_online(name.clone(), Online { key, guest: true, sessions: vec![sid], gone: None });
+                // A copy at its size: `format!` leaves up to twice the
+                // length spare, and the key stays as long as the guest.
+                let online = Online { key: Name::from(key.as_str()), guest: true, sessions: vec![sid], gone: None };
+                self.state.set_online(name.clone(), online);
             }
         }
         let line = self.set_welcomed(sid, &name, None);
         let rooms = self
             .state
             .memberships
-            .get(&name)
+            .get(name.as_str())
             .map(|rooms| {
-                let mark = |room: &String| RoomMark { room: room.clone(), seq: self.state.room_seq(room), read: 0 };
+                let mark = |room: &Name| RoomMark { room: room.to_string(), seq: self.state.room_seq(room), read: 0 };
                 rooms.iter().map(mark).collect()
             })
             .unwrap_or_default();

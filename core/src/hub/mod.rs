@@ -45,9 +45,9 @@
 //! - **Inbox reads.** Live private messages still wait while the inbox is
 //!   read; one held back while a page was read may have been stored after
 //!   that page's read ran, so then one more page is read before live ones
-//!   flow (`ClusterSession::inbox_missed`). A session never gets one private
+//!   flow (`SessionExtra::inbox_missed`). A session never gets one private
 //!   `seq` twice, or an older after a newer, from its inbox and live
-//!   together (`ClusterSession::private_seen`).
+//!   together (`SessionExtra::private_seen`).
 
 mod pending;
 pub(crate) mod state;

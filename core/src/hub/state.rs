@@ -13,6 +13,13 @@ use std::net::IpAddr;
 
 use crate::ids::SessionId;
 use crate::session::rate::RateLimit;
+
+/// A user or room name where the hub keeps one per session or membership:
+/// inline up to 24 bytes (every name the rules allow but the longest), so
+/// that the five or so copies an idle session's user and rooms leave in
+/// the hub's tables cost no allocation each (32 bytes with malloc's header
+/// for a 12-byte `String`). Looked up by `&str` like a `String`.
+pub(crate) type Name = compact_str::CompactString;
 use crate::store::InboxMessage;
 use crate::transport::request::{ClientRequest, Target};
 
@@ -21,14 +28,14 @@ use crate::transport::request::{ClientRequest, Target};
 pub(crate) struct Room {
     /// Newest `seq` delivered: every later message has a greater one.
     pub(crate) seq: u64,
-    pub(crate) members: BTreeSet<String>,
+    pub(crate) members: BTreeSet<Name>,
 }
 
 /// A user with at least one session past `welcome`.
 #[derive(Debug)]
 pub(crate) struct Online {
     /// Stored principal: the name, or `name#n` for a guest.
-    pub(crate) key: String,
+    pub(crate) key: Name,
     pub(crate) guest: bool,
     pub(crate) sessions: Vec<SessionId>,
     /// A registered user whose last session closed: when its `offline` is
@@ -46,32 +53,38 @@ pub(crate) struct SessionInfo {
     /// messages to it are held back, because a later page returns them too
     /// (see `hub/inbox.rs`).
     pub(crate) inbox: InboxRead,
-    /// The user's own private messages that completed while an inbox page
-    /// was read. The inbox holds only others' messages, so these are merged
-    /// into it by `seq` and sent with it: each conversation arrives in
-    /// order.
-    pub(crate) held_echoes: Vec<InboxMessage>,
     /// Rooms whose `since` replay is being read; live messages of these
     /// rooms are skipped for this session, as the replay will carry them.
     pub(crate) replaying: Vec<String>,
     /// Its budget for requests whose cost grows with the server
     /// (`rooms`, `who`, `history`, `conversations`): made at the first.
     pub(crate) queries: Option<RateLimit>,
-    /// What a session of a node in a cluster needs besides; made at first
-    /// use, so that a single node's sessions pay one pointer for it.
-    pub(crate) cluster: Option<Box<ClusterSession>>,
+    /// What few sessions need; made at first use, so that the others pay
+    /// one pointer for it.
+    pub(crate) extra: Option<Box<SessionExtra>>,
 }
 
-/// A session's private-message bookkeeping in a cluster.
+impl SessionInfo {
+    pub(crate) fn extra_mut(&mut self) -> &mut SessionExtra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+}
+
+/// What a session needs only while it reads its inbox, or in a cluster.
 #[derive(Debug, Default)]
-pub(crate) struct ClusterSession {
-    /// The newest private `seq` sent to the session per other principal,
-    /// so that a message that reaches it both from its inbox and live (the
-    /// bus is not ordered with storage) is sent once.
+pub(crate) struct SessionExtra {
+    /// The user's own private messages that completed while an inbox page
+    /// was read. The inbox holds only others' messages, so these are merged
+    /// into it by `seq` and sent with it: each conversation arrives in
+    /// order.
+    pub(crate) held_echoes: Vec<InboxMessage>,
+    /// In a cluster: the newest private `seq` sent to the session per other
+    /// principal, so that a message that reaches it both from its inbox and
+    /// live (the bus is not ordered with storage) is sent once.
     pub(crate) private_seen: Vec<(String, u64)>,
-    /// A live private message was held back for the inbox while a page was
-    /// read; the page may have been read before it was stored (another node
-    /// stored it), so one more page is read.
+    /// In a cluster: a live private message was held back for the inbox
+    /// while a page was read; the page may have been read before it was
+    /// stored (another node stored it), so one more page is read.
     pub(crate) inbox_missed: bool,
 }
 
@@ -100,8 +113,9 @@ pub(crate) enum Phase {
     /// Authentication or the welcome's reads are in flight.
     Welcoming,
     Welcomed {
-        user: String,
-        token: Option<String>,
+        user: Name,
+        /// Boxed, not a `String`: 8 bytes less in every session's record.
+        token: Option<Box<str>>,
     },
 }
 
@@ -122,7 +136,7 @@ pub(crate) struct State {
     /// store, guests' while they are online). A sorted `Vec`, not a
     /// `BTreeSet`: most users have a few rooms, and a B-tree's first node
     /// alone would cost an idle session more than the rest of its state.
-    pub(crate) memberships: HashMap<String, Vec<String>>,
+    pub(crate) memberships: HashMap<Name, Vec<Name>>,
     /// Registered names, as spelled at registration. Private: every change
     /// goes through [`State::register`], which keeps `folded` whole.
     registered: HashSet<String>,
@@ -132,7 +146,7 @@ pub(crate) struct State {
     /// after their last one (then with no sessions). Read freely; insert and
     /// remove only through [`State::set_online`] and [`State::remove_online`],
     /// which keep `folded` whole.
-    pub(crate) online: HashMap<String, Online>,
+    pub(crate) online: HashMap<Name, Online>,
     /// Lower-case name → its spelling, for the registered, reserved and
     /// online names that have an upper-case letter (a lower-case one is its
     /// own key). User names ignore case (PROTOCOL.md), and this is where
@@ -145,7 +159,7 @@ pub(crate) struct State {
     /// reads its first `limit` entries instead of sorting every room.
     pub(crate) by_size: BTreeSet<(Reverse<usize>, String)>,
     /// Names online, sorted: `who` without a room reads its first `limit`.
-    pub(crate) online_names: BTreeSet<String>,
+    pub(crate) online_names: BTreeSet<Name>,
     /// In a cluster: users whose sessions or rooms changed since the hub
     /// last brought its subscriptions in line (`None` on a single node).
     touched: Option<Vec<String>>,
@@ -251,6 +265,7 @@ impl State {
     pub(crate) fn set_online(&mut self, name: String, online: Online) {
         self.touch(&name);
         self.index(&name);
+        let name = Name::from(name);
         self.online_names.insert(name.clone());
         self.online.insert(name, online);
     }
@@ -283,6 +298,11 @@ impl State {
         self.memberships.get(user).is_some_and(|r| find_room(r, room).is_ok())
     }
 
+    /// The names of `user`'s rooms, sorted.
+    pub(crate) fn rooms_of(&self, user: &str) -> Vec<String> {
+        self.memberships.get(user).map_or_else(Vec::new, |rooms| rooms.iter().map(Name::to_string).collect())
+    }
+
     pub(crate) fn room_count(&self, user: &str) -> usize {
         self.memberships.get(user).map_or(0, Vec::len)
     }
@@ -298,7 +318,7 @@ impl State {
     /// Adds a membership; returns whether it is new.
     pub(crate) fn add_member(&mut self, user: &str, room: &str) -> bool {
         self.touch(user);
-        let rooms = self.memberships.entry(user.to_string()).or_default();
+        let rooms = self.memberships.entry(user.into()).or_default();
         let new = match find_room(rooms, room) {
             Ok(_) => false,
             Err(at) => {
@@ -308,13 +328,13 @@ impl State {
                 if rooms.len() == rooms.capacity() {
                     rooms.reserve_exact(rooms.len().max(1));
                 }
-                rooms.insert(at, room.to_string());
+                rooms.insert(at, room.into());
                 true
             }
         };
         let r = self.rooms.entry(room.to_string()).or_default();
         let before = r.members.len();
-        r.members.insert(user.to_string());
+        r.members.insert(user.into());
         let after = r.members.len();
         self.resize(room, before, after);
         new
@@ -364,7 +384,7 @@ impl State {
     /// The stored principal of a user who is online or registered.
     pub(crate) fn key_of(&self, user: &str) -> Option<String> {
         match self.online.get(user) {
-            Some(o) => Some(o.key.clone()),
+            Some(o) => Some(o.key.to_string()),
             None => self.is_registered(user).then(|| user.to_string()),
         }
     }
@@ -376,7 +396,7 @@ impl State {
 }
 
 /// Where `room` is in a user's sorted room list, or where it would go.
-fn find_room(rooms: &[String], room: &str) -> Result<usize, usize> {
+fn find_room(rooms: &[Name], room: &str) -> Result<usize, usize> {
     rooms.binary_search_by(|x| x.as_str().cmp(room))
 }
 
