@@ -391,7 +391,7 @@ impl Hub {
     /// `online` either: the user never stopped being online to others.
     fn add_registered_session(&mut self, user: &str, sid: SessionId) -> bool {
         if !self.state.online.contains_key(user) {
-            let online = Online { key: user.into(), guest: false, sessions: Vec::new(), gone: None };
+            let online = Online { key: user.into(), guest: false, sessions: smallvec::SmallVec::new(), gone: None };
             self.state.set_online(user.to_string(), online);
         }
         let Some(online) = self.state.online.get_mut(user) else { return false };

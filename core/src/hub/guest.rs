@@ -65,7 +65,12 @@ impl Hub {
                 self.announce_online(&name, &key, true);
                 // A copy at its size: `format!` leaves up to twice the
                 // length spare, and the key stays as long as the guest.
-                let online = Online { key: Name::from(key.as_str()), guest: true, sessions: vec![sid], gone: None };
+                let online = Online {
+                    key: Name::from(key.as_str()),
+                    guest: true,
+                    sessions: smallvec::smallvec![sid],
+                    gone: None,
+                };
                 self.state.set_online(name.clone(), online);
             }
         }

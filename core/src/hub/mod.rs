@@ -336,7 +336,7 @@ impl Hub {
 
     /// Every session of `user`.
     fn sessions_of(&self, user: &str) -> Vec<SessionId> {
-        self.state.online.get(user).map(|o| o.sessions.clone()).unwrap_or_default()
+        self.state.online.get(user).map(|o| o.sessions.to_vec()).unwrap_or_default()
     }
 
     /// Every session of every member of `room`, except those of `except`,

@@ -11,6 +11,8 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomSt
 type HashSet<K> = std::collections::HashSet<K, foldhash::quality::RandomState>;
 use std::net::IpAddr;
 
+use smallvec::SmallVec;
+
 use crate::ids::SessionId;
 use crate::session::rate::RateLimit;
 
@@ -37,7 +39,9 @@ pub(crate) struct Online {
     /// Stored principal: the name, or `name#n` for a guest.
     pub(crate) key: Name,
     pub(crate) guest: bool,
-    pub(crate) sessions: Vec<SessionId>,
+    /// Inline while there is one: most users have one session, and a
+    /// `Vec` would cost each a 32-byte allocation for its 8-byte id.
+    pub(crate) sessions: SmallVec<[SessionId; 1]>,
     /// A registered user whose last session closed: when its `offline` is
     /// due. Until then it still counts as online (see `Hub::closed`).
     pub(crate) gone: Option<std::time::Instant>,
