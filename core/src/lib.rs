@@ -82,7 +82,7 @@ mod guards {
         use std::mem::size_of;
         let sizes = [
             ("Session", size_of::<super::session::Session>(), 264),
-            ("SessionInfo", size_of::<super::hub::state::SessionInfo>(), 136),
+            ("SessionInfo", size_of::<super::hub::state::SessionInfo>(), 112),
             ("Online", size_of::<super::hub::state::Online>(), 72),
             // Inline up to 24 bytes, no bigger than the `String` it replaced.
             ("Name", size_of::<super::hub::state::Name>(), 24),

@@ -24,7 +24,6 @@ impl Hub {
                 phase: Phase::New,
                 inbox: InboxRead::Done,
                 replaying: Vec::new(),
-                queries: None,
                 extra: None,
             })
         });

@@ -694,7 +694,7 @@ impl Hub {
     fn query_allowed(&mut self, now: Now, sid: SessionId) -> bool {
         let (rate, burst) = (self.config.query_rate, self.config.query_rate.saturating_mul(4));
         let Some(info) = self.state.sessions.get_mut(&sid) else { return true };
-        let bucket = info.queries.get_or_insert_with(|| RateLimit::new(now.instant, burst));
+        let bucket = info.extra_mut().queries.get_or_insert_with(|| RateLimit::new(now.instant, burst));
         let allowed = bucket.allow(now.instant, rate, burst);
         if !allowed {
             Metrics::add(&self.metrics.queries_limited, 1);

@@ -60,9 +60,6 @@ pub(crate) struct SessionInfo {
     /// Rooms whose `since` replay is being read; live messages of these
     /// rooms are skipped for this session, as the replay will carry them.
     pub(crate) replaying: Vec<String>,
-    /// Its budget for requests whose cost grows with the server
-    /// (`rooms`, `who`, `history`, `conversations`): made at the first.
-    pub(crate) queries: Option<RateLimit>,
     /// What few sessions need; made at first use, so that the others pay
     /// one pointer for it.
     pub(crate) extra: Option<Box<SessionExtra>>,
@@ -74,9 +71,13 @@ impl SessionInfo {
     }
 }
 
-/// What a session needs only while it reads its inbox, or in a cluster.
+/// What a session needs only once it queried, while it reads its inbox, or
+/// in a cluster.
 #[derive(Debug, Default)]
 pub(crate) struct SessionExtra {
+    /// Its budget for requests whose cost grows with the server
+    /// (`rooms`, `who`, `history`, `conversations`): made at the first.
+    pub(crate) queries: Option<RateLimit>,
     /// The user's own private messages that completed while an inbox page
     /// was read. The inbox holds only others' messages, so these are merged
     /// into it by `seq` and sent with it: each conversation arrives in
@@ -137,10 +138,11 @@ impl SessionInfo {
 pub(crate) struct State {
     pub(crate) rooms: HashMap<String, Room>,
     /// User name → names of its rooms, sorted (registered users' from the
-    /// store, guests' while they are online). A sorted `Vec`, not a
+    /// store, guests' while they are online). A sorted vector, not a
     /// `BTreeSet`: most users have a few rooms, and a B-tree's first node
-    /// alone would cost an idle session more than the rest of its state.
-    pub(crate) memberships: HashMap<Name, Vec<Name>>,
+    /// alone would cost an idle session more than the rest of its state;
+    /// the first room inline, as most users have one.
+    pub(crate) memberships: HashMap<Name, SmallVec<[Name; 1]>>,
     /// Registered names, as spelled at registration. Private: every change
     /// goes through [`State::register`], which keeps `folded` whole.
     registered: HashSet<String>,
@@ -308,7 +310,7 @@ impl State {
     }
 
     pub(crate) fn room_count(&self, user: &str) -> usize {
-        self.memberships.get(user).map_or(0, Vec::len)
+        self.memberships.get(user).map_or(0, |rooms| rooms.len())
     }
 
     pub(crate) fn room_seq(&self, room: &str) -> u64 {
