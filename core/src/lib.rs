@@ -73,11 +73,23 @@ mod guards {
 
     #[test]
     fn an_idle_session_is_small() {
-        // Idle memory per session is a headline figure (issue: ≤ 1 KiB RSS).
-        assert!(
-            std::mem::size_of::<super::session::Session>() <= 400,
-            "{}",
-            std::mem::size_of::<super::session::Session>()
-        );
+        // Idle memory per session is a headline figure (issue 15: at most
+        // 1 KiB of RSS per idle WebSocket session). What every session pays
+        // for in the core is pinned here, so a field that grows one shows
+        // up as a failure, not as a figure in the next benchmark. malloc
+        // rounds a box up to a multiple of 16 with 8 bytes of header: 264
+        // bytes take 272, 265 would take 288.
+        use std::mem::size_of;
+        let sizes = [
+            ("Session", size_of::<super::session::Session>(), 264),
+            ("SessionInfo", size_of::<super::hub::state::SessionInfo>(), 112),
+            ("Online", size_of::<super::hub::state::Online>(), 72),
+            // Inline up to 24 bytes, no bigger than the `String` it replaced.
+            ("Name", size_of::<super::hub::state::Name>(), 24),
+        ];
+        for (name, size, most) in sizes {
+            eprintln!("{name} {size}");
+            assert!(size <= most, "{name} is {size} bytes, more than {most}");
+        }
     }
 }

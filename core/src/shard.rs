@@ -304,6 +304,20 @@ impl Shard {
         for key in due {
             let _ = self.with_session(now, key, |s, ctx| s.timeout(ctx));
         }
+        self.trim_timers();
+    }
+
+    /// Lets the timer heap's spare capacity go once it is mostly unused: a
+    /// session's superseded deadlines stay in the heap until they come due
+    /// (a handshake time-out after the welcome, say), so opening many
+    /// sessions at once doubles it, and idle sessions would keep paying for
+    /// that for good (24 bytes a slot). A third spare is kept, so a steady
+    /// load does not shrink and grow it in turn.
+    fn trim_timers(&mut self) {
+        let (len, capacity) = (self.timers.len(), self.timers.capacity());
+        if capacity > 1024 && len * 2 < capacity {
+            self.timers.shrink_to(len + len / 2);
+        }
     }
 
     fn shutdown(&mut self, now: Now) {
@@ -394,5 +408,28 @@ impl Shard {
             let batch = std::mem::take(&mut self.to_hub).into_iter().map(ToHub).collect();
             self.outputs.push_back(ShardOutput::ToHub(batch));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // Any instant will do.
+    fn a_mostly_empty_timer_heap_lets_its_capacity_go() {
+        let mut shard = Shard::new(0, Arc::new(Config::default()), Arc::new(Metrics::default()));
+        let t0 = Instant::now();
+        for key in 0..4096 {
+            shard.timers.push(Reverse((t0, key)));
+        }
+        shard.trim_timers();
+        assert!(shard.timers.capacity() >= 4096, "a full heap keeps its slots");
+        for _ in 0..3000 {
+            shard.timers.pop();
+        }
+        shard.trim_timers();
+        assert_eq!(shard.timers.len(), 1096);
+        assert!(shard.timers.capacity() < 2048, "{}", shard.timers.capacity());
     }
 }

@@ -1,38 +1,38 @@
-//! `natter-smol`: Natter on smol, one `LocalExecutor` per I/O thread.
+//! `natter-smol`: Natter on smol's reactor, one driver future per I/O thread.
 //!
 //! Each of `--threads` OS threads runs its seat's driver future under
-//! `smol::block_on(executor.run(..))`; the seat lives in an
-//! `Rc<RefCell<..>>`, so nothing is locked and every task of a seat runs on
-//! its thread. Like natter-mio, each thread accepts on its own clone of both
+//! `smol::block_on`; the seat is the driver's own, so nothing is locked and
+//! nothing of a seat runs on another thread. Like natter-mio, each thread accepts on its own clone of both
 //! listeners, and the shard and socket logic is `natter_host::Conns`. How
 //! this differs from natter-mio:
 //! - Sleeping: the driver awaits a bounded(1) channel (the mailbox waker,
-//!   readers, the signal), a `Timer` at `poll_timeout`, or a listener's
-//!   readiness, whichever is first, instead of `Poll::poll`. smol's one
-//!   reactor serves every thread: whichever thread is idle polls it and
-//!   wakes the others' tasks.
-//! - Reading: one task per connection awaits `readable()`, then borrows the
-//!   seat and reads into the thread's one 64 KiB buffer; the driver's turn
-//!   then writes and hands the hub its batch.
+//!   socket wakers, the signal), a `Timer` at `poll_timeout`, or a
+//!   listener's readiness, whichever is first, instead of `Poll::poll`.
+//!   smol's one reactor serves every thread: whichever thread is idle polls
+//!   it and wakes the others' tasks.
+//! - Readiness: no task per connection. Each socket is polled
+//!   (`poll_readable`, `poll_writable`) with a small waker that puts its key
+//!   on the seat's `natter_host::ready::Ready` list and wakes the driver,
+//!   which reads those connections into the thread's one 64 KiB buffer
+//!   until `WouldBlock` and polls them again. An idle connection costs its
+//!   socket, the reactor's `Source` and the waker; a task would add about
+//!   300 bytes (the task, a slab of waiters, an `Rc`).
 //! - Writing: the driver writes each hinted connection at the end of its
-//!   turn, as in mio; a socket that would block gets a task awaiting
-//!   `writable()` (mio's WRITABLE edge) that gives it back to the driver.
-//!   Dropping a connection's entry drops its tasks, which cancels them.
+//!   turn, as in mio; a socket that would block is polled for writability
+//!   with the same waker.
 
-use std::cell::RefCell;
 use std::io::{self, IoSlice, Read as _, Write as _};
 use std::net::{IpAddr, Shutdown as Half, TcpListener, TcpStream};
 use std::process::ExitCode;
-use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Waker;
 use std::time::Instant;
 
-use natter_core::{ConnKey, Transport};
-use natter_host::{Conns, Node, Read, Seat, Shutdown, Socket, Turn, ACCEPT_PAUSE};
-use smol::channel::{Receiver, Sender};
-use smol::{future, Async, LocalExecutor, Task, Timer};
-
-type Executor = LocalExecutor<'static>;
-type Cell = Rc<RefCell<Conns<Conn>>>;
+use natter_core::Transport;
+use natter_host::ready::{poll_ready, Ready};
+use natter_host::{Conns, Node, Seat, Shutdown, Socket, Turn, ACCEPT_PAUSE};
+use smol::channel::Receiver;
+use smol::{future, Async, Timer};
 
 fn main() -> ExitCode {
     Node::run_threads("natter-smol", run)
@@ -48,23 +48,29 @@ fn run(seat: Seat, http: TcpListener, line: TcpListener, shutdown: &Shutdown) ->
     shutdown.on_signal(move || {
         let _ = w.try_send(());
     });
+    // Socket wakers may fire on whichever thread polls smol's reactor.
+    let ready = Ready::new(move || {
+        let _ = wake.try_send(());
+    });
     let listeners = [(Async::new(http)?, Transport::Http), (Async::new(line)?, Transport::Line)];
-    let cell = Rc::new(RefCell::new(Conns::new(seat)));
-    // Declared after `cell`, so dropped first: that drops the tasks left,
-    // and then the seat goes.
-    let ex = Executor::new();
-    let driver = Driver { ex: &ex, cell: &cell, wake, shutdown };
-    smol::block_on(ex.run(driver.run(woken, listeners)));
+    let driver = Driver { conns: Conns::new(seat), ready, shutdown };
+    smol::block_on(driver.run(woken, listeners));
     Ok(())
 }
 
-/// A connection's socket and the tasks that wait on it; dropping it cancels
-/// them, and the last `Rc` closes the socket.
+/// A connection's socket and the waker its readiness is polled with;
+/// dropping it closes the socket and takes it out of smol's reactor.
 struct Conn {
-    stream: Rc<Async<TcpStream>>,
-    _reader: Task<()>,
-    /// Waiting for the socket to take more bytes.
-    writer: Option<Task<()>>,
+    stream: Async<TcpStream>,
+    waker: Waker,
+}
+
+impl Conn {
+    /// Asks to be woken once the socket takes bytes again; `true` when it
+    /// does already.
+    fn arm_write(&self) -> bool {
+        poll_ready(&self.waker, |cx| self.stream.poll_writable(cx))
+    }
 }
 
 impl Socket for Conn {
@@ -79,46 +85,33 @@ impl Socket for Conn {
     fn shutdown_write(&self) {
         let _ = self.stream.get_ref().shutdown(Half::Write);
     }
+
+    fn arm_read(&self) -> bool {
+        poll_ready(&self.waker, |cx| self.stream.poll_readable(cx))
+    }
 }
 
-/// What the seat's driver future, and the tasks it spawns, need.
+/// A seat's loop: its connections, and the list their wakers fill.
 struct Driver<'a> {
-    ex: &'a Executor,
-    cell: &'a Cell,
-    /// Wakes the driver; readers and writers get a clone.
-    wake: Sender<()>,
+    conns: Conns<Conn>,
+    ready: Arc<Ready>,
     shutdown: &'a Shutdown,
 }
 
 impl Driver<'_> {
-    async fn run(self, woken: Receiver<()>, listeners: [(Async<TcpListener>, Transport); 2]) {
+    async fn run(mut self, woken: Receiver<()>, listeners: [(Async<TcpListener>, Transport); 2]) {
         let mut listeners = Some(listeners);
         let mut accept_paused: Option<Instant> = None;
+        // Connections to read in the next turn without waiting.
+        let mut to_read = Vec::new();
         loop {
-            let deadline = self.cell.borrow().deadline();
-            let mail = async {
-                let _ = woken.recv().await;
-            };
-            let timer = async {
-                match deadline {
-                    Some(t) => {
-                        Timer::at(t).await;
-                    }
-                    None => future::pending().await,
-                }
-            };
-            let incoming = async {
-                match (&listeners, accept_paused) {
-                    (Some(_), Some(t)) => {
-                        Timer::at(t).await;
-                    }
-                    (Some([(http, _), (line, _)]), None) => {
-                        let _ = future::or(http.readable(), line.readable()).await;
-                    }
-                    (None, _) => future::pending().await,
-                }
-            };
-            future::or(mail, future::or(timer, incoming)).await;
+            if to_read.is_empty() {
+                self.sleep(&woken, listeners.as_ref(), accept_paused).await;
+            } else {
+                // Pending once, woken: `block_on` polls the reactor for the
+                // other sockets' events before the next turn.
+                future::yield_now().await;
+            }
             let now = Instant::now();
             accept_paused = accept_paused.filter(|t| *t > now);
             for (listener, transport) in listeners.iter().flatten() {
@@ -126,13 +119,15 @@ impl Driver<'_> {
                     accept_paused = Some(now + ACCEPT_PAUSE);
                 }
             }
+            self.ready.take_into(&mut to_read);
+            self.conns.read_woken(&mut to_read);
+            let ready = &self.ready;
             let blocked = |key, conn: &mut Conn| {
-                if conn.writer.is_none() {
-                    let waiter = await_writable(Rc::clone(self.cell), self.wake.clone(), key, Rc::clone(&conn.stream));
-                    conn.writer = Some(self.ex.spawn(waiter));
+                if conn.arm_write() {
+                    ready.push(key);
                 }
             };
-            match self.cell.borrow_mut().turn(self.shutdown, blocked) {
+            match self.conns.turn(self.shutdown, blocked) {
                 Turn::Serving => {}
                 Turn::Stopping => listeners = None,
                 Turn::Done => return,
@@ -140,10 +135,44 @@ impl Driver<'_> {
         }
     }
 
+    /// Waits for a wake-up (mail, a socket's waker, the signal), the seat's
+    /// next deadline, or a connection to accept.
+    async fn sleep(
+        &self,
+        woken: &Receiver<()>,
+        listeners: Option<&[(Async<TcpListener>, Transport); 2]>,
+        accept_paused: Option<Instant>,
+    ) {
+        let deadline = self.conns.deadline();
+        let mail = async {
+            let _ = woken.recv().await;
+        };
+        let timer = async {
+            match deadline {
+                Some(t) => {
+                    Timer::at(t).await;
+                }
+                None => future::pending().await,
+            }
+        };
+        let incoming = async {
+            match (listeners, accept_paused) {
+                (Some(_), Some(t)) => {
+                    Timer::at(t).await;
+                }
+                (Some([(http, _), (line, _)]), None) => {
+                    let _ = future::or(http.readable(), line.readable()).await;
+                }
+                (None, _) => future::pending().await,
+            }
+        };
+        future::or(mail, future::or(timer, incoming)).await;
+    }
+
     /// Accepts until the listener has no more; an error other than
     /// `WouldBlock` comes back so that accepting pauses (the reactor would
     /// report the waiting connection again at once).
-    fn accept(&self, listener: &Async<TcpListener>, transport: Transport) -> io::Result<()> {
+    fn accept(&mut self, listener: &Async<TcpListener>, transport: Transport) -> io::Result<()> {
         loop {
             match listener.get_ref().accept() {
                 Ok((stream, peer)) => self.open(stream, peer.ip(), transport),
@@ -157,51 +186,17 @@ impl Driver<'_> {
         }
     }
 
-    fn open(&self, stream: TcpStream, peer: IpAddr, transport: Transport) {
+    fn open(&mut self, stream: TcpStream, peer: IpAddr, transport: Transport) {
         let _ = stream.set_nodelay(true);
         let Ok(stream) = Async::new(stream) else {
             return;
         };
-        let stream = Rc::new(stream);
-        self.cell.borrow_mut().open(transport, peer, |key| {
-            let reader = read(Rc::clone(self.cell), self.wake.clone(), key, Rc::clone(&stream));
-            Some(Conn { _reader: self.ex.spawn(reader), stream, writer: None })
+        let ready = &self.ready;
+        self.conns.open(transport, peer, |key| {
+            // Read at once: the client may have sent its request already.
+            // The turn reads it, then arms the socket's waker.
+            ready.push(key);
+            Some(Conn { stream, waker: ready.waker(key) })
         });
     }
-}
-
-/// A connection's reader. It never outlives its entry (dropping the entry
-/// cancels it), so the key it holds is always its own.
-async fn read(cell: Cell, wake: Sender<()>, key: ConnKey, stream: Rc<Async<TcpStream>>) {
-    loop {
-        let ready = stream.readable().await;
-        let read = {
-            let mut conns = cell.borrow_mut();
-            if ready.is_ok() {
-                conns.read(key)
-            } else {
-                conns.closed(key)
-            }
-        };
-        let _ = wake.try_send(());
-        if read == Read::Gone {
-            return;
-        }
-    }
-}
-
-async fn await_writable(cell: Cell, wake: Sender<()>, key: ConnKey, stream: Rc<Async<TcpStream>>) {
-    let ready = stream.writable().await;
-    let mut conns = cell.borrow_mut();
-    // Our own entry, as for the reader: let this task finish on its own.
-    if let Some(writer) = conns.get_mut(key).and_then(|c| c.writer.take()) {
-        writer.detach();
-    }
-    match ready {
-        Ok(()) => conns.writable(key),
-        Err(_) => {
-            conns.closed(key);
-        }
-    }
-    let _ = wake.try_send(());
 }

@@ -3,31 +3,36 @@
 //! One runtime with `--threads` workers drives `--threads` seats, and any
 //! worker may run any task. A seat's `Shard` (`Send`, not `Sync`) sits behind
 //! a `std::sync::Mutex` that no task holds across an `.await`. Per seat, one
-//! driver task; per connection, one reader task; one accept task serves both
-//! listeners and deals connections to the seats in turn (mio: every thread
-//! accepts on its own listener clones). The shard and socket logic is
-//! `natter_host::Conns`, as in natter-mio. How this differs from natter-mio:
+//! driver task; one accept task serves both listeners and deals connections
+//! to the seats in turn (mio: every thread accepts on its own listener
+//! clones). The shard and socket logic is `natter_host::Conns`, as in
+//! natter-mio. How this differs from natter-mio:
 //! - Sleeping: instead of `Poll::poll` with the shard's deadline, the driver
-//!   awaits a `Notify` (the mailbox waker, readers and the acceptor after
-//!   they fed the shard, the signal) or `poll_timeout`, whichever is first.
-//! - Reading: a reader awaits `readable()`, then locks its seat and
-//!   `try_read`s into the seat's one 64 KiB buffer, so no bytes queue
-//!   between tasks; the driver's turn then writes and hands the hub its batch.
+//!   awaits a `Notify` (the mailbox waker, socket wakers, the acceptor, the
+//!   signal) or `poll_timeout`, whichever is first.
+//! - Readiness: no task per connection. Each socket is polled
+//!   (`poll_read_ready`, `poll_write_ready`) with a small waker that puts its
+//!   key on the seat's `natter_host::ready::Ready` list and notifies the
+//!   driver, which reads those connections into the seat's one 64 KiB buffer
+//!   until `WouldBlock` and polls them again (mio's edge-triggered
+//!   registration). An idle connection costs its socket, tokio's
+//!   registration and the waker; a task would add 384 bytes.
 //! - Writing: as in mio, the driver writes each hinted connection at the end
-//!   of its turn with `try_write_vectored`; a socket that would block gets a
-//!   small task awaiting `writable()` (mio's WRITABLE edge) that gives the
-//!   connection back to the driver.
+//!   of its turn with `try_write_vectored`; a socket that would block is
+//!   polled for writability with the same waker.
 
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, Shutdown as Half};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use natter_core::{ConnKey, Transport};
-use natter_host::{Conns, Node, Read, Seat, Shutdown, Socket, Turn, ACCEPT_PAUSE};
+use std::task::Waker;
+
+use natter_core::Transport;
+use natter_host::ready::{poll_ready, Ready};
+use natter_host::{Conns, Node, Seat, Shutdown, Socket, Turn, ACCEPT_PAUSE};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-use tokio::task::AbortHandle;
 
 fn main() -> ExitCode {
     let (node, seats) = match Node::start("natter-tokio") {
@@ -85,6 +90,8 @@ struct Cell {
     conns: Mutex<Conns<Conn>>,
     /// Wakes the driver.
     wake: Arc<Notify>,
+    /// Connections whose sockets' wakers fired.
+    ready: Arc<Ready>,
 }
 
 impl Cell {
@@ -92,7 +99,9 @@ impl Cell {
         let wake = Arc::new(Notify::new());
         let w = Arc::clone(&wake);
         seat.set_waker(move || w.notify_one());
-        Arc::new(Cell { conns: Mutex::new(Conns::new(seat)), wake })
+        let w = Arc::clone(&wake);
+        let ready = Ready::new(move || w.notify_one());
+        Arc::new(Cell { conns: Mutex::new(Conns::new(seat)), wake, ready })
     }
 
     fn lock(&self) -> MutexGuard<'_, Conns<Conn>> {
@@ -102,21 +111,19 @@ impl Cell {
     }
 }
 
-/// A connection's socket and the tasks that wait on it; dropping it ends
-/// them, and the last `Arc` closes the socket.
+/// A connection's socket and the waker its readiness is polled with;
+/// dropping it closes the socket and drops the waker from tokio's
+/// registration.
 struct Conn {
-    stream: Arc<TcpStream>,
-    reader: AbortHandle,
-    /// Waiting for the socket to take more bytes.
-    writer: Option<AbortHandle>,
+    stream: TcpStream,
+    waker: Waker,
 }
 
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.reader.abort();
-        if let Some(writer) = &self.writer {
-            writer.abort();
-        }
+impl Conn {
+    /// Asks to be woken once the socket takes bytes again; `true` when it
+    /// does already.
+    fn arm_write(&self) -> bool {
+        poll_ready(&self.waker, |cx| self.stream.poll_write_ready(cx))
     }
 }
 
@@ -130,7 +137,11 @@ impl Socket for Conn {
     }
 
     fn shutdown_write(&self) {
-        let _ = socket2::SockRef::from(&*self.stream).shutdown(Half::Write);
+        let _ = socket2::SockRef::from(&self.stream).shutdown(Half::Write);
+    }
+
+    fn arm_read(&self) -> bool {
+        poll_ready(&self.waker, |cx| self.stream.poll_read_ready(cx))
     }
 }
 
@@ -153,79 +164,40 @@ async fn accept(cells: Vec<Arc<Cell>>, http: TcpListener, line: TcpListener, sto
 
 fn open(cell: &Arc<Cell>, stream: TcpStream, peer: IpAddr, transport: Transport) {
     let _ = stream.set_nodelay(true);
-    let stream = Arc::new(stream);
     cell.lock().open(transport, peer, |key| {
-        // Spawned under the lock: the reader finds its entry in place.
-        let reader = tokio::spawn(read(Arc::clone(cell), key, Arc::clone(&stream))).abort_handle();
-        Some(Conn { stream, reader, writer: None })
+        // Read at once: the client may have sent its request already. The
+        // driver reads it, then arms the socket's waker.
+        cell.ready.push(key);
+        Some(Conn { stream, waker: cell.ready.waker(key) })
     });
     cell.wake.notify_one();
 }
 
-/// Whether `key` is still the connection of `stream`: a task may wait for
-/// the lock while its connection is closed and its key given to another.
-fn owns(conns: &Conns<Conn>, key: ConnKey, stream: &Arc<TcpStream>) -> bool {
-    conns.get(key).is_some_and(|c| Arc::ptr_eq(&c.stream, stream))
-}
-
-async fn read(cell: Arc<Cell>, key: ConnKey, stream: Arc<TcpStream>) {
-    loop {
-        let ready = stream.readable().await;
-        let read = {
-            let mut conns = cell.lock();
-            if !owns(&conns, key, &stream) {
-                return;
-            }
-            if ready.is_ok() {
-                conns.read(key)
-            } else {
-                conns.closed(key)
-            }
-        };
-        cell.wake.notify_one();
-        match read {
-            Read::Drained => {}
-            Read::More => tokio::task::yield_now().await,
-            Read::Gone => return,
-        }
-    }
-}
-
-async fn await_writable(cell: Arc<Cell>, key: ConnKey, stream: Arc<TcpStream>) {
-    let ready = stream.writable().await;
-    let mut conns = cell.lock();
-    if !owns(&conns, key, &stream) {
-        return;
-    }
-    if let Some(conn) = conns.get_mut(key) {
-        conn.writer = None;
-    }
-    match ready {
-        Ok(()) => conns.writable(key),
-        Err(_) => {
-            conns.closed(key);
-        }
-    }
-    drop(conns);
-    cell.wake.notify_one();
-}
-
 async fn drive(cell: Arc<Cell>, shutdown: Arc<Shutdown>) {
+    // Connections to read in the next turn without waiting.
+    let mut to_read = Vec::new();
     loop {
-        let deadline = cell.lock().deadline();
-        match deadline {
-            Some(t) => {
-                let _ = tokio::time::timeout_at(t.into(), cell.wake.notified()).await;
+        if to_read.is_empty() {
+            let deadline = cell.lock().deadline();
+            match deadline {
+                Some(t) => {
+                    let _ = tokio::time::timeout_at(t.into(), cell.wake.notified()).await;
+                }
+                None => cell.wake.notified().await,
             }
-            None => cell.wake.notified().await,
+        } else {
+            // Let the runtime's other tasks run between two budgets.
+            tokio::task::yield_now().await;
         }
+        let mut conns = cell.lock();
+        cell.ready.take_into(&mut to_read);
+        conns.read_woken(&mut to_read);
         let blocked = |key, conn: &mut Conn| {
-            if conn.writer.is_none() {
-                let waiter = await_writable(Arc::clone(&cell), key, Arc::clone(&conn.stream));
-                conn.writer = Some(tokio::spawn(waiter).abort_handle());
+            if conn.arm_write() {
+                cell.ready.push(key);
             }
         };
-        if cell.lock().turn(&shutdown, blocked) == Turn::Done {
+        if conns.turn(&shutdown, blocked) == Turn::Done {
             return;
         }
     }

@@ -219,6 +219,12 @@ pub trait Socket {
     /// The shard closed the connection: shut the write half down before the
     /// socket is dropped.
     fn shutdown_write(&self);
+    /// For a socket that waits with a waker ([`crate::ready`]): after a read
+    /// found nothing, asks to be woken once it is readable; `true` when it
+    /// is already. A mio socket is always registered and needs nothing.
+    fn arm_read(&self) -> bool {
+        false
+    }
 }
 
 /// How [`Conns::read`] went.
@@ -338,6 +344,28 @@ impl<S: Socket> Conns<S> {
             Read::More
         } else {
             Read::Gone
+        }
+    }
+
+    /// Reads the connections in `keys`, which their wakers reported
+    /// ([`crate::ready`]), and writes them at the next flush (a waker also
+    /// reports a socket that can take bytes again). Leaves in `keys` those
+    /// to read again without waiting: their budget ran out, or they became
+    /// readable again while being armed.
+    pub fn read_woken(&mut self, keys: &mut Vec<ConnKey>) {
+        let mut woken = std::mem::take(keys);
+        woken.sort_unstable();
+        woken.dedup();
+        for key in woken {
+            let again = match self.read(key) {
+                Read::More => true,
+                Read::Drained => self.get(key).is_some_and(Socket::arm_read),
+                Read::Gone => false,
+            };
+            if again {
+                keys.push(key);
+            }
+            self.to_write.push(key);
         }
     }
 

@@ -12,6 +12,7 @@ mod hub_thread;
 mod logging;
 pub mod mailbox;
 pub mod node;
+pub mod ready;
 mod signals;
 /// Storage: the SQLite backend, the batching worker and the password pool.
 pub mod store;

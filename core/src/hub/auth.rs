@@ -18,15 +18,7 @@ use crate::time::Now;
 impl Hub {
     pub(super) fn hello(&mut self, now: Now, sid: SessionId, tag: Tag, auth: Auth, line: bool, peer: IpAddr) {
         let info = self.state.sessions.entry(sid).or_insert_with(|| {
-            Box::new(SessionInfo {
-                peer,
-                line,
-                phase: Phase::New,
-                inbox: InboxRead::Done,
-                held_echoes: Vec::new(),
-                queries: None,
-                cluster: None,
-            })
+            Box::new(SessionInfo { peer, line, phase: Phase::New, inbox: InboxRead::Done, extra: None })
         });
         if info.phase != Phase::New {
             let f = Failure::new(ErrorCode::AlreadyAuthenticated, "this session has said hello already");
@@ -205,7 +197,7 @@ impl Hub {
     pub(super) fn set_welcomed(&mut self, sid: SessionId, user: &str, token: Option<String>) -> bool {
         match self.state.sessions.get_mut(&sid) {
             Some(info) => {
-                info.phase = Phase::Welcomed { user: user.to_string(), token };
+                info.phase = Phase::Welcomed { user: user.into(), token: token.map(String::into_boxed_str) };
                 info.line
             }
             None => false,
@@ -319,7 +311,7 @@ impl Hub {
         self.session_welcomed(now, sid);
         let line = self.set_welcomed(sid, &user, token);
         let first = self.add_registered_session(&user, sid);
-        let rooms: Vec<String> = self.state.memberships.get(&user).cloned().unwrap_or_default();
+        let rooms: Vec<String> = self.state.rooms_of(&user);
         if first {
             self.announce_online(&user, &user, false);
         }
@@ -364,7 +356,7 @@ impl Hub {
     /// `seq`, which `welcome` names, rather than from what this node last
     /// saw, which would have it deliver the whole backlog as live messages.
     fn adopt_stored_rooms(&mut self, user: &str, marks: &[(String, u64, u64)]) {
-        let known: Vec<String> = self.state.memberships.get(user).cloned().unwrap_or_default();
+        let known: Vec<String> = self.state.rooms_of(user);
         for room in known.iter().filter(|r| !marks.iter().any(|(m, ..)| m == *r)) {
             self.state.remove_member(user, room);
         }
@@ -390,7 +382,7 @@ impl Hub {
     /// `online` either: the user never stopped being online to others.
     fn add_registered_session(&mut self, user: &str, sid: SessionId) -> bool {
         if !self.state.online.contains_key(user) {
-            let online = Online { key: user.to_string(), guest: false, sessions: Vec::new(), gone: None };
+            let online = Online { key: user.into(), guest: false, sessions: smallvec::SmallVec::new(), gone: None };
             self.state.set_online(user.to_string(), online);
         }
         let Some(online) = self.state.online.get_mut(user) else { return false };
@@ -426,7 +418,7 @@ impl Hub {
         }
         let due = now.instant + self.config.presence_grace;
         online.gone = Some(due);
-        self.grace.push_back((due, user));
+        self.grace.push_back((due, user.into()));
     }
 
     /// Sends the `offline`s whose grace is over.
@@ -436,7 +428,8 @@ impl Hub {
                 break;
             }
             let Some((due, user)) = self.grace.pop_front() else { break };
-            let still_gone = self.state.online.get(&user).is_some_and(|o| o.gone == Some(due) && o.sessions.is_empty());
+            let still_gone =
+                self.state.online.get(user.as_str()).is_some_and(|o| o.gone == Some(due) && o.sessions.is_empty());
             if still_gone {
                 self.registered_gone(now, &user);
             }
@@ -456,11 +449,11 @@ impl Hub {
     /// `user` is offline now: its rooms hear `presence`, and on `Leave` it is
     /// no member of them any more.
     fn gone(&mut self, now: Now, user: &str, presence_now: Presence) {
-        let key = self.state.remove_online(user).map_or_else(|| user.to_string(), |o| o.key);
+        let key = self.state.remove_online(user).map_or_else(|| user.to_string(), |o| o.key.into_string());
         self.announce_offline(now, user, presence_now == Presence::Leave);
         // Still online elsewhere in the cluster: nothing changed for others.
         let elsewhere = self.online_elsewhere(user);
-        let rooms: Vec<String> = self.state.memberships.get(user).cloned().unwrap_or_default();
+        let rooms: Vec<String> = self.state.rooms_of(user);
         for room in rooms {
             if !elsewhere {
                 self.deliver_to_room(&room, Some(user), false, &presence(&room, user, presence_now));

@@ -86,8 +86,8 @@ impl Hub {
     }
 
     fn asker(&self, sid: SessionId, tag: Tag, user: String) -> Asker {
-        let online = self.state.online.get(&user);
-        let key = online.map_or_else(|| user.clone(), |o| o.key.clone());
+        let online = self.state.online.get(user.as_str());
+        let key = online.map_or_else(|| user.clone(), |o| o.key.to_string());
         let guest = online.is_some_and(|o| o.guest);
         Asker { sid, tag, user, key, guest }
     }
@@ -204,7 +204,7 @@ impl Hub {
         let max = limit(given, 100, 1000) as usize;
         let users: Vec<(String, bool)> = match &room {
             Some(room) => self.state.rooms.get(room).map_or_else(Vec::new, |r| {
-                r.members.iter().take(max).map(|u| (u.clone(), self.online_in_cluster(u))).collect()
+                r.members.iter().take(max).map(|u| (u.to_string(), self.online_in_cluster(u))).collect()
             }),
             None => self.online_names(max).into_iter().map(|u| (u, true)).collect(),
         };
@@ -455,14 +455,14 @@ impl Hub {
         let (to_view, echo_view) = private_message(stored, registered);
         // Only the principal it was sent to: a later guest with the same
         // name is someone else.
-        let same_principal = self.state.online.get(&to).is_some_and(|o| o.key == to_key);
+        let same_principal = self.state.online.get(to.as_str()).is_some_and(|o| o.key == to_key);
         if same_principal {
             let cluster = self.config.cluster;
             let mut recipients = self.sessions_of(&to);
             recipients.retain(|s| match self.state.sessions.get_mut(s) {
                 Some(info) if info.inbox.holds_live() => {
                     if cluster {
-                        info.cluster.get_or_insert_with(Default::default).inbox_missed = true;
+                        info.extra_mut().inbox_missed = true;
                     }
                     false
                 }
@@ -473,14 +473,15 @@ impl Hub {
             self.deliver(&recipients, &to_view);
         }
         // The sender's other sessions still reading their inbox get the echo
-        // with it, in order (see `SessionInfo::held_echoes`).
-        let same_sender = self.state.online.get(&from).is_some_and(|o| o.key == stored.sender);
+        // with it, in order (see `SessionExtra::held_echoes`).
+        let same_sender = self.state.online.get(from.as_str()).is_some_and(|o| o.key == stored.sender);
         let mut echoes = Vec::new();
         for s in self.sessions_of(&from).into_iter().filter(|s| Some(*s) != origin && same_sender) {
             match self.state.sessions.get_mut(&s) {
-                Some(info) if info.inbox == InboxRead::Reading => {
-                    info.held_echoes.push(InboxMessage { with: to_key.to_string(), message: stored.clone() })
-                }
+                Some(info) if info.inbox == InboxRead::Reading => info
+                    .extra_mut()
+                    .held_echoes
+                    .push(InboxMessage { with: to_key.to_string(), message: stored.clone() }),
                 _ if from != to => echoes.push(s),
                 _ => {}
             }
@@ -497,7 +498,7 @@ impl Hub {
             return true;
         }
         let Some(info) = self.state.sessions.get_mut(&sid) else { return false };
-        let marks = &mut info.cluster.get_or_insert_with(Default::default).private_seen;
+        let marks = &mut info.extra_mut().private_seen;
         match marks.iter_mut().find(|(p, _)| p == peer) {
             Some((_, seen)) if *seen >= seq => false,
             Some((_, seen)) => {
@@ -563,7 +564,7 @@ impl Hub {
             PendingKind::GuestJoin { user, room, since } => {
                 self.complete_room_members(vec![room.clone()], result);
                 // Its session may have ended while the members were read.
-                if self.state.online.get(&user).is_some_and(|o| o.guest && o.sessions.contains(&sid)) {
+                if self.state.online.get(user.as_str()).is_some_and(|o| o.guest && o.sessions.contains(&sid)) {
                     self.apply_join(now, sid, tag, &user, room, since);
                 }
             }
@@ -690,7 +691,7 @@ impl Hub {
     fn query_allowed(&mut self, now: Now, sid: SessionId) -> bool {
         let (rate, burst) = (self.config.query_rate, self.config.query_rate.saturating_mul(4));
         let Some(info) = self.state.sessions.get_mut(&sid) else { return true };
-        let bucket = info.queries.get_or_insert_with(|| RateLimit::new(now.instant, burst));
+        let bucket = info.extra_mut().queries.get_or_insert_with(|| RateLimit::new(now.instant, burst));
         let allowed = bucket.allow(now.instant, rate, burst);
         if !allowed {
             Metrics::add(&self.metrics.queries_limited, 1);

@@ -413,10 +413,12 @@ impl Hub {
         touched.dedup();
         let (mut new_rooms, mut new_users) = (Vec::new(), Vec::new());
         for user in touched {
-            let wanted = self.state.online.get(&user).filter(|o| !o.sessions.is_empty()).map(|o| Served {
-                key: o.key.clone(),
-                rooms: self.state.memberships.get(&user).cloned().unwrap_or_default(),
-            });
+            let wanted = self
+                .state
+                .online
+                .get(user.as_str())
+                .filter(|o| !o.sessions.is_empty())
+                .map(|o| Served { key: o.key.to_string(), rooms: self.state.rooms_of(&user) });
             let had = self.cluster.served.remove(&user);
             let old_rooms = had.as_ref().map_or(&[][..], |s| &s.rooms[..]);
             let new = wanted.as_ref().map_or(&[][..], |s| &s.rooms[..]);

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::state::Online;
+use super::state::{Name, Online};
 use super::Hub;
 use crate::ids::SessionId;
 use crate::link::{Tag, ToShardInner};
@@ -56,22 +56,30 @@ impl Hub {
             format!("{name}#{}.{}", self.incarnation, self.guests)
         });
         let resume = self.resume_secret(&key);
-        match self.state.online.get_mut(&name) {
+        match self.state.online.get_mut(name.as_str()) {
             Some(_) => {
                 self.state.add_session(&name, sid);
             }
             None => {
                 self.announce_online(&name, &key, true);
-                self.state.set_online(name.clone(), Online { key, guest: true, sessions: vec![sid], gone: None });
+                // A copy at its size: `format!` leaves up to twice the
+                // length spare, and the key stays as long as the guest.
+                let online = Online {
+                    key: Name::from(key.as_str()),
+                    guest: true,
+                    sessions: smallvec::smallvec![sid],
+                    gone: None,
+                };
+                self.state.set_online(name.clone(), online);
             }
         }
         let line = self.set_welcomed(sid, &name, None);
         let rooms = self
             .state
             .memberships
-            .get(&name)
+            .get(name.as_str())
             .map(|rooms| {
-                let mark = |room: &String| RoomMark { room: room.clone(), seq: self.state.room_seq(room), read: 0 };
+                let mark = |room: &Name| RoomMark { room: room.to_string(), seq: self.state.room_seq(room), read: 0 };
                 rooms.iter().map(mark).collect()
             })
             .unwrap_or_default();

@@ -52,7 +52,8 @@ impl Hub {
     /// Sends `sid`'s held echoes now: no page will take them in.
     pub(super) fn send_held_echoes(&mut self, sid: SessionId) {
         let Some(info) = self.state.sessions.get_mut(&sid) else { return };
-        for echo in std::mem::take(&mut info.held_echoes) {
+        let held = info.extra.as_mut().map(|e| std::mem::take(&mut e.held_echoes)).unwrap_or_default();
+        for echo in held {
             if !self.private_fresh(sid, &echo.with, echo.message.seq) {
                 continue;
             }
@@ -80,7 +81,9 @@ impl Hub {
         };
         let full_page = messages.len() == PAGE as usize;
         let last_page = !full_page || next == cursor;
-        let messages = merge_held_echoes(&mut info.held_echoes, messages, last_page);
+        let mut none = Vec::new();
+        let held = info.extra.as_mut().map_or(&mut none, |e| &mut e.held_echoes);
+        let messages = merge_held_echoes(held, messages, last_page);
         let budget = self.config.max_queue / 2;
         for InboxMessage { with, message } in &messages {
             if !self.private_fresh(sid, with, message.seq) {
@@ -93,9 +96,9 @@ impl Hub {
             self.deliver(&[sid], &event);
         }
         let Some(info) = self.state.sessions.get_mut(&sid) else { return };
-        let missed = info.cluster.as_mut().is_some_and(|c| std::mem::take(&mut c.inbox_missed));
+        let missed = info.extra.as_mut().is_some_and(|e| std::mem::take(&mut e.inbox_missed));
         if last_page && read && missed {
-            // See `ClusterSession::inbox_missed`: what that page already sent
+            // See `SessionExtra::inbox_missed`: what that page already sent
             // is not sent twice (`Hub::private_fresh`).
             self.request_page(now, sid, user, next, round);
         } else if last_page {
@@ -112,7 +115,7 @@ impl Hub {
 }
 
 /// Puts the user's own messages that completed while a page was read (see
-/// `SessionInfo::held_echoes`) in their places among `page`: before the
+/// `SessionExtra::held_echoes`) in their places among `page`: before the
 /// first message of the same conversation with a greater `seq`. An echo with
 /// no such message stays held for a later page, unless this is the last.
 fn merge_held_echoes(held: &mut Vec<InboxMessage>, mut page: Vec<InboxMessage>, last_page: bool) -> Vec<InboxMessage> {

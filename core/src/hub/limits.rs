@@ -9,6 +9,8 @@
 use std::hash::Hash;
 use std::net::IpAddr;
 
+use super::state::Name;
+
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
 
 /// The window every limit counts over.
@@ -119,7 +121,9 @@ pub(crate) struct Limits {
     /// `name_taken` answers to guest names per client address.
     pub(crate) probes_by_peer: Windows<IpAddr>,
     /// Sessions opened (`welcome`s) per user (the lower-case name).
-    pub(crate) opens_by_user: Windows<String>,
+    /// Keyed by [`Name`]: a window outlives its session by up to a minute,
+    /// and an idle session's user should cost no allocation here.
+    pub(crate) opens_by_user: Windows<Name>,
     /// Sessions opened per client address.
     pub(crate) opens_by_peer: Windows<IpAddr>,
 }
@@ -161,13 +165,13 @@ impl Limits {
     /// `Some(seconds to wait)` when `peer` or `user` opened too many
     /// sessions lately.
     pub(crate) fn open_limited(&self, now_ms: u64, peer: IpAddr, user: Option<&str>) -> Option<u64> {
-        let by_user = user.and_then(|u| self.opens_by_user.limited(now_ms, &super::state::fold(u)));
+        let by_user = user.and_then(|u| self.opens_by_user.limited(now_ms, &Name::from(super::state::fold(u))));
         by_user.or_else(|| self.opens_by_peer.limited(now_ms, &peer))
     }
 
     /// A session of `user` from `peer` was welcomed.
     pub(crate) fn opened(&mut self, now_ms: u64, peer: IpAddr, user: &str) {
-        self.opens_by_user.hit(now_ms, &super::state::fold(user));
+        self.opens_by_user.hit(now_ms, &Name::from(super::state::fold(user)));
         self.opens_by_peer.hit(now_ms, &peer);
     }
 }

@@ -45,12 +45,12 @@
 //! - **Inbox reads.** Live private messages still wait while the inbox is
 //!   read; one held back while a page was read may have been stored after
 //!   that page's read ran, so then one more page is read before live ones
-//!   flow (`ClusterSession::inbox_missed`). A session never gets one private
+//!   flow (`SessionExtra::inbox_missed`). A session never gets one private
 //!   `seq` twice, or an older after a newer, from its inbox and live
-//!   together (`ClusterSession::private_seen`).
+//!   together (`SessionExtra::private_seen`).
 
 mod pending;
-mod state;
+pub(crate) mod state;
 mod stream;
 
 mod auth;
@@ -334,7 +334,7 @@ impl Hub {
 
     /// Every session of `user`.
     fn sessions_of(&self, user: &str) -> Vec<SessionId> {
-        self.state.online.get(user).map(|o| o.sessions.clone()).unwrap_or_default()
+        self.state.online.get(user).map(|o| o.sessions.to_vec()).unwrap_or_default()
     }
 
     /// Sends `event` to every session of every member of `room`, except

@@ -285,7 +285,7 @@ impl Hub {
     fn peer_user_added(&mut self, user: &NodeUser) {
         let count = self.nodes.remote.entry(user.user.clone()).or_default();
         *count += 1;
-        if *count == 1 && !self.state.online.contains_key(&user.user) && !user.guest {
+        if *count == 1 && !self.state.online.contains_key(user.user.as_str()) && !user.guest {
             self.tell_rooms(&user.user, Presence::Online);
         }
     }
@@ -298,7 +298,7 @@ impl Hub {
             return;
         }
         self.nodes.remote.remove(&user.user);
-        if self.state.online.contains_key(&user.user) {
+        if self.state.online.contains_key(user.user.as_str()) {
             return;
         }
         if user.guest {
@@ -312,7 +312,7 @@ impl Hub {
     /// This node's members of `user`'s rooms hear `what`; a `Leave` also
     /// ends the memberships here.
     fn tell_rooms(&mut self, user: &str, what: Presence) {
-        let rooms: Vec<String> = self.state.memberships.get(user).cloned().unwrap_or_default();
+        let rooms: Vec<String> = self.state.rooms_of(user);
         for room in rooms {
             self.deliver_to_room(&room, Some(user), false, &presence(&room, user, what));
             if what == Presence::Leave {
@@ -345,24 +345,24 @@ impl Hub {
         let mut out = Vec::new();
         while out.len() < max {
             let next = match (here.peek(), there.peek()) {
-                (Some(a), Some(b)) if a == b => {
+                (Some(a), Some(b)) if a.as_str() == b.as_str() => {
                     there.next();
-                    here.next()
+                    here.next().map(|n| n.as_str())
                 }
-                (Some(a), Some(b)) if a < b => here.next(),
-                (Some(_), Some(_)) | (None, Some(_)) => there.next(),
-                (Some(_), None) => here.next(),
+                (Some(a), Some(b)) if a.as_str() < b.as_str() => here.next().map(|n| n.as_str()),
+                (Some(_), Some(_)) | (None, Some(_)) => there.next().map(String::as_str),
+                (Some(_), None) => here.next().map(|n| n.as_str()),
                 (None, None) => None,
             };
             let Some(name) = next else { break };
-            out.push(name.clone());
+            out.push(name.to_string());
         }
         out
     }
 
     /// `user` as this node announces it: with its rooms if a guest.
     fn node_user(&self, user: &str, key: &str, guest: bool) -> NodeUser {
-        let rooms = if guest { self.state.memberships.get(user).cloned().unwrap_or_default() } else { Vec::new() };
+        let rooms = if guest { self.state.rooms_of(user) } else { Vec::new() };
         NodeUser { user: user.to_string(), key: key.to_string(), guest, rooms }
     }
 
@@ -408,7 +408,7 @@ impl Hub {
         name: String,
         key: Option<String>,
     ) {
-        if !self.config.cluster || self.state.online.get(&name).is_some_and(|o| o.guest) {
+        if !self.config.cluster || self.state.online.get(name.as_str()).is_some_and(|o| o.guest) {
             return self.open_guest(now, sid, tag, peer, name, key);
         }
         self.set_phase(sid, Phase::Welcoming);
@@ -441,7 +441,7 @@ impl Hub {
         match result {
             Ok(StoreValue::Claimed(true)) => {
                 self.open_guest(now, sid, tag, peer, name.clone(), key);
-                if !self.state.online.contains_key(&name) {
+                if !self.state.online.contains_key(name.as_str()) {
                     self.release_guest(now, &name);
                 }
             }

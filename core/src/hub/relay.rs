@@ -31,7 +31,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use super::pending::{Pending, PendingKind};
-use super::state::Phase;
+use super::state::{Name, Phase};
 use super::Hub;
 use crate::bus::{BusCommand, BusMessage, Relayed};
 use crate::ids::{is_valid_name, SessionId};
@@ -106,7 +106,7 @@ impl Hub {
                 self.deliver_to_room(&room, None, false, &typing_in_room(&room, &from));
             }
             Relayed::TypingToUser { from, to, to_key } => {
-                if self.state.online.get(&to).is_some_and(|o| o.key == to_key) {
+                if self.state.online.get(to.as_str()).is_some_and(|o| o.key == to_key) {
                     let targets = self.sessions_of(&to);
                     self.deliver(&targets, &typing_to_user(&from, &to));
                 }
@@ -183,7 +183,7 @@ impl Hub {
             .sessions
             .values()
             .filter_map(|info| match &info.phase {
-                Phase::Welcomed { token: Some(token), .. } => Some(token.clone()),
+                Phase::Welcomed { token: Some(token), .. } => Some(token.to_string()),
                 _ => None,
             })
             .collect();
@@ -210,8 +210,8 @@ impl Hub {
             }
             self.relay.fresh.pop_front();
             if let Some(Phase::Welcomed { user, token }) = self.state.sessions.get(&sid).map(|i| &i.phase) {
-                tokens.extend(token.clone());
-                users.push(user.clone());
+                tokens.extend(token.as_deref().map(str::to_string));
+                users.push(user.to_string());
             }
         }
         tokens.sort_unstable();
@@ -239,7 +239,7 @@ impl Hub {
             None => HashSet::new(),
         };
         let Ok(StoreValue::ReadMarks { marks }) = result else { return };
-        if self.state.online.get(&user).is_none_or(|o| o.guest) {
+        if self.state.online.get(user.as_str()).is_none_or(|o| o.guest) {
             return;
         }
         let stored: HashSet<String> = marks
@@ -249,7 +249,7 @@ impl Hub {
                 room
             })
             .collect();
-        let here: Vec<String> = self.state.memberships.get(&user).cloned().unwrap_or_default();
+        let here: Vec<String> = self.state.rooms_of(&user);
         for room in here.iter().filter(|r| !stored.contains(*r) && !news.contains(*r)) {
             self.relayed_member(room, &user, &user, false);
         }
@@ -281,7 +281,7 @@ impl Hub {
             .state
             .sessions
             .iter()
-            .filter(|(_, info)| matches!(&info.phase, Phase::Welcomed { token: Some(t), .. } if dead.contains(t)))
+            .filter(|(_, info)| matches!(&info.phase, Phase::Welcomed { token: Some(t), .. } if dead.contains(&**t)))
             .map(|(sid, _)| *sid)
             .collect();
         for sid in closing {
@@ -349,15 +349,15 @@ impl Hub {
 
     fn adopt_room_members(&mut self, room: &str, stored: &[String], skip: &HashSet<String>) {
         let here: Vec<String> =
-            self.state.rooms.get(room).map(|r| r.members.iter().cloned().collect()).unwrap_or_default();
-        let stored_set: HashSet<&String> = stored.iter().collect();
+            self.state.rooms.get(room).map(|r| r.members.iter().map(Name::to_string).collect()).unwrap_or_default();
+        let stored_set: HashSet<&str> = stored.iter().map(String::as_str).collect();
         for user in here.iter().filter(|u| !skip.contains(*u)) {
-            if self.state.is_registered(user) && !stored_set.contains(user) {
+            if self.state.is_registered(user) && !stored_set.contains(user.as_str()) {
                 self.state.remove_member(user, room);
             }
         }
         for user in stored.iter().filter(|u| !skip.contains(*u) && is_valid_name(u)) {
-            if self.state.online.get(user).is_some_and(|o| o.guest) {
+            if self.state.online.get(user.as_str()).is_some_and(|o| o.guest) {
                 continue;
             }
             if !self.state.is_registered(user) {

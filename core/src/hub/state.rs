@@ -12,8 +12,17 @@ type HashSet<K> = std::collections::HashSet<K, foldhash::quality::RandomState>;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::ids::SessionId;
 use crate::session::rate::RateLimit;
+
+/// A user or room name where the hub keeps one per session or membership:
+/// inline up to 24 bytes (every name the rules allow but the longest), so
+/// that the five or so copies an idle session's user and rooms leave in
+/// the hub's tables cost no allocation each (32 bytes with malloc's header
+/// for a 12-byte `String`). Looked up by `&str` like a `String`.
+pub(crate) type Name = compact_str::CompactString;
 use crate::store::InboxMessage;
 use crate::transport::request::{ClientRequest, Target};
 
@@ -22,7 +31,7 @@ use crate::transport::request::{ClientRequest, Target};
 pub(crate) struct Room {
     /// Newest `seq` delivered: every later message has a greater one.
     pub(crate) seq: u64,
-    pub(crate) members: BTreeSet<String>,
+    pub(crate) members: BTreeSet<Name>,
     /// Every session here of every member, in runs of one shard's sessions
     /// (ordered by shard, then id; at most [`MAX_RUN`] a run): a message of
     /// the room sends each run, shared, to its shard, with no lookup per
@@ -87,9 +96,11 @@ impl Room {
 #[derive(Debug)]
 pub(crate) struct Online {
     /// Stored principal: the name, or `name#n` for a guest.
-    pub(crate) key: String,
+    pub(crate) key: Name,
     pub(crate) guest: bool,
-    pub(crate) sessions: Vec<SessionId>,
+    /// Inline while there is one: most users have one session, and a
+    /// `Vec` would cost each a 32-byte allocation for its 8-byte id.
+    pub(crate) sessions: SmallVec<[SessionId; 1]>,
     /// A registered user whose last session closed: when its `offline` is
     /// due. Until then it still counts as online (see `Hub::closed`).
     pub(crate) gone: Option<std::time::Instant>,
@@ -105,29 +116,36 @@ pub(crate) struct SessionInfo {
     /// messages to it are held back, because a later page returns them too
     /// (see `hub/inbox.rs`).
     pub(crate) inbox: InboxRead,
+    /// What few sessions need; made at first use, so that the others pay
+    /// one pointer for it.
+    pub(crate) extra: Option<Box<SessionExtra>>,
+}
+
+impl SessionInfo {
+    pub(crate) fn extra_mut(&mut self) -> &mut SessionExtra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+}
+
+/// What a session needs only once it queried, while it reads its inbox, or
+/// in a cluster.
+#[derive(Debug, Default)]
+pub(crate) struct SessionExtra {
+    /// Its budget for requests whose cost grows with the server
+    /// (`rooms`, `who`, `history`, `conversations`): made at the first.
+    pub(crate) queries: Option<RateLimit>,
     /// The user's own private messages that completed while an inbox page
     /// was read. The inbox holds only others' messages, so these are merged
     /// into it by `seq` and sent with it: each conversation arrives in
     /// order.
     pub(crate) held_echoes: Vec<InboxMessage>,
-    /// Its budget for requests whose cost grows with the server
-    /// (`rooms`, `who`, `history`, `conversations`): made at the first.
-    pub(crate) queries: Option<RateLimit>,
-    /// What a session of a node in a cluster needs besides; made at first
-    /// use, so that a single node's sessions pay one pointer for it.
-    pub(crate) cluster: Option<Box<ClusterSession>>,
-}
-
-/// A session's private-message bookkeeping in a cluster.
-#[derive(Debug, Default)]
-pub(crate) struct ClusterSession {
-    /// The newest private `seq` sent to the session per other principal,
-    /// so that a message that reaches it both from its inbox and live (the
-    /// bus is not ordered with storage) is sent once.
+    /// In a cluster: the newest private `seq` sent to the session per other
+    /// principal, so that a message that reaches it both from its inbox and
+    /// live (the bus is not ordered with storage) is sent once.
     pub(crate) private_seen: Vec<(String, u64)>,
-    /// A live private message was held back for the inbox while a page was
-    /// read; the page may have been read before it was stored (another node
-    /// stored it), so one more page is read.
+    /// In a cluster: a live private message was held back for the inbox
+    /// while a page was read; the page may have been read before it was
+    /// stored (another node stored it), so one more page is read.
     pub(crate) inbox_missed: bool,
 }
 
@@ -156,8 +174,9 @@ pub(crate) enum Phase {
     /// Authentication or the welcome's reads are in flight.
     Welcoming,
     Welcomed {
-        user: String,
-        token: Option<String>,
+        user: Name,
+        /// Boxed, not a `String`: 8 bytes less in every session's record.
+        token: Option<Box<str>>,
     },
 }
 
@@ -175,10 +194,11 @@ impl SessionInfo {
 pub(crate) struct State {
     pub(crate) rooms: HashMap<String, Room>,
     /// User name → names of its rooms, sorted (registered users' from the
-    /// store, guests' while they are online). A sorted `Vec`, not a
+    /// store, guests' while they are online). A sorted vector, not a
     /// `BTreeSet`: most users have a few rooms, and a B-tree's first node
-    /// alone would cost an idle session more than the rest of its state.
-    pub(crate) memberships: HashMap<String, Vec<String>>,
+    /// alone would cost an idle session more than the rest of its state;
+    /// the first room inline, as most users have one.
+    pub(crate) memberships: HashMap<Name, SmallVec<[Name; 1]>>,
     /// Registered names, as spelled at registration. Private: every change
     /// goes through [`State::register`], which keeps `folded` whole.
     registered: HashSet<String>,
@@ -188,7 +208,7 @@ pub(crate) struct State {
     /// after their last one (then with no sessions). Read freely; insert and
     /// remove only through [`State::set_online`] and [`State::remove_online`],
     /// which keep `folded` whole.
-    pub(crate) online: HashMap<String, Online>,
+    pub(crate) online: HashMap<Name, Online>,
     /// Lower-case name → its spelling, for the registered, reserved and
     /// online names that have an upper-case letter (a lower-case one is its
     /// own key). User names ignore case (PROTOCOL.md), and this is where
@@ -201,7 +221,7 @@ pub(crate) struct State {
     /// reads its first `limit` entries instead of sorting every room.
     pub(crate) by_size: BTreeSet<(Reverse<usize>, String)>,
     /// Names online, sorted: `who` without a room reads its first `limit`.
-    pub(crate) online_names: BTreeSet<String>,
+    pub(crate) online_names: BTreeSet<Name>,
     /// Room → the sessions whose `since` replay of it is being read, sorted;
     /// live messages of the room skip them, as the replay will carry them.
     /// Usually empty; private: changed only through
@@ -313,6 +333,7 @@ impl State {
     pub(crate) fn set_online(&mut self, name: String, online: Online) {
         self.touch(&name);
         self.index(&name);
+        let name = Name::from(name);
         self.online_names.insert(name.clone());
         for &sid in &online.sessions {
             self.route_session(&name, sid, true);
@@ -358,7 +379,7 @@ impl State {
     fn route_session(&mut self, user: &str, sid: SessionId, add: bool) {
         let Some(rooms) = self.memberships.get(user) else { return };
         for room in rooms {
-            if let Some(r) = self.rooms.get_mut(room) {
+            if let Some(r) = self.rooms.get_mut(room.as_str()) {
                 if add {
                     r.add_session(sid);
                 } else {
@@ -427,8 +448,13 @@ impl State {
         self.memberships.get(user).is_some_and(|r| find_room(r, room).is_ok())
     }
 
+    /// The names of `user`'s rooms, sorted.
+    pub(crate) fn rooms_of(&self, user: &str) -> Vec<String> {
+        self.memberships.get(user).map_or_else(Vec::new, |rooms| rooms.iter().map(Name::to_string).collect())
+    }
+
     pub(crate) fn room_count(&self, user: &str) -> usize {
-        self.memberships.get(user).map_or(0, Vec::len)
+        self.memberships.get(user).map_or(0, |rooms| rooms.len())
     }
 
     pub(crate) fn room_seq(&self, room: &str) -> u64 {
@@ -442,17 +468,23 @@ impl State {
     /// Adds a membership; returns whether it is new.
     pub(crate) fn add_member(&mut self, user: &str, room: &str) -> bool {
         self.touch(user);
-        let rooms = self.memberships.entry(user.to_string()).or_default();
+        let rooms = self.memberships.entry(user.into()).or_default();
         let new = match find_room(rooms, room) {
             Ok(_) => false,
             Err(at) => {
-                rooms.insert(at, room.to_string());
+                // Doubling from one slot, not from the four a first push
+                // takes: most users are in a room or two, and every idle
+                // session pays for its user's list.
+                if rooms.len() == rooms.capacity() {
+                    rooms.reserve_exact(rooms.len().max(1));
+                }
+                rooms.insert(at, room.into());
                 true
             }
         };
         let r = self.rooms.entry(room.to_string()).or_default();
         let before = r.members.len();
-        if r.members.insert(user.to_string()) {
+        if r.members.insert(user.into()) {
             for &sid in self.online.get(user).iter().flat_map(|o| &o.sessions) {
                 r.add_session(sid);
             }
@@ -510,7 +542,7 @@ impl State {
     /// The stored principal of a user who is online or registered.
     pub(crate) fn key_of(&self, user: &str) -> Option<String> {
         match self.online.get(user) {
-            Some(o) => Some(o.key.clone()),
+            Some(o) => Some(o.key.to_string()),
             None => self.is_registered(user).then(|| user.to_string()),
         }
     }
@@ -522,7 +554,7 @@ impl State {
 }
 
 /// Where `room` is in a user's sorted room list, or where it would go.
-fn find_room(rooms: &[String], room: &str) -> Result<usize, usize> {
+fn find_room(rooms: &[Name], room: &str) -> Result<usize, usize> {
     rooms.binary_search_by(|x| x.as_str().cmp(room))
 }
 
@@ -542,7 +574,7 @@ mod tests {
     }
 
     fn online(sessions: Vec<SessionId>) -> Online {
-        Online { key: String::new(), guest: false, sessions, gone: None }
+        Online { key: Name::default(), guest: false, sessions: sessions.into(), gone: None }
     }
 
     /// Every session of every member, sorted: what the route must hold.
@@ -610,9 +642,7 @@ mod tests {
                 line: false,
                 phase: Phase::New,
                 inbox: InboxRead::Done,
-                held_echoes: Vec::new(),
-                queries: None,
-                cluster: None,
+                extra: None,
             }),
         );
         state.mark_replaying(sid(0, 1), "r");
@@ -683,7 +713,9 @@ mod tests {
                 }
             }
             Op::Close(u, i, offline) => {
-                let Some(s) = state.online.get(&user(u)).and_then(|o| o.sessions.get(i).copied()) else { return };
+                let Some(s) = state.online.get(user(u).as_str()).and_then(|o| o.sessions.get(i).copied()) else {
+                    return;
+                };
                 if state.remove_session(&user(u), s) == 0 && offline {
                     state.remove_online(&user(u));
                 }

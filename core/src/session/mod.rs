@@ -270,10 +270,18 @@ impl Session {
     /// Queues bytes for the client, closing it as a slow consumer if they
     /// do not fit under `--max-queue`.
     fn send(&mut self, ctx: &mut Ctx<'_>, bytes: Bytes) {
+        self.queue(ctx, bytes, false);
+    }
+
+    /// [`Session::send`], for a heartbeat when `heartbeat` (see
+    /// [`Outbox::push_heartbeat`]).
+    fn queue(&mut self, ctx: &mut Ctx<'_>, bytes: Bytes, heartbeat: bool) {
         if self.is_closing() {
             return;
         }
-        if self.outbox.push(bytes, ctx.config.max_queue).is_err() {
+        let max = ctx.config.max_queue;
+        let queued = if heartbeat { self.outbox.push_heartbeat(bytes, max) } else { self.outbox.push(bytes, max) };
+        if queued.is_err() {
             ctx.metrics.slow_consumer_closes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // What is queued will never be read in time; the close frame
             // goes first so the client learns why (after the rest of a
@@ -417,7 +425,7 @@ impl Session {
         }
         if self.timers.is_due(Timer::Ping, now) {
             self.timers.set(Timer::Ping, now + ctx.config.heartbeat);
-            self.send(ctx, ws::PING.clone());
+            self.queue(ctx, ws::PING.clone(), true);
         }
     }
 

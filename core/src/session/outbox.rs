@@ -19,6 +19,13 @@ pub(crate) struct Outbox {
     /// Chunks at the front that must go out whatever is dropped (see
     /// [`Outbox::seal`]).
     sealed: usize,
+    /// Something other than a heartbeat was queued since the last one.
+    busy: bool,
+    /// Only heartbeats were queued since the one before the last: the
+    /// session is idle, and the queue's allocation goes back whenever it
+    /// empties (an idle session then holds none between heartbeats, while
+    /// one with traffic keeps its slots and allocates nothing per frame).
+    release_when_empty: bool,
 }
 
 /// Queue slots kept while empty: what a connection needs that gets a frame
@@ -49,7 +56,19 @@ impl Outbox {
         }
     }
 
+    /// [`Outbox::push`] for a heartbeat: it does not count as traffic, so a
+    /// session that gets nothing else lets its queue go once it is written.
+    pub(crate) fn push_heartbeat(&mut self, bytes: Bytes, max: usize) -> Result<(), Full> {
+        let idle = !self.busy;
+        self.push(bytes, max)?;
+        self.busy = false;
+        self.release_when_empty = idle;
+        Ok(())
+    }
+
     fn enqueue(&mut self, bytes: Bytes) {
+        self.busy = true;
+        self.release_when_empty = false;
         if self.queue.capacity() == 0 {
             // One slot, not the four a first push would take: most idle
             // sessions only ever hold one frame at a time (a heartbeat).
@@ -125,10 +144,11 @@ impl Outbox {
                 n = 0;
             }
         }
-        if self.queue.is_empty() && self.queue.capacity() > KEEP_CAPACITY {
-            // Let a burst's allocation go: an idle session holds no more
-            // than a steady one needs (a burst of presence as a room fills
-            // would otherwise stay with every member for good).
+        if self.queue.is_empty() && (self.release_when_empty || self.queue.capacity() > KEEP_CAPACITY) {
+            // Let a burst's allocation go: a session holds no more than a
+            // steady one needs (a burst of presence as a room fills would
+            // otherwise stay with every member for good), and an idle one
+            // nothing.
             self.queue = VecDeque::new();
         }
     }
@@ -150,6 +170,26 @@ mod tests {
         o.advance(800);
         assert!(o.is_empty());
         assert_eq!(o.queue.capacity(), 0, "the burst's slots went back");
+    }
+
+    #[test]
+    fn a_session_with_only_heartbeats_holds_no_queue_between_them() {
+        let mut o = Outbox::default();
+        o.push(Bytes::from_static(b"welcome"), 1 << 20).unwrap();
+        o.push(Bytes::from_static(b"presence"), 1 << 20).unwrap();
+        o.advance(15);
+        // The first heartbeat after traffic keeps the slot: it may go on.
+        o.push_heartbeat(Bytes::from_static(b"ping"), 1 << 20).unwrap();
+        o.advance(4);
+        assert!(o.queue.capacity() > 0, "traffic since the last heartbeat");
+        // A heartbeat with nothing else since the one before: idle.
+        o.push_heartbeat(Bytes::from_static(b"ping"), 1 << 20).unwrap();
+        o.advance(4);
+        assert_eq!(o.queue.capacity(), 0, "an idle session holds no queue");
+        // Traffic again: the slot stays between frames.
+        o.push(Bytes::from_static(b"message"), 1 << 20).unwrap();
+        o.advance(7);
+        assert_eq!(o.queue.capacity(), 1, "a frame at a time allocates once");
     }
 
     #[test]
