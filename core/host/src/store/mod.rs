@@ -7,9 +7,9 @@
 //! submission order. A batch that writes and is not full waits for more
 //! requests until [`StoreConfig::commit_window`] after its first request was
 //! submitted: at a steady trickle of messages, one commit (one fsync) then
-//! carries several instead of one each. Batches run one after another, so the completions of all
-//! ordinary operations come in exactly the order they were submitted, and a
-//! read sees every write submitted before it.
+//! carries several instead of one each. Batches run one after another, so
+//! the completions of all ordinary operations come in exactly the order
+//! they were submitted, and a read sees every write submitted before it.
 //!
 //! `Register`, `Login` and `Verify` need argon2, which is slow on purpose:
 //! their hashing runs on a password pool of its own (`password.rs`), and they
